@@ -1,0 +1,61 @@
+# rvmpq: `make demo` and `make test` bootstrap their own virtual environment with pip alone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rvmpq-installed
+BUILD  ?= build
+# pytest workers: `make test JOBS=1` to run serially
+JOBS   ?= auto
+N      ?= 200
+
+.PHONY: all venv test test-quick demo verilog synth bench bench-search fuzz clean distclean help
+
+all: help
+
+help:
+	@echo "make demo          the main job on built-in defaults (writes $(BUILD)/)"
+	@echo "make test          the whole test suite (pytest -n $(JOBS))"
+	@echo "make verilog       generate Verilog into $(BUILD)/verilog"
+	@echo "make synth         Yosys/nextpnr comparison table into $(BUILD)/synth"
+	@echo "make bench         benchmarks (JSON + Markdown into $(BUILD)/bench)"
+	@echo "make fuzz N=1000   differential random testing of the core against Unicorn"
+	@echo "make clean         remove $(BUILD)/ ; make distclean also removes $(VENV)/"
+
+# (Re)install when the venv is missing or pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,ml]"
+	@touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) verif
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "not slow" verif
+
+demo: $(STAMP)
+	$(PY) -m rvmpq demo
+
+verilog: $(STAMP)
+	$(PY) -m rvmpq verilog --all -o $(BUILD)/verilog
+
+synth: $(STAMP)
+	$(PY) -m rvmpq synth --compare -o $(BUILD)/synth $(if $(LIBERTY),--liberty $(LIBERTY))
+
+bench: $(STAMP)
+	$(PY) -m rvmpq bench -o $(BUILD)/bench
+
+bench-search: $(STAMP)
+	$(PY) -m rvmpq search --bench -o $(BUILD)/bench
+
+fuzz: $(STAMP)
+	$(PY) -m rvmpq.sw.fuzz --count $(N)
+
+clean:
+	rm -rf $(BUILD) verif/sim_build .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

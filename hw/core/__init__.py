@@ -1,0 +1,1 @@
+"""rvmpq.hw.core package."""

@@ -1,0 +1,1 @@
+"""rvmpq.sw.kernels package."""

@@ -1,0 +1,1 @@
+"""rvmpq.sw.runtime package."""

@@ -23,16 +23,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("rvmpq.sw.search.cli", "mixed-precision search under hardware budgets"),
     "deploy": ("rvmpq.sw.deploy", "build and run a searched network on the RTL"),
     "fpga": ("rvmpq.synth.fpga", "build the SoC bitstream for an ECP5 board"),
+    "demo": ("rvmpq.sw.demo", "the main job on built-in defaults (make demo)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per subcommand that is installed."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="rvmpq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=modname)
+        if name != command:
+            continue
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
@@ -45,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rvmpq`` console script."""
-    parser = build_parser()
+    """Entry point of the ``rvmpq`` console script; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

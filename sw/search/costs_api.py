@@ -1,0 +1,310 @@
+"""The cost-table interface between the search and whatever measures layer costs.
+
+The search never hard-codes what a layer costs. It asks a :class:`CostModel` for the cost of one
+layer shape at one precision. Two implementations exist:
+
+* :class:`AnalyticStandIn` (here): a MACs / lanes-per-word formula, **for development only**.
+  Results computed with it are labelled ``"cost_source": "stand-in"`` and the CLI refuses to
+  call them final.
+* ``rvmpq.sw.costs`` (issue 4): cycles measured by running the generated kernels on the
+  Verilator model of the RTL. Any object that has the attributes below plugs in; it must set
+  ``source = "rtl-measured"``.
+
+A cost model is anything with
+
+``source: str``
+    ``"stand-in"`` or ``"rtl-measured"`` (the search only calls a result final for the latter).
+``layer_cost(shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost``
+    the cost of one layer at one precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "BITS",
+    "LayerShape",
+    "LayerCost",
+    "CostModel",
+    "AnalyticStandIn",
+    "check_bits",
+    "cost_table",
+    "COST_METRICS",
+    "JsonCostTable",
+    "mobilenetv2_shapes",
+]
+
+#: the precisions the SIMD unit supports (per operand)
+BITS: tuple[int, ...] = (2, 4, 8, 16)
+
+#: the cost metrics a budget can name (LayerCost field names)
+COST_METRICS: tuple[str, ...] = ("cycles", "weight_bytes", "act_bytes", "energy")
+
+
+def check_bits(bits: int, what: str = "bits") -> int:
+    """Return ``bits`` as int if it is a supported precision, else raise ``ValueError``.
+
+    Parameters
+    ----------
+    bits : int
+        Candidate bit width.
+    what : str
+        Name used in the error message.
+    """
+    if int(bits) not in BITS:
+        raise ValueError(f"{what}={bits!r} is not supported; allowed values: {list(BITS)}")
+    return int(bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """Shape of one compute layer, enough to look its cost up in a table.
+
+    Attributes
+    ----------
+    kind : str
+        ``"conv"`` (KxK, 1x1 or depthwise via ``groups``) or ``"linear"``.
+    cin, cout : int
+        Input / output channels (features for ``linear``).
+    h_in, w_in : int
+        Input spatial size (1, 1 for ``linear``).
+    kh, kw : int
+        Kernel size (1, 1 for ``linear``).
+    stride, padding : tuple of int
+        Convolution stride and zero padding as (height, width).
+    groups : int
+        Convolution groups (``cin`` for depthwise, 1 for ``linear``).
+    """
+
+    kind: str
+    cin: int
+    cout: int
+    h_in: int = 1
+    w_in: int = 1
+    kh: int = 1
+    kw: int = 1
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+
+    def __post_init__(self):
+        if self.kind not in ("conv", "linear"):
+            raise ValueError(f"LayerShape.kind={self.kind!r}; allowed values: ['conv', 'linear']")
+        object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
+        object.__setattr__(self, "padding", tuple(int(v) for v in self.padding))
+
+    @property
+    def h_out(self) -> int:
+        """Output height."""
+        return (self.h_in + 2 * self.padding[0] - self.kh) // self.stride[0] + 1
+
+    @property
+    def w_out(self) -> int:
+        """Output width."""
+        return (self.w_in + 2 * self.padding[1] - self.kw) // self.stride[1] + 1
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one inference."""
+        return self.h_out * self.w_out * self.cout * (self.cin // self.groups) * self.kh * self.kw
+
+    @property
+    def params(self) -> int:
+        """Number of weights (without bias)."""
+        return self.cout * (self.cin // self.groups) * self.kh * self.kw
+
+    @property
+    def dot_len(self) -> int:
+        """Length of one output's dot product."""
+        return (self.cin // self.groups) * self.kh * self.kw
+
+    def key(self) -> str:
+        """A stable string naming the shape (for JSON cost tables)."""
+        return (f"{self.kind}:cin{self.cin}:cout{self.cout}:h{self.h_in}:w{self.w_in}:"
+                f"k{self.kh}x{self.kw}:s{self.stride[0]}x{self.stride[1]}:"
+                f"p{self.padding[0]}x{self.padding[1]}:g{self.groups}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    """Cost of one layer at one precision.
+
+    Attributes
+    ----------
+    cycles : float
+        Core cycles of the layer kernel.
+    weight_bytes : float
+        Packed weight storage (bias and requant parameters included).
+    act_bytes : float
+        Packed input activation bytes.
+    energy : float
+        Energy proxy in arbitrary units (only comparable within one cost model).
+    """
+
+    cycles: float
+    weight_bytes: float
+    act_bytes: float
+    energy: float
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        """The metrics in :data:`COST_METRICS` order."""
+        return (self.cycles, self.weight_bytes, self.act_bytes, self.energy)
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    """What the search needs from a cost source (see module docstring)."""
+
+    source: str
+
+    def layer_cost(self, shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost:
+        """Cost of ``shape`` with ``w_bits`` weights and ``a_bits`` input activations."""
+        ...
+
+
+@dataclasses.dataclass
+class AnalyticStandIn:
+    """STAND-IN cost model for development only: not measured on the RTL.
+
+    cycles = ceil(dot_len / lanes) * outputs * ``cycles_per_dot`` + outputs * ``cycles_per_out``
+    + ``cycles_fixed``, with ``lanes = 32 // max(w_bits, a_bits)`` (the SIMD unit packs one
+    32-bit word per operand). Weight bytes count packed weights plus 4 bytes of bias and 4 of
+    multiplier per output channel; activation bytes the packed input. Energy proxy = dot
+    instructions * ``e_dot`` + bytes moved * ``e_byte``.
+
+    Parameters
+    ----------
+    cycles_per_dot, cycles_per_out, cycles_fixed, e_dot, e_byte : float
+        Formula constants (made-up defaults, plausible for a 5-stage in-order core).
+    """
+
+    cycles_per_dot: float = 3.0
+    cycles_per_out: float = 12.0
+    cycles_fixed: float = 200.0
+    e_dot: float = 1.0
+    e_byte: float = 0.5
+    source: str = dataclasses.field(default="stand-in", init=False)
+
+    def layer_cost(self, shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost:
+        """Cost of one layer (see class docstring). Raises ``ValueError`` on unsupported bits."""
+        w_bits = check_bits(w_bits, "w_bits")
+        a_bits = check_bits(a_bits, "a_bits")
+        lanes = 32 // max(w_bits, a_bits)
+        outputs = shape.h_out * shape.w_out * shape.cout
+        dots = math.ceil(shape.dot_len / lanes) * outputs
+        cycles = dots * self.cycles_per_dot + outputs * self.cycles_per_out + self.cycles_fixed
+        wbytes = math.ceil(shape.params * w_bits / 8) + 8 * shape.cout
+        abytes = math.ceil(shape.h_in * shape.w_in * shape.cin * a_bits / 8)
+        energy = dots * self.e_dot + (wbytes + abytes) * self.e_byte
+        return LayerCost(float(cycles), float(wbytes), float(abytes), float(energy))
+
+
+def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[int, int]]):
+    """Costs of every layer at every option as a numpy array.
+
+    Parameters
+    ----------
+    model : CostModel
+        The cost source.
+    shapes : list of LayerShape
+        One per compute layer.
+    options : list of (w_bits, a_bits)
+        The precision options (same for every layer).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of shape ``(len(shapes), len(options), len(COST_METRICS))``.
+    """
+    import numpy as np
+
+    if not isinstance(model, CostModel):
+        raise TypeError(f"{model!r} is not a CostModel (needs .source and .layer_cost())")
+    out = np.zeros((len(shapes), len(options), len(COST_METRICS)))
+    for i, s in enumerate(shapes):
+        for j, (wb, ab) in enumerate(options):
+            out[i, j] = model.layer_cost(s, wb, ab).as_tuple()
+    return out
+
+
+class JsonCostTable:
+    """A cost model read from a JSON cost table (e.g. written by ``rvmpq costs``).
+
+    Format::
+
+        {"format": "rvmpq-costs-1", "source": "rtl-measured" | "stand-in",
+         "entries": [{"shape": LayerShape.key(), "w_bits": 8, "a_bits": 8,
+                      "cycles": ..., "weight_bytes": ..., "act_bytes": ..., "energy": ...}, ...]}
+
+    A lookup of a shape/precision not in the table raises ``KeyError`` naming it (measure it,
+    or wrap this table in a model that interpolates).
+
+    Parameters
+    ----------
+    path : path-like
+        The JSON file.
+    """
+
+    def __init__(self, path):
+        import json
+        from pathlib import Path
+
+        d = json.loads(Path(path).read_text())
+        if d.get("format") != "rvmpq-costs-1":
+            raise ValueError(f"{path}: format {d.get('format')!r}, expected 'rvmpq-costs-1'")
+        if d.get("source") not in ("rtl-measured", "stand-in"):
+            raise ValueError(f"{path}: source {d.get('source')!r}; allowed values: "
+                             "['rtl-measured', 'stand-in']")
+        self.source = d["source"]
+        self.path = str(path)
+        self._t = {(e["shape"], int(e["w_bits"]), int(e["a_bits"])):
+                   LayerCost(*(float(e[m]) for m in COST_METRICS)) for e in d["entries"]}
+
+    def layer_cost(self, shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost:
+        """Look the layer up; ``KeyError`` if it was not measured."""
+        key = (shape.key(), check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits"))
+        if key not in self._t:
+            raise KeyError(f"{self.path}: no cost for {key[0]} at w{w_bits}/a{a_bits}")
+        return self._t[key]
+
+    @staticmethod
+    def write(path, model: CostModel, shapes: list, options: list) -> None:
+        """Write the table of ``model`` for ``shapes`` x ``options`` (round-trip helper)."""
+        import json
+        from pathlib import Path
+
+        entries = []
+        for s in shapes:
+            for wb, ab in options:
+                c = model.layer_cost(s, wb, ab)
+                entries.append(dict(shape=s.key(), w_bits=wb, a_bits=ab,
+                                    **dict(zip(COST_METRICS, c.as_tuple()))))
+        Path(path).write_text(json.dumps({"format": "rvmpq-costs-1", "source": model.source,
+                                          "entries": entries}, indent=1))
+
+
+def mobilenetv2_shapes(res: int = 32) -> list[LayerShape]:
+    """53 compute-layer shapes of MobileNetV2 (width 1.0) at ``res`` x ``res`` input.
+
+    Stem conv 3x3/2, 17 inverted-residual blocks (expand 1x1, depthwise 3x3, project 1x1; the
+    first block has no expansion), last 1x1 conv to 1280 and the classifier: a standard
+    large-ish solver benchmark (residual adds carry no weights and are left out).
+    """
+    shapes = [LayerShape("conv", 3, 32, res, res, 3, 3, (2, 2), (1, 1))]
+    h, cin = (res + 2 - 3) // 2 + 1, 32
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            st = s if i == 0 else 1
+            hid = cin * t
+            if t != 1:
+                shapes.append(LayerShape("conv", cin, hid, h, h, 1, 1))
+            shapes.append(LayerShape("conv", hid, hid, h, h, 3, 3, (st, st), (1, 1), groups=hid))
+            h = (h + 2 - 3) // st + 1
+            shapes.append(LayerShape("conv", hid, c, h, h, 1, 1))
+            cin = c
+    shapes += [LayerShape("conv", cin, 1280, h, h, 1, 1), LayerShape("linear", 1280, 1000)]
+    return shapes

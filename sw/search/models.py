@@ -1,0 +1,404 @@
+"""Built-in models and data sets, deterministic offline training, and model intake.
+
+Built-in models (weights cached under ``build/models/``; nothing is downloaded):
+
+``digits-cnn``
+    sklearn ``load_digits`` (8x8 grey images, pixels scaled to [0, 1]):
+    conv3x3(1->16) - ReLU - conv3x3(16->32) - ReLU - maxpool2 - fc(512->10).
+``mnist1d-cnn``
+    MNIST-1D (``mnist1d.data.make_dataset(get_dataset_args())``, 40 samples per sequence),
+    modelled as an image of height 1 so the 2-D kernels run it:
+    conv1x5(1->32)-BN-ReLU - conv1x3(32->32)-BN-ReLU - maxpool1x2 - conv1x3(32->32)-BN-ReLU -
+    maxpool1x2 - fc(320->10).
+
+Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (``nn.Sequential``
+nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
+padding given as ints or pairs, groups, i.e. depthwise too), ``Linear``, ``BatchNorm2d`` /
+``BatchNorm1d`` directly after a conv/linear (folded into it), ``ReLU`` directly after a
+conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
+``Flatten``, and ``Dropout`` / ``Identity`` (skipped). Limits: the walk is sequential, so
+residual adds, concatenation and average pooling are rejected with an error naming what is
+supported; the last layer must be a conv/linear without ReLU (it produces the int32 logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "Dataset",
+    "FLayer",
+    "load_dataset",
+    "build_model",
+    "get_trained_model",
+    "trace_model",
+    "float_forward",
+    "compute_layers",
+    "UnsupportedModelError",
+    "torch_accuracy",
+    "train",
+]
+
+BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn")
+SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d",
+                     "Flatten", "Dropout", "Identity")
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains something the intake cannot map onto the kernels."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A data set split three ways; ``x`` arrays are float32 NCHW, ``y`` int64.
+
+    ``val`` is used for calibration and sensitivity, ``test`` only for reported accuracy.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(name: str, seed: int = 0) -> Dataset:
+    """Load a built-in data set offline.
+
+    Parameters
+    ----------
+    name : str
+        ``"digits"`` or ``"mnist1d"`` (a model name such as ``"digits-cnn"`` is accepted too).
+    seed : int
+        Seed of the split permutation (digits only; mnist1d has a fixed test set).
+    """
+    base = name.split("-")[0]
+    if base == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+        y = d.target.astype(np.int64)
+        perm = np.random.default_rng(seed).permutation(len(y))
+        x, y = x[perm], y[perm]
+        te, va = 360, 240
+        return Dataset("digits", x[te + va:], y[te + va:], x[te:te + va], y[te:te + va],
+                       x[:te], y[:te])
+    if base == "mnist1d":
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        d = make_dataset(args)
+        x = d["x"].astype(np.float32)[:, None, None, :]
+        xt = d["x_test"].astype(np.float32)[:, None, None, :]
+        y = np.asarray(d["y"], dtype=np.int64)
+        yt = np.asarray(d["y_test"], dtype=np.int64)
+        nv = 500
+        return Dataset("mnist1d", x[nv:], y[nv:], x[:nv], y[:nv], xt, yt)
+    raise ValueError(f"unknown data set {name!r}; allowed values: ['digits', 'mnist1d']")
+
+
+def build_model(name: str):
+    """A fresh (untrained) built-in model; ``name`` in :data:`BUILTIN_MODELS`."""
+    import torch.nn as nn
+
+    if name == "digits-cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+    if name == "mnist1d-cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, (1, 5), padding=(0, 2)), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, (1, 3), padding=(0, 1)), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d((1, 2)),
+            nn.Conv2d(32, 32, (1, 3), padding=(0, 1)), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d((1, 2)), nn.Flatten(), nn.Linear(32 * 10, 10))
+    raise ValueError(f"unknown built-in model {name!r}; allowed values: {list(BUILTIN_MODELS)}")
+
+
+#: training recipes (epochs, lr, batch) - chosen to stay well under a minute on 2 cores
+RECIPES = {"digits-cnn": dict(epochs=30, lr=2e-3, batch=64),
+           "mnist1d-cnn": dict(epochs=40, lr=3e-3, batch=100)}
+
+
+def _set_deterministic(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(model, data: Dataset, epochs: int, lr: float, batch: int, seed: int = 0,
+          log=None) -> float:
+    """Train ``model`` in place with Adam + cosine schedule; return validation accuracy (%)."""
+    import torch
+    import torch.nn.functional as F
+
+    _set_deterministic(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(data.x_train)
+    y = torch.from_numpy(data.y_train)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for ep in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        sched.step()
+        if log and (ep + 1) % 10 == 0:
+            log(f"  epoch {ep + 1}/{epochs}: val acc {torch_accuracy(model, data.x_val, data.y_val):.2f}%")
+    model.eval()
+    return torch_accuracy(model, data.x_val, data.y_val)
+
+
+def torch_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy (%) of a float torch model."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    return float((pred == y).mean() * 100)
+
+
+def get_trained_model(name: str, cache_dir: str | Path = "build/models", seed: int = 0,
+                      recipe: dict | None = None, log=None):
+    """Return ``(model, data)`` for a built-in model, training it once and caching the weights.
+
+    The cache file name includes a hash of the recipe and seed, so a changed recipe retrains.
+    Training is seeded and uses ``torch.use_deterministic_algorithms``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`BUILTIN_MODELS`.
+    cache_dir : path
+        Where ``<name>-<hash>.pt`` is kept.
+    seed : int
+        Training seed.
+    recipe : dict, optional
+        Override of :data:`RECIPES` (``epochs``, ``lr``, ``batch``), e.g. few epochs in tests.
+    log : callable, optional
+        Receives progress lines.
+    """
+    import torch
+
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; allowed values: {list(BUILTIN_MODELS)}")
+    recipe = dict(RECIPES[name], **(recipe or {}))
+    data = load_dataset(name)
+    tag = hashlib.sha1(json.dumps([name, recipe, seed], sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache_dir) / f"{name}-{tag}.pt"
+    model = build_model(name)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+        return model, data
+    if log:
+        log(f"training {name} ({recipe}, seed {seed}) -> {path}")
+    t0 = time.time()
+    _set_deterministic(seed)
+    model = build_model(name)
+    acc = train(model, data, seed=seed, log=log, **recipe)
+    if log:
+        log(f"trained {name} in {time.time() - t0:.1f} s, val acc {acc:.2f}%")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model, data
+
+
+# --------------------------------------------------------------------------------------------
+# intake
+
+
+@dataclasses.dataclass
+class FLayer:
+    """One float layer of a traced model (BN already folded, ReLU fused).
+
+    Attributes
+    ----------
+    kind : str
+        ``"conv"``, ``"linear"``, ``"maxpool"`` or ``"flatten"``.
+    name : str
+        Module path in the source model.
+    weight, bias : numpy.ndarray or None
+        float64; conv weight ``(Cout, Cin/groups, kh, kw)``, linear ``(out, in)``.
+    stride, padding, kernel : tuple of int
+        Conv / pool geometry (height, width).
+    groups : int
+        Conv groups.
+    relu : bool
+        ReLU fused after this layer.
+    """
+
+    kind: str
+    name: str
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    kernel: tuple[int, int] = (1, 1)
+    groups: int = 1
+    relu: bool = False
+
+    @property
+    def is_compute(self) -> bool:
+        """True for conv / linear (the layers that get a precision)."""
+        return self.kind in ("conv", "linear")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _flatten_modules(module, prefix=""):
+    import torch.nn as nn
+
+    if isinstance(module, nn.Sequential):
+        for n, m in module.named_children():
+            yield from _flatten_modules(m, f"{prefix}.{n}" if prefix else n)
+    else:
+        yield prefix, module
+
+
+def trace_model(model) -> list[FLayer]:
+    """Map a torch model onto the kernel layer list (see module docstring for the limits).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A ``nn.Sequential`` (possibly nested) or a module whose ``named_children`` run in order
+        and whose ``forward`` is exactly that order.
+
+    Returns
+    -------
+    list of FLayer
+
+    Raises
+    ------
+    UnsupportedModelError
+        Naming the offending module and the supported ones.
+    """
+    import torch.nn as nn
+
+    model.eval()
+    mods = list(_flatten_modules(model)) if isinstance(model, nn.Sequential) else [
+        (n2, m2) for n, m in model.named_children() for n2, m2 in
+        _flatten_modules(m, n)]
+    if not mods:
+        raise UnsupportedModelError("the model has no child modules to trace")
+    layers: list[FLayer] = []
+    for name, m in mods:
+        last = layers[-1] if layers else None
+        tname = type(m).__name__
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
+            if _pair(m.dilation) != (1, 1):
+                raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
+            w = m.weight.detach().double().numpy().copy()
+            b = (m.bias.detach().double().numpy().copy() if m.bias is not None
+                 else np.zeros(w.shape[0]))
+            layers.append(FLayer("conv", name, w, b, _pair(m.stride), _pair(m.padding),
+                                 tuple(w.shape[2:]), m.groups))
+        elif isinstance(m, nn.Linear):
+            w = m.weight.detach().double().numpy().copy()
+            b = (m.bias.detach().double().numpy().copy() if m.bias is not None
+                 else np.zeros(w.shape[0]))
+            layers.append(FLayer("linear", name, w, b))
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            if last is None or not last.is_compute or last.relu:
+                raise UnsupportedModelError(
+                    f"{name}: BatchNorm must directly follow a Conv2d/Linear (it is folded)")
+            g = (m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features))
+            be = (m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features))
+            s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
+            last.weight = last.weight * s.reshape((-1,) + (1,) * (last.weight.ndim - 1))
+            last.bias = (last.bias - m.running_mean.double().numpy()) * s + be
+        elif isinstance(m, nn.ReLU):
+            if last is None or not last.is_compute or last.relu:
+                raise UnsupportedModelError(
+                    f"{name}: ReLU must directly follow a Conv2d/Linear/BatchNorm (it is fused "
+                    "into the requantization clamp)")
+            last.relu = True
+        elif isinstance(m, nn.MaxPool2d):
+            k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+            if k != s or p != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
+                raise UnsupportedModelError(
+                    f"{name}: MaxPool2d needs kernel == stride, no padding/dilation/ceil_mode")
+            layers.append(FLayer("maxpool", name, kernel=k, stride=s))
+        elif isinstance(m, nn.Flatten):
+            layers.append(FLayer("flatten", name))
+        elif isinstance(m, (nn.Dropout, nn.Identity)):
+            continue
+        else:
+            raise UnsupportedModelError(
+                f"{name}: {tname} is not supported; supported modules: {list(SUPPORTED_MODULES)} "
+                "in sequential order (residual adds, concatenation and average pooling are not "
+                "supported by the sequential intake yet)")
+    comp = [l for l in layers if l.is_compute]
+    if not comp:
+        raise UnsupportedModelError("the model has no Conv2d/Linear layer")
+    if layers[-1] is not comp[-1] or comp[-1].relu:
+        raise UnsupportedModelError(
+            "the last module must be a Conv2d/Linear without ReLU (it produces the int32 logits)")
+    return layers
+
+
+def compute_layers(layers: list[FLayer]) -> list[FLayer]:
+    """The conv / linear layers of a traced model (the ones that get a precision)."""
+    return [l for l in layers if l.is_compute]
+
+
+def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
+    """Reference float64 forward of a traced layer list (NCHW input) with torch."""
+    import torch
+    import torch.nn.functional as F
+
+    h = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    with torch.no_grad():
+        for l in layers:
+            if l.kind == "conv":
+                h = F.conv2d(h, torch.from_numpy(l.weight), torch.from_numpy(l.bias), l.stride,
+                             l.padding, 1, l.groups)
+            elif l.kind == "linear":
+                h = F.linear(h, torch.from_numpy(l.weight), torch.from_numpy(l.bias))
+            elif l.kind == "maxpool":
+                h = F.max_pool2d(h, l.kernel, l.stride)
+            elif l.kind == "flatten":
+                h = h.flatten(1)
+            if l.relu:
+                h = torch.relu(h)
+    return h.numpy()
+
+
+def _main_train():  # pragma: no cover - convenience: python -m rvmpq.sw.search.models
+    for n in BUILTIN_MODELS:
+        m, d = get_trained_model(n, log=print)
+        print(n, "test acc", torch_accuracy(m, d.x_test, d.y_test))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main_train())

@@ -1,0 +1,310 @@
+"""The search as a library: prepare a model, solve under budgets, validate on the integer model.
+
+Typical use::
+
+    from rvmpq.sw.search.pipeline import prepare, search
+    setup = prepare("digits-cnn")                 # cost model defaults to the stand-in
+    result = search(setup, {"cycles": 0.5}, methods=["dp", "ilp"])
+
+Budgets are ``metric -> value``; a value ``<= 4`` (no unit) is a fraction of the uniform INT8
+total of that metric, larger values are absolute (cycles, bytes, energy units). Validated
+accuracies always come from the integer model on the test split; choices between candidates
+(best method, PTQ vs QAT result) are made on the validation split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .costs_api import BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table
+from .models import (BUILTIN_MODELS, Dataset, get_trained_model, load_dataset, torch_accuracy,
+                     trace_model)
+from .qnn import int_accuracy
+from .quantizer import Quantizer, needs_qat, qat_finetune
+from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
+from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic, solve_dp,
+                      solve_greedy, solve_ilp, solve_random, solve_uniform)
+
+__all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
+           "search", "METHODS", "BUDGET_ALIASES", "layer_shapes"]
+
+#: methods of ``rvmpq search --method`` (``all`` runs every one)
+METHODS = ("dp", "ilp", "greedy", "diff")
+#: budget names accepted on the command line -> cost metric
+BUDGET_ALIASES = {"latency": "cycles", "cycles": "cycles", "wmem": "weight_bytes",
+                  "weight_bytes": "weight_bytes", "amem": "act_bytes", "act_bytes": "act_bytes",
+                  "energy": "energy"}
+
+
+@dataclasses.dataclass
+class SearchSetup:
+    """Everything the solvers and the validation need for one model (built by :func:`prepare`)."""
+
+    name: str
+    data: Dataset
+    qz: Quantizer
+    ev_val: Evaluator
+    float_acc: float
+    options: list
+    shapes: list
+    cost_model: object
+    costs: np.ndarray
+    tables: dict
+    corr: dict
+    metric: str
+    seed: int = 0
+
+    @property
+    def bits(self) -> list[int]:
+        """Bits of each option (w == a today)."""
+        return [w for (w, _) in self.options]
+
+    def impact(self, metric: str | None = None) -> np.ndarray:
+        """Per-layer, per-option impact in accuracy points for ``metric`` (default: chosen)."""
+        m = metric or self.metric
+        if m == "probe":
+            return np.maximum(self.tables["probe"], 0.0)
+        return self.tables[m] * self.corr["scale"][m]
+
+    def int8_totals(self) -> dict:
+        """Totals of every cost metric at uniform INT8."""
+        j = self.options.index((8, 8))
+        return {m: float(v) for m, v in zip(COST_METRICS, self.costs[:, j].sum(0))}
+
+
+def layer_shapes(qz: Quantizer) -> list[LayerShape]:
+    """:class:`LayerShape` of every compute layer (from an INT8 export's HWC shapes)."""
+    net = qz.export([8] * qz.n_compute, [8] * qz.n_compute)
+    out = []
+    for l in net.compute_layers:
+        h, w, c = l.in_shape
+        if l.kind == "conv":
+            out.append(LayerShape("conv", c, l.weight.shape[0], h, w, l.kernel[0], l.kernel[1],
+                                  l.stride, l.padding, l.groups))
+        else:
+            out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0]))
+    return out
+
+
+def _load_model(spec: str, data_name: str | None, log, cache_dir="build/models", recipe=None):
+    if spec in BUILTIN_MODELS:
+        return get_trained_model(spec, cache_dir, recipe=recipe, log=log)
+    p = Path(spec)
+    if not p.exists():
+        raise ValueError(f"--model {spec!r}: not a built-in model ({list(BUILTIN_MODELS)}) "
+                         "and no such file")
+    import torch
+
+    model = torch.load(p, weights_only=False)
+    if isinstance(model, dict):
+        raise ValueError(f"{p}: holds a state dict; save the whole module with torch.save(model)")
+    if not data_name:
+        raise ValueError("a model file needs --data digits|mnist1d")
+    return model, load_dataset(data_name)
+
+
+def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
+            data: str | None = None, metric: str = "auto", act_method: str = "mse",
+            w_method: str = "mse", n_configs: int = 24, seed: int = 0, log=print,
+            cache_dir="build/models", recipe: dict | None = None) -> SearchSetup:
+    """Load/train the model, calibrate, build the cost table, measure every sensitivity metric.
+
+    Parameters
+    ----------
+    model : str
+        A built-in model name or the path of a ``torch.save``'d module (then ``data`` names the
+        data set).
+    cost_model : CostModel, optional
+        Default :class:`AnalyticStandIn` (a stand-in; results are not final).
+    metric : str
+        Sensitivity metric that drives the solvers: one of ``noise, hessian, probe, mqe`` or
+        ``auto`` (the one with the highest Spearman correlation on random configurations).
+    n_configs : int
+        Random configurations of the correlation study.
+    cache_dir, recipe
+        Where built-in model weights are cached, and a training-recipe override (tests).
+    """
+    log = log or (lambda *_: None)
+    if metric != "auto" and metric not in METRICS:
+        raise ValueError(f"metric {metric!r}; allowed values: {['auto', *METRICS]}")
+    cost_model = cost_model or AnalyticStandIn()
+    if not isinstance(cost_model, CostModel):
+        raise TypeError("cost_model must provide .source and .layer_cost() (CostModel)")
+    m, ds = _load_model(model, data, log, cache_dir, recipe)
+    layers = trace_model(m)
+    float_acc = torch_accuracy(m, ds.x_test, ds.y_test)
+    log(f"{model}: {len(layers)} layers traced, float test accuracy {float_acc:.2f}%")
+    qz = Quantizer(layers, ds.x_val, act_method, w_method)
+    ev = Evaluator(qz, ds.x_val, ds.y_val)
+    options = [(b, b) for b in sorted(BITS, reverse=True)]
+    shapes = layer_shapes(qz)
+    costs = cost_table(cost_model, shapes, options)
+    bits = [w for w, _ in options]
+    tables = all_metrics(qz, ev, bits, seed=seed, log=log)
+    log(f"correlation study: {n_configs} random configurations on the integer model")
+    corr = correlation_study(ev, tables, bits, n_configs=n_configs, seed=seed)
+    if metric == "auto":
+        metric = max(METRICS, key=lambda k: corr["spearman"][k])
+    log("spearman vs integer accuracy: " + ", ".join(
+        f"{k} {v:+.3f}" for k, v in corr["spearman"].items()) + f" -> solvers use {metric!r}")
+    return SearchSetup(model, ds, qz, ev, float_acc, options, shapes, cost_model, costs, tables,
+                       corr, metric, seed)
+
+
+def parse_budget(spec: str, setup: SearchSetup | None = None, int8: dict | None = None
+                 ) -> tuple[str, float]:
+    """Parse ``NAME=VALUE`` into ``(cost metric, absolute limit)``.
+
+    ``NAME`` in :data:`BUDGET_ALIASES`; ``VALUE`` a number, ``<= 4`` meaning a fraction of the
+    uniform INT8 total (``latency=0.5``), larger meaning absolute (``latency=120000``,
+    ``wmem=4096``).
+    """
+    m = re.fullmatch(r"\s*([a-z_]+)\s*=\s*([0-9.eE+-]+)\s*", spec)
+    if not m:
+        raise ValueError(f"budget {spec!r}: expected NAME=VALUE, NAME in {list(BUDGET_ALIASES)}")
+    name, val = m.group(1), float(m.group(2))
+    if name not in BUDGET_ALIASES:
+        raise ValueError(f"unknown budget {name!r}; allowed values: {list(BUDGET_ALIASES)}")
+    if val <= 0:
+        raise ValueError(f"budget {spec!r} must be positive")
+    metric = BUDGET_ALIASES[name]
+    if val <= 4:
+        int8 = int8 or setup.int8_totals()
+        val = val * int8[metric]
+    return metric, val
+
+
+def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -> Problem:
+    """The solver problem for ``budgets`` (absolute limits per cost metric)."""
+    # tie-break: among options of equal predicted impact prefer the cheaper one (1e-6 points
+    # per uniform-INT8 latency)
+    tie = 1e-6 * setup.costs[:, :, 0] / setup.int8_totals()["cycles"]
+    return Problem(setup.impact(metric) + tie, setup.costs, COST_METRICS, dict(budgets),
+                   list(setup.options), [l.name for l in setup.qz.layers if l.is_compute])
+
+
+def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
+    """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``hawq-ilp``
+    (ILP on Hessian impacts), ``random``, or ``uniform-B`` (B in 16/8/4/2)."""
+    if method.startswith("uniform-"):
+        b = int(method.split("-")[1])
+        return solve_uniform(make_problem(setup, budgets), (b, b))
+    if method == "hawq-ilp":
+        s = solve_ilp(make_problem(setup, budgets, "hessian"))
+        s.method = "hawq-ilp"
+        s.impact = float(make_problem(setup, budgets).evaluate(s.choice).impact)
+        return s
+    p = make_problem(setup, budgets)
+    if method == "dp":
+        return solve_dp(p)
+    if method == "ilp":
+        return solve_ilp(p)
+    if method == "greedy":
+        return solve_greedy(p)
+    if method == "random":
+        return solve_random(p, seed=setup.seed)
+    if method == "diff":
+        from .diffsearch import differentiable_search
+
+        t0 = time.perf_counter()
+        ch = differentiable_search(setup.qz, setup.options, [s.macs for s in setup.shapes],
+                                   setup.data.x_train, setup.data.y_train, seed=setup.seed)
+        s = freebits_heuristic(p, ch)
+        s.method, s.seconds = "diff", time.perf_counter() - t0
+        return s
+    raise ValueError(f"unknown method {method!r}; allowed values: "
+                     f"{[*METHODS, 'hawq-ilp', 'random', 'uniform-16', 'uniform-8', 'uniform-4', 'uniform-2']}")
+
+
+def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool = True,
+             qat_epochs: int = 5) -> dict:
+    """Integer-model validation of a solution, with the training-necessity decision.
+
+    Necessity: :func:`needs_qat` per layer (probe drop > ``tau``); if the whole PTQ
+    configuration still loses more than ``tau`` points on the validation split against the
+    16-bit integer reference, every layer at <= 4 bits is flagged too. Flagged layers are
+    fine-tuned (the others frozen); the QAT network is kept when its validation accuracy is
+    not lower than the PTQ one.
+
+    Returns a JSON-ready dict: per-layer bits and PTQ/QAT choice, predicted accuracy
+    (float - summed impact), validated test accuracy (integer model), costs, and the
+    exported :class:`QNetwork` under ``"_net"``.
+    """
+    qz, d = setup.qz, setup.data
+    wb = [o[0] for o in sol.options]
+    ab = [o[1] for o in sol.options]
+    flags = needs_qat(setup.tables["probe"], setup.bits, wb, tau)
+    net = qz.export(wb, ab, meta={"model": setup.name})
+    val_ptq = int_accuracy(net, d.x_val, d.y_val)
+    ref = setup.ev_val.evaluate([16] * len(wb))[0]
+    if ref - val_ptq > tau:
+        # network-level fallback: single-layer probes missed an interaction, so every layer
+        # at 4 bits or fewer is fine-tuned too
+        flags = [f or b <= 4 for f, b in zip(flags, wb)]
+    used_qat = [False] * len(wb)
+    val_acc = val_ptq
+    if qat and any(flags):
+        new_layers, scales = qat_finetune(qz, wb, ab, d.x_train, d.y_train, flags,
+                                          epochs=qat_epochs, seed=setup.seed)
+        net_q = qz.export(wb, ab, layers=new_layers, w_scales=scales, qat=flags,
+                          meta={"model": setup.name})
+        val_qat = int_accuracy(net_q, d.x_val, d.y_val)
+        if val_qat >= val_ptq:
+            net, used_qat, val_acc = net_q, flags, val_qat
+    test_acc = int_accuracy(net, d.x_test, d.y_test)
+    int8 = setup.int8_totals()
+    names = [l.name for l in qz.layers if l.is_compute]
+    return {
+        "method": sol.method,
+        "layers": [{"name": n, "w_bits": w, "a_bits": a, "needs_qat": f,
+                    "training": "QAT" if u else "PTQ"} for n, w, a, f, u in
+                   zip(names, wb, ab, flags, used_qat)],
+        "bits": wb,
+        "predicted_accuracy": setup.float_acc - sol.impact,
+        "validated_accuracy": test_acc,
+        "validation_split_accuracy": val_acc,
+        "ptq_validation_split_accuracy": val_ptq,
+        "costs": sol.costs,
+        "cycles_vs_int8": sol.costs["cycles"] / int8["cycles"],
+        "feasible": sol.feasible,
+        "solver_seconds": sol.seconds,
+        "_net": net,
+    }
+
+
+def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True, qat=True,
+           log=print) -> dict:
+    """Run ``methods`` (and baselines) under ``budgets``; validate each; pick the best.
+
+    The best of ``methods`` is the one with the highest validation-split integer accuracy
+    (ties: fewer cycles). Raises :class:`InfeasibleBudget` naming the closest configuration.
+    """
+    log = log or (lambda *_: None)
+    results = {}
+    for m in methods:
+        log(f"method {m}: solving")
+        sol = run_method(setup, m, budgets)
+        r = validate(setup, sol, qat=qat)
+        log(f"method {m}: bits {r['bits']} predicted {r['predicted_accuracy']:.2f}% "
+            f"validated {r['validated_accuracy']:.2f}% cycles {r['cycles_vs_int8']:.3f}x INT8 "
+            f"({sol.seconds:.2f} s)")
+        results[m] = r
+    if baselines:
+        for m in ["hawq-ilp", "random", "uniform-16", "uniform-8", "uniform-4", "uniform-2"]:
+            try:
+                sol = run_method(setup, m, budgets)
+            except InfeasibleBudget:
+                continue
+            # baselines get the same PTQ/QAT necessity treatment: the comparison isolates the search
+            r = validate(setup, sol, qat=qat)
+            log(f"baseline {m}: bits {r['bits']} validated {r['validated_accuracy']:.2f}% "
+                f"cycles {r['cycles_vs_int8']:.3f}x INT8{'' if r['feasible'] else ' (over budget)'}")
+            results[m] = r
+    best = max(methods, key=lambda m: (results[m]["validation_split_accuracy"],
+                                       -results[m]["costs"]["cycles"]))
+    return {"budgets": budgets, "results": results, "best": best}

@@ -1,0 +1,456 @@
+"""Quantizer: PTQ calibration, fake-quant QAT with STE, training necessity, integer export.
+
+Quantization scheme (what the kernels run):
+
+* weights: symmetric, narrow range ``[-(2**(b-1) - 1), 2**(b-1) - 1]``, one scale per output
+  channel; the *last* layer uses one scale for the whole tensor so that the argmax of its raw
+  int32 logits is the prediction;
+* activations (the input of every compute layer): unsigned with zero point 0 when the producer
+  ends in ReLU (or, for the network input, when the calibration data are all >= 0), else signed
+  symmetric (zero point 0); one scale per tensor, chosen by the calibration method;
+* accumulator headroom (a 32-bit accumulator cannot hold K products of two full-range 16-bit
+  operands): per layer the integer grids actually used, ``qa`` for the input and ``qw`` for the
+  weights, start at the full range of their bits and the larger one loses one bit at a time
+  until ``2 * K * qa * qw <= 2**31 - 1`` (``K`` = dot-product length, factor 2 = margin for
+  activations above the calibrated clip, which stay representable up to the bits' full range).
+  Only 16-bit operands (or huge K) are affected; the integer model counts no wrap in practice;
+* bias: int32 at scale ``s_in * s_w[c]``; requant multiplier ``M[c] = s_in * s_w[c] / s_out``
+  as ``mult[c] * 2**-shift`` with the largest per-layer shift that keeps every ``|mult|`` below
+  2**31 (shift clamped to 0..63).
+
+Calibration methods (activation ranges, and per-channel weight ranges with ``w_method``):
+``minmax`` (the largest magnitude), ``percentile`` (99.99th percentile of the magnitudes) and
+``mse`` (the clipping value, among 0.30..1.00 of the maximum in 36 steps, that minimises the
+mean squared quantize-dequantize error at the target bit width).
+
+Training necessity (Edge-MPQ's per-layer "PTQ enough or QAT needed", rule used here):
+layer ``l`` at precision ``b`` needs QAT iff its single-layer PTQ accuracy probe
+(integer model, every other layer at 16 bits, validation split) loses more than ``tau``
+accuracy points (default 0.5) against the float model. Layers that need it are fine-tuned with
+fake quantization and a straight-through estimator; the others keep their PTQ weights frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .costs_api import check_bits
+from .models import FLayer
+from .qnn import QLayer, QNetwork
+
+__all__ = ["CALIB_METHODS", "clip_value", "weight_scales", "Quantizer", "needs_qat",
+           "qat_finetune", "quantize_dequantize"]
+
+CALIB_METHODS = ("minmax", "percentile", "mse")
+
+
+def _qmax(bits: int, signed: bool) -> int:
+    return (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+
+
+def quantize_dequantize(x: np.ndarray, scale, bits: int, signed: bool) -> np.ndarray:
+    """Float round trip through the integer grid (round half up, narrow signed range)."""
+    q = np.floor(np.asarray(x) / scale + 0.5)
+    qm = _qmax(bits, signed)
+    return np.clip(q, -qm if signed else 0, qm) * scale
+
+
+def clip_value(x: np.ndarray, bits: int, signed: bool, method: str = "mse") -> float:
+    """Clipping value of a tensor for one calibration method.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Calibration values.
+    bits : int
+        Target bits (used by ``mse``).
+    signed : bool
+        Symmetric signed (magnitudes) or unsigned (positive part) grid.
+    method : str
+        One of :data:`CALIB_METHODS`.
+    """
+    if method not in CALIB_METHODS:
+        raise ValueError(f"calibration method {method!r}; allowed values: {list(CALIB_METHODS)}")
+    v = np.abs(x).ravel() if signed else np.maximum(np.asarray(x).ravel(), 0)
+    top = float(v.max(initial=0.0))
+    if top == 0.0:
+        return 1e-8
+    if method == "minmax":
+        return top
+    if method == "percentile":
+        return max(float(np.percentile(v, 99.99)), 1e-8)
+    qm = _qmax(bits, signed)
+    best, best_c = np.inf, top
+    xs = np.asarray(x).ravel()
+    for r in np.linspace(0.30, 1.0, 36):
+        c = top * r
+        err = float(np.mean((quantize_dequantize(xs, c / qm, bits, signed) - xs) ** 2))
+        if err < best:
+            best, best_c = err, c
+    return best_c
+
+
+def headroom_qmax(k: int, a_bits: int, a_signed: bool, w_bits: int) -> tuple[int, int]:
+    """``(qa, qw)``: the integer input / weight ranges used for a dot product of length ``k``.
+
+    See "accumulator headroom" in the module docstring.
+    """
+    qa, qw = _qmax(a_bits, a_signed), _qmax(w_bits, True)
+    while 2 * k * qa * qw > 2 ** 31 - 1:
+        if qa >= qw:
+            qa //= 2
+        else:
+            qw //= 2
+    return qa, qw
+
+
+def weight_scales(w: np.ndarray, bits: int, method: str = "minmax", per_channel: bool = True,
+                  qmax: int | None = None) -> np.ndarray:
+    """Symmetric weight scale per output channel (axis 0), or one repeated if not per channel.
+
+    ``qmax`` overrides the integer range (accumulator headroom); default ``2**(bits-1) - 1``.
+    """
+    qm = qmax or _qmax(bits, True)
+    if per_channel:
+        c = np.array([clip_value(w[i], bits, True, method) for i in range(w.shape[0])])
+    else:
+        c = np.full(w.shape[0], clip_value(w, bits, True, method))
+    return np.maximum(c, 1e-12) / qm
+
+
+def _mult_shift(m: np.ndarray) -> tuple[np.ndarray, int]:
+    mmax = float(np.abs(m).max())
+    if mmax <= 0:
+        return np.zeros(len(m), dtype=np.int64), 0
+    shift = int(np.floor(np.log2((2 ** 31 - 1) / mmax)))
+    shift = min(max(shift, 0), 63)
+    mult = np.floor(m * 2.0 ** shift + 0.5)
+    if np.abs(mult).max() > 2 ** 31 - 1:
+        raise ValueError(f"requant multiplier {mmax:g} does not fit a signed 32-bit mult with "
+                         "shift >= 0; the layer's scales are inconsistent")
+    return mult.astype(np.int64), shift
+
+
+class Quantizer:
+    """PTQ calibration and integer export of a traced float model.
+
+    Parameters
+    ----------
+    layers : list of FLayer
+        From :func:`rvmpq.sw.search.models.trace_model`.
+    calib_x : numpy.ndarray
+        Float NCHW calibration batch (the validation split; up to 500 samples are used).
+    act_method, w_method : str
+        Calibration methods (:data:`CALIB_METHODS`) for activations and weights.
+    """
+
+    def __init__(self, layers: list[FLayer], calib_x: np.ndarray, act_method: str = "mse",
+                 w_method: str = "mse"):
+        for m in (act_method, w_method):
+            if m not in CALIB_METHODS:
+                raise ValueError(f"calibration method {m!r}; allowed values: {list(CALIB_METHODS)}")
+        self.layers = layers
+        self.act_method, self.w_method = act_method, w_method
+        self.input_shape = tuple(calib_x.shape[1:])
+        self.comp_idx = [i for i, l in enumerate(layers) if l.is_compute]
+        x = np.asarray(calib_x[:500], dtype=np.float64)
+        self._acts = self._collect_inputs(layers, x)
+        self._signed = []
+        for k, i in enumerate(self.comp_idx):
+            if k == 0:
+                self._signed.append(bool(x.min() < 0))
+            else:
+                self._signed.append(not layers[self.comp_idx[k - 1]].relu)
+        self._scale_cache: dict = {}
+
+    @property
+    def n_compute(self) -> int:
+        """Number of compute layers."""
+        return len(self.comp_idx)
+
+    @staticmethod
+    def _collect_inputs(layers, x):
+        from .models import float_forward
+
+        acts, h = [], x
+        for l in layers:
+            if l.is_compute:
+                acts.append(h)
+            h = float_forward([l], h) if l.kind != "flatten" else h.reshape(h.shape[0], -1)
+        return acts
+
+    def dot_len(self, k: int) -> int:
+        """Dot-product length of compute layer ``k``."""
+        return int(np.prod(self.layers[self.comp_idx[k]].weight.shape[1:]))
+
+    def qmax(self, k: int, a_bits: int, w_bits: int) -> tuple[int, int]:
+        """``(qa, qw)`` integer ranges of compute layer ``k`` (accumulator headroom)."""
+        return headroom_qmax(self.dot_len(k), a_bits, self._signed[k], w_bits)
+
+    def act_scale(self, k: int, bits: int, w_bits: int | None = None) -> tuple[float, bool]:
+        """``(scale, signed)`` of the input of compute layer ``k`` at ``bits``.
+
+        ``w_bits`` (layer k's weight bits, default = ``bits``) matters only through the
+        accumulator headroom.
+        """
+        w_bits = w_bits or bits
+        key = (k, bits, w_bits)
+        if key not in self._scale_cache:
+            signed = self._signed[k]
+            c = clip_value(self._acts[k], bits, signed, self.act_method)
+            qa, _ = self.qmax(k, bits, w_bits)
+            self._scale_cache[key] = (c / qa, signed)
+        return self._scale_cache[key]
+
+    def _check(self, w_bits, a_bits):
+        n = self.n_compute
+        if len(w_bits) != n or len(a_bits) != n:
+            raise ValueError(f"need {n} w_bits and a_bits (one per conv/linear layer), got "
+                             f"{len(w_bits)} and {len(a_bits)}")
+        return ([check_bits(b, "w_bits") for b in w_bits], [check_bits(b, "a_bits") for b in a_bits])
+
+    def export(self, w_bits, a_bits, layers: list[FLayer] | None = None,
+               w_method: str | None = None, qat: list[bool] | None = None, meta=None,
+               w_scales: list | None = None) -> QNetwork:
+        """Integer network for per-layer bits.
+
+        Parameters
+        ----------
+        w_bits, a_bits : sequence of int
+            Per compute layer; ``a_bits[k]`` is the precision of layer k's input.
+        layers : list of FLayer, optional
+            Weights to use (e.g. after QAT); default the calibrated model's.
+        w_method : str, optional
+            Weight calibration override (QAT exports use ``"minmax"``, as in training).
+        qat : list of bool, optional
+            Recorded per compute layer in the export.
+        w_scales : list of numpy.ndarray, optional
+            Per compute layer weight scales to use instead of calibrating (QAT results).
+        """
+        w_bits, a_bits = self._check(w_bits, a_bits)
+        layers = layers or self.layers
+        w_method = w_method or self.w_method
+        qat = qat or [False] * self.n_compute
+        c, h, w = self.input_shape
+        shape = (h, w, c)
+        s0, sg0 = self.act_scale(0, a_bits[0], w_bits[0])
+        out: list[QLayer] = []
+        k = -1
+        flat_shape = None
+        logit_scale = 1.0
+        for l in layers:
+            if l.kind == "maxpool":
+                ho, wo = shape[0] // l.kernel[0], shape[1] // l.kernel[1]
+                out.append(QLayer("maxpool", l.name, shape, (ho, wo, shape[2]), kernel=l.kernel,
+                                  stride=l.stride))
+                shape = (ho, wo, shape[2])
+                continue
+            if l.kind == "flatten":
+                flat_shape = shape
+                out.append(QLayer("flatten", l.name, shape, (1, 1, int(np.prod(shape)))))
+                shape = (1, 1, int(np.prod(shape)))
+                continue
+            k += 1
+            last = k == self.n_compute - 1
+            s_in, sg_in = self.act_scale(k, a_bits[k], w_bits[k])
+            _, qm = self.qmax(k, a_bits[k], w_bits[k])
+            if w_scales is not None and w_scales[k] is not None:
+                sw = np.asarray(w_scales[k], dtype=np.float64)
+            else:
+                sw = weight_scales(l.weight, w_bits[k], w_method, per_channel=not last, qmax=qm)
+            wf = l.weight
+            if l.kind == "linear" and flat_shape is not None and wf.shape[1] == np.prod(flat_shape):
+                hh, ww, cc = flat_shape  # torch flattens CHW, the kernels HWC
+                wf = wf.reshape(wf.shape[0], cc, hh, ww).transpose(0, 2, 3, 1).reshape(wf.shape[0], -1)
+            wq = np.clip(np.floor(wf / sw.reshape((-1,) + (1,) * (wf.ndim - 1)) + 0.5), -qm, qm)
+            wq = wq.astype(np.int64)
+            if l.kind == "conv":
+                wq = wq.transpose(0, 2, 3, 1).copy()  # (Cout, kh, kw, Cin/g)
+                cout = wq.shape[0]
+                ho = (shape[0] + 2 * l.padding[0] - l.kernel[0]) // l.stride[0] + 1
+                wo = (shape[1] + 2 * l.padding[1] - l.kernel[1]) // l.stride[1] + 1
+                oshape = (ho, wo, cout)
+            else:
+                if int(np.prod(shape)) != wq.shape[1]:
+                    raise ValueError(f"{l.name}: Linear expects {wq.shape[1]} inputs, got "
+                                     f"{int(np.prod(shape))}")
+                oshape = (1, 1, wq.shape[0])
+            bias = np.clip(np.floor(l.bias / (s_in * sw) + 0.5), -2 ** 31, 2 ** 31 - 1)
+            zp_in = 0
+            bias = bias.astype(np.int64) - zp_in * wq.reshape(wq.shape[0], -1).sum(1)
+            if last:
+                mult, shift, ob, osg = np.ones(len(sw), dtype=np.int64), 0, 32, True
+                logit_scale = float(s_in * sw[0])
+            else:
+                s_out, osg = self.act_scale(k + 1, a_bits[k + 1], w_bits[k + 1])
+                mult, shift = _mult_shift(s_in * sw / s_out)
+                ob = a_bits[k + 1]
+            out.append(QLayer(l.kind, l.name, shape, oshape, w_bits[k], a_bits[k], sg_in, zp_in,
+                              wq, bias, mult, shift, 0, ob, osg, l.relu, l.stride, l.padding,
+                              l.kernel, l.groups, [float(v) for v in sw], bool(qat[k])))
+            shape = oshape
+        meta = dict(meta or {}, act_method=self.act_method, w_method=w_method)
+        return QNetwork(float(s0), 0, a_bits[0], sg0, out, logit_scale, meta)
+
+    def fq_module(self, w_bits, a_bits, layers: list[FLayer] | None = None,
+                  trainable: list[bool] | None = None):
+        """A torch module running the model with fake quantization (STE) at the given bits.
+
+        ``None`` in ``w_bits`` / ``a_bits`` leaves that layer's weights / input in float.
+        Weight scales are fixed at the calibrated values (``w_method``) of the starting weights
+        (export a fine-tuned result with ``w_scales=module.w_scales``); activation scales are
+        the calibrated ones.
+        """
+        return FakeQuantNet(self, list(w_bits), list(a_bits), layers or self.layers, trainable)
+
+
+def _fq_net_class():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class _FakeQuantNet(nn.Module):
+        def __init__(self, qz: Quantizer, w_bits, a_bits, layers, trainable):
+            super().__init__()
+            self.layers = layers
+            self.w_bits, self.a_bits = w_bits, a_bits
+            n = qz.n_compute
+            trainable = trainable if trainable is not None else [True] * n
+            self.weights = nn.ParameterList()
+            self.biases = nn.ParameterList()
+            self.act, self.qa, self.qw = [], [], []
+            self.w_scales = []
+            for k, i in enumerate(qz.comp_idx):
+                l = layers[i]
+                self.weights.append(nn.Parameter(torch.tensor(l.weight, dtype=torch.float32),
+                                                 requires_grad=bool(trainable[k])))
+                self.biases.append(nn.Parameter(torch.tensor(l.bias, dtype=torch.float32),
+                                                requires_grad=bool(trainable[k])))
+                wb = w_bits[k] or 16
+                self.act.append(qz.act_scale(k, a_bits[k], wb) if a_bits[k] else None)
+                self.qa.append(qz.qmax(k, a_bits[k], wb)[0] if a_bits[k] else None)
+                self.qw.append(qz.qmax(k, a_bits[k] or 16, w_bits[k])[1] if w_bits[k] else None)
+                # weight scales fixed at the calibrated (w_method) values of the start weights,
+                # so the export after QAT uses exactly the grid that was trained
+                self.w_scales.append(
+                    weight_scales(l.weight, w_bits[k], qz.w_method, per_channel=k != n - 1,
+                                  qmax=self.qw[k]) if w_bits[k] else None)
+
+        @staticmethod
+        def _fq(x, scale, qm, signed):
+            lo = -qm * scale if signed else 0.0
+            xc = torch.clamp(x, lo, qm * scale)
+            return xc + (torch.floor(xc / scale + 0.5) * scale - xc).detach()
+
+        def qweight(self, k, last):
+            w = self.weights[k]
+            b = self.w_bits[k]
+            if not b:
+                return w
+            qm = self.qw[k]
+            s = torch.tensor(self.w_scales[k], dtype=w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
+            return self._fq(w, s, qm, True)
+
+        def forward(self, x):
+            k = -1
+            n = len(self.weights)
+            for l in self.layers:
+                if l.kind == "maxpool":
+                    x = F.max_pool2d(x, l.kernel, l.stride)
+                    continue
+                if l.kind == "flatten":
+                    x = x.flatten(1)
+                    continue
+                k += 1
+                if self.act[k] is not None:
+                    s, sg = self.act[k]
+                    x = self._fq(x, s, self.qa[k], sg)
+                w = self.qweight(k, k == n - 1)
+                if l.kind == "conv":
+                    x = F.conv2d(x, w, self.biases[k], l.stride, l.padding, 1, l.groups)
+                else:
+                    x = F.linear(x, w, self.biases[k])
+                if l.relu:
+                    x = torch.relu(x)
+            return x
+
+        def to_layers(self) -> list[FLayer]:
+            """Copy of the float layer list with this module's (fine-tuned) weights."""
+            out, k = [], -1
+            for l in self.layers:
+                if l.is_compute:
+                    k += 1
+                    out.append(dataclasses.replace(
+                        l, weight=self.weights[k].detach().double().numpy().copy(),
+                        bias=self.biases[k].detach().double().numpy().copy()))
+                else:
+                    out.append(l)
+            return out
+
+    return _FakeQuantNet
+
+
+def FakeQuantNet(qz, w_bits, a_bits, layers, trainable=None):
+    """Build the fake-quant torch module (see :meth:`Quantizer.fq_module`)."""
+    return _fq_net_class()(qz, w_bits, a_bits, layers, trainable)
+
+
+def needs_qat(probe_drop: np.ndarray, option_bits: list[int], config_bits: list[int],
+              tau: float = 0.5) -> list[bool]:
+    """Edge-MPQ training-necessity decision per layer (rule in the module docstring).
+
+    Parameters
+    ----------
+    probe_drop : numpy.ndarray
+        ``(layers, options)`` single-layer PTQ accuracy drop in points (integer model).
+    option_bits : list of int
+        Bits of each option column.
+    config_bits : list of int
+        Chosen bits per layer.
+    tau : float
+        Threshold in accuracy points.
+
+    Returns
+    -------
+    list of bool
+        True where QAT is needed.
+    """
+    probe_drop = np.asarray(probe_drop)
+    if probe_drop.shape != (len(config_bits), len(option_bits)):
+        raise ValueError(f"probe_drop shape {probe_drop.shape} != (layers={len(config_bits)}, "
+                         f"options={len(option_bits)})")
+    return [bool(probe_drop[k, option_bits.index(b)] > tau) for k, b in enumerate(config_bits)]
+
+
+def qat_finetune(qz: Quantizer, w_bits, a_bits, x_train, y_train, trainable: list[bool],
+                 epochs: int = 3, lr: float = 3e-4, batch: int = 64, seed: int = 0,
+                 layers: list[FLayer] | None = None) -> tuple[list[FLayer], list]:
+    """Short QAT fine-tune (fake quant + STE) of the layers marked ``trainable``.
+
+    Returns ``(layers, w_scales)``: the float layer list with updated weights and the weight
+    scales it was trained on; export with ``qz.export(..., layers=layers, w_scales=w_scales)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    net = qz.fq_module(w_bits, a_bits, layers, trainable)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        return list(layers or qz.layers), net.w_scales
+    opt = torch.optim.Adam(params, lr=lr)
+    x = torch.from_numpy(np.asarray(x_train, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(y_train))
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    return net.to_layers(), net.w_scales

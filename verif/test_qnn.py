@@ -1,0 +1,195 @@
+"""The bit-exact integer network model (rvmpq.sw.search.qnn) against independent references.
+
+The references here use Python integers / fractions and explicit loops, not the model's code.
+Random tests print their seed; replay with RVMPQ_SEED=<seed> pytest verif/test_qnn.py.
+"""
+
+import json
+import os
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from rvmpq.sw.search.qnn import QLayer, QNetwork, int_forward, quantize_input, requant, wrap32
+
+SEED = int(os.environ.get("RVMPQ_SEED", random.randrange(1 << 30)))
+
+
+def _seed(tag):
+    print(f"{tag}: seed {SEED} (replay: RVMPQ_SEED={SEED} pytest verif/test_qnn.py)")
+    return np.random.default_rng(SEED)
+
+
+def ref_requant(acc, mult, shift, zp, bits, signed):
+    """Contract section 3 with exact fractions: floor(acc*mult/2**shift + 1/2) + zp, clamped."""
+    r = acc * mult if shift == 0 else int(np.floor(Fraction(acc * mult, 2 ** shift) + Fraction(1, 2)))
+    lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1))
+    return max(lo, min(hi, r + zp))
+
+
+def test_requant_matches_exact_reference():
+    rng = _seed("requant")
+    for _ in range(3000):
+        acc = int(rng.integers(-2 ** 31, 2 ** 31))
+        mult = int(rng.integers(-2 ** 31, 2 ** 31))
+        shift = int(rng.choice([0, 1, 2, 31, 32, 40, 62, 63, int(rng.integers(0, 64))]))
+        zp = int(rng.integers(-2 ** 15, 2 ** 15)) if rng.random() < 0.3 else 0
+        bits = int(rng.choice([2, 4, 8, 16]))
+        signed = bool(rng.integers(2))
+        got = int(requant(np.array([acc]), np.array([mult]), shift, zp, bits, signed)[0])
+        assert got == ref_requant(acc, mult, shift, zp, bits, signed), (acc, mult, shift, zp, bits, signed)
+
+
+def test_requant_uses_golden_model():
+    golden = pytest.importorskip("rvmpq.sw.golden")
+    acc = np.arange(-1000, 1000, 7, dtype=np.int64)
+    mult = np.full_like(acc, 123456789)
+    assert np.array_equal(requant(acc, mult, 30, 3, 8, True),
+                          golden.requant(acc, mult, 30, 3, 8, True))
+
+
+def test_wrap32():
+    assert int(wrap32(2 ** 31)) == -2 ** 31
+    assert int(wrap32(-2 ** 31 - 1)) == 2 ** 31 - 1
+    assert int(wrap32(2 ** 32 + 5)) == 5
+
+
+def _random_net(rng, with_overflow=False):
+    """A small random integer network: conv(stride 2, pad) - depthwise conv - maxpool - flatten - fc."""
+    h = w = 7
+    cin = 3
+    a_bits0 = int(rng.choice([2, 4, 8]))
+    layers = []
+    # conv 3x3 stride 2 pad 1, signed input with zero point
+    c1, b1 = 4, int(rng.choice([2, 4, 8, 16]))
+    wq = rng.integers(-(2 ** (b1 - 1) - 1), 2 ** (b1 - 1), (c1, 3, 3, cin))
+    if with_overflow:
+        wq = np.full((c1, 3, 3, cin), 2 ** 15 - 1)
+    ho = (h + 2 - 3) // 2 + 1
+    a_bits1 = int(rng.choice([2, 4, 8, 16]))
+    layers.append(QLayer("conv", "c1", (h, w, cin), (ho, ho, c1), b1, a_bits0, True,
+                         int(rng.integers(-2, 2)), wq, rng.integers(-5000, 5000, c1),
+                         rng.integers(1, 2 ** 31 - 1, c1), int(rng.integers(20, 40)), 0, a_bits1,
+                         False, True, (2, 2), (1, 1), (3, 3), 1))
+    # depthwise 3x3 pad 1, unsigned input
+    b2 = int(rng.choice([2, 4, 8]))
+    wq2 = rng.integers(-(2 ** (b2 - 1) - 1), 2 ** (b2 - 1), (c1, 3, 3, 1))
+    a_bits2 = int(rng.choice([2, 4, 8]))
+    layers.append(QLayer("conv", "dw", (ho, ho, c1), (ho, ho, c1), b2, a_bits1, False, 0, wq2,
+                         rng.integers(-500, 500, c1), rng.integers(-2 ** 31, 2 ** 31 - 1, c1),
+                         int(rng.integers(10, 30)), int(rng.integers(-1, 2)), a_bits2, True, False,
+                         (1, 1), (1, 1), (3, 3), c1))
+    layers.append(QLayer("maxpool", "mp", (ho, ho, c1), (ho // 2, ho // 2, c1), kernel=(2, 2),
+                         stride=(2, 2)))
+    f = (ho // 2) ** 2 * c1
+    layers.append(QLayer("flatten", "fl", (ho // 2, ho // 2, c1), (1, 1, f)))
+    wq3 = rng.integers(-7, 8, (5, f))
+    layers.append(QLayer("linear", "fc", (1, 1, f), (1, 1, 5), 4, a_bits2, True, 0, wq3,
+                         rng.integers(-100, 100, 5), np.ones(5, dtype=np.int64), 0, 0, 32, True))
+    net = QNetwork(0.05, int(rng.integers(-2, 2)), a_bits0, True, layers, 1.0)
+    x = rng.normal(0, 3, (6, cin, h, w))
+    return net, x
+
+
+def ref_forward(net, x):
+    """Independent reference: explicit loops over output elements, Python ints."""
+    lo, hi = -(2 ** (net.input_bits - 1)), 2 ** (net.input_bits - 1) - 1
+    if not net.input_signed:
+        lo, hi = 0, 2 ** net.input_bits - 1
+    outs = []
+    for xs in x:
+        a = {}
+        C, H, W = xs.shape
+        for c in range(C):
+            for i in range(H):
+                for j in range(W):
+                    q = int(np.floor(Fraction(float(xs[c, i, j])) / Fraction(net.input_scale)
+                                     + Fraction(1, 2))) + net.input_zp
+                    a[(i, j, c)] = max(lo, min(hi, q))
+        shape = (H, W, C)
+        comp = [l for l in net.layers if l.kind in ("conv", "linear")]
+        for l in net.layers:
+            if l.kind == "conv":
+                Ho, Wo, Co = l.out_shape
+                g = l.groups
+                cin_g = shape[2] // g
+                cout_g = Co // g
+                new = {}
+                for co in range(Co):
+                    gi = co // cout_g
+                    for oi in range(Ho):
+                        for oj in range(Wo):
+                            s = 0
+                            for ki in range(l.kernel[0]):
+                                for kj in range(l.kernel[1]):
+                                    ii = oi * l.stride[0] - l.padding[0] + ki
+                                    jj = oj * l.stride[1] - l.padding[1] + kj
+                                    for ci in range(cin_g):
+                                        v = a.get((ii, jj, gi * cin_g + ci), l.zp_in)
+                                        s += int(l.weight[co, ki, kj, ci]) * v
+                            s = (s + int(l.bias[co]) + 2 ** 31) % 2 ** 32 - 2 ** 31
+                            new[(oi, oj, co)] = s if l is comp[-1] else ref_requant(
+                                s, int(l.mult[co]), l.shift, l.zp_out, l.out_bits, l.out_signed)
+                a, shape = new, l.out_shape
+            elif l.kind == "maxpool":
+                Ho, Wo, Co = l.out_shape
+                a = {(i, j, c): max(a[(i * 2 + di, j * 2 + dj, c)] for di in range(2) for dj in range(2))
+                     for i in range(Ho) for j in range(Wo) for c in range(Co)}
+                shape = l.out_shape
+            elif l.kind == "flatten":
+                flat = [a[(i, j, c)] for i in range(shape[0]) for j in range(shape[1])
+                        for c in range(shape[2])]
+                a = {(0, 0, k): v for k, v in enumerate(flat)}
+                shape = (1, 1, len(flat))
+            elif l.kind == "linear":
+                new = {}
+                for o in range(l.weight.shape[0]):
+                    s = sum(int(l.weight[o, k]) * a[(0, 0, k)] for k in range(l.weight.shape[1]))
+                    s = (s + int(l.bias[o]) + 2 ** 31) % 2 ** 32 - 2 ** 31
+                    new[(0, 0, o)] = s if l is comp[-1] else ref_requant(
+                        s, int(l.mult[o]), l.shift, l.zp_out, l.out_bits, l.out_signed)
+                a, shape = new, l.out_shape
+        outs.append([a[(0, 0, k)] for k in range(shape[2])])
+    return np.array(outs, dtype=np.int64)
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_int_forward_matches_loop_reference(trial):
+    rng = np.random.default_rng(SEED + trial)
+    print(f"seed {SEED + trial} (replay: RVMPQ_SEED={SEED} pytest verif/test_qnn.py)")
+    net, x = _random_net(rng, with_overflow=(trial == 3))
+    ref = ref_forward(net, x)
+    assert np.array_equal(int_forward(net, x), ref)
+    assert np.array_equal(int_forward(net, x, exact="int64"), ref)
+
+
+def test_overflow_wraps_like_int32():
+    rng = _seed("overflow")
+    net, x = _random_net(rng, with_overflow=True)
+    net.layers[0].w_bits = 16
+    net.input_bits, net.layers[0].a_bits = 16, 16
+    net.input_scale = 1e-4  # large inputs: 27 * 32767 * 32767 overflows int32
+    stats = {}
+    got = int_forward(net, x, stats=stats)
+    assert stats["wraps"] > 0
+    assert np.array_equal(got, ref_forward(net, x))
+
+
+def test_json_roundtrip(tmp_path):
+    net, x = _random_net(np.random.default_rng(1))
+    net.save(tmp_path / "q.json")
+    back = QNetwork.load(tmp_path / "q.json")
+    assert np.array_equal(int_forward(back, x), int_forward(net, x))
+    with pytest.raises(ValueError, match="rvmpq-qnn-1"):
+        QNetwork.from_dict({"format": "other"})
+    json.loads((tmp_path / "q.json").read_text())
+
+
+def test_input_quantization_rule():
+    net = QNetwork(0.5, 0, 4, False, [], 1.0)
+    x = np.array([[[[-1.0, 0.24, 0.25, 0.74, 0.75, 100.0]]]])
+    assert quantize_input(x, net).ravel().tolist() == [0, 0, 1, 1, 2, 15]
+    with pytest.raises(ValueError, match="NCHW"):
+        quantize_input(np.zeros((2, 3)), net)

@@ -1,0 +1,59 @@
+"""`rvmpq search` end to end on the STAND-IN cost model (results are marked as such)."""
+
+import json
+
+
+from rvmpq.sw.cli import main
+
+
+def test_search_end_to_end_stand_in(tmp_path, capsys):
+    rc = main(["search", "--model", "digits-cnn", "--budget", "latency=0.6", "--budget",
+               "wmem=0.9", "--method", "dp", "--no-qat", "--configs", "8", "-o", str(tmp_path)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "STAND-IN" in cap.err and "NOT final" in cap.err
+    assert "[search" in cap.out  # progress lines
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["cost_source"] == "stand-in" and cfg["final"] is False
+    assert cfg["method"] == "dp" and len(cfg["layers"]) == 3
+    assert all(l["w_bits"] in (2, 4, 8, 16) and l["training"] in ("PTQ", "QAT")
+               for l in cfg["layers"])
+    assert cfg["cycles_vs_int8"] <= 0.6 + 1e-9
+    assert cfg["costs"]["weight_bytes"] <= 0.9 * cfg["int8_costs"]["weight_bytes"] + 1e-6
+    assert 0 <= cfg["validated_accuracy"] <= 100 and "predicted_accuracy" in cfg
+    assert {"uniform-8", "uniform-4", "hawq-ilp"} <= set(cfg["all_methods"])
+    for f in ("report.md", "pareto.png", "qnet.json"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "STAND-IN" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_infeasible_budget_names_closest(tmp_path, capsys):
+    rc = main(["search", "--model", "digits-cnn", "--budget", "latency=0.05", "--method", "ilp",
+               "--no-qat", "--configs", "4", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "closest one is" in err and "relax" in err
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_search_bad_budget_name(tmp_path, capsys):
+    rc = main(["search", "--model", "digits-cnn", "--budget", "speed=0.5", "-o", str(tmp_path)])
+    assert rc == 2 and "allowed values" in capsys.readouterr().err
+
+
+def test_search_model_path(tmp_path, capsys):
+    import torch
+
+    from rvmpq.sw.search.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(build_model("digits-cnn"), path)  # untrained: only the plumbing is checked
+    rc = main(["search", "--model", str(path), "--budget", "latency=0.8", "--method", "greedy",
+               "--no-qat", "--configs", "4", "-o", str(tmp_path / "out")])
+    assert rc == 2 and "--data" in capsys.readouterr().err
+    rc = main(["search", "--model", str(path), "--data", "digits", "--budget", "latency=0.8",
+               "--method", "greedy", "--no-qat", "--configs", "4", "-o", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model"] == str(path) and cfg["cost_source"] == "stand-in"

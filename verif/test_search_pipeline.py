@@ -1,0 +1,57 @@
+"""Library-level search: differentiable search + Free Bits heuristic, necessity-driven QAT."""
+
+import pytest
+import torch
+
+from rvmpq.sw.search.diffsearch import differentiable_search
+from rvmpq.sw.search.pipeline import make_problem, parse_budget, prepare, run_method, validate
+from rvmpq.sw.search.solvers import InfeasibleBudget
+
+torch.set_num_threads(1)  # 2 shared cores
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """mnist1d-cnn trained for 6 epochs in a private cache."""
+    return prepare("mnist1d-cnn", n_configs=6, log=None,
+                   cache_dir=tmp_path_factory.mktemp("models"), recipe={"epochs": 6})
+
+
+def test_budget_parsing(setup):
+    int8 = setup.int8_totals()
+    assert parse_budget("latency=0.5", setup) == ("cycles", 0.5 * int8["cycles"])
+    assert parse_budget("wmem=4096", setup) == ("weight_bytes", 4096.0)
+    for bad in ("speed=0.5", "latency", "latency=-1"):
+        with pytest.raises(ValueError):
+            parse_budget(bad, setup)
+
+
+def test_differentiable_search_then_freebits(setup):
+    ch = differentiable_search(setup.qz, setup.options, [s.macs for s in setup.shapes],
+                               setup.data.x_train, setup.data.y_train, steps=20)
+    assert len(ch) == setup.qz.n_compute and all(0 <= c < len(setup.options) for c in ch)
+    b = {"cycles": 0.6 * setup.int8_totals()["cycles"]}
+    sol = run_method(setup, "diff", b)
+    assert sol.feasible and sol.costs["cycles"] <= b["cycles"]
+
+
+def test_validate_runs_qat_where_needed(setup):
+    # 2 bits everywhere: the necessity rule must ask for QAT, and QAT must not be worse
+    p = make_problem(setup, {})
+    sol = p.evaluate([setup.options.index((2, 2))] * setup.qz.n_compute, "test")
+    r = validate(setup, sol, qat_epochs=1)
+    assert all(l["needs_qat"] for l in r["layers"])
+    assert r["validation_split_accuracy"] >= r["ptq_validation_split_accuracy"]
+    assert r["_net"].bits() == [(2, 2)] * setup.qz.n_compute
+    # 16 bits: PTQ is enough
+    sol = p.evaluate([0] * setup.qz.n_compute, "test")
+    r = validate(setup, sol)
+    assert not any(l["needs_qat"] for l in r["layers"])
+    assert abs(r["validated_accuracy"] - setup.float_acc) <= 1.0
+
+
+def test_run_method_errors(setup):
+    with pytest.raises(ValueError, match="allowed values"):
+        run_method(setup, "annealing", {})
+    with pytest.raises(InfeasibleBudget, match="closest"):
+        run_method(setup, "dp", {"cycles": 1.0})

@@ -1,1 +1,10 @@
-"""rvmpq.hw.core package."""
+"""rvmpq.hw.core: the 5-stage RV32IM + Zicsr + Zicntr core with the MPQ extension.
+
+:class:`~rvmpq.hw.core.core.Core` is the core without memories (the synthesis top);
+:data:`~rvmpq.hw.core.config.CONFIGS` holds the named configurations (``baseline``, ``mpq``).
+"""
+
+from .config import CONFIGS, CoreConfig, get_config
+from .core import Core, MemMap
+
+__all__ = ["Core", "MemMap", "CoreConfig", "CONFIGS", "get_config"]

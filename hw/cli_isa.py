@@ -1,0 +1,50 @@
+"""``rvmpq isa``: print or write the custom-instruction table as JSON, Markdown or a C header."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import isa
+
+FORMATS = {"json": isa.to_json, "md": isa.to_markdown, "c": isa.to_c_header}
+
+
+def render(fmt: str) -> str:
+    """The table in format ``fmt`` (``json``, ``md`` or ``c``); ``ValueError`` otherwise."""
+    try:
+        return FORMATS[fmt]()
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}") from None
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless it already holds exactly that; True if written."""
+    path = Path(path)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rvmpq isa``."""
+    parser.add_argument("--format", "-f", choices=sorted(FORMATS), default="md",
+                        help="output format (default: md)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="write to this file (only if its content changed) instead of stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``rvmpq isa``."""
+    text = render(args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        changed = write_if_changed(args.output, text)
+        print(f"{args.output}: {'written' if changed else 'unchanged'}", file=sys.stderr)
+    return 0

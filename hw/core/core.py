@@ -1,0 +1,812 @@
+"""The rvmpq core: RV32IM + Zicsr + Zicntr + the MPQ extension, 5-stage in-order pipeline.
+
+Pipeline::
+
+     F            D               X                   M                  W
+    f_pc ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
+    IMEM        regfile rd       fwd from M, W       trap/mret          retire port
+    read        (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
+                                 div/requant (stall)
+
+* **Fetch**: the IMEM read port is addressed with ``f_pc``; its (registered) output is the
+  instruction word of ``fd`` in D.
+* **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
+  flushes F and D and redirects through a register, so it costs 2 bubbles.
+* **Forwarding**: X takes operands from M (ALU/divider/requant results) and W (everything).
+  Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
+  from M: an instruction in D that needs such a result from the instruction in X waits one
+  cycle (the load-use interlock: exactly one bubble). The check compares the raw rs1/rs2
+  fields (and rd in the custom opcodes) without decoding, for Fmax: an I-type immediate that
+  happens to match costs a needless bubble, never a wrong result.
+* **Multiplier**: MUL* and ``mpq.dot.*`` issue to the shared :class:`~rvmpq.hw.simd.SimdMulUnit`
+  from X; the result is taken in M when ``LATENCY == 1`` and in W otherwise (W waits for
+  ``o.valid`` if ``LATENCY > 2``).
+* **Long operations**: DIV*/REM* and ``mpq.rq``/``mpq.rqp`` occupy X until their unit is done;
+  the whole pipeline is frozen meanwhile (``freeze``).
+* **Traps** are precise and taken in M: the instruction in M does not commit, younger ones in
+  F/D/X are flushed, ``mepc``/``mcause``/``mtval`` are written and fetch restarts at ``mtvec``
+  (direct mode). The trapping instruction goes on to W as a bubble and appears on the retire
+  port with ``retire_trap``. ``mret`` redirects from M to ``mepc``.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .. import isa
+from ..modes import ElemWidth, MulMode, MulOp
+from .config import CoreConfig, get_config
+from .divider import Divider, DivOp
+from .requant import RequantUnit
+
+__all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap"]
+
+
+class Unit(enum.Enum, shape=3):
+    """Which unit produces the result of an instruction."""
+
+    ALU = 0
+    LOAD = 1
+    STORE = 2
+    MUL = 3
+    DIV = 4
+    RQ = 5
+    CSR = 6
+
+
+class AluOp(enum.Enum, shape=4):
+    """ALU operations (RV32I)."""
+
+    ADD = 0
+    SUB = 1
+    SLL = 2
+    SLT = 3
+    SLTU = 4
+    XOR = 5
+    SRL = 6
+    SRA = 7
+    OR = 8
+    AND = 9
+
+
+class Cause(enum.Enum, shape=4):
+    """Synchronous exception causes (``mcause``)."""
+
+    FETCH_MISALIGNED = 0
+    FETCH_ACCESS = 1
+    ILLEGAL = 2
+    BREAKPOINT = 3
+    LOAD_MISALIGNED = 4
+    LOAD_ACCESS = 5
+    STORE_MISALIGNED = 6
+    STORE_ACCESS = 7
+    ECALL_M = 11
+
+
+class MemMap:
+    """Address ranges the core checks for access faults.
+
+    Parameters
+    ----------
+    imem_base, imem_size : int
+        Fetch range (instruction access fault outside it).
+    dmem_base, dmem_size : int
+        Load/store range.
+    mmio_base, mmio_size : int
+        Store-only range (console, exit).
+    """
+
+    def __init__(self, imem_base=0x0000_0000, imem_size=64 << 10, dmem_base=0x1000_0000,
+                 dmem_size=64 << 10, mmio_base=0x2000_0000, mmio_size=8):
+        for name, size in (("imem_size", imem_size), ("dmem_size", dmem_size),
+                           ("mmio_size", mmio_size)):
+            if size <= 0 or size & (size - 1):
+                raise ValueError(f"{name} = {size} must be a power of two")
+        for name, base, size in (("imem", imem_base, imem_size), ("dmem", dmem_base, dmem_size),
+                                 ("mmio", mmio_base, mmio_size)):
+            if base % size:
+                raise ValueError(f"{name}_base {base:#x} must be aligned to its size {size:#x}")
+        self.imem_base, self.imem_size = imem_base, imem_size
+        self.dmem_base, self.dmem_size = dmem_base, dmem_size
+        self.mmio_base, self.mmio_size = mmio_base, mmio_size
+
+    @staticmethod
+    def in_range(addr, base, size):
+        """Amaranth expression: ``addr`` lies in ``[base, base + size)`` (size a power of two)."""
+        bits = size.bit_length() - 1
+        return addr[bits:] == (base >> bits)
+
+
+#: CSR addresses.
+CSR_ADDRS = {
+    "mstatus": 0x300, "misa": 0x301, "mie": 0x304, "mtvec": 0x305, "mscratch": 0x340,
+    "mepc": 0x341, "mcause": 0x342, "mtval": 0x343, "mip": 0x344,
+    "mcycle": 0xB00, "minstret": 0xB02, "mcycleh": 0xB80, "minstreth": 0xB82,
+    "cycle": 0xC00, "time": 0xC01, "instret": 0xC02, "cycleh": 0xC80, "timeh": 0xC81,
+    "instreth": 0xC82,
+    "mvendorid": 0xF11, "marchid": 0xF12, "mimpid": 0xF13, "mhartid": 0xF14,
+    "mpq_rq": isa.CSR_MPQ_RQ,
+}
+
+# Zicntr: ``time`` has no separate timer on this core and reads as ``cycle``.
+_COUNTER_CSRS = ("mcycle", "minstret", "mcycleh", "minstreth", "cycle", "time", "instret",
+                 "cycleh", "timeh", "instreth")
+
+# Decoded instruction (the D -> X payload besides pc/insn/operands).
+Decoded = data.StructLayout({
+    "unit": Unit,
+    "alu_op": AluOp,
+    "a_pc": 1,          # operand a = pc
+    "a_zero": 1,        # operand a = 0 (LUI)
+    "b_imm": 1,         # operand b = imm
+    "imm": 32,
+    "link": 1,          # result = pc + 4 (JAL/JALR)
+    "branch": 1,
+    "jal": 1,
+    "jalr": 1,
+    "f3": 3,            # branch condition / memory size / CSR op / divide op
+    "we": 1,
+    "rd": 5,
+    "rs1": 5,
+    "rs2": 5,
+    "use_rs1": 1,
+    "use_rs2": 1,
+    "use_rd": 1,        # rd is a source (mpq.dot accumulator, mpq.rqp packing register)
+    "mul_mode": MulMode,
+    "rq_pack": 1,
+    "csr_addr": 12,
+    "csr_write": 1,
+    "mret": 1,
+    "exc": 1,
+    "cause": Cause,
+})
+
+ECALL = 0x00000073
+EBREAK = 0x00100073
+MRET = 0x30200073
+
+
+class Core(wiring.Component):
+    """RV32IM + Zicsr + Zicntr core with the MPQ extension (machine mode only).
+
+    Parameters
+    ----------
+    config : str or CoreConfig
+        ``"mpq"`` (default) or ``"baseline"``; see :mod:`rvmpq.hw.core.config`.
+    memmap : MemMap, optional
+        Address ranges for access-fault checks (default: contracts.md section 5).
+    mul_unit : callable, optional
+        Factory for the multiplier; default :class:`rvmpq.hw.simd.SimdMulUnit`. Test benches
+        may pass a behavioural stand-in with the same signature.
+
+    Members
+    -------
+    f_imem_addr : Out(32)
+        Byte address of the instruction to fetch (IMEM read port, registered read).
+    f_imem_en : Out(1)
+        Read enable; the read data holds while it is low.
+    d_imem_data : In(32)
+        Instruction word read in the previous cycle with ``f_imem_en``.
+    x_dmem_addr : Out(32)
+        Load byte address (DMEM read port, registered read, transparent for the write port).
+    x_dmem_en : Out(1)
+        Read enable; the read data holds while it is low.
+    m_dmem_rdata : In(32)
+        The word read.
+    m_dmem_addr : Out(32)
+        Store byte address (DMEM or MMIO; the word containing it).
+    m_dmem_wdata : Out(32)
+        Store data, already shifted to its byte lanes.
+    m_dmem_wmask : Out(4)
+        Byte write enables; non-zero means a store commits this cycle.
+    retire_valid, retire_pc, retire_insn, retire_rd, retire_wdata, retire_trap : Out
+        Retire trace (contracts.md section 5); ``retire_rd`` is 0 when nothing is written.
+    """
+
+    def __init__(self, config: "str | CoreConfig" = "mpq", memmap: MemMap | None = None,
+                 mul_unit=None):
+        self.config = get_config(config)
+        self.memmap = memmap or MemMap()
+        self._mul_unit = mul_unit
+        super().__init__({
+            "f_imem_addr": Out(32), "f_imem_en": Out(1), "d_imem_data": In(32),
+            "x_dmem_addr": Out(32), "x_dmem_en": Out(1), "m_dmem_rdata": In(32),
+            "m_dmem_addr": Out(32), "m_dmem_wdata": Out(32), "m_dmem_wmask": Out(4),
+            "retire_valid": Out(1), "retire_pc": Out(32), "retire_insn": Out(32),
+            "retire_rd": Out(5), "retire_wdata": Out(32), "retire_trap": Out(1),
+        })
+
+    # ---- decoder -------------------------------------------------------------------------
+
+    def _csr_known(self):
+        cfg = self.config
+        names = ["mstatus", "misa", "mie", "mtvec", "mscratch", "mepc", "mcause", "mtval", "mip",
+                 "mvendorid", "marchid", "mimpid", "mhartid"]
+        if cfg.with_counters:
+            names += list(_COUNTER_CSRS)
+        if cfg.with_mpq:
+            names.append("mpq_rq")
+        return {n: CSR_ADDRS[n] for n in names}
+
+    def _decode_custom(self, m, insn, d, illegal):
+        """Custom-0/custom-1 rows, one ``Case`` per :data:`rvmpq.hw.isa.CUSTOM_INSTRUCTIONS`
+        row (a parallel match, no priority chain); other encodings are illegal."""
+        with m.Switch(insn & isa.InstrDesc.MASK):
+            for row in isa.CUSTOM_INSTRUCTIONS:
+                with m.Case(row.match):
+                    m.d.comb += [d.we.eq(int(row.writes_rd)), d.use_rs1.eq(1),
+                                 d.use_rs2.eq(1), d.use_rd.eq(int(row.reads_rd))]
+                    if row.kind == "dot":
+                        w = ElemWidth(isa.width_code(row.width).value)
+                        m.d.comb += [d.unit.eq(Unit.MUL),
+                                     d.mul_mode.eq(MulMode.const({
+                                         "op": MulOp.DOT, "a_width": w, "b_width": w,
+                                         "a_signed": int(row.a_signed),
+                                         "b_signed": int(row.b_signed)}))]
+                    elif row.kind in ("rq", "rqp"):
+                        m.d.comb += [d.unit.eq(Unit.RQ), d.rq_pack.eq(row.kind == "rqp")]
+                    else:  # pragma: no cover - a new kind needs its unit wired here
+                        raise NotImplementedError(f"no unit for instruction kind {row.kind!r}")
+            with m.Default():
+                m.d.comb += illegal.eq(1)
+
+    def _decode(self, m, insn, d):
+        """Drive the :data:`Decoded` view ``d`` from instruction word ``insn``."""
+        cfg = self.config
+        opcode = insn[0:7]
+        f3 = insn[12:15]
+        f7 = insn[25:32]
+        rd, rs1, rs2 = insn[7:12], insn[15:20], insn[20:25]
+        imm_i = insn[20:32].as_signed()
+        imm_s = Cat(insn[7:12], insn[25:32]).as_signed()
+        imm_b = Cat(Const(0, 1), insn[8:12], insn[25:31], insn[7], insn[31]).as_signed()
+        imm_u = Cat(Const(0, 12), insn[12:32])
+        imm_j = Cat(Const(0, 1), insn[21:31], insn[20], insn[12:20], insn[31]).as_signed()
+        illegal = Signal()
+
+        m.d.comb += [d.rd.eq(rd), d.rs1.eq(rs1), d.rs2.eq(rs2), d.f3.eq(f3),
+                     d.csr_addr.eq(insn[20:32])]
+
+        def rtype_alu():
+            ops = {0: AluOp.ADD, 1: AluOp.SLL, 2: AluOp.SLT, 3: AluOp.SLTU, 4: AluOp.XOR,
+                   5: AluOp.SRL, 6: AluOp.OR, 7: AluOp.AND}
+            with m.Switch(f3):
+                for k, op in ops.items():
+                    with m.Case(k):
+                        m.d.comb += d.alu_op.eq(op)
+
+        with m.Switch(opcode):
+            with m.Case(0b0110111):  # LUI
+                m.d.comb += [d.a_zero.eq(1), d.b_imm.eq(1), d.imm.eq(imm_u), d.we.eq(1)]
+            with m.Case(0b0010111):  # AUIPC
+                m.d.comb += [d.a_pc.eq(1), d.b_imm.eq(1), d.imm.eq(imm_u), d.we.eq(1)]
+            with m.Case(0b1101111):  # JAL
+                m.d.comb += [d.jal.eq(1), d.link.eq(1), d.imm.eq(imm_j), d.we.eq(1)]
+            with m.Case(0b1100111):  # JALR
+                m.d.comb += [d.jalr.eq(1), d.link.eq(1), d.imm.eq(imm_i), d.we.eq(1),
+                             d.use_rs1.eq(1), illegal.eq(f3 != 0)]
+            with m.Case(0b1100011):  # branches
+                m.d.comb += [d.branch.eq(1), d.imm.eq(imm_b), d.use_rs1.eq(1), d.use_rs2.eq(1),
+                             illegal.eq((f3 == 2) | (f3 == 3))]
+            with m.Case(0b0000011):  # loads
+                m.d.comb += [d.unit.eq(Unit.LOAD), d.b_imm.eq(1), d.imm.eq(imm_i), d.we.eq(1),
+                             d.use_rs1.eq(1),
+                             illegal.eq((f3 == 3) | (f3 == 6) | (f3 == 7))]
+            with m.Case(0b0100011):  # stores
+                m.d.comb += [d.unit.eq(Unit.STORE), d.b_imm.eq(1), d.imm.eq(imm_s),
+                             d.use_rs1.eq(1), d.use_rs2.eq(1), illegal.eq(f3 > 2)]
+            with m.Case(0b0010011):  # OP-IMM
+                m.d.comb += [d.b_imm.eq(1), d.imm.eq(imm_i), d.we.eq(1), d.use_rs1.eq(1)]
+                rtype_alu()
+                with m.If(f3 == 1):
+                    m.d.comb += illegal.eq(f7 != 0)
+                with m.If(f3 == 5):
+                    m.d.comb += illegal.eq((f7 != 0) & (f7 != 0b0100000))
+                    with m.If(f7[5]):
+                        m.d.comb += d.alu_op.eq(AluOp.SRA)
+            with m.Case(0b0110011):  # OP
+                m.d.comb += [d.we.eq(1), d.use_rs1.eq(1), d.use_rs2.eq(1)]
+                with m.If(f7 == 0):
+                    rtype_alu()
+                with m.Elif(f7 == 0b0100000):
+                    with m.Switch(f3):
+                        with m.Case(0):
+                            m.d.comb += d.alu_op.eq(AluOp.SUB)
+                        with m.Case(5):
+                            m.d.comb += d.alu_op.eq(AluOp.SRA)
+                        with m.Default():
+                            m.d.comb += illegal.eq(1)
+                with m.Elif((f7 == 1) & cfg.with_muldiv):
+                    with m.If(f3[2]):
+                        m.d.comb += d.unit.eq(Unit.DIV)
+                    with m.Else():
+                        m.d.comb += d.unit.eq(Unit.MUL)
+                        # MUL, MULH (s x s), MULHSU (s x u), MULHU (u x u)
+                        m.d.comb += [
+                            d.mul_mode.op.eq(Mux(f3 == 0, MulOp.MULLO, MulOp.MULHI)),
+                            d.mul_mode.a_width.eq(ElemWidth.W16),
+                            d.mul_mode.b_width.eq(ElemWidth.W16),
+                            d.mul_mode.a_signed.eq((f3 == 1) | (f3 == 2)),
+                            d.mul_mode.b_signed.eq(f3 == 1),
+                        ]
+                with m.Else():
+                    m.d.comb += illegal.eq(1)
+            with m.Case(0b0001111):  # FENCE, FENCE.I: no-ops on this core
+                m.d.comb += illegal.eq(f3 > 1)
+            with m.Case(0b1110011):  # SYSTEM
+                with m.If(f3 == 0):
+                    with m.If(insn == ECALL):
+                        m.d.comb += [d.exc.eq(1), d.cause.eq(Cause.ECALL_M)]
+                    with m.Elif(insn == EBREAK):
+                        m.d.comb += [d.exc.eq(1), d.cause.eq(Cause.BREAKPOINT)]
+                    with m.Elif(insn == MRET):
+                        m.d.comb += d.mret.eq(1)
+                    with m.Elif(insn == 0x10500073):  # WFI: a no-op
+                        pass
+                    with m.Else():
+                        m.d.comb += illegal.eq(1)
+                with m.Elif(f3 == 4):
+                    m.d.comb += illegal.eq(1)
+                with m.Else():
+                    # CSRRW/S/C (f3[2] = 0: rs1 source, 1: zero-extended uimm in rs1 field)
+                    writes = Mux(f3[0:2] == 1, 1, rs1 != 0)
+                    m.d.comb += [d.unit.eq(Unit.CSR), d.we.eq(1), d.use_rs1.eq(~f3[2]),
+                                 d.csr_write.eq(writes)]
+                    known = self._csr_known()
+                    csr = insn[20:32]
+                    ok = Signal()
+                    with m.Switch(csr):
+                        for name, addr in known.items():
+                            with m.Case(addr):
+                                read_only = (addr >> 10) == 3
+                                m.d.comb += ok.eq(~writes if read_only else 1)
+                    m.d.comb += illegal.eq(~ok)
+            if cfg.with_mpq:
+                with m.Case(*isa.CUSTOM_OPCODES):
+                    self._decode_custom(m, insn, d, illegal)
+            with m.Default():
+                m.d.comb += illegal.eq(1)
+
+        with m.If(illegal):
+            m.d.comb += [d.exc.eq(1), d.cause.eq(Cause.ILLEGAL), d.unit.eq(Unit.ALU),
+                         d.we.eq(0), d.mret.eq(0), d.branch.eq(0), d.jal.eq(0), d.jalr.eq(0),
+                         d.csr_write.eq(0)]
+
+    # ---- the pipeline --------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        mm = self.memmap
+
+        # shared multiplier / SIMD unit
+        if self._mul_unit is not None:
+            mul = self._mul_unit()
+        else:
+            from ..simd import SimdMulUnit
+            mul = SimdMulUnit()
+        m.submodules.mul = mul
+        latency = int(mul.LATENCY)
+        if latency < 1:
+            raise ValueError(f"SimdMulUnit.LATENCY = {latency}: the core needs a registered "
+                             "unit (LATENCY >= 1)")
+        mul_at_m = latency == 1   # where the core takes the result: M, or W (waiting if needed)
+
+        m.submodules.div = div = Divider()
+        if cfg.with_mpq:
+            m.submodules.rq = rqu = RequantUnit()
+
+        # ---- pipeline registers ----
+        fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1}), name="fd")
+        dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
+                                       "r1": 32, "r2": 32, "r3": 32}), name="dx")
+        xm = Signal(data.StructLayout({
+            "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
+            "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
+            "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
+        }), name="xm")
+        mw = Signal(data.StructLayout({
+            "valid": 1, "pc": 32, "insn": 32, "rd": 5, "we": 1, "result": 32, "trap": 1,
+            "mul": 1,
+        }), name="mw")
+
+        f_pc = Signal(32, init=cfg.reset_pc)
+
+        # ---- CSR state ----
+        mstatus_mie = Signal()
+        mstatus_mpie = Signal()
+        mtvec = Signal(32)
+        mscratch = Signal(32)
+        mepc = Signal(32)
+        mcause = Signal(32)
+        mtval = Signal(32)
+        mcycle = Signal(64)
+        minstret = Signal(64)
+        mpq_rq = Signal(isa.RqConfigLayout)
+
+        # ---- control ----
+        freeze = Signal()          # the whole pipeline holds
+        stall_d = Signal()         # D waits (bubble into X)
+        m_redirect = Signal()      # M takes a trap or mret (raw, before freeze)
+        m_redirect_pc = Signal(32)
+        x_redirect = Signal()      # X resolves a taken branch/jump (raw)
+        x_target = Signal(32)
+        redirect_take = Signal()   # a redirect happens at this clock edge
+        redirect_pc = Signal(32)
+
+        m.d.comb += [
+            redirect_take.eq(~freeze & (m_redirect | (x_redirect & dx.valid))),
+            redirect_pc.eq(Mux(m_redirect, m_redirect_pc, x_target)),
+        ]
+
+        # =============================== F ===============================
+        f_adv = Signal()
+        m.d.comb += [
+            f_adv.eq(~freeze & ~stall_d),
+            self.f_imem_addr.eq(f_pc),
+            self.f_imem_en.eq(f_adv),
+        ]
+        with m.If(redirect_take):
+            m.d.sync += [f_pc.eq(redirect_pc), fd.valid.eq(0)]
+        with m.Elif(f_adv):
+            m.d.sync += [
+                f_pc.eq(f_pc + 4), fd.valid.eq(1), fd.pc.eq(f_pc),
+                fd.fault.eq(~MemMap.in_range(f_pc, mm.imem_base, mm.imem_size)),
+            ]
+
+        # =============================== D ===============================
+        d_insn = self.d_imem_data
+        dec = Signal(Decoded)
+        self._decode(m, d_insn, dec)
+        d_dec = Signal(Decoded)
+        m.d.comb += d_dec.eq(dec)
+        with m.If(fd.fault):
+            m.d.comb += [d_dec.exc.eq(1), d_dec.cause.eq(Cause.FETCH_ACCESS), d_dec.we.eq(0),
+                         d_dec.unit.eq(Unit.ALU), d_dec.mret.eq(0), d_dec.branch.eq(0),
+                         d_dec.jal.eq(0), d_dec.jalr.eq(0), d_dec.csr_write.eq(0)]
+
+        # register file: 1 write port (W), 3 asynchronous read ports (rs1, rs2, rd)
+        m.submodules.rf = rf = Memory(shape=32, depth=32, init=[])
+        rf_w = rf.write_port()
+        rf_r = [rf.read_port(domain="comb") for _ in range(3)]
+        w_we = Signal()
+        w_rd = Signal(5)
+        w_result = Signal(32)
+        d_regs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
+        d_vals = [Signal(32, name=f"d_r{i + 1}") for i in range(3)]
+        for port, reg, val in zip(rf_r, d_regs, d_vals):
+            m.d.comb += port.addr.eq(reg)
+            m.d.comb += val.eq(Mux(reg == 0, 0, Mux(w_we & (w_rd == reg), w_result, port.data)))
+
+        # hazard: the instruction in X produces its result late (load, CSR, multiplier). For
+        # Fmax the check uses the raw register fields (rs1, rs2; rd only in the custom opcodes)
+        # instead of the decoded "uses" flags: an unused field that happens to match costs a
+        # needless bubble, never a wrong result.
+        dx_late = dx.d.unit.as_value().matches(Unit.LOAD, Unit.CSR, Unit.MUL)
+        raw_rs1, raw_rs2, raw_rd = d_insn[15:20], d_insn[20:25], d_insn[7:12]
+        raw_custom = Const(0, 1)
+        if cfg.with_mpq:
+            raw_custom = d_insn[0:7].matches(*isa.CUSTOM_OPCODES)
+        dep = Signal()
+        m.d.comb += dep.eq(dx.valid & dx.d.we & (dx.d.rd != 0) & dx_late & (
+            (raw_rs1 == dx.d.rd) | (raw_rs2 == dx.d.rd) | (raw_custom & (raw_rd == dx.d.rd))))
+        # requantization reads mpq_rq in X: wait for CSR instructions ahead of it (checked on
+        # the raw opcode: custom-1 holds only the requantization rows)
+        raw_rq = Const(0, 1)
+        if cfg.with_mpq:
+            raw_rq = d_insn[0:7] == isa.OPCODE_CUSTOM1
+        csr_hazard = raw_rq & (
+            (dx.valid & (dx.d.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
+        m.d.comb += stall_d.eq(fd.valid & (dep | csr_hazard))
+
+        # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
+        # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
+        with m.If(~freeze):
+            m.d.sync += [dx.valid.eq(fd.valid & ~stall_d & ~redirect_take), dx.pc.eq(fd.pc),
+                         dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.r1.eq(d_vals[0]),
+                         dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
+
+        # =============================== X ===============================
+        d = dx.d
+
+        def forward(reg, val):
+            from_m = xm.fwd & (xm.rd == reg)   # fwd: valid, writes rd != 0, result ready in X
+            from_w = w_we & (w_rd == reg)
+            return Mux(from_m, xm.result, Mux(from_w, w_result, val))
+
+        x_r1 = Signal(32)
+        x_r2 = Signal(32)
+        x_r3 = Signal(32)
+        m.d.comb += [x_r1.eq(forward(d.rs1, dx.r1)), x_r2.eq(forward(d.rs2, dx.r2)),
+                     x_r3.eq(forward(d.rd, dx.r3))]
+
+        # ALU
+        a = Signal(32)
+        b = Signal(32)
+        m.d.comb += [a.eq(Mux(d.a_pc, dx.pc, Mux(d.a_zero, 0, x_r1))),
+                     b.eq(Mux(d.b_imm, d.imm, x_r2))]
+        alu = Signal(32)
+        shamt = b[0:5]
+        op = d.alu_op.as_value()
+        # one adder for ADD/SUB/SLT/SLTU and the branch comparisons (a = rs1, b = rs2 there)
+        sub = d.branch | op.matches(AluOp.SUB, AluOp.SLT, AluOp.SLTU)
+        sum_ = Signal(33)
+        m.d.comb += sum_.eq(a + (b ^ sub.replicate(32)) + sub)
+        ltu = ~sum_[32]
+        lt = Mux(a[31] == b[31], sum_[31], a[31])
+        # one right shifter for SRL/SRA/SLL (SLL = reversed SRL of the reversed operand)
+        sh_left = op == AluOp.SLL
+        sh_in = Mux(sh_left, a[::-1], a)
+        shr = Signal(32)
+        m.d.comb += shr.eq(Cat(sh_in, (op == AluOp.SRA) & a[31]).as_signed() >> shamt)
+        with m.Switch(op):
+            with m.Case(AluOp.ADD, AluOp.SUB):
+                m.d.comb += alu.eq(sum_[:32])
+            with m.Case(AluOp.SLT):
+                m.d.comb += alu.eq(lt)
+            with m.Case(AluOp.SLTU):
+                m.d.comb += alu.eq(ltu)
+            with m.Case(AluOp.XOR):
+                m.d.comb += alu.eq(a ^ b)
+            with m.Case(AluOp.OR):
+                m.d.comb += alu.eq(a | b)
+            with m.Case(AluOp.AND):
+                m.d.comb += alu.eq(a & b)
+            with m.Case(AluOp.SLL):
+                m.d.comb += alu.eq(shr[::-1])
+            with m.Default():
+                m.d.comb += alu.eq(shr)
+
+        # branches (static not-taken, resolved here)
+        eq = x_r1 == x_r2
+        cond = Signal()
+        with m.Switch(d.f3):
+            with m.Case(0):
+                m.d.comb += cond.eq(eq)
+            with m.Case(1):
+                m.d.comb += cond.eq(~eq)
+            with m.Case(4):
+                m.d.comb += cond.eq(lt)
+            with m.Case(5):
+                m.d.comb += cond.eq(~lt)
+            with m.Case(6):
+                m.d.comb += cond.eq(ltu)
+            with m.Case(7):
+                m.d.comb += cond.eq(~ltu)
+        taken = ~d.exc & (d.jal | d.jalr | (d.branch & cond))
+        m.d.comb += x_target.eq(Mux(d.jalr, (x_r1 + d.imm) & ~1, dx.pc + d.imm))
+        x_target_bad = taken & x_target[1]
+
+        # memory address checks
+        addr = alu  # rs1 + imm for loads and stores
+        f3 = d.f3
+        misaligned = Mux(f3[0:2] == 0, 0, Mux(f3[0:2] == 1, addr[0], addr[0:2] != 0))
+        in_dmem = MemMap.in_range(addr, mm.dmem_base, mm.dmem_size)
+        in_mmio = MemMap.in_range(addr, mm.mmio_base, mm.mmio_size)
+        is_load = d.unit == Unit.LOAD
+        is_store = d.unit == Unit.STORE
+
+        x_exc = Signal()
+        x_cause = Signal(Cause)
+        x_tval = Signal(32)
+        with m.If(d.exc):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(d.cause)]
+            with m.If(d.cause == Cause.ILLEGAL):
+                m.d.comb += x_tval.eq(dx.insn)
+            with m.Elif(d.cause.as_value().matches(Cause.BREAKPOINT, Cause.FETCH_ACCESS)):
+                m.d.comb += x_tval.eq(dx.pc)
+        with m.Elif(x_target_bad):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.FETCH_MISALIGNED), x_tval.eq(x_target)]
+        with m.Elif(is_load & misaligned):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.LOAD_MISALIGNED), x_tval.eq(addr)]
+        with m.Elif(is_load & ~in_dmem):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.LOAD_ACCESS), x_tval.eq(addr)]
+        with m.Elif(is_store & misaligned):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.STORE_MISALIGNED), x_tval.eq(addr)]
+        with m.Elif(is_store & ~in_dmem & ~in_mmio):
+            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.STORE_ACCESS), x_tval.eq(addr)]
+        m.d.comb += x_redirect.eq(taken & ~x_target_bad)
+
+        # DMEM read port (registered: the data is there in M)
+        m.d.comb += [self.x_dmem_addr.eq(addr), self.x_dmem_en.eq(~freeze)]
+
+        # store data and byte mask
+        sdata = Signal(32)
+        smask = Signal(4)
+        with m.Switch(f3[0:2]):
+            with m.Case(0):
+                m.d.comb += [sdata.eq(x_r2[0:8].replicate(4)),
+                             smask.eq(Const(1, 4) << addr[0:2])]
+            with m.Case(1):
+                m.d.comb += [sdata.eq(x_r2[0:16].replicate(2)),
+                             smask.eq(Mux(addr[1], 0b1100, 0b0011))]
+            with m.Default():
+                m.d.comb += [sdata.eq(x_r2), smask.eq(0b1111)]
+
+        # shared multiplier issue
+        x_kill = m_redirect  # the instruction in X is flushed by a trap/mret in M
+        m.d.comb += [
+            mul.i.valid.eq(dx.valid & (d.unit == Unit.MUL) & ~freeze & ~x_kill),
+            mul.i.payload.mode.eq(d.mul_mode),
+            mul.i.payload.a.eq(x_r1),
+            mul.i.payload.b.eq(x_r2),
+            mul.i.payload.acc.eq(x_r3),
+        ]
+
+        # long operations: divider and requantization hold X until done
+        x_long_busy = Signal()
+        m.d.comb += [
+            div.x_start.eq(dx.valid & (d.unit == Unit.DIV) & ~x_kill),
+            div.x_op.as_value().eq(d.f3[0:2]),
+            div.x_a.eq(x_r1), div.x_b.eq(x_r2),
+            div.x_ack.eq(~freeze), div.x_abort.eq(x_kill & ~freeze),
+        ]
+        long_busy = (d.unit == Unit.DIV) & ~div.x_done
+        long_result = div.x_result
+        if cfg.with_mpq:
+            m.d.comb += [
+                rqu.x_start.eq(dx.valid & (d.unit == Unit.RQ) & ~x_kill),
+                rqu.x_pack.eq(d.rq_pack),
+                rqu.x_acc.eq(x_r1), rqu.x_mult.eq(x_r2), rqu.x_rd.eq(x_r3),
+                rqu.x_cfg.eq(mpq_rq),
+                rqu.x_ack.eq(~freeze), rqu.x_abort.eq(x_kill & ~freeze),
+            ]
+            long_busy = long_busy | ((d.unit == Unit.RQ) & ~rqu.x_done)
+            long_result = Mux(d.unit == Unit.RQ, rqu.x_result, div.x_result)
+        m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
+
+        x_result = Mux(d.link, dx.pc + 4,
+                       Mux(d.unit.as_value().matches(Unit.DIV, Unit.RQ), long_result, alu))
+
+        with m.If(~freeze):
+            m.d.sync += [
+                    xm.valid.eq(dx.valid & ~x_kill),
+                    xm.fwd.eq(dx.valid & ~x_kill & d.we & ~x_exc & ~dx_late & (d.rd != 0)),
+                    xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
+                    xm.rd.eq(d.rd), xm.we.eq(d.we & ~x_exc), xm.result.eq(x_result),
+                    xm.late.eq(dx_late), xm.f3.eq(d.f3), xm.addr.eq(addr),
+                    xm.sdata.eq(sdata), xm.smask.eq(Mux(is_store & ~x_exc, smask, 0)),
+                    xm.csr_addr.eq(d.csr_addr), xm.csr_write.eq(d.csr_write),
+                    xm.csr_src.eq(Mux(d.f3[2], d.rs1, x_r1)),
+                    xm.mret.eq(d.mret & ~x_exc), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
+                    xm.tval.eq(x_tval),
+                ]
+
+        # =============================== M ===============================
+        m_exc = xm.valid & xm.exc
+        m.d.comb += [
+            m_redirect.eq(xm.valid & (xm.exc | xm.mret)),
+            m_redirect_pc.eq(Mux(xm.exc, Cat(Const(0, 2), mtvec[2:]), mepc)),
+        ]
+
+        # stores (DMEM or MMIO), committed when M advances
+        m.d.comb += [
+            self.m_dmem_addr.eq(xm.addr),
+            self.m_dmem_wdata.eq(xm.sdata),
+            self.m_dmem_wmask.eq(Mux(xm.valid & ~freeze, xm.smask, 0)),
+        ]
+
+        # load alignment
+        lword = self.m_dmem_rdata >> Cat(Const(0, 3), xm.addr[0:2])
+        ldata = Signal(32)
+        with m.Switch(xm.f3):
+            with m.Case(0):
+                m.d.comb += ldata.eq(lword[0:8].as_signed())
+            with m.Case(1):
+                m.d.comb += ldata.eq(lword[0:16].as_signed())
+            with m.Case(4):
+                m.d.comb += ldata.eq(lword[0:8])
+            with m.Case(5):
+                m.d.comb += ldata.eq(lword[0:16])
+            with m.Default():
+                m.d.comb += ldata.eq(lword)
+
+        # CSR read / modify / write
+        w_retire = Signal()   # an instruction retires (not a trap) this cycle
+        csr_r = Signal(32)
+        instret_now = minstret + w_retire
+        misa = (1 << 30) | (1 << 8) | ((1 << 12) if cfg.with_muldiv else 0) | \
+            ((1 << 23) if cfg.with_mpq else 0)
+        reads = {
+            "mstatus": Cat(Const(0, 3), mstatus_mie, Const(0, 3), mstatus_mpie, Const(0, 3),
+                           Const(3, 2)),
+            "misa": Const(misa, 32), "mtvec": mtvec, "mscratch": mscratch, "mepc": mepc,
+            "mcause": mcause, "mtval": mtval,
+            "mcycle": mcycle[:32], "mcycleh": mcycle[32:], "cycle": mcycle[:32],
+            "cycleh": mcycle[32:], "time": mcycle[:32], "timeh": mcycle[32:], "minstret": instret_now[:32], "minstreth": instret_now[32:64],
+            "instret": instret_now[:32], "instreth": instret_now[32:64],
+            "mpq_rq": mpq_rq.as_value(),
+        }
+        with m.Switch(xm.csr_addr):
+            for name, addr_ in self._csr_known().items():
+                if name in reads:
+                    with m.Case(addr_):
+                        m.d.comb += csr_r.eq(reads[name])
+        csr_new = Signal(32)
+        with m.Switch(xm.f3[0:2]):
+            with m.Case(1):
+                m.d.comb += csr_new.eq(xm.csr_src)
+            with m.Case(2):
+                m.d.comb += csr_new.eq(csr_r | xm.csr_src)
+            with m.Default():
+                m.d.comb += csr_new.eq(csr_r & ~xm.csr_src)
+        csr_we = xm.valid & ~xm.exc & (xm.unit == Unit.CSR) & xm.csr_write & ~freeze
+
+        # counters
+        if cfg.with_counters:
+            m.d.sync += mcycle.eq(mcycle + 1)
+            m.d.sync += minstret.eq(minstret + w_retire)
+
+        with m.If(csr_we):
+            with m.Switch(xm.csr_addr):
+                with m.Case(CSR_ADDRS["mstatus"]):
+                    m.d.sync += [mstatus_mie.eq(csr_new[3]), mstatus_mpie.eq(csr_new[7])]
+                with m.Case(CSR_ADDRS["mtvec"]):
+                    m.d.sync += mtvec.eq(Cat(Const(0, 2), csr_new[2:]))
+                with m.Case(CSR_ADDRS["mscratch"]):
+                    m.d.sync += mscratch.eq(csr_new)
+                with m.Case(CSR_ADDRS["mepc"]):
+                    m.d.sync += mepc.eq(Cat(Const(0, 2), csr_new[2:]))
+                with m.Case(CSR_ADDRS["mcause"]):
+                    m.d.sync += mcause.eq(csr_new)
+                with m.Case(CSR_ADDRS["mtval"]):
+                    m.d.sync += mtval.eq(csr_new)
+                if cfg.with_counters:
+                    with m.Case(CSR_ADDRS["mcycle"]):
+                        m.d.sync += mcycle[:32].eq(csr_new)
+                    with m.Case(CSR_ADDRS["mcycleh"]):
+                        m.d.sync += mcycle[32:].eq(csr_new)
+                    with m.Case(CSR_ADDRS["minstret"]):
+                        m.d.sync += minstret[:32].eq(csr_new)
+                    with m.Case(CSR_ADDRS["minstreth"]):
+                        m.d.sync += minstret[32:].eq(csr_new)
+                if cfg.with_mpq:
+                    with m.Case(isa.CSR_MPQ_RQ):
+                        m.d.sync += mpq_rq.eq(csr_new & isa.RQ_CONFIG_WRITABLE)
+
+        # trap entry / mret
+        with m.If(~freeze & m_exc):
+            m.d.sync += [mepc.eq(xm.pc), mcause.eq(xm.cause), mtval.eq(xm.tval),
+                         mstatus_mpie.eq(mstatus_mie), mstatus_mie.eq(0)]
+        with m.Elif(~freeze & xm.valid & xm.mret):
+            m.d.sync += [mstatus_mie.eq(mstatus_mpie), mstatus_mpie.eq(1)]
+
+        m_result = Mux(xm.unit == Unit.LOAD, ldata,
+                       Mux(xm.unit == Unit.CSR, csr_r,
+                           Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
+                               xm.result)))
+        with m.If(~freeze):
+            m.d.sync += [
+                mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
+                mw.we.eq(xm.we & ~xm.exc), mw.result.eq(m_result), mw.trap.eq(m_exc),
+                mw.mul.eq((xm.unit == Unit.MUL) & ~mul_at_m),
+            ]
+
+        # =============================== W ===============================
+        m.d.comb += [
+            w_result.eq(Mux(mw.mul, mul.o.payload.result, mw.result)),
+            w_we.eq(mw.valid & mw.we & (mw.rd != 0) & ~mw.trap),
+            w_rd.eq(mw.rd),
+            rf_w.addr.eq(mw.rd), rf_w.data.eq(w_result), rf_w.en.eq(w_we & ~freeze),
+            w_retire.eq(mw.valid & ~mw.trap & ~freeze),
+        ]
+        m.d.comb += [
+            self.retire_valid.eq(mw.valid & ~freeze),
+            self.retire_pc.eq(mw.pc), self.retire_insn.eq(mw.insn),
+            self.retire_rd.eq(Mux(w_we, mw.rd, 0)), self.retire_wdata.eq(Mux(w_we, w_result, 0)),
+            self.retire_trap.eq(mw.trap),
+        ]
+
+        # multiplier result hand-off and the freeze
+        if mul_at_m:
+            take = xm.valid & (xm.unit == Unit.MUL)
+        else:
+            take = mw.valid & mw.mul
+        m.d.comb += [
+            mul.o.ready.eq(take & ~freeze),
+            freeze.eq((take & ~mul.o.valid) | x_long_busy),
+        ]
+        return m

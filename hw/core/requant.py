@@ -1,0 +1,144 @@
+"""Requantization unit for ``mpq.rq`` / ``mpq.rqp`` (contracts.md section 3).
+
+::
+
+    p = acc * mult                (exact, 64-bit signed; 8 bits of mult per cycle)
+    r = p                         if shift == 0
+      = (p >> shift) + ((p >> (shift - 1)) & 1)   otherwise (arithmetic shifts)
+    y = clamp(r' + zp, lo, hi)    with r' = r saturated to about +-2**21
+
+Saturating ``r`` first keeps ``r + zp`` narrow without changing the result: every output range
+lies within +-2**16 and ``|zp| < 2**15``. ``mpq.rq`` returns ``y`` sign-extended; ``mpq.rqp`` returns
+``(rd >> bits) | ((y & (2**bits - 1)) << (32 - bits))``.
+
+The multiply is digit-serial (a 32x9 signed multiplier used :attr:`MUL_STEPS` times) to keep the
+unit small; the rounding shift takes one cycle and round/clamp/pack another (for Fmax).
+"""
+
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..isa import RqConfigLayout
+from ..modes import ElemWidth
+
+__all__ = ["RequantUnit"]
+
+
+class RequantUnit(wiring.Component):
+    """Multi-cycle requantize (and pack) unit in the execute stage.
+
+    Same protocol as :class:`~rvmpq.hw.core.divider.Divider`: ``x_start`` while ``x_idle``,
+    ``x_done`` / ``x_result`` until ``x_ack`` or ``x_abort``.
+
+    Members
+    -------
+    x_start : In(1)
+    x_pack : In(1)
+        1: ``mpq.rqp`` (shift-pack into ``x_rd``), 0: ``mpq.rq``.
+    x_acc, x_mult, x_rd : In(32)
+        ``rs1``, ``rs2`` and the old ``rd`` value.
+    x_cfg : In(RqConfigLayout)
+        The ``mpq_rq`` CSR.
+    x_ack, x_abort : In(1)
+    x_idle, x_done : Out(1)
+    x_result : Out(32)
+    """
+
+    #: Bits of ``mult`` consumed per cycle.
+    DIGIT = 8
+    #: Multiply cycles.
+    MUL_STEPS = 32 // DIGIT
+    #: Cycles from ``x_start`` to ``x_done``.
+    LATENCY = MUL_STEPS + 3
+
+    x_start: In(1)
+    x_pack: In(1)
+    x_acc: In(32)
+    x_mult: In(32)
+    x_rd: In(32)
+    x_cfg: In(RqConfigLayout)
+    x_ack: In(1)
+    x_abort: In(1)
+    x_idle: Out(1)
+    x_done: Out(1)
+    x_result: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        D = self.DIGIT
+        busy = Signal()
+        done = Signal()
+        step = Signal(range(self.MUL_STEPS + 2))
+        acc = Signal(signed(32))
+        mult = Signal(32)
+        rd = Signal(32)
+        pack = Signal()
+        cfg = Signal(RqConfigLayout)
+        p = Signal(signed(64))
+        result = Signal(32)
+
+        m.d.comb += [self.x_idle.eq(~busy & ~done), self.x_done.eq(done),
+                     self.x_result.eq(result)]
+
+        # ---- digit-serial multiply: p += acc * digit_i << (D * i); the top digit is signed ----
+        digit = Signal(signed(D + 1))
+        last = step == self.MUL_STEPS - 1
+        m.d.comb += digit.eq(Mux(last, mult[:D].as_signed(), Cat(mult[:D], Const(0, 1))))
+        partial = Signal(signed(32 + D + 1))
+        m.d.comb += partial.eq(acc * digit)
+        shifted = Signal(signed(64))
+        with m.Switch(step):
+            for i in range(self.MUL_STEPS):
+                with m.Case(i):
+                    m.d.comb += shifted.eq(partial << (D * i))
+
+        # ---- rounding shift (one cycle), then round/clamp/pack (one cycle) ----
+        # q = p >> (shift - 1), or p << 1 when shift == 0, so that r = (q >> 1) + q[0] in both
+        # cases. q is saturated to 23 signed bits: |q| >= 2**22 means |r| > 2**20, which clamps
+        # to the same output as the exact value.
+        shift = cfg.shift
+        q = Signal(signed(65))
+        m.d.comb += q.eq(Mux(shift == 0, p << 1, p >> (shift - 1)[:6]))
+        fits = (q[22:] == 0) | (q[22:] == (1 << 43) - 1)
+        qs = Signal(signed(23))
+        qs_next = Mux(fits, q[:23].as_signed(), Mux(q[64], -(1 << 22), (1 << 22) - 1))
+        r = Signal(signed(23))
+        m.d.comb += r.eq((qs >> 1) + qs[0])
+        s = Signal(signed(24))
+        m.d.comb += s.eq(r + cfg.zp)
+        lo = Signal(signed(18))
+        hi = Signal(signed(18))
+        with m.Switch(cfg.bits):
+            for w in ElemWidth:
+                with m.Case(w):
+                    m.d.comb += [
+                        lo.eq(Mux(cfg.out_signed, -(1 << (w.bits - 1)), 0)),
+                        hi.eq(Mux(cfg.out_signed, (1 << (w.bits - 1)) - 1, (1 << w.bits) - 1)),
+                    ]
+        y = Signal(signed(18))
+        m.d.comb += y.eq(Mux(s < lo, lo, Mux(s > hi, hi, s[:18].as_signed())))
+        packed = Signal(32)
+        with m.Switch(cfg.bits):
+            for w in ElemWidth:
+                with m.Case(w):
+                    m.d.comb += packed.eq(Cat(rd[w.bits:], y[:w.bits]))
+        final = Mux(pack, packed, y.as_signed())
+
+        with m.If(self.x_abort):
+            m.d.sync += [busy.eq(0), done.eq(0)]
+        with m.Elif(self.x_start & ~busy & ~done):
+            m.d.sync += [busy.eq(1), step.eq(0), p.eq(0),
+                         acc.eq(self.x_acc), mult.eq(self.x_mult), rd.eq(self.x_rd),
+                         pack.eq(self.x_pack), cfg.eq(self.x_cfg)]
+        with m.Elif(busy):
+            with m.If(step == self.MUL_STEPS):
+                m.d.sync += [qs.eq(qs_next), step.eq(step + 1)]
+            with m.Elif(step == self.MUL_STEPS + 1):
+                m.d.sync += [busy.eq(0), done.eq(1), result.eq(final)]
+            with m.Else():
+                m.d.sync += [p.eq(p + shifted), step.eq(step + 1), mult.eq(mult >> D)]
+        with m.Elif(done & self.x_ack):
+            m.d.sync += done.eq(0)
+        return m

@@ -1,16 +1,19 @@
 """``rvmpq verilog``: write the Verilog of the SIMD unit and of the simulation SoCs.
 
 ``rvmpq verilog [--all] [--target simd|soc-mpq|soc-baseline ...] -o DIR`` writes
-``DIR/<target>.v`` (a file is rewritten only when its content changed).
+``DIR/<target>.v`` and, for the SoC targets, the memory map ``DIR/<target>.json`` that the
+toolchain's linker script and the program runner read (a file is rewritten only when its content
+changed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .verilog import emit_verilog
+from .verilog import emit_verilog, write_if_changed
 
 __all__ = ["TARGETS", "build_target", "add_arguments", "main"]
 
@@ -69,4 +72,9 @@ def main(args: argparse.Namespace) -> int:
             continue
         path = emit_verilog(top, TARGETS[t][0], args.output / f"{t}.v")
         print(path)
+        if t.startswith("soc-"):
+            from rvmpq.hw.soc import soc_memory_map
+            mpath = args.output / f"{t}.json"
+            write_if_changed(mpath, json.dumps(soc_memory_map(top), indent=2) + "\n")
+            print(mpath)
     return status

@@ -8,13 +8,14 @@ BUILD  ?= build
 JOBS   ?= auto
 N      ?= 200
 
-.PHONY: all venv test test-quick demo verilog synth bench bench-search fuzz clean distclean help
+.PHONY: all venv test test-all demo verilog synth bench bench-search fuzz clean distclean help
 
 all: help
 
 help:
 	@echo "make demo          the main job on built-in defaults (writes $(BUILD)/)"
-	@echo "make test          the whole test suite (pytest -n $(JOBS))"
+	@echo "make test          the regression (pytest -n $(JOBS), tests marked slow excluded)"
+	@echo "make test-all      the regression plus slow tests (long formal proofs)"
 	@echo "make verilog       generate Verilog into $(BUILD)/verilog"
 	@echo "make synth         Yosys/nextpnr comparison table into $(BUILD)/synth"
 	@echo "make bench         benchmarks (JSON + Markdown into $(BUILD)/bench)"
@@ -31,10 +32,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) verif
-
-test-quick: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow" verif
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) verif
 
 demo: $(STAMP)
 	$(PY) -m rvmpq demo

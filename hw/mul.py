@@ -141,6 +141,7 @@ class BrickArray:
         self.m, self.a, self.b, self.ms, self.name = m, a, b, ms, name
         self._cache: dict = {}
         self._gated: dict = {}
+        self.carry_save = False
 
     # -- mode helpers -------------------------------------------------------------------------
 
@@ -161,19 +162,25 @@ class BrickArray:
         j = _log2(p ^ q) + 1 if p != q else 0          # smallest node holding both bits
         key = (tp, tq, j)
         if key not in self._cache:
-            sp = self.ms.a_signed & self._le(tp)
-            sq = self.ms.b_signed & self._le(tq)
+            # the bit only exists in modes with lane width >= 2**j (else its block is gated
+            # off and en = 0): decide "p is a lane top" among those modes only, so that bits
+            # that are never negative get no XOR at all
+            active = [k for k in self.ms.supported if k >= j]
+            sp = self.ms.a_signed & self._le(tp, active)
+            sq = self.ms.b_signed & self._le(tq, active)
             en = self.full(j) if j >= 2 else Const(1, 1)
             s = Signal(name=f"{self.name}_neg_{tp}{tq}{j}")
             self.m.d.comb += s.eq((sp ^ sq) & en)
             self._cache[key] = s
         return self._cache[key]
 
-    def _le(self, t: int) -> Value:
-        # digit top bit p is the top of its lane iff lane width <= 2**trailing_ones(p+...)
-        if all(k <= t for k in self.ms.supported):
+    def _le(self, t: int, modes=None) -> Value:
+        # bit p is the top of its lane iff lane width <= 2**trailing_ones(p); constant when all
+        # of ``modes`` (log2 widths, default: the supported ones) agree
+        modes = self.ms.supported if modes is None else modes
+        if all(k <= t for k in modes):
             return Const(1, 1)
-        if all(k > t for k in self.ms.supported):
+        if all(k > t for k in modes):
             return Const(0, 1)
         return self.ms.le[t]
 
@@ -306,3 +313,88 @@ class BrickArray:
                 out[w + n].append(bit & full)
                 out[w].append(bit & ~full)
         return out
+
+    # -- heap-form recursion (only mode-shifted children are summed) --------------------------
+
+    def dot_capable(self, n: int) -> bool:
+        """Whether a diagonal node of size ``n`` may run in dot mode in some supported mode."""
+        return any(k < _log2(n) for k in self.ms.supported)
+
+    def diag_heap(self, n: int, off: int) -> dict:
+        """Bit heap of the diagonal node ``(n, off)`` with dot/full semantics.
+
+        Unlike :meth:`diagonal`, the node itself is never summed: its ``LL`` child stays a heap
+        (it sits at weight 0 in both modes) and only its ``HH`` child, which the mode shifts, is
+        summed first (:meth:`diag_value`). This halves the number of carry-propagate adders.
+        """
+        if n == 2 or not self.dot_capable(n):
+            return self.block(n, off, off, [self.a[off + i] for i in range(n)])
+        h = n // 2
+        ll = self.diag_heap(h, off)
+        hh = self.diag_value(h, off + h)
+        return self.merge(ll, self.place_hh(hh, n, self.full(_log2(n))),
+                          self.shift(self.off_diagonal(n, off), h))
+
+    def diag_value(self, n: int, off: int, force: bool = False) -> dict:
+        """Heap of the diagonal node ``(n, off)``, summed into one ``2n``-bit row when the node
+        may run in dot mode (or ``force``), so that a mode-dependent shift moves one row only."""
+        heap = self.diag_heap(n, off)
+        if (n == 2 or not self.dot_capable(n)) and not force:
+            return heap
+        if self.carry_save:
+            # the node's value is below 2**(2n) in every mode, so the two rows are exact
+            s, c = self.compress(heap, 2 * n, f"{self.name}_v{n}_{off}")
+            return self.merge(self.heap_of(s), self.heap_of(c))
+        return self.heap_of(self.materialize(heap, 2 * n, f"{self.name}_v{n}_{off}"))
+
+    def compress(self, heap: dict, width: int, name: str) -> tuple:
+        """Reduce a bit heap to two rows (carry-save form) with a Dadda tree of full/half adders.
+
+        Bits of weight ``>= width`` are dropped, so the rows' sum equals the heap's sum modulo
+        ``2**width`` (exactly, where the heap's sum is known to be below ``2**width``). No
+        carry-propagate adder is built: the caller adds the two rows later, typically inside a
+        bigger sum.
+
+        Returns
+        -------
+        (Signal, Signal)
+            Two ``width``-bit rows whose sum is the heap's sum modulo ``2**width``.
+        """
+        cols = [list(heap.get(w, [])) for w in range(width)]
+        maxh = max((len(c) for c in cols), default=0)
+        targets = [2]
+        while targets[-1] < maxh:
+            targets.append(targets[-1] * 3 // 2)
+        for target in reversed(targets[:-1]):
+            out = [[] for _ in range(width)]
+            for w in range(width):
+                avail = cols[w]
+                h = len(avail) + len(out[w])
+                while h > target and len(avail) >= 2:
+                    if h - target >= 2 and len(avail) >= 3:
+                        x, y, z = avail.pop(), avail.pop(), avail.pop()
+                        t = x ^ y
+                        out[w].append(t ^ z)
+                        if w + 1 < width:
+                            out[w + 1].append((x & y) | (t & z))
+                        h -= 2
+                    else:
+                        x, y = avail.pop(), avail.pop()
+                        out[w].append(x ^ y)
+                        if w + 1 < width:
+                            out[w + 1].append(x & y)
+                        h -= 1
+                out[w].extend(avail)
+            # one signal per stage keeps the expressions flat (the simulator and the
+            # Verilog stay linear in the tree size)
+            flat = [b for c in out for b in c]
+            st = Signal(len(flat), name=f"{name}_t{target}")
+            self.m.d.comb += st.eq(Cat(*flat))
+            it = iter(range(len(flat)))
+            cols = [[st[next(it)] for _ in c] for c in out]
+        rows = []
+        for r in range(2):
+            s = Signal(width, name=f"{name}_{'sc'[r]}")
+            self.m.d.comb += s.eq(Cat(*[c[r] if len(c) > r else Const(0, 1) for c in cols]))
+            rows.append(s)
+        return tuple(rows)

@@ -8,3 +8,4 @@ from .config import CONFIGS, CoreConfig, get_config
 from .core import Core, MemMap
 
 __all__ = ["Core", "MemMap", "CoreConfig", "CONFIGS", "get_config"]
+from .synth_top import synth_designs  # noqa: F401  (hook read by rvmpq.synth.designs)

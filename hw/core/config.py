@@ -30,6 +30,10 @@ class CoreConfig:
         Zicntr (cycle/instret and their high halves) and mcycle/minstret.
     reset_pc : int
         Address of the first instruction fetched after reset.
+    mul_impl : str
+        Multiplier: ``"simd"`` (the shared :class:`~rvmpq.hw.simd.SimdMulUnit`, needed by the
+        MPQ extension) or ``"rv32m"`` (:class:`~rvmpq.hw.core.core.Rv32mMulUnit`, a plain
+        33x33 product that maps onto DSP blocks; only without ``with_mpq``).
     """
 
     name: str = "mpq"
@@ -37,11 +41,18 @@ class CoreConfig:
     with_mpq: bool = True
     with_counters: bool = True
     reset_pc: int = 0
+    mul_impl: str = "simd"
+
+    def __post_init__(self):
+        if self.mul_impl not in ("simd", "rv32m"):
+            raise ValueError(f"mul_impl = {self.mul_impl!r}; choose 'simd' or 'rv32m'")
+        if self.mul_impl == "rv32m" and self.with_mpq:
+            raise ValueError("mul_impl = 'rv32m' has no dot products: use 'simd' with with_mpq")
 
 
 #: The named configurations.
 CONFIGS: dict[str, CoreConfig] = {
-    "baseline": CoreConfig(name="baseline", with_mpq=False),
+    "baseline": CoreConfig(name="baseline", with_mpq=False, mul_impl="rv32m"),
     "mpq": CoreConfig(name="mpq"),
 }
 

@@ -20,7 +20,10 @@ Pipeline::
   happens to match costs a needless bubble, never a wrong result.
 * **Multiplier**: MUL* and ``mpq.dot.*`` issue to the shared :class:`~rvmpq.hw.simd.SimdMulUnit`
   from X; the result is taken in M when ``LATENCY == 1`` and in W otherwise (W waits for
-  ``o.valid`` if ``LATENCY > 2``).
+  ``o.valid`` if ``LATENCY > 2``). With the SIMD unit its ``a``/``b`` operands come from
+  the ``dx`` register, forwarded in D (no muxes in front of the array): a multiply in D waits
+  while a source is produced in X, or by a multiply in M. ``baseline`` uses
+  :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product) instead.
 * **Long operations**: DIV*/REM* and ``mpq.rq``/``mpq.rqp`` occupy X until their unit is done;
   the whole pipeline is frozen meanwhile (``freeze``).
 * **Traps** are precise and taken in M: the instruction in M does not commit, younger ones in
@@ -32,7 +35,7 @@ Pipeline::
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, enum, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +45,7 @@ from .config import CoreConfig, get_config
 from .divider import Divider, DivOp
 from .requant import RequantUnit
 
-__all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap"]
+__all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit"]
 
 
 class Unit(enum.Enum, shape=3):
@@ -167,6 +170,61 @@ Decoded = data.StructLayout({
 ECALL = 0x00000073
 EBREAK = 0x00100073
 MRET = 0x30200073
+
+
+class Rv32mMulUnit(wiring.Component):
+    """RV32M-only multiplier with the :class:`~rvmpq.hw.simd.SimdMulUnit` interface, for
+    configurations without the MPQ extension.
+
+    A plain 33x33 signed product (operands sign- or zero-extended per ``a_signed`` /
+    ``b_signed``) that synthesis maps onto DSP blocks (4 MULT18X18D on ECP5). Stage 1 registers
+    the extended operands, stage 2 multiplies into the output register. DOT and the reserved op
+    return 0 (contracts.md section 1: an operation the unit was not built for).
+
+    Attributes
+    ----------
+    LATENCY : int
+        2, as the SIMD unit.
+
+    Members
+    -------
+    i : In(stream.Signature(IN_LAYOUT))
+        ``payload.mode`` (:data:`~rvmpq.hw.modes.MulMode`; MULLO / MULHI), ``payload.a``,
+        ``payload.b``; ``payload.acc`` is ignored. ``i.ready`` is ``~o.valid | o.ready``.
+    o : Out(stream.Signature(OUT_LAYOUT))
+        ``payload.result``: low (MULLO) or high (MULHI) 32 bits of the product, in issue order.
+    """
+
+    LATENCY = 2
+
+    def __init__(self):
+        from ..simd import IN_LAYOUT, OUT_LAYOUT
+        super().__init__({"i": In(stream.Signature(IN_LAYOUT)),
+                          "o": Out(stream.Signature(OUT_LAYOUT))})
+
+    def elaborate(self, platform):
+        m = Module()
+        adv = Signal()
+        m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
+        p = self.i.payload
+        s1_valid = Signal()
+        s1_a = Signal(signed(33))
+        s1_b = Signal(signed(33))
+        s1_hi = Signal()
+        s1_ok = Signal()
+        prod = Signal(signed(66))
+        m.d.comb += prod.eq(s1_a * s1_b)
+        with m.If(adv):
+            m.d.sync += [
+                s1_valid.eq(self.i.valid),
+                s1_a.eq(Cat(p.a, p.mode.a_signed & p.a[31])),
+                s1_b.eq(Cat(p.b, p.mode.b_signed & p.b[31])),
+                s1_hi.eq(p.mode.op == MulOp.MULHI),
+                s1_ok.eq(p.mode.op.as_value().matches(MulOp.MULLO, MulOp.MULHI)),
+                self.o.valid.eq(s1_valid),
+                self.o.payload.result.eq(Mux(s1_ok, Mux(s1_hi, prod[32:64], prod[:32]), 0)),
+            ]
+        return m
 
 
 class Core(wiring.Component):
@@ -385,6 +443,8 @@ class Core(wiring.Component):
         # shared multiplier / SIMD unit
         if self._mul_unit is not None:
             mul = self._mul_unit()
+        elif cfg.mul_impl == "rv32m":
+            mul = Rv32mMulUnit()
         else:
             from ..simd import SimdMulUnit
             mul = SimdMulUnit()
@@ -477,9 +537,20 @@ class Core(wiring.Component):
         w_result = Signal(32)
         d_regs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
         d_vals = [Signal(32, name=f"d_r{i + 1}") for i in range(3)]
-        for port, reg, val in zip(rf_r, d_regs, d_vals):
+        # With the SIMD unit, its ``a``/``b`` operands come straight from ``dx`` (no forwarding
+        # muxes in front of the array, for Fmax): rs1/rs2 are forwarded here from M (``m_value``,
+        # the result M hands to W) and W, and a multiplier instruction in D waits while a source
+        # is still being produced in X, or by a multiply in M whose result only appears in W.
+        # The X stage still forwards (for every unit); for these operands it finds the same value.
+        early_mul = cfg.mul_impl == "simd"
+        m_value = Signal(32)      # M's result (driven in M)
+        m_value_ok = Signal()     # M writes a register and m_value holds it
+        for i, (port, reg, val) in enumerate(zip(rf_r, d_regs, d_vals)):
             m.d.comb += port.addr.eq(reg)
-            m.d.comb += val.eq(Mux(reg == 0, 0, Mux(w_we & (w_rd == reg), w_result, port.data)))
+            v = Mux(w_we & (w_rd == reg), w_result, port.data)
+            if early_mul and i < 2:
+                v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
+            m.d.comb += val.eq(Mux(reg == 0, 0, v))
 
         # hazard: the instruction in X produces its result late (load, CSR, multiplier). For
         # Fmax the check uses the raw register fields (rs1, rs2; rd only in the custom opcodes)
@@ -500,7 +571,18 @@ class Core(wiring.Component):
             raw_rq = d_insn[0:7] == isa.OPCODE_CUSTOM1
         csr_hazard = raw_rq & (
             (dx.valid & (dx.d.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
-        m.d.comb += stall_d.eq(fd.valid & (dep | csr_hazard))
+        mul_hazard = Const(0, 1)
+        if early_mul:
+            raw_mul = (d_insn[0:7] == 0b0110011) & d_insn[25]    # RV32M (DIV* too: harmless)
+            if cfg.with_mpq:
+                raw_mul = raw_mul | (d_insn[0:7] == isa.OPCODE_CUSTOM0)
+            x_writes = dx.valid & dx.d.we & (dx.d.rd != 0)
+            m_mul_late = (xm.valid & xm.we & (xm.unit == Unit.MUL) & (xm.rd != 0)) \
+                if not mul_at_m else Const(0, 1)
+            mul_hazard = raw_mul & (
+                (x_writes & ((raw_rs1 == dx.d.rd) | (raw_rs2 == dx.d.rd))) |
+                (m_mul_late & ((raw_rs1 == xm.rd) | (raw_rs2 == xm.rd))))
+        m.d.comb += stall_d.eq(fd.valid & (dep | csr_hazard | mul_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
@@ -589,25 +671,25 @@ class Core(wiring.Component):
         is_load = d.unit == Unit.LOAD
         is_store = d.unit == Unit.STORE
 
+        # Exceptions found in X. For Fmax nothing wide depends on them here: only ``x_exc``
+        # (one flop) and the cause; ``mtval`` is chosen in M from the cause (the instruction, its
+        # pc, or ``xm.tval`` = the jump target / the memory address); the instruction's side
+        # effects (rd write, store, mret) are suppressed in M by ``xm.exc``.
         x_exc = Signal()
         x_cause = Signal(Cause)
         x_tval = Signal(32)
         with m.If(d.exc):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(d.cause)]
-            with m.If(d.cause == Cause.ILLEGAL):
-                m.d.comb += x_tval.eq(dx.insn)
-            with m.Elif(d.cause.as_value().matches(Cause.BREAKPOINT, Cause.FETCH_ACCESS)):
-                m.d.comb += x_tval.eq(dx.pc)
+            m.d.comb += x_cause.eq(d.cause)
         with m.Elif(x_target_bad):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.FETCH_MISALIGNED), x_tval.eq(x_target)]
-        with m.Elif(is_load & misaligned):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.LOAD_MISALIGNED), x_tval.eq(addr)]
-        with m.Elif(is_load & ~in_dmem):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.LOAD_ACCESS), x_tval.eq(addr)]
-        with m.Elif(is_store & misaligned):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.STORE_MISALIGNED), x_tval.eq(addr)]
-        with m.Elif(is_store & ~in_dmem & ~in_mmio):
-            m.d.comb += [x_exc.eq(1), x_cause.eq(Cause.STORE_ACCESS), x_tval.eq(addr)]
+            m.d.comb += x_cause.eq(Cause.FETCH_MISALIGNED)
+        with m.Else():
+            # LOAD_MISALIGNED 4 / LOAD_ACCESS 5 / STORE_MISALIGNED 6 / STORE_ACCESS 7
+            m.d.comb += x_cause.eq(Cat(~misaligned, is_store, Const(1, 2)))
+        m.d.comb += [
+            x_exc.eq(d.exc | x_target_bad | (is_load & (misaligned | ~in_dmem)) |
+                     (is_store & (misaligned | (~in_dmem & ~in_mmio)))),
+            x_tval.eq(Mux(d.unit.as_value().matches(Unit.LOAD, Unit.STORE), addr, x_target)),
+        ]
         m.d.comb += x_redirect.eq(taken & ~x_target_bad)
 
         # DMEM read port (registered: the data is there in M)
@@ -631,8 +713,8 @@ class Core(wiring.Component):
         m.d.comb += [
             mul.i.valid.eq(dx.valid & (d.unit == Unit.MUL) & ~freeze & ~x_kill),
             mul.i.payload.mode.eq(d.mul_mode),
-            mul.i.payload.a.eq(x_r1),
-            mul.i.payload.b.eq(x_r2),
+            mul.i.payload.a.eq(dx.r1 if early_mul else x_r1),
+            mul.i.payload.b.eq(dx.r2 if early_mul else x_r2),
             mul.i.payload.acc.eq(x_r3),
         ]
 
@@ -664,14 +746,14 @@ class Core(wiring.Component):
         with m.If(~freeze):
             m.d.sync += [
                     xm.valid.eq(dx.valid & ~x_kill),
-                    xm.fwd.eq(dx.valid & ~x_kill & d.we & ~x_exc & ~dx_late & (d.rd != 0)),
+                    xm.fwd.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0)),
                     xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
-                    xm.rd.eq(d.rd), xm.we.eq(d.we & ~x_exc), xm.result.eq(x_result),
+                    xm.rd.eq(d.rd), xm.we.eq(d.we), xm.result.eq(x_result),
                     xm.late.eq(dx_late), xm.f3.eq(d.f3), xm.addr.eq(addr),
-                    xm.sdata.eq(sdata), xm.smask.eq(Mux(is_store & ~x_exc, smask, 0)),
+                    xm.sdata.eq(sdata), xm.smask.eq(Mux(is_store, smask, 0)),
                     xm.csr_addr.eq(d.csr_addr), xm.csr_write.eq(d.csr_write),
                     xm.csr_src.eq(Mux(d.f3[2], d.rs1, x_r1)),
-                    xm.mret.eq(d.mret & ~x_exc), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
+                    xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
                     xm.tval.eq(x_tval),
                 ]
 
@@ -686,7 +768,7 @@ class Core(wiring.Component):
         m.d.comb += [
             self.m_dmem_addr.eq(xm.addr),
             self.m_dmem_wdata.eq(xm.sdata),
-            self.m_dmem_wmask.eq(Mux(xm.valid & ~freeze, xm.smask, 0)),
+            self.m_dmem_wmask.eq(Mux(xm.valid & ~xm.exc & ~freeze, xm.smask, 0)),
         ]
 
         # load alignment
@@ -769,7 +851,11 @@ class Core(wiring.Component):
 
         # trap entry / mret
         with m.If(~freeze & m_exc):
-            m.d.sync += [mepc.eq(xm.pc), mcause.eq(xm.cause), mtval.eq(xm.tval),
+            m_tval = Mux(xm.cause == Cause.ILLEGAL, xm.insn,
+                         Mux(xm.cause.as_value().matches(Cause.BREAKPOINT, Cause.FETCH_ACCESS,
+                                                         Cause.ECALL_M),
+                             Mux(xm.cause == Cause.ECALL_M, 0, xm.pc), xm.tval))
+            m.d.sync += [mepc.eq(xm.pc), mcause.eq(xm.cause), mtval.eq(m_tval),
                          mstatus_mpie.eq(mstatus_mie), mstatus_mie.eq(0)]
         with m.Elif(~freeze & xm.valid & xm.mret):
             m.d.sync += [mstatus_mie.eq(mstatus_mpie), mstatus_mpie.eq(1)]
@@ -778,6 +864,11 @@ class Core(wiring.Component):
                        Mux(xm.unit == Unit.CSR, csr_r,
                            Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
                                xm.result)))
+        m.d.comb += [
+            m_value.eq(m_result),
+            m_value_ok.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0) &
+                          ~((xm.unit == Unit.MUL) & ~mul_at_m)),
+        ]
         with m.If(~freeze):
             m.d.sync += [
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),

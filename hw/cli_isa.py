@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import isa
+from .verilog import write_if_changed
 
 FORMATS = {"json": isa.to_json, "md": isa.to_markdown, "c": isa.to_c_header}
 
@@ -17,18 +18,6 @@ def render(fmt: str) -> str:
         return FORMATS[fmt]()
     except KeyError:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}") from None
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` to ``path`` unless it already holds exactly that; True if written."""
-    path = Path(path)
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

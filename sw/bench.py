@@ -361,7 +361,7 @@ def _section_kernels(args) -> tuple[dict, str, bool]:
     from rvmpq.sw.kernels.bench import bench_kernels
 
     out = args.out or (build_root() / "bench")
-    result = bench_kernels(out)
+    result = bench_kernels(out, quick=getattr(args, "quick", False))
     md_path = Path(out) / "kernels.md"
     md = md_path.read_text() if md_path.exists() else ""
     return result, md, True
@@ -388,6 +388,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="operations streamed per mode in the unit benchmark (default 20000)")
     parser.add_argument("--seed", type=int, default=1, help="operand seed (default 1)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--quick", action="store_true",
+                        help="kernel benchmark on the Edge-MPQ conv layer only")
 
 
 def main(args: argparse.Namespace) -> int:

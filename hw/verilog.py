@@ -52,14 +52,9 @@ def write_if_changed(path, text: str) -> bool:
     Returns True when the file was written. The write goes through a temporary file and a
     rename, so a reader never sees half a file.
     """
-    path = Path(path)
-    if path.exists() and path.read_text() == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return True
+    from rvmpq.sw.tools import write_if_changed as _write  # noqa: PLC0415  (the one copy)
+
+    return _write(path, text)
 
 
 def emit_verilog(component, name: str, path, ports=None) -> Path:

@@ -143,6 +143,8 @@ def main(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         try:
             rc = rvmpq_main(list(step.argv))
+        except SystemExit as exc:  # argparse errors exit; the demo goes on reporting
+            rc = exc.code if isinstance(exc.code, int) else 1
         except Exception as exc:  # a failing step is reported, not hidden
             print(f"   step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             rc = 1

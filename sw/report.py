@@ -36,6 +36,7 @@ INPUTS = {
     "search": "search/config.json",
     "pareto": "search/pareto.png",
     "deploy": "deploy/deploy.json",
+    "deploy_md": "deploy/report.md",
     "kernels": "bench/kernels.json",
     "unit": "bench/unit.json",
     "compare": "synth/compare.json",
@@ -58,7 +59,12 @@ def collect(build: Path) -> dict:
     doc = {}
     for name, rel in INPUTS.items():
         p = build / rel
-        doc[name] = (p if p.exists() else None) if rel.endswith(".png") else _load(p)
+        if rel.endswith(".png"):
+            doc[name] = p if p.exists() else None
+        elif rel.endswith(".md"):
+            doc[name] = p.read_text() if p.exists() else None
+        else:
+            doc[name] = _load(p)
     return doc
 
 
@@ -143,18 +149,15 @@ def _search_section(s: dict | None) -> list[str]:
     return L
 
 
-def _deploy_section(d: dict | None) -> list[str]:
+def _deploy_section(d: dict | None, md: str | None) -> list[str]:
     if not d:
         return ["## Deployment on the RTL", "", "not run (`rvmpq deploy`)", ""]
     L = ["## Deployment on the RTL", ""]
-    summary = d.get("summary") or {}
-    if summary:
-        L += ["| quantity | value |", "|---|---:|"]
-        for k, v in summary.items():
-            L.append(f"| {k} | {v if not isinstance(v, float) else f'{v:,.3f}'} |")
+    if md:       # deploy's own report, one heading level down
+        body = md.split("\n", 1)[1] if md.startswith("# ") else md
+        L += [("#" + line if line.startswith("#") else line)
+              for line in body.strip().splitlines()]
         L.append("")
-    if d.get("markdown"):
-        L += [d["markdown"], ""]
     return L
 
 
@@ -211,9 +214,15 @@ def summary_lines(doc: dict) -> list[str]:
                    f"-> {s.get('validated_accuracy', 0):.2f}% (float {s.get('float_accuracy', 0):.2f}%) "
                    f"at {s.get('cycles_vs_int8', 0):.3f}x INT8 cycles ({s.get('cost_source')} costs)")
     d = doc.get("deploy")
-    if d and d.get("summary"):
-        out.append("deploy: " + ", ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in list(d["summary"].items())[:6]))
+    if d and (d.get("runs") or {}).get("mpq"):
+        r = d["runs"]["mpq"]
+        sp = (d.get("speedups") or {}).get("baseline-int8 / mpq")
+        err = r.get("prediction_error_pct")
+        out.append(f"deploy: {r.get('cycles_per_inference', 0):,.0f} cycles/inference on mpq, "
+                   f"bit-exact {r.get('bit_exact')}, accuracy RTL {r.get('accuracy_rtl', 0):.2f}% "
+                   f"= numpy {r.get('accuracy_numpy', 0):.2f}%"
+                   + (f", cost-model error {err:+.1f}%" if err is not None else "")
+                   + (f", {sp:.1f}x over baseline INT8" if sp else ""))
     k = doc.get("kernels")
     if k:
         sp = (k.get("summary") or {}).get("edge_speedup") or {}
@@ -244,7 +253,7 @@ def write_report(build: Path, out: Path | None = None) -> Path:
         L = ["# rvmpq report", "",
              "Every figure below comes from a JSON file written by one `rvmpq` command under "
              f"`{build}`; see `rvmpq.sw.report` for the mapping.", ""]
-        L += _search_section(doc["search"]) + _deploy_section(doc["deploy"])
+        L += _search_section(doc["search"]) + _deploy_section(doc["deploy"], doc["deploy_md"])
         L += _kernels_section(doc["kernels"]) + _area_section(doc["compare"])
         (tmp / "report.md").write_text("\n".join(L) + "\n")
         if out.exists():

@@ -28,6 +28,7 @@ __all__ = [
     "verilator_env",
     "ensure_verilator_on_path",
     "verilator_build_cached",
+    "write_if_changed",
     "VERILATOR_LINT_FLAGS",
     "VERILATOR_MAKE_FIXES",
     "yosys_cmd",
@@ -79,6 +80,34 @@ def verilator_env(env: dict[str, str] | None = None) -> dict[str, str]:
     if not parts or parts[0] != bindir:
         env["PATH"] = os.pathsep.join([bindir] + [p for p in parts if p != bindir])
     return env
+
+
+def write_if_changed(path, data: "str | bytes") -> bool:
+    """Write ``data`` to ``path`` (creating folders) unless the file already holds exactly that.
+
+    Returns True when the file was written. The write goes to a uniquely named temporary file
+    in the same folder and is renamed into place, so a reader never sees half a file and
+    concurrent writers (processes or threads) never collide on the temporary name.
+    """
+    import tempfile
+
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        if path.read_bytes() == raw:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
 
 
 #: Verilator warnings the generated Verilog trips without being wrong (Amaranth's output style).

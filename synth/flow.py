@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from rvmpq.sw.tools import nextpnr_ecp5_cmd, yosys_cmd
+from rvmpq.sw.tools import write_if_changed as _write_if_changed
 
 __all__ = [
     "TARGETS", "SynthError", "GenericStats", "Ecp5Stats", "LibertyStats", "SynthResult",
@@ -195,15 +196,7 @@ def write_if_changed(path: Path, data: str | bytes) -> bool:
 
     Returns True when the file was (re)written.
     """
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    if path.exists() and path.read_bytes() == raw:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(raw)
-    os.replace(tmp, path)
-    return True
+    return _write_if_changed(path, data)
 
 
 def run_yosys(script: str, cwd: Path, name: str, timeout: float | None = None) -> Path:

@@ -128,13 +128,12 @@ SECTIONS
 
 
 def write_if_changed(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` only if the content differs (keeps timestamps stable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` only if the content differs (keeps timestamps stable);
+    returns ``path`` (:func:`rvmpq.sw.tools.write_if_changed`: atomic, thread/process safe)."""
+    from rvmpq.sw.tools import write_if_changed as _write  # noqa: PLC0415
+
+    _write(path, text)
+    return Path(path)
 
 
 def _isa_header() -> str | None:

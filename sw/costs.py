@@ -2,17 +2,19 @@
 
 For a :class:`~rvmpq.sw.search.costs_api.LayerShape` and a precision the generated MPQ kernel
 (:mod:`rvmpq.sw.kernels`) runs on random data on the Verilator model of the ``mpq`` SoC and its
-``rdcycle`` count is the cost. Measurements are cached as JSON under
-``build/costs/<rtl-hash>-<kernel-hash>/`` (the RTL hash covers ``hw/**/*.py``, the kernel hash
-the generator), keyed by shape and precision; cache misses run in parallel (``jobs``) with one
-progress line each.
+``rdcycle`` count is the cost. A shape marked ``logits`` (the network's last layer) is costed
+as deploy runs it: raw int32 output (``out_bits = 32``, no requantization, no ReLU); every
+other layer with a ReLU output requantized to its own precision. Measurements are cached as
+JSON under ``build/costs/<rtl-hash>-<kernel-hash>/`` (the RTL hash covers ``hw/**/*.py``, the
+kernel hash the generator), keyed by shape and precision, so a change of the RTL or of the
+kernels re-measures; cache misses run in parallel (``jobs``) behind a progress bar.
 
 Metrics (:class:`~rvmpq.sw.search.costs_api.LayerCost`):
 
 ``cycles``
     measured kernel cycles (or, for shapes not measured, the analytic model fitted to the
-    measurements of the same kernel variant; :meth:`RtlCostModel.validate` reports its error on
-    held-out shapes).
+    measurements of the same kernel variant and precision; ``rvmpq costs --validate`` reports
+    its error on held-out shapes).
 ``weight_bytes``
     packed weight words x 4 + 8 bytes per output channel (int32 bias and mult).
 ``act_bytes``
@@ -24,6 +26,19 @@ Metrics (:class:`~rvmpq.sw.search.costs_api.LayerCost`):
     for INT16/8/4/2), ``E_INSTR = 0.25`` (fetch/decode/regfile of any instruction) and
     ``E_BYTE = 0.05`` per byte of weights, input and output moved once.
 
+Analytic model
+--------------
+One non-negative least-squares fit per kernel variant (``conv``, ``pointwise``, ``depthwise``,
+``linear``) and precision, of cycles (and of retired instructions, for the energy proxy of
+unmeasured shapes) on *counts read off the kernel plan* (:func:`plan_counts` from
+:func:`rvmpq.sw.kernels.gen.plan_layer`): dot instructions, activation and weight loads, inner
+loop iterations, kernel-row walks, register-block calls, pixel groups, output rows,
+requantized outputs, raw int32 outputs and output words stored. No instruction cost is written
+down here: when the ISA or the kernel generator changes, the cache key changes, the shapes are
+re-measured and the same features are re-fitted. Rows are weighted by ``1 / cycles`` so the fit
+minimises relative error. The fit set and the held-out validation set (:func:`fit_shapes`,
+:func:`held_out_shapes`) are drawn from one seeded generator per variant and are disjoint.
+
 Mixed widths (``w_bits != a_bits``): ``mpq.dot`` needs equal lane widths, so the kernel runs at
 ``max(w_bits, a_bits)`` and stores both operands at that width; the cost says so.
 """
@@ -32,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -46,9 +62,10 @@ import numpy as np
 from rvmpq.sw.search.costs_api import BITS, LayerCost, LayerShape, check_bits
 from rvmpq.sw.tools import build_root
 
-__all__ = ["E_DOT", "E_INSTR", "E_BYTE", "Measurement", "RtlCostModel", "shape_variant",
-           "shape_layer", "features", "model_shapes", "default_cost_model", "add_arguments",
-           "main"]
+__all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "Measurement", "RtlCostModel",
+           "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
+           "fit_shapes", "held_out_shapes", "validation_report", "model_shapes",
+           "default_cost_model", "fitted_cost_model", "Progress", "add_arguments", "main"]
 
 #: Energy of one mpq.dot per precision, relative to INT16 (active partial-product bits).
 E_DOT = {16: 1.0, 8: 0.5, 4: 0.25, 2: 0.125}
@@ -58,6 +75,15 @@ E_INSTR = 0.25
 E_BYTE = 0.05
 #: Input shapes (C, H, W) of the built-in models.
 MODEL_INPUTS = {"digits-cnn": (1, 8, 8), "mnist1d-cnn": (1, 1, 40)}
+#: Kernel variants, each with its own fitted model.
+VARIANTS = ("conv", "pointwise", "depthwise", "linear")
+#: Seed of the fit / held-out shape sets (fixed: the validation is reproducible).
+SHAPE_SEED = 20240
+#: Shapes per variant in the fit set and in the held-out set.
+N_FIT, N_HELD = 40, 15
+#: Largest number of INT16 dot instructions of a generated fit/validation shape (keeps each
+#: RTL run under about a second).
+MAX_DOTS = 60_000
 
 
 def shape_variant(shape: LayerShape) -> str:
@@ -73,53 +99,115 @@ def shape_variant(shape: LayerShape) -> str:
                      "conv (groups 1, any KxK), depthwise (groups == cin == cout), linear")
 
 
+def _random_layer(shape: LayerShape, bits: int, rng):
+    from rvmpq.sw.kernels.layer import random_layer
+
+    return random_layer(shape_variant(shape), bits, shape.cin, shape.cout, shape.h_in,
+                        shape.w_in, (shape.kh, shape.kw), shape.stride, shape.padding, rng=rng,
+                        out_bits=32 if shape.logits else bits, a_signed=False,
+                        relu=not shape.logits)
+
+
 def shape_layer(shape: LayerShape, bits: int, seed: int = 0):
-    """A random :class:`~rvmpq.sw.search.qnn.QLayer` of ``shape`` at ``bits`` and its input."""
-    from rvmpq.sw.kernels.layer import random_input, random_layer
+    """A random :class:`~rvmpq.sw.search.qnn.QLayer` of ``shape`` at ``bits`` and its input.
+
+    ReLU output requantized to ``bits``, or the raw int32 logits for a ``logits`` shape.
+    """
+    from rvmpq.sw.kernels.layer import random_input
 
     check_bits(bits)
-    v = shape_variant(shape)
     rng = np.random.default_rng([seed, bits, zlib.crc32(shape.key().encode())])
-    layer = random_layer(v, bits, shape.cin, shape.cout, shape.h_in, shape.w_in,
-                         (shape.kh, shape.kw), shape.stride, shape.padding, rng=rng,
-                         a_signed=False, relu=True)
+    layer = _random_layer(shape, bits, rng)
     return layer, random_input(layer, rng)
 
 
-def features(shape: LayerShape, bits: int) -> np.ndarray:
-    """Features of the analytic cycle model (from the kernel plan; see :func:`_fit`).
-
-    conv / pointwise / linear: ``[1, inner iterations, inner iterations x pixels, kernel-row
-    walks, requantized outputs, pixel groups, block calls, output words stored]``;
-    depthwise: ``[1, channel words, dots, pixels, outputs, rows]``.
-    """
+def shape_plan(shape: LayerShape, bits: int):
+    """The MPQ :class:`~rvmpq.sw.kernels.gen.KernelPlan` of ``shape`` at ``bits``."""
     from rvmpq.sw.kernels.gen import plan_layer
-    from rvmpq.sw.kernels.layer import random_layer
 
-    v = shape_variant(shape)
-    rng = np.random.default_rng(0)
-    layer = random_layer(v, bits, shape.cin, shape.cout, shape.h_in, shape.w_in,
-                         (shape.kh, shape.kw), shape.stride, shape.padding, rng=rng,
-                         a_signed=False, relu=True)
-    pl = plan_layer(layer, "mpq")
+    check_bits(bits)
+    return plan_layer(_random_layer(shape, bits, np.random.default_rng(0)), "mpq")
+
+
+def plan_counts(pl) -> dict[str, float]:
+    """Counts of one layer's kernel work, read off its plan (no instruction costs).
+
+    conv / pointwise / linear (register blocks of ``p`` pixels x ``nb`` channels): ``rows``,
+    ``blocks`` (channel blocks: per-block set-up such as bias / multiplier loads),
+    ``pixel_groups`` (row segments of up to ``p`` pixels), ``block_calls`` (groups x channel
+    blocks), ``row_walks`` (block calls x kernel rows), ``iters`` (inner-loop iterations: one
+    per input word of a kernel row), ``loop_iters`` (the iterations of inner loops that run
+    more than once: a one-trip loop has no loop bookkeeping), ``iters_p1`` (iterations of
+    one-pixel blocks, where each dot directly follows the load it uses), ``dots``, ``act_loads`` (one per
+    pixel per iteration), ``weight_loads`` (one per channel of the block per iteration),
+    ``requant`` (outputs requantized and packed), ``raw_out`` (int32 outputs of a logits
+    layer), ``out_words`` (output words stored).
+
+    depthwise (one pixel at a time, one-hot weights, ``la`` channels per word): ``rows``,
+    ``pixels``, ``iters`` (channel words), ``loop_iters`` (channel words when there are
+    several: with one, the channel loop vanishes and the weight words have constant addresses,
+    so the compiler folds them into immediates, and the padded lanes, which then compute
+    identical values, into one chain of dots), ``dots`` (dot instructions issued),
+    ``act_loads``, ``weight_loads``
+    (weight words read from memory), ``imm_weights`` (non-zero weight words folded into
+    immediates instead), ``requant``, ``raw_out``, ``out_words``.
+    """
+    raw = pl.out_bits == 32
+    taps = pl.kh * pl.kw
     if pl.variant == "depthwise":
         pix = pl.ho * pl.wo
-        return np.array([1.0, pix * pl.cw, pix * pl.cw * pl.la * pl.kh * pl.kw, pix,
-                         pix * pl.cout_pad, pl.ho], dtype=np.float64)
+        iters = pix * pl.cw
+        outs = pix * pl.cout_pad
+        const = pl.cw == 1
+        # with constant weights the padded lanes (zero weight, zero bias) all compute the same
+        # value: the compiler keeps one chain of them (identical asm statements are merged)
+        lanes = min(pl.cin, pl.la) + (pl.cin < pl.la) if const else pl.la
+        c = {"rows": pl.ho, "pixels": pix, "iters": iters, "loop_iters": 0 if const else iters,
+             "dots": iters * lanes * taps, "act_loads": iters * taps,
+             "weight_loads": 0 if const else iters * pl.la * taps,
+             "imm_weights": pix * pl.cin * taps if const else 0,
+             "requant": 0 if raw else outs, "raw_out": outs if raw else 0,
+             "out_words": pix * pl.ocw}
+        return {k: float(v) for k, v in c.items()}
     nblk = pl.cout_pad // pl.nb
-    f = np.zeros(8)
-    f[0] = 1.0
+    krow = pl.kw * pl.cw
     groups = [pl.p] * (pl.wo // pl.p) + ([pl.wo % pl.p] if pl.wo % pl.p else [])
+    c = dict.fromkeys(("rows", "blocks", "pixel_groups", "block_calls", "row_walks", "iters",
+                       "loop_iters", "iters_p1", "dots", "act_loads", "weight_loads", "requant",
+                       "raw_out", "out_words"), 0)
+    c["rows"] = pl.ho
+    c["blocks"] = nblk
     for p in groups:
-        it = nblk * pl.kh * pl.kw * pl.cw
-        f[1] += it * pl.ho
-        f[2] += it * p * pl.ho
-        f[3] += nblk * pl.kh * pl.ho
-        f[4] += nblk * pl.nb * p * pl.ho
-        f[5] += pl.ho
-        f[6] += nblk * pl.ho
-        f[7] += pl.ocw * p * pl.ho
-    return f
+        it = nblk * taps * pl.cw * pl.ho
+        c["pixel_groups"] += pl.ho
+        c["block_calls"] += nblk * pl.ho
+        c["row_walks"] += nblk * pl.kh * pl.ho
+        c["iters"] += it
+        c["loop_iters"] += it if krow > 1 else 0
+        c["iters_p1"] += it if p == 1 else 0
+        c["dots"] += it * p * pl.nb
+        c["act_loads"] += it * p
+        c["weight_loads"] += it * pl.nb
+        outs = pl.cout_pad * p * pl.ho
+        c["raw_out" if raw else "requant"] += outs
+        c["out_words"] += pl.ocw * p * pl.ho
+    return {k: float(v) for k, v in c.items()}
+
+
+def fit_group(shape: LayerShape, bits: int) -> str:
+    """Which fitted model costs ``shape`` at ``bits``: one per kernel variant and precision,
+    and for depthwise layers whose channels fit one word (``depthwise1w``) a separate one: the
+    channel loop vanishes there and the compiler folds the constant weights, a different code
+    shape (no loop, no weight loads), not a scaled version of the loop."""
+    v = shape_variant(shape)
+    if v == "depthwise" and shape_plan(shape, bits).cw == 1:
+        v = "depthwise1w"
+    return f"{v}-{check_bits(bits)}"
+
+
+def features(shape: LayerShape, bits: int) -> np.ndarray:
+    """Feature vector of the analytic model: a constant 1, then :func:`plan_counts` in order."""
+    return np.array([1.0, *plan_counts(shape_plan(shape, bits)).values()], dtype=np.float64)
 
 
 @dataclasses.dataclass
@@ -138,9 +226,59 @@ class Measurement:
 
 
 def _n_dot(pl) -> int:
-    if pl.variant == "depthwise":
-        return pl.ho * pl.wo * pl.cw * pl.la * pl.kh * pl.kw
-    return pl.ho * pl.wo * pl.cout_pad * pl.kh * pl.kw * pl.cw
+    return int(plan_counts(pl)["dots"])
+
+
+def _bytes(pl) -> tuple[int, int, int]:
+    """(weight, activation, output) bytes of a plan (see the module docstring)."""
+    return 4 * pl.weight_words + 8 * pl.cout, 4 * pl.h * pl.w * pl.cw, 4 * pl.out_words
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, one line per step otherwise.
+
+    Parameters
+    ----------
+    total : int
+        Number of steps.
+    label : str
+        Prefix of the line.
+    enabled : bool
+        False: print nothing.
+    """
+
+    def __init__(self, total: int, label: str = "costs", enabled: bool = True, stream=None):
+        self.total, self.label, self.enabled = total, label, enabled and total > 0
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.t0 = time.time()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._lock = threading.Lock()
+
+    def step(self, what: str = "") -> None:
+        """Count one finished step and redraw."""
+        with self._lock:
+            self.done += 1
+            if not self.enabled:
+                return
+            n = 24
+            fill = n * self.done // self.total
+            el = time.time() - self.t0
+            eta = el / self.done * (self.total - self.done)
+            line = (f"{self.label}: [{'#' * fill}{'.' * (n - fill)}] {self.done}/{self.total} "
+                    f"{el:.0f} s, ~{eta:.0f} s left  {what}")
+            if self.tty:
+                end = "\n" if self.done == self.total else ""
+                print("\r" + line[:150].ljust(150), end=end, file=self.stream, flush=True)
+            else:
+                print(line, file=self.stream, flush=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _dmem_size() -> int:
+    from rvmpq.sw.runtime.cc import memory_map
+
+    return memory_map("mpq").dmem_size
 
 
 class RtlCostModel:
@@ -154,9 +292,11 @@ class RtlCostModel:
         Measure a shape/precision that is not cached (True), or use the fitted analytic model
         for it (False; needs :meth:`fit` first).
     jobs : int
-        Parallel RTL runs in :meth:`measure_many`.
+        Parallel RTL runs in :meth:`measure_many` (default: 2, or the CPU count if smaller).
     max_cycles : int
         Per-run cycle limit; overrunning it raises ``KernelRunError``.
+    verbose : bool
+        Show the progress bar of :meth:`measure_many`.
     """
 
     source = "rtl-measured"
@@ -166,14 +306,17 @@ class RtlCostModel:
         from rvmpq.sw.kernels.gen import kernel_hash
         from rvmpq.sw.kernels.run import rtl_hash
 
+        if jobs is not None and int(jobs) < 1:
+            raise ValueError(f"jobs={jobs}: must be >= 1")
         self.root = Path(cache_dir) if cache_dir else build_root() / "costs"
-        self.dir = self.root / f"{rtl_hash()}-{kernel_hash()}"
+        self.version = f"{rtl_hash()}-{kernel_hash()}"
+        self.dir = self.root / self.version
         self.measure_missing = measure_missing
-        self.jobs = jobs or min(2, os.cpu_count() or 1)
+        self.jobs = int(jobs or min(2, os.cpu_count() or 1))
         self.max_cycles = max_cycles
         self.verbose = verbose
         self.coef: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self.coef_instret: dict[str, np.ndarray] = {}
 
     # ---- measurement ------------------------------------------------------------------
     def _path(self, shape: LayerShape, bits: int) -> Path:
@@ -183,7 +326,10 @@ class RtlCostModel:
         """The cached measurement, or None."""
         p = self._path(shape, bits)
         if p.exists():
-            return Measurement(**json.loads(p.read_text()))
+            try:
+                return Measurement(**json.loads(p.read_text()))
+            except (ValueError, TypeError):
+                return None    # a corrupt entry is measured again
         return None
 
     def measure(self, shape: LayerShape, bits: int) -> Measurement:
@@ -197,15 +343,16 @@ class RtlCostModel:
         if m is not None:
             return m
         layer, a = shape_layer(shape, bits)
+        self._check_version()
         r = run_layer(layer, a, "mpq", max_cycles=self.max_cycles)
+        self._check_version()     # the RTL / kernels used must be the ones of the cache key
         exact = bool(np.array_equal(r.output, reference_output(layer, a)))
         if not exact:
             raise RuntimeError(f"{shape.key()} INT{bits}: kernel output differs from the integer "
                                f"model ({r.elf}); refusing to record its cost")
-        pl = r.plan
+        wb, ab, ob = _bytes(r.plan)
         m = Measurement(shape=shape.key(), bits=bits, cycles=r.cycles, instret=r.instret,
-                        n_dot=_n_dot(pl), weight_bytes=4 * pl.weight_words + 8 * pl.cout,
-                        act_bytes=4 * pl.h * pl.w * pl.cw, out_bytes=4 * pl.out_words,
+                        n_dot=_n_dot(r.plan), weight_bytes=wb, act_bytes=ab, out_bytes=ob,
                         exact=exact)
         p = self._path(shape, bits)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -214,70 +361,106 @@ class RtlCostModel:
         os.replace(tmp, p)
         return m
 
+    def _check_version(self) -> None:
+        from rvmpq.sw.kernels.gen import kernel_hash
+        from rvmpq.sw.kernels.run import rtl_hash
+
+        now = f"{rtl_hash()}-{kernel_hash()}"
+        if now != self.version:
+            raise RuntimeError(f"the RTL or kernel sources changed while measuring (cache key "
+                               f"{self.version}, now {now}); refusing to mix versions: start "
+                               "again when hw/ and sw/kernels/ are stable")
+
     def measure_many(self, items: list[tuple[LayerShape, int]]) -> list[Measurement]:
-        """Measure many (shape, bits) pairs, cache misses in parallel, one progress line each."""
+        """Measure many (shape, bits) pairs; cache misses run ``jobs`` at a time behind a
+        progress bar. Returns the measurements in ``items`` order."""
         from rvmpq.sw.kernels.run import soc_verilog_cached
 
-        todo = [(s, b) for s, b in items if self.cached(s, b) is None]
+        todo = list(dict.fromkeys((s, b) for s, b in items if self.cached(s, b) is None))
         if todo:
             soc_verilog_cached("mpq")
-        done = [0]
-        t0 = time.time()
+            bar = Progress(len(todo), f"costs (RTL, {self.jobs} jobs)", self.verbose)
 
-        def work(sb):
-            m = self.measure(*sb)
-            with self._lock:
-                done[0] += 1
-                if self.verbose:
-                    print(f"costs: [{done[0]}/{len(todo)}] {sb[0].key()} INT{sb[1]}: "
-                          f"{m.cycles} cycles ({time.time() - t0:.0f} s)", file=sys.stderr,
-                          flush=True)
-            return m
-        with ThreadPoolExecutor(max_workers=self.jobs) as ex:
-            list(ex.map(work, todo))
+            def work(sb):
+                m = self.measure(*sb)
+                bar.step(f"{sb[0].key()} INT{sb[1]}: {m.cycles} cycles")
+                return m
+            with ThreadPoolExecutor(max_workers=self.jobs) as ex:
+                list(ex.map(work, todo))
         return [self.measure(s, b) for s, b in items]
 
     # ---- analytic model ---------------------------------------------------------------
     def fit(self, shapes: list[LayerShape]) -> dict:
-        """Fit the analytic cycle model (non-negative least squares, one per kernel variant
-        and precision) to the measurements of ``shapes`` x :data:`BITS` (measured if needed)."""
+        """Fit the analytic model (NNLS of cycles and of retired instructions on
+        :func:`features`, one per kernel variant and precision, rows weighted by 1/cycles)
+        to the measurements of ``shapes`` x :data:`BITS` (measured if needed)."""
         from scipy.optimize import nnls
 
-        ms = self.measure_many([(s, b) for s in shapes for b in BITS])
+        items = [(s, b) for s in shapes for b in BITS]
+        ms = self.measure_many(items)
         groups: dict[str, list] = {}
-        for s, m in zip([s for s in shapes for _ in BITS], ms):
-            groups.setdefault(f"{shape_variant(s)}-{m.bits}", []).append((features(s, m.bits),
-                                                                          m.cycles))
+        for (s, b), m in zip(items, ms):
+            groups.setdefault(fit_group(s, b), []).append(
+                (features(s, b), m.cycles, m.instret))
         for k, rows in groups.items():
             X = np.array([r[0] for r in rows])
             y = np.array([r[1] for r in rows], dtype=np.float64)
-            # relative-error weighting: small layers count as much as big ones
-            wgt = 1.0 / y
-            self.coef[k], _ = nnls(X * wgt[:, None], y * wgt)
+            yi = np.array([r[2] for r in rows], dtype=np.float64)
+            wgt = 1.0 / y    # relative error: small layers count as much as big ones
+            self.coef[k], _ = nnls(X * wgt[:, None], y * wgt, maxiter=50 * X.shape[1])
+            self.coef_instret[k], _ = nnls(X * wgt[:, None], yi * wgt, maxiter=50 * X.shape[1])
         return {k: v.tolist() for k, v in self.coef.items()}
 
     def predict_cycles(self, shape: LayerShape, bits: int) -> float:
         """Cycles from the fitted model (``RuntimeError`` if that variant was never fitted)."""
-        k = f"{shape_variant(shape)}-{bits}"
-        if k not in self.coef:
+        return float(features(shape, bits) @ self._coef(self.coef, shape, bits))
+
+    def predict_instret(self, shape: LayerShape, bits: int) -> float:
+        """Retired instructions from the fitted model."""
+        return float(features(shape, bits) @ self._coef(self.coef_instret, shape, bits))
+
+    @staticmethod
+    def _coef(table, shape, bits):
+        k = fit_group(shape, bits)
+        if k not in table:
             raise RuntimeError(f"no fitted model for {k}; call fit() with shapes of that kind")
-        return float(features(shape, bits) @ self.coef[k])
+        return table[k]
 
     def validate(self, held_out: list[LayerShape]) -> dict:
-        """Relative error of the analytic model against RTL measurements of held-out shapes."""
-        ms = self.measure_many([(s, b) for s in held_out for b in BITS])
-        errs = []
+        """Relative error of the analytic model against RTL measurements of held-out shapes.
+
+        Returns ``{"median_rel_err", "max_rel_err", "n", "per_variant": {variant:
+        {"median_rel_err", "max_rel_err", "n", "per_bits": {bits: {...}}}}, "rows": [...]}``.
+        """
+        items = [(s, b) for s in held_out for b in BITS]
+        ms = self.measure_many(items)
         rows = []
-        for (s, b), m in zip([(s, b) for s in held_out for b in BITS], ms):
+        for (s, b), m in zip(items, ms):
             p = self.predict_cycles(s, b)
-            e = abs(p - m.cycles) / m.cycles
-            errs.append(e)
-            rows.append({"shape": s.key(), "bits": b, "measured": m.cycles,
-                         "predicted": round(p, 1), "rel_err": round(e, 4)})
-        return {"median_rel_err": float(np.median(errs)), "max_rel_err": float(np.max(errs)),
-                "n": len(errs), "rows": rows}
+            rows.append({"variant": shape_variant(s), "shape": s.key(), "bits": b,
+                         "measured": m.cycles, "predicted": round(p, 1),
+                         "rel_err": round(abs(p - m.cycles) / m.cycles, 5)})
+
+        def summary(rs):
+            e = [r["rel_err"] for r in rs]
+            return {"median_rel_err": float(np.median(e)), "max_rel_err": float(np.max(e)),
+                    "n": len(e)}
+        per = {}
+        for v in dict.fromkeys(r["variant"] for r in rows):
+            rv = [r for r in rows if r["variant"] == v]
+            per[v] = dict(summary(rv), per_bits={b: summary([r for r in rv if r["bits"] == b])
+                                                 for b in BITS})
+        return dict(summary(rows), per_variant=per, rows=rows)
 
     # ---- CostModel protocol ------------------------------------------------------------
+    def prefetch(self, shapes: list[LayerShape], options: list[tuple[int, int]]) -> None:
+        """Measure every (shape, option) not cached yet, in parallel with a progress bar (the
+        search calls this before building its cost table)."""
+        if self.measure_missing:
+            self.measure_many(list(dict.fromkeys(
+                (s, max(check_bits(w, "w_bits"), check_bits(a, "a_bits")))
+                for s in shapes for w, a in options)))
+
     def layer_cost(self, shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost:
         """Cost of ``shape`` at ``w_bits`` / ``a_bits`` (the kernel runs at the wider one)."""
         bits = max(check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits"))
@@ -289,25 +472,169 @@ class RtlCostModel:
             cycles, instret, n_dot = m.cycles, m.instret, m.n_dot
             wb, ab, ob = m.weight_bytes, m.act_bytes, m.out_bytes
         else:
+            pl = shape_plan(shape, bits)
             cycles = self.predict_cycles(shape, bits)
-            layer, _ = shape_layer(shape, bits)
-            from rvmpq.sw.kernels.gen import plan_layer
-            pl = plan_layer(layer, "mpq")
+            instret = self.predict_instret(shape, bits)
             n_dot = _n_dot(pl)
-            instret = cycles * 0.9
-            wb, ab, ob = 4 * pl.weight_words + 8 * pl.cout, 4 * pl.h * pl.w * pl.cw, \
-                4 * pl.out_words
+            wb, ab, ob = _bytes(pl)
         energy = n_dot * E_DOT[bits] + max(instret - n_dot, 0) * E_INSTR + (wb + ab + ob) * E_BYTE
         return LayerCost(float(cycles), float(wb), float(ab), float(energy))
 
 
-def default_cost_model() -> RtlCostModel:
-    """The RTL-measured cost model with default cache (used by ``rvmpq search --costs rtl``)."""
-    return RtlCostModel()
+def default_cost_model(jobs: int | None = None, verbose: bool = True) -> RtlCostModel:
+    """The RTL-measured cost model with the default cache (``rvmpq search --costs rtl``)."""
+    return RtlCostModel(jobs=jobs, verbose=verbose)
+
+
+# ---- fit / held-out shape sets ----------------------------------------------------------
+
+def _fits(shape: LayerShape) -> bool:
+    """True if ``shape`` runs at every precision within DMEM and :data:`MAX_DOTS`."""
+    from rvmpq.sw.kernels.gen import estimate_dmem_bytes
+    from rvmpq.sw.kernels.layer import KernelLayerError
+
+    try:
+        pl = shape_plan(shape, 16)
+        if plan_counts(pl)["dots"] > MAX_DOTS or plan_counts(pl)["dots"] < 1:
+            return False
+        return all(estimate_dmem_bytes(shape_plan(shape, b)) <= _dmem_size() for b in BITS)
+    except (KernelLayerError, ValueError):
+        return False
+
+
+def _draw(variant: str, rng) -> LayerShape:
+    r = lambda lo, hi: int(rng.integers(lo, hi + 1))  # noqa: E731
+    if variant == "conv":
+        k = [(3, 3), (3, 3), (5, 5), (1, 3), (1, 5), (3, 1)][r(0, 5)]
+        st = 2 if rng.random() < 0.35 else 1
+        h = 1 if k[0] == 1 else r(3, 12)
+        w = r(3, 24) if h == 1 else r(3, 12)
+        return LayerShape("conv", r(1, 40), r(1, 40), h, w, k[0], k[1], (st if h > 1 else 1, st),
+                          (k[0] // 2, k[1] // 2), logits=rng.random() < 0.25)
+    if variant == "pointwise":
+        st = 2 if rng.random() < 0.2 else 1
+        return LayerShape("conv", r(1, 96), r(1, 96), r(1, 10), r(1, 10), 1, 1, (st, st))
+    if variant == "depthwise":
+        # every code path well covered: 30 % few channels (2..8: one channel word, weights
+        # folded into immediates, at most precisions), else log-uniform 2..96 (1 would be a
+        # plain conv)
+        c = r(2, 8) if rng.random() < 0.3 else int(np.exp(rng.uniform(np.log(2), np.log(97))))
+        st = 2 if rng.random() < 0.35 else 1
+        return LayerShape("conv", c, c, r(2, 12), r(2, 12), 3, 3, (st, st), (1, 1), groups=c)
+    if variant == "linear":
+        return LayerShape("linear", r(4, 640), r(1, 64), logits=rng.random() < 0.5)
+    raise ValueError(f"variant {variant!r}; allowed values: {list(VARIANTS)}")
+
+
+@functools.lru_cache(maxsize=4)
+def _shape_sets(seed: int) -> tuple[tuple, tuple]:
+    fit, held = [], []
+    for i, v in enumerate(VARIANTS):
+        rng = np.random.default_rng([seed, i])
+        seen: set = set()
+        out: list = []
+        while len(out) < N_FIT + N_HELD:
+            s = _draw(v, rng)
+            if s.key() in seen or not _fits(s):
+                continue
+            seen.add(s.key())
+            out.append(s)
+        fit += out[:N_FIT]
+        held += out[N_FIT:]
+    return tuple(fit), tuple(held)
+
+
+def fit_shapes(seed: int = SHAPE_SEED) -> list[LayerShape]:
+    """The fit set: :data:`N_FIT` random shapes per variant (seeded; disjoint from
+    :func:`held_out_shapes`, drawn from the same distribution, which covers every code path
+    of the generator). conv: 3x3, 5x5, 1x3, 1x5, 3x1 kernels, stride 1 or 2, a quarter of them
+    logits; pointwise: stride 1 or 2; depthwise 3x3, stride 1 or 2, 30 % with 2..8 channels;
+    linear: half of them logits."""
+    return list(_shape_sets(seed)[0])
+
+
+def held_out_shapes(seed: int = SHAPE_SEED) -> list[LayerShape]:
+    """The held-out validation set: :data:`N_HELD` shapes per variant (see :func:`fit_shapes`)."""
+    return list(_shape_sets(seed)[1])
+
+
+def fitted_cost_model(cache_dir=None, jobs: int | None = None, verbose: bool = True,
+                      seed: int = SHAPE_SEED) -> RtlCostModel:
+    """An :class:`RtlCostModel` fitted on :func:`fit_shapes` (measured if not cached) that
+    predicts shapes it has not measured instead of running them (``measure_missing=False``):
+    for cost tables of networks too large for the simulated SoC's memory."""
+    cm = RtlCostModel(cache_dir, measure_missing=False, jobs=jobs, verbose=verbose)
+    cm.fit(fit_shapes(seed))
+    return cm
+
+
+def validation_report(cache_dir=None, jobs: int | None = None, out_dir=None,
+                      verbose: bool = True, seed: int = SHAPE_SEED) -> dict:
+    """Fit on :func:`fit_shapes`, validate on :func:`held_out_shapes` at every precision and
+    write ``validation.json`` and ``validation.md`` to ``out_dir`` (default ``build/costs``).
+
+    Target (issue 4): median relative error <= 5 %, worst <= 15 %.
+    """
+    cm = RtlCostModel(cache_dir, jobs=jobs, verbose=verbose)
+    fit, held = fit_shapes(seed), held_out_shapes(seed)
+    assert not {s.key() for s in fit} & {s.key() for s in held}
+    t0 = time.time()
+    cm.fit(fit)
+    rep = cm.validate(held)
+    rep = {"format": "rvmpq-costs-validation-1", "cache": str(cm.dir), "seed": seed,
+           "n_fit_shapes": len(fit), "n_held_out_shapes": len(held), "bits": list(BITS),
+           "target": {"median_rel_err": 0.05, "max_rel_err": 0.15},
+           "target_met": bool(rep["median_rel_err"] <= 0.05 and rep["max_rel_err"] <= 0.15),
+           "features": {v: ["const", *plan_counts(shape_plan(
+               next(s for s in fit if shape_variant(s) == v), 8)).keys()] for v in VARIANTS},
+           "seconds": round(time.time() - t0, 1), **rep,
+           "coef": {k: v.tolist() for k, v in cm.coef.items()},
+           "fit_shapes": [s.key() for s in fit], "held_out": [s.key() for s in held]}
+    out = Path(out_dir) if out_dir else build_root() / "costs"
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / "validation.json", json.dumps(rep, indent=1) + "\n")
+    _atomic(out / "validation.md", validation_markdown(rep))
+    return rep
+
+
+def validation_markdown(rep: dict) -> str:
+    """The Markdown table of a :func:`validation_report` result."""
+    pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
+    md = ["# Analytic cost model vs RTL on held-out shapes", "",
+          f"Fit: {rep['n_fit_shapes']} shapes, held out: {rep['n_held_out_shapes']} shapes "
+          f"(disjoint, seed {rep['seed']}), each at INT{'/'.join(map(str, rep['bits']))}. "
+          "Relative cycle error |predicted - measured| / measured. Target: median <= 5 %, "
+          "worst <= 15 %.", "",
+          "| variant | n | median | worst | " + " | ".join(
+              f"INT{b} median / worst" for b in rep["bits"]) + " |",
+          "|---|---|---|---|" + "---|" * len(rep["bits"])]
+    for v, s in rep["per_variant"].items():
+        pb = s["per_bits"]
+        md.append(f"| {v} | {s['n']} | {pct(s['median_rel_err'])} | {pct(s['max_rel_err'])} | "
+                  + " | ".join(f"{pct(pb[b]['median_rel_err'])} / {pct(pb[b]['max_rel_err'])}"
+                               for b in rep["bits"]) + " |")
+    md += [f"| **all** | {rep['n']} | {pct(rep['median_rel_err'])} | {pct(rep['max_rel_err'])} |"
+           + " |" * len(rep["bits"]), "",
+           f"Target met: **{'yes' if rep['target_met'] else 'NO'}**. Features (counts from the "
+           "kernel plan, `rvmpq.sw.costs.plan_counts`): " + "; ".join(
+               f"{v}: {', '.join(f)}" for v, f in rep["features"].items()) + ".", ""]
+    worst = sorted(rep["rows"], key=lambda r: -r["rel_err"])[:5]
+    md += ["Worst held-out rows:", "", "| shape | bits | measured | predicted | error |",
+           "|---|---|---|---|---|"]
+    md += [f"| `{r['shape']}` | {r['bits']} | {r['measured']} | {r['predicted']:.0f} | "
+           f"{pct(r['rel_err'])} |" for r in worst]
+    return "\n".join(md) + "\n"
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def model_shapes(name: str) -> list[LayerShape]:
-    """Compute-layer shapes of a built-in model (``digits-cnn`` | ``mnist1d-cnn``)."""
+    """Compute-layer shapes of a built-in model (``digits-cnn`` | ``mnist1d-cnn``); the last
+    one is marked ``logits``."""
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; allowed values: {sorted(MODEL_INPUTS)}")
     from rvmpq.sw.search.models import build_model, trace_model
@@ -328,15 +655,22 @@ def model_shapes(name: str) -> list[LayerShape]:
         elif l.kind == "linear":
             out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0]))
             c, h, w = l.weight.shape[0], 1, 1
+    out[-1] = dataclasses.replace(out[-1], logits=True)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rvmpq costs``."""
-    parser.add_argument("--model", required=True, choices=sorted(MODEL_INPUTS),
-                        help="built-in model whose layers to cost")
+    parser.add_argument("--model", choices=sorted(MODEL_INPUTS),
+                        help="built-in model whose layers to cost (measured on the RTL)")
     parser.add_argument("--json", dest="json_out", type=Path, default=None, metavar="FILE",
-                        help="write the cost table (format rvmpq-costs-1) here")
+                        help="write the model's cost table (format rvmpq-costs-1) here")
+    parser.add_argument("--validate", action="store_true",
+                        help="fit the analytic model and report its error on held-out conv/"
+                             "pointwise/depthwise/linear shapes at every precision "
+                             "(writes validation.json and validation.md to -o)")
+    parser.add_argument("-o", "--out", type=Path, default=None,
+                        help="folder of the --validate report (default build/costs)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel RTL runs (default 2)")
 
 
@@ -345,6 +679,20 @@ def main(args: argparse.Namespace) -> int:
     from rvmpq.sw.kernels.layer import KernelLayerError
     from rvmpq.sw.search.costs_api import JsonCostTable
 
+    if not args.model and not args.validate:
+        print("rvmpq costs: give --model NAME (allowed values: "
+              f"{sorted(MODEL_INPUTS)}) and/or --validate", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print(f"rvmpq costs: --jobs {args.jobs}: must be >= 1", file=sys.stderr)
+        return 2
+    if args.validate:
+        rep = validation_report(jobs=args.jobs, out_dir=args.out)
+        print(validation_markdown(rep))
+        print(f"wrote {(args.out or build_root() / 'costs')}/validation.json, validation.md",
+              file=sys.stderr)
+        if not args.model:
+            return 0
     try:
         shapes = model_shapes(args.model)
         cm = RtlCostModel(jobs=args.jobs)
@@ -353,9 +701,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"rvmpq costs: {exc}", file=sys.stderr)
         return 1
     opts = [(w, a) for w in BITS for a in BITS]
-    print(f"{'layer':<48} " + " ".join(f"{'INT' + str(b):>9}" for b in BITS))
+    print(f"{'layer':<56} " + " ".join(f"{'INT' + str(b):>9}" for b in BITS))
     for s in shapes:
-        print(f"{s.key():<48} " + " ".join(f"{cm.layer_cost(s, b, b).cycles:>9.0f}" for b in BITS))
+        print(f"{s.key():<56} " + " ".join(f"{cm.layer_cost(s, b, b).cycles:>9.0f}" for b in BITS))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         JsonCostTable.write(args.json_out, cm, shapes, opts)

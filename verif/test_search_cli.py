@@ -1,4 +1,5 @@
-"""`rvmpq search` end to end on the STAND-IN cost model (results are marked as such)."""
+"""`rvmpq search` end to end: on RTL-measured costs (the default) and on the STAND-IN cost model
+(results are marked as such)."""
 
 import json
 
@@ -8,7 +9,8 @@ from rvmpq.sw.cli import main
 
 def test_search_end_to_end_stand_in(tmp_path, capsys):
     rc = main(["search", "--model", "digits-cnn", "--budget", "latency=0.6", "--budget",
-               "wmem=0.9", "--method", "dp", "--no-qat", "--configs", "8", "-o", str(tmp_path)])
+               "wmem=0.9", "--method", "dp", "--no-qat", "--configs", "8", "--costs", "stand-in",
+               "-o", str(tmp_path)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "STAND-IN" in cap.err and "NOT final" in cap.err
@@ -30,7 +32,7 @@ def test_search_end_to_end_stand_in(tmp_path, capsys):
 
 def test_search_infeasible_budget_names_closest(tmp_path, capsys):
     rc = main(["search", "--model", "digits-cnn", "--budget", "latency=0.05", "--method", "ilp",
-               "--no-qat", "--configs", "4", "-o", str(tmp_path)])
+               "--no-qat", "--configs", "4", "--costs", "stand-in", "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "closest one is" in err and "relax" in err
     assert not (tmp_path / "config.json").exists()
@@ -50,10 +52,33 @@ def test_search_model_path(tmp_path, capsys):
     path = tmp_path / "m.pt"
     torch.save(build_model("digits-cnn"), path)  # untrained: only the plumbing is checked
     rc = main(["search", "--model", str(path), "--budget", "latency=0.8", "--method", "greedy",
-               "--no-qat", "--configs", "4", "-o", str(tmp_path / "out")])
+               "--no-qat", "--configs", "4", "--costs", "stand-in", "-o", str(tmp_path / "out")])
     assert rc == 2 and "--data" in capsys.readouterr().err
     rc = main(["search", "--model", str(path), "--data", "digits", "--budget", "latency=0.8",
-               "--method", "greedy", "--no-qat", "--configs", "4", "-o", str(tmp_path / "out")])
+               "--method", "greedy", "--no-qat", "--configs", "4", "--costs", "stand-in",
+               "-o", str(tmp_path / "out")])
     assert rc == 0, capsys.readouterr().err
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert cfg["model"] == str(path) and cfg["cost_source"] == "stand-in"
+
+
+def test_search_default_costs_are_rtl(tmp_path, capsys):
+    """Without --costs the search reads RTL-measured cycles (rvmpq.sw.costs, cached under
+    build/costs) and its result is final; the logits layer is costed with int32 output."""
+    from rvmpq.sw import costs
+    from rvmpq.sw.search.costs_api import BITS
+
+    rc = main(["search", "--model", "digits-cnn", "--budget", "latency=0.7", "--method", "dp",
+               "--no-qat", "--configs", "4", "-o", str(tmp_path)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "STAND-IN" not in cap.err
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["cost_source"] == "rtl-measured" and cfg["final"] is True
+    assert cfg["cycles_vs_int8"] <= 0.7 + 1e-9
+    # the predicted cycles are the sum of the cached RTL measurements of the chosen bits
+    cm = costs.RtlCostModel(measure_missing=False, verbose=False)
+    shapes = costs.model_shapes("digits-cnn")
+    assert shapes[-1].logits and all(cm.cached(s, b) for s in shapes for b in BITS)
+    total = sum(cm.cached(s, l["w_bits"]).cycles for s, l in zip(shapes, cfg["layers"]))
+    assert cfg["predicted_cycles"] == total

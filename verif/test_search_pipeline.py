@@ -55,3 +55,14 @@ def test_run_method_errors(setup):
         run_method(setup, "annealing", {})
     with pytest.raises(InfeasibleBudget, match="closest"):
         run_method(setup, "dp", {"cycles": 1.0})
+
+
+def test_rerank_is_at_least_as_good_as_ilp_on_the_validation_split(setup):
+    """rerank's candidates include the ILP optimum, so on the integer model's validation split
+    it is never worse, and it meets the budget."""
+    b = {"cycles": 0.6 * setup.int8_totals()["cycles"]}
+    ilp, rr = run_method(setup, "ilp", b), run_method(setup, "rerank", b)
+    assert rr.feasible and rr.method == "rerank"
+    acc = lambda s: setup.ev_val.evaluate([o[0] for o in s.options])[0]  # noqa: E731
+    assert acc(rr) >= acc(ilp)
+    assert rr.impact >= ilp.impact - 1e-9      # ILP has the smallest predicted impact

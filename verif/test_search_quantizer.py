@@ -148,6 +148,63 @@ def test_trace_rejects_unsupported(mod, msg):
         trace_model(mod)
 
 
+class _Residual(nn.Module):
+    """conv -> conv with a residual add (functional ReLU): the add must not be dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 2, 3, padding=1)
+        self.c2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+
+    def forward(self, x):
+        return self.fc(x + self.c2(torch.relu(self.c1(x))))
+
+
+class _Reordered(nn.Module):
+    """Children declared in another order than forward runs them (fx cannot see it as a
+    merge, only the numeric check catches it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cb = nn.Conv2d(2, 2, 3, padding=1)
+        self.ca = nn.Conv2d(2, 2, 1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.flat(self.cb(self.ca(x))))
+
+
+class _Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 2, 1)
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.cat([x, self.c1(x)], 1), 1))
+
+
+def test_residual_add_is_traced_not_dropped():
+    from rvmpq.sw.search.models import check_trace
+
+    res = _Residual()
+    layers = trace_model(res)
+    assert [l.kind for l in layers].count("add") == 1
+    xr = np.random.default_rng(1).random((4, 2, 4, 4)).astype(np.float32)
+    check_trace(res, layers, xr)                    # the add is part of the traced graph
+    with pytest.raises(UnsupportedModelError, match="concatenation"):
+        trace_model(_Concat())
+    m = _Reordered()
+    x = np.random.default_rng(0).random((4, 2, 2, 2)).astype(np.float32)
+    layers = trace_model(m)                         # module order: cb, ca (wrong)
+    with pytest.raises(UnsupportedModelError, match="does not reproduce"):
+        check_trace(m, layers, x)
+    good = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(8, 3))
+    check_trace(good, trace_model(good), x)         # a faithful trace passes
+
+
 # ------------------------------------------------------------------ cost API
 
 def test_cost_api_stand_in():

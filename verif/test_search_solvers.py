@@ -122,3 +122,30 @@ def test_mobilenetv2_table_is_fast(budgets):
     assert ilp.feasible and dp.feasible
     # DP is exact up to its impact step with one budget; a capped heuristic with several
     assert dp.impact <= ilp.impact + (0.06 if len(budgets) == 1 else 0.01 * ilp.impact + 0.1)
+
+
+def test_ilp_kbest_matches_bruteforce_ranking():
+    """The k best configurations (rerank's candidates) are the k smallest feasible impacts."""
+    import itertools
+
+    from rvmpq.sw.search.solvers import solve_ilp_kbest
+
+    rng = np.random.default_rng(SEED + 7)
+    print(f"seed {SEED + 7} (replay: RVMPQ_SEED={SEED} pytest {__file__})")
+    checked = 0
+    for _ in range(10):
+        p = random_problem(rng, 2)
+        L = p.n_layers
+        feas = sorted(p.evaluate(ch).impact for ch in itertools.product(range(4), repeat=L)
+                      if p.evaluate(ch).feasible)
+        if len(feas) < 3:
+            continue
+        checked += 1
+        ks = solve_ilp_kbest(p, 5)
+        assert len(ks) == min(5, len(feas))
+        assert all(s.feasible for s in ks)
+        assert len({tuple(s.choice) for s in ks}) == len(ks)            # all distinct
+        assert [s.impact for s in ks] == pytest.approx(feas[:len(ks)], abs=1e-9)
+    assert checked >= 3
+    with pytest.raises(ValueError, match="k="):
+        solve_ilp_kbest(p, 0)

@@ -20,13 +20,20 @@ def add_arguments(p):
     p.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
                    help="latency|wmem|amem|energy=VALUE; VALUE <= 4 is a fraction of uniform "
                         "INT8, larger is absolute (repeatable)")
-    p.add_argument("--method", default="all", choices=["dp", "ilp", "greedy", "diff", "all"])
+    p.add_argument("--method", default="all",
+                   choices=["dp", "ilp", "greedy", "diff", "rerank", "all"],
+                   help="solver (rerank: the 8 best ILP configurations re-ranked on the integer "
+                        "model, validation split); all: every one, the best on the validation "
+                        "split wins")
     p.add_argument("--metric", default="auto", choices=["auto", "noise", "hessian", "probe", "mqe"],
                    help="sensitivity metric driving the solvers (auto: best Spearman)")
     p.add_argument("--no-qat", action="store_true", help="PTQ only (skip the necessity QAT)")
-    p.add_argument("--costs", default="stand-in",
-                   help="'stand-in' (analytic, development only), 'rtl' (rvmpq.sw.costs) or "
-                        "the PATH of a JSON cost table (format rvmpq-costs-1)")
+    p.add_argument("--costs", default="rtl",
+                   help="'rtl' (default: cycles measured on the RTL by rvmpq.sw.costs, cached "
+                        "under build/costs), the PATH of a JSON cost table (format "
+                        "rvmpq-costs-1), or 'stand-in' (analytic, development only)")
+    p.add_argument("-j", "--jobs", type=int, default=2,
+                   help="parallel RTL runs while filling the cost table (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--configs", type=int, default=24,
@@ -36,7 +43,7 @@ def add_arguments(p):
     p.add_argument("-o", "--out", default="build/search")
 
 
-def _cost_model(name: str):
+def _cost_model(name: str, jobs: int = 2):
     from .costs_api import AnalyticStandIn, JsonCostTable
 
     if name.endswith(".json"):
@@ -54,7 +61,7 @@ def _cost_model(name: str):
         if not hasattr(costs, "default_cost_model"):
             raise SystemExit("rvmpq search: rvmpq.sw.costs has no default_cost_model() yet; "
                              "pass --costs PATH.json (format rvmpq-costs-1) instead")
-        return costs.default_cost_model()
+        return costs.default_cost_model(jobs=jobs)
     raise SystemExit(f"rvmpq search: --costs {name!r}; allowed values: ['stand-in', 'rtl', "
                      "PATH.json]")
 
@@ -95,7 +102,10 @@ def main(args) -> int:
             print(f"rvmpq search: budget {b!r}: expected NAME=VALUE with NAME in "
                   f"(allowed values) {list(BUDGET_ALIASES)}", file=sys.stderr)
             return 2
-    cm = _cost_model(args.costs)
+    if args.jobs < 1:
+        print(f"rvmpq search: --jobs {args.jobs}: must be >= 1", file=sys.stderr)
+        return 2
+    cm = _cost_model(args.costs, args.jobs)
     if cm.source != "rtl-measured":
         print(STAND_IN_WARNING, file=sys.stderr)
     if args.bench:
@@ -122,80 +132,143 @@ def main(args) -> int:
     return 0
 
 
-def _solver_timing(seed: int = 0) -> dict:
+def _solver_timing(cm, seed: int = 0, log=None) -> dict:
+    """Seconds of DP, ILP and greedy on the 53-layer MobileNetV2-shaped table (issue 5: DP and
+    ILP < 10 s). Costs: the RTL-fitted analytic model when ``cm`` is RTL-measured (most of
+    these layers do not fit the simulated SoC's 64 KiB DMEM, so they are predicted, not run),
+    else ``cm``. Impacts: random (seeded), shaped like real ones (0 at INT16, growing as bits
+    drop), since only the solver time is measured here."""
     import numpy as np
 
-    from .costs_api import COST_METRICS, AnalyticStandIn, cost_table, mobilenetv2_shapes
+    from .costs_api import COST_METRICS, cost_table, mobilenetv2_shapes
     from .solvers import Problem, solve_dp, solve_greedy, solve_ilp
 
+    source = cm.source
+    if cm.source == "rtl-measured":
+        from rvmpq.sw.costs import fitted_cost_model
+
+        cm = fitted_cost_model(jobs=getattr(cm, "jobs", None), verbose=getattr(cm, "verbose", True))
+        source = "rtl-fitted analytic model (rvmpq costs --validate reports its error)"
     shapes = mobilenetv2_shapes()
     opts = [(16, 16), (8, 8), (4, 4), (2, 2)]
-    costs = cost_table(AnalyticStandIn(), shapes, opts)
+    if log:
+        log(f"solver timing: MobileNetV2-shaped table, {len(shapes)} layers, costs: {source}")
+    costs = cost_table(cm, shapes, opts)
     imp = np.array([[0, 0.01, 0.3, 3.0]]) * np.random.default_rng(seed).lognormal(0, 1, (len(shapes), 1))
     i8 = costs[:, 1].sum(0)
-    out = {}
+    out = {"layers": len(shapes), "cost_source": source, "seconds": {}}
     for name, b in [("1 budget", {"cycles": 0.6 * i8[0]}),
                     ("3 budgets", {"cycles": 0.6 * i8[0], "weight_bytes": 0.7 * i8[1],
                                    "energy": 0.65 * i8[3]})]:
         p = Problem(imp, costs, COST_METRICS, b, opts)
         for f in (solve_dp, solve_ilp, solve_greedy):
             s = f(p)
-            out[f"{s.method} ({name})"] = s.seconds
+            out["seconds"][f"{s.method} ({name})"] = s.seconds
+            if log:
+                log(f"solver timing: {s.method} ({name}) {s.seconds:.2f} s")
+    out["target_met"] = all(v < 10 for k, v in out["seconds"].items() if not k.startswith("greedy"))
     return out
 
 
-def bench(out: Path, cm, seed: int = 0) -> int:
-    """``make bench-search``: both models at 70% and 50% of INT8 latency, all methods.
+#: columns of the benchmark table
+_BENCH_COLS = ("dp", "ilp", "greedy", "diff", "rerank", "hawq-ilp", "uniform-8", "uniform-4",
+               "uniform-2")
 
-    Targets (issue 5): at 0.7 the best validated accuracy is within 0.5 point of float; at 0.5
-    the best method is >= 1 point above ``hawq-ilp`` and above every uniform baseline whose
-    latency is equal or lower. Writes ``search_bench.json`` and ``search_bench.md``.
+
+def bench(out: Path, cm, seed: int = 0, models=("digits-cnn", "mnist1d-cnn"),
+          fracs=(0.7, 0.5)) -> int:
+    """``make bench-search``: both built-in models at 70% and 50% of INT8 latency, all methods
+    and baselines (same budget, same data split, same PTQ/QAT validation for every method).
+
+    Targets (issue 5): (a) at 0.7 the best validated accuracy is within 0.5 point of float;
+    (b) at 0.5 the best method is >= 1 point above ``hawq-ilp`` (ILP on Hessian-trace impacts,
+    HAWQ-V3) and above every uniform baseline whose latency is equal or lower; (c) DP and ILP
+    < 10 s on a 53-layer MobileNetV2-shaped table. Validated accuracies are test-split
+    accuracies of the bit-exact integer model. Writes ``search_bench.json`` and
+    ``search_bench.md`` to ``out``.
     """
-    from .pipeline import METHODS, prepare, search
+    import numpy as np
 
-    rows, doc = [], {"cost_source": cm.source, "final": cm.source == "rtl-measured", "runs": []}
-    for model in ("digits-cnn", "mnist1d-cnn"):
+    from .pipeline import METHODS, prepare, search
+    from .solvers import InfeasibleBudget
+
+    t_all = time.time()
+    rows, doc = [], {"cost_source": cm.source, "final": cm.source == "rtl-measured",
+                     "cost_version": getattr(cm, "version", None), "runs": []}
+    for model in models:
+        _log(f"bench: preparing {model}")
         setup = prepare(model, cm, seed=seed, log=_log)
         int8 = setup.int8_totals()["cycles"]
-        for frac in (0.7, 0.5):
+        for frac0 in fracs:
+            frac, note = frac0, ""
+            _log(f"bench: {model} at {frac:.2f} x INT8 latency ({frac * int8:.0f} cycles)")
             t0 = time.time()
-            res = search(setup, {"cycles": frac * int8}, list(METHODS), log=_log)
+            try:
+                res = search(setup, {"cycles": frac * int8}, list(METHODS), log=_log)
+            except InfeasibleBudget as exc:
+                # no configuration is that fast on this hardware: say so, and run the same
+                # comparison at the smallest feasible budget (rounded up to 0.01)
+                fmin = exc.closest.costs["cycles"] / int8
+                frac = float(np.ceil(fmin * 100 - 1e-9) / 100)
+                note = (f"{frac0} x INT8 is infeasible (fastest configuration "
+                        f"{[o[0] for o in exc.closest.options]} = {fmin:.3f} x INT8); run at "
+                        f"{frac}")
+                _log(f"bench: {note}")
+                res = search(setup, {"cycles": frac * int8}, list(METHODS), log=_log)
             r = res["results"]
             best = r[res["best"]]
-            uni = [v["validated_accuracy"] for k, v in r.items()
-                   if k.startswith("uniform") and v["cycles_vs_int8"] <= best["cycles_vs_int8"] + 1e-9]
-            if frac == 0.7:
-                target = best["validated_accuracy"] >= setup.float_acc - 0.5
-                tdesc = "within 0.5 pt of float"
+            acc = best["validated_accuracy"]
+            uni = {k: v["validated_accuracy"] for k, v in r.items()
+                   if k.startswith("uniform") and v["cycles_vs_int8"] <= best["cycles_vs_int8"] + 1e-9}
+            hawq = r.get("hawq-ilp", {}).get("validated_accuracy", float("nan"))
+            if frac0 >= 0.7:
+                target = acc >= setup.float_acc - 0.5
+                tdesc = "best within 0.5 pt of float"
+                figure = f"best - float = {acc - setup.float_acc:+.2f} pt"
             else:
-                hawq = r.get("hawq-ilp", {}).get("validated_accuracy", float("nan"))
-                target = (best["validated_accuracy"] >= hawq + 1.0
-                          and all(best["validated_accuracy"] > u for u in uni))
-                tdesc = ">= hawq-ilp + 1 pt and > uniform at <= latency"
-            run = {"model": model, "latency_budget": frac, "float_accuracy": setup.float_acc,
-                   "best": res["best"], "target": tdesc, "target_met": bool(target),
+                target = acc >= hawq + 1.0 and all(acc > u for u in uni.values())
+                tdesc = ">= hawq-ilp + 1 pt and > every uniform at <= latency"
+                figure = (f"best - hawq-ilp = {acc - hawq:+.2f} pt; uniform at <= latency: "
+                          + (", ".join(f"{k} {v:.2f}" for k, v in uni.items()) or "none"))
+            if note:   # the requested budget itself cannot be met on this hardware
+                figure = f"{figure} (at {frac}: {frac0} infeasible)"
+                target = False
+            run = {"model": model, "latency_budget": frac, "requested_budget": frac0,
+                   "note": note, "float_accuracy": setup.float_acc,
+                   "metric": setup.metric, "best": res["best"], "best_accuracy": acc,
+                   "best_cycles_vs_int8": best["cycles_vs_int8"], "target": tdesc,
+                   "figure": figure, "target_met": bool(target),
                    "seconds": time.time() - t0, "spearman": setup.corr["spearman"],
+                   "int8_cycles": int8,
                    "methods": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                                for k, v in r.items()}}
             doc["runs"].append(run)
+            _log(f"bench: {model} @ {frac}: {tdesc}: {figure} -> "
+                 f"{'met' if target else 'MISSED'}")
+            cell = lambda m: (f"{r[m]['validated_accuracy']:.2f} ({r[m]['cycles_vs_int8']:.2f})"  # noqa: E731
+                              if m in r else "-")
             rows.append(f"| {model} | {frac} | {setup.float_acc:.2f} | " + " | ".join(
-                f"{r[m]['validated_accuracy']:.2f}" if m in r else "-" for m in
-                [*METHODS, "hawq-ilp", "uniform-8", "uniform-4"]) +
-                f" | {res['best']} | {'yes' if target else 'NO'} |")
-    doc["mobilenetv2_solver_seconds"] = _solver_timing()
-    rows.append("")
-    rows.append("Solver time on a 53-layer MobileNetV2-shaped cost table (stand-in costs, "
-                "random impacts): " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                                doc["mobilenetv2_solver_seconds"].items()))
+                cell(m) for m in _BENCH_COLS) + f" | {res['best']} | {figure} | "
+                f"{'yes' if target else 'NO'} |")
+    doc["mobilenetv2_solver"] = _solver_timing(cm, seed, log=_log)
+    doc["seconds"] = time.time() - t_all
+    st = doc["mobilenetv2_solver"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_bench.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     md = ["# rvmpq search benchmark", ""]
     if not doc["final"]:
         md += [f"**{STAND_IN_WARNING}**", ""]
-    md += ["validated = integer-model test accuracy (%)", "",
-           "| model | latency budget (x INT8) | float | " + " | ".join(
-               [*METHODS, "hawq-ilp", "uniform-8", "uniform-4"]) + " | best | target met |",
-           "|" + "---|" * 11] + rows + [""]
+    ver = f" (RTL-kernel version `{doc['cost_version']}`)" if doc["cost_version"] else ""
+    md += [f"Costs: {cm.source}{ver}. Cells: integer-model test accuracy % (cycles / uniform INT8). "
+           "Every method and baseline gets the same budget, data split and PTQ/QAT validation; "
+           "the best method is chosen on the validation split.", "",
+           "| model | latency budget (x INT8) | float | " + " | ".join(_BENCH_COLS)
+           + " | best | measured figure | target met |",
+           "|" + "---|" * (len(_BENCH_COLS) + 6)] + rows + [""]
+    md += [f"Solver time on a {st['layers']}-layer MobileNetV2-shaped table ({st['cost_source']}; "
+           "random impacts): " + ", ".join(f"{k} {v:.2f} s" for k, v in st["seconds"].items())
+           + f" -> DP and ILP < 10 s: {'yes' if st['target_met'] else 'NO'}", "",
+           f"Total benchmark time {doc['seconds']:.0f} s.", ""]
     (out / "search_bench.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

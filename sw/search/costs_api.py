@@ -77,6 +77,11 @@ class LayerShape:
         Convolution stride and zero padding as (height, width).
     groups : int
         Convolution groups (``cin`` for depthwise, 1 for ``linear``).
+    logits : bool
+        The network's last layer: its output is the raw int32 accumulators (``out_bits = 32``,
+        no requantization, no ReLU), as deploy runs it. Other layers are costed with a ReLU
+        output requantized to the layer's own precision (the next layer's precision changes
+        only how many outputs share a packed word: a small, ignored effect).
     """
 
     kind: str
@@ -89,6 +94,7 @@ class LayerShape:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
+    logits: bool = False
 
     def __post_init__(self):
         if self.kind not in ("conv", "linear"):
@@ -125,7 +131,8 @@ class LayerShape:
         """A stable string naming the shape (for JSON cost tables)."""
         return (f"{self.kind}:cin{self.cin}:cout{self.cout}:h{self.h_in}:w{self.w_in}:"
                 f"k{self.kh}x{self.kw}:s{self.stride[0]}x{self.stride[1]}:"
-                f"p{self.padding[0]}x{self.padding[1]}:g{self.groups}")
+                f"p{self.padding[0]}x{self.padding[1]}:g{self.groups}"
+                + (":logits" if self.logits else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,5 +313,6 @@ def mobilenetv2_shapes(res: int = 32) -> list[LayerShape]:
             h = (h + 2 - 3) // st + 1
             shapes.append(LayerShape("conv", hid, c, h, h, 1, 1))
             cin = c
-    shapes += [LayerShape("conv", cin, 1280, h, h, 1, 1), LayerShape("linear", 1280, 1000)]
+    shapes += [LayerShape("conv", cin, 1280, h, h, 1, 1),
+               LayerShape("linear", 1280, 1000, logits=True)]
     return shapes

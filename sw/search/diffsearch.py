@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .models import run_graph
 from .quantizer import Quantizer
 
 __all__ = ["differentiable_search"]
@@ -58,22 +59,14 @@ def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, 
         idx = torch.randint(0, len(yt), (batch,), generator=g)
         h = xt[idx]
         pi = torch.softmax(alpha / T, 1)
-        k = -1
-        for l in layers:
-            if l.kind == "maxpool":
-                h = F.max_pool2d(h, l.kernel, l.stride)
-                continue
-            if l.kind == "flatten":
-                h = h.flatten(1)
-                continue
-            k += 1
+        def compute(k, l, h, pi=pi):
             hq = sum(pi[k, o] * nets[o]._fq(h, *nets[o].act[k][:1], nets[o].qa[k], nets[o].act[k][1])
                      for o in range(O))
             w = sum(pi[k, o] * nets[o].qweight(k, k == L - 1) for o in range(O))
             b = nets[0].biases[k]
-            h = F.conv2d(hq, w, b, l.stride, l.padding, 1, l.groups) if l.kind == "conv" else F.linear(hq, w, b)
-            if l.relu:
-                h = torch.relu(h)
+            return (F.conv2d(hq, w, b, l.stride, l.padding, 1, l.groups) if l.kind == "conv"
+                    else F.linear(hq, w, b))
+        h = run_graph(layers, h, compute)
         loss = F.cross_entropy(h, yt[idx]) + lam * (pi * bops).sum() / ref
         opt.zero_grad()
         loss.backward()

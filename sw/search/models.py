@@ -16,9 +16,15 @@ nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any
 padding given as ints or pairs, groups, i.e. depthwise too), ``Linear``, ``BatchNorm2d`` /
 ``BatchNorm1d`` directly after a conv/linear (folded into it), ``ReLU`` directly after a
 conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
-``Flatten``, and ``Dropout`` / ``Identity`` (skipped). Limits: the walk is sequential, so
-residual adds, concatenation and average pooling are rejected with an error naming what is
-supported; the last layer must be a conv/linear without ReLU (it produces the int32 logits).
+``Flatten``, and ``Dropout`` / ``Identity`` (skipped). A module that is not an
+``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has residual adds
+(``a + b`` of two tensors) it is traced as a graph (layers in topological order, each naming
+the layers it reads in ``FLayer.src``; ``torch.relu`` / ``torch.flatten(x, 1)`` accepted),
+otherwise its children are walked in order; :func:`check_trace` then verifies that the traced
+layers reproduce ``model(x)``. Concatenation and average pooling are rejected with an error
+naming what is supported; the last layer must be a conv/linear without ReLU (it produces the
+int32 logits). Residual adds run in the quantizer and the integer model; the kernels / deploy
+do not run them yet (they reject the layer with a clear error).
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ __all__ = [
     "trace_model",
     "float_forward",
     "compute_layers",
+    "layer_inputs",
+    "run_graph",
     "UnsupportedModelError",
+    "check_trace",
     "torch_accuracy",
     "train",
 ]
@@ -240,9 +249,9 @@ class FLayer:
     Attributes
     ----------
     kind : str
-        ``"conv"``, ``"linear"``, ``"maxpool"`` or ``"flatten"``.
+        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"`` or ``"add"`` (residual add).
     name : str
-        Module path in the source model.
+        Module path in the source model (fx node name for an add).
     weight, bias : numpy.ndarray or None
         float64; conv weight ``(Cout, Cin/groups, kh, kw)``, linear ``(out, in)``.
     stride, padding, kernel : tuple of int
@@ -251,6 +260,10 @@ class FLayer:
         Conv groups.
     relu : bool
         ReLU fused after this layer.
+    src : tuple of int, optional
+        Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
+        network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
+        layer (residual add) reads two.
     """
 
     kind: str
@@ -262,6 +275,7 @@ class FLayer:
     kernel: tuple[int, int] = (1, 1)
     groups: int = 1
     relu: bool = False
+    src: tuple | None = None
 
     @property
     def is_compute(self) -> bool:
@@ -304,6 +318,10 @@ def trace_model(model) -> list[FLayer]:
     import torch.nn as nn
 
     model.eval()
+    if not isinstance(model, nn.Sequential):
+        gm = _reject_non_chain(model)
+        if gm is not None:
+            return _trace_fx(model, gm)
     mods = list(_flatten_modules(model)) if isinstance(model, nn.Sequential) else [
         (n2, m2) for n, m in model.named_children() for n2, m2 in
         _flatten_modules(m, n)]
@@ -367,6 +385,195 @@ def trace_model(model) -> list[FLayer]:
     return layers
 
 
+def _is_add(n) -> bool:
+    import operator
+
+    import torch
+
+    two = sum(isinstance(a, torch.fx.Node) for a in n.args) == 2 and len(n.args) == 2
+    return two and ((n.op == "call_function" and n.target in (operator.add, operator.iadd,
+                                                              torch.add))
+                    or (n.op == "call_method" and n.target in ("add", "add_")))
+
+
+def _reject_non_chain(model):
+    """Look at a non-``Sequential`` module's forward with ``torch.fx``: return the traced
+    graph module when it has residual adds (traced as a graph by :func:`_trace_fx`), ``None``
+    for a plain chain (walked in module order, checked later by :func:`check_trace`), and
+    refuse concatenation. Modules ``torch.fx`` cannot trace are left to :func:`check_trace`."""
+    import torch
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure: fall back to the numeric check
+        return None
+    merges = {torch.cat, torch.concat, torch.stack}
+    has_add = False
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in merges:
+            raise UnsupportedModelError(
+                f"{n.name} ({getattr(n.target, '__name__', n.target)}): concatenation is not "
+                f"supported; supported: modules {list(SUPPORTED_MODULES)}, residual add")
+        has_add = has_add or _is_add(n)
+    return gm if has_add else None
+
+
+def _trace_fx(model, gm) -> list[FLayer]:
+    """Trace a model with residual adds from its ``torch.fx`` graph (topological order).
+
+    Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
+    conv/linear it directly follows when that output has no other reader; ReLU, also
+    ``torch.relu`` / ``F.relu``, fused into its producer when that output has no other
+    reader), ``torch.flatten(x, 1)``, and ``a + b`` of two tensors (an ``"add"`` layer).
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    mods = dict(gm.named_modules())
+    layers: list[FLayer] = []
+    where: dict = {}                 # fx node -> index of the layer producing it (-1: input)
+
+    def only_reader(node) -> bool:
+        return len(node.users) == 1
+
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            where[n] = -1
+            continue
+        if n.op == "output":
+            break
+        args = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        srcs = tuple(where[a] for a in args)
+        m = mods.get(n.target) if n.op == "call_module" else None
+        relu_fn = (n.op == "call_function" and n.target in (torch.relu, F.relu)) or (
+            n.op == "call_method" and n.target == "relu") or isinstance(m, nn.ReLU)
+        if relu_fn or isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            prev = layers[srcs[0]] if srcs and srcs[0] >= 0 else None
+            ok_kinds = ("conv", "linear", "add") if relu_fn else ("conv", "linear")
+            if prev is None or prev.kind not in ok_kinds or prev.relu or not only_reader(args[0]):
+                raise UnsupportedModelError(
+                    f"{n.name}: {'ReLU' if relu_fn else 'BatchNorm'} must directly follow a "
+                    f"{'/'.join(ok_kinds)} whose output nothing else reads (it is fused)")
+            if relu_fn:
+                prev.relu = True
+            else:
+                g = (m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features))
+                be = (m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features))
+                s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
+                prev.weight = prev.weight * s.reshape((-1,) + (1,) * (prev.weight.ndim - 1))
+                prev.bias = (prev.bias - m.running_mean.double().numpy()) * s + be
+            where[n] = srcs[0]
+            continue
+        if isinstance(m, (nn.Dropout, nn.Identity)):
+            where[n] = srcs[0]
+            continue
+        if _is_add(n):
+            new = FLayer("add", n.name, src=srcs)
+        elif n.op == "call_function" and n.target is torch.flatten and (
+                n.args[1:] == (1,) or n.kwargs.get("start_dim") == 1):
+            new = FLayer("flatten", n.name, src=srcs)
+        elif isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
+            new = _leaf_layer(n.target, m, srcs)
+        else:
+            raise UnsupportedModelError(
+                f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) is not supported; "
+                f"supported: modules {list(SUPPORTED_MODULES)}, torch.relu, torch.flatten(x, 1), "
+                "residual add")
+        where[n] = len(layers)
+        layers.append(new)
+    out_src = [where[a] for a in n.args if isinstance(a, torch.fx.Node)]
+    comp = [l for l in layers if l.is_compute]
+    if not comp:
+        raise UnsupportedModelError("the model has no Conv2d/Linear layer")
+    if out_src != [len(layers) - 1] or layers[-1] is not comp[-1] or comp[-1].relu:
+        raise UnsupportedModelError(
+            "the last operation must be a Conv2d/Linear without ReLU (it produces the int32 "
+            "logits)")
+    return layers
+
+
+def _leaf_layer(name: str, m, src) -> FLayer:
+    """The FLayer of one Conv2d / Linear / MaxPool2d / Flatten module (graph intake)."""
+    import torch.nn as nn
+
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UnsupportedModelError(f"{name}: Flatten must flatten dims 1..-1")
+        return FLayer("flatten", name, src=src)
+    if isinstance(m, nn.MaxPool2d):
+        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+        if k != s or p != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
+            raise UnsupportedModelError(
+                f"{name}: MaxPool2d needs kernel == stride, no padding/dilation/ceil_mode")
+        return FLayer("maxpool", name, kernel=k, stride=s, src=src)
+    w = m.weight.detach().double().numpy().copy()
+    b = m.bias.detach().double().numpy().copy() if m.bias is not None else np.zeros(w.shape[0])
+    if isinstance(m, nn.Linear):
+        return FLayer("linear", name, w, b, src=src)
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
+    if _pair(m.dilation) != (1, 1):
+        raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
+    return FLayer("conv", name, w, b, _pair(m.stride), _pair(m.padding), tuple(w.shape[2:]),
+                  m.groups, src=src)
+
+
+def run_graph(layers: list[FLayer], x, compute):
+    """Run a traced layer list (or graph) on a torch tensor ``x``: pooling, flattening and
+    residual adds (and any fused ReLU) here, compute layer ``k`` by ``compute(k, layer, h)``,
+    which returns its output before the ReLU. Returns the last layer's output."""
+    import torch
+    import torch.nn.functional as F
+
+    outs: list = []
+    k = -1
+    for i, l in enumerate(layers):
+        ins = [x if s < 0 else outs[s] for s in layer_inputs(layers, i)]
+        h = ins[0]
+        if l.kind == "maxpool":
+            h = F.max_pool2d(h, l.kernel, l.stride)
+        elif l.kind == "flatten":
+            h = h.flatten(1)
+        elif l.kind == "add":
+            h = ins[0] + ins[1]
+        else:
+            k += 1
+            h = compute(k, l, h)
+        if l.relu:
+            h = torch.relu(h)
+        outs.append(h)
+    return outs[-1]
+
+
+def layer_inputs(layers: list[FLayer], i: int) -> tuple:
+    """Sources of layer ``i``: its ``src``, or the previous layer (``-1`` = network input)."""
+    return layers[i].src if layers[i].src is not None else (i - 1,)
+
+
+def check_trace(model, layers: list[FLayer], x: np.ndarray, rtol: float = 1e-4) -> None:
+    """Raise :class:`UnsupportedModelError` unless the traced layers reproduce ``model(x)``
+    (catches a ``forward`` that does something other than running the children in order)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).double().numpy()
+    try:
+        got = float_forward(layers, x)
+    except (RuntimeError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"the traced layer sequence does not reproduce the model's forward ({exc}): the "
+            "intake runs the children in module order") from None
+    if got.shape != ref.shape or not np.allclose(got, ref, rtol=rtol,
+                                                 atol=rtol * max(1.0, float(np.abs(ref).max()))):
+        raise UnsupportedModelError(
+            "the traced layer sequence does not reproduce the model's forward (max difference "
+            f"{float(np.abs(got - ref).max()) if got.shape == ref.shape else 'shape ' + str(got.shape)}"
+            "): the intake runs the children in module order; residual adds, concatenation or "
+            "other operations in forward() are not supported yet")
+
+
 def compute_layers(layers: list[FLayer]) -> list[FLayer]:
     """The conv / linear layers of a traced model (the ones that get a precision)."""
     return [l for l in layers if l.is_compute]
@@ -377,10 +584,15 @@ def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    h = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    x0 = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    outs: list = []
     with torch.no_grad():
-        for l in layers:
-            if l.kind == "conv":
+        for i, l in enumerate(layers):
+            ins = [x0 if s < 0 else outs[s] for s in layer_inputs(layers, i)]
+            h = ins[0]
+            if l.kind == "add":
+                h = ins[0] + ins[1]
+            elif l.kind == "conv":
                 h = F.conv2d(h, torch.from_numpy(l.weight), torch.from_numpy(l.bias), l.stride,
                              l.padding, 1, l.groups)
             elif l.kind == "linear":
@@ -391,7 +603,8 @@ def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
                 h = h.flatten(1)
             if l.relu:
                 h = torch.relu(h)
-    return h.numpy()
+            outs.append(h)
+    return outs[-1].numpy()
 
 
 def _main_train():  # pragma: no cover - convenience: python -m rvmpq.sw.search.models

@@ -22,19 +22,21 @@ from pathlib import Path
 import numpy as np
 
 from .costs_api import BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table
-from .models import (BUILTIN_MODELS, Dataset, get_trained_model, load_dataset, torch_accuracy,
-                     trace_model)
+from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, load_dataset,
+                     torch_accuracy, trace_model)
 from .qnn import int_accuracy
 from .quantizer import Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
 from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic, solve_dp,
-                      solve_greedy, solve_ilp, solve_random, solve_uniform)
+                      solve_greedy, solve_ilp, solve_ilp_kbest, solve_random, solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
            "search", "METHODS", "BUDGET_ALIASES", "layer_shapes"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
-METHODS = ("dp", "ilp", "greedy", "diff")
+METHODS = ("dp", "ilp", "greedy", "diff", "rerank")
+#: candidates of ``rerank`` (the K best configurations of the additive objective)
+RERANK_K = 8
 #: budget names accepted on the command line -> cost metric
 BUDGET_ALIASES = {"latency": "cycles", "cycles": "cycles", "wmem": "weight_bytes",
                   "weight_bytes": "weight_bytes", "amem": "act_bytes", "act_bytes": "act_bytes",
@@ -78,16 +80,19 @@ class SearchSetup:
 
 
 def layer_shapes(qz: Quantizer) -> list[LayerShape]:
-    """:class:`LayerShape` of every compute layer (from an INT8 export's HWC shapes)."""
+    """:class:`LayerShape` of every compute layer (from an INT8 export's HWC shapes); the last
+    one is marked ``logits`` (int32 output)."""
     net = qz.export([8] * qz.n_compute, [8] * qz.n_compute)
     out = []
+    last = net.compute_layers[-1]
     for l in net.compute_layers:
         h, w, c = l.in_shape
         if l.kind == "conv":
             out.append(LayerShape("conv", c, l.weight.shape[0], h, w, l.kernel[0], l.kernel[1],
-                                  l.stride, l.padding, l.groups))
+                                  l.stride, l.padding, l.groups, logits=l is last))
         else:
-            out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0]))
+            out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0],
+                                  logits=l is last))
     return out
 
 
@@ -120,7 +125,9 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
         A built-in model name or the path of a ``torch.save``'d module (then ``data`` names the
         data set).
     cost_model : CostModel, optional
-        Default :class:`AnalyticStandIn` (a stand-in; results are not final).
+        Default :class:`AnalyticStandIn` (a stand-in; results are not final); the CLI passes
+        the RTL-measured :class:`rvmpq.sw.costs.RtlCostModel`. A model with a
+        ``prefetch(shapes, options)`` method gets the whole table requested at once first.
     metric : str
         Sensitivity metric that drives the solvers: one of ``noise, hessian, probe, mqe`` or
         ``auto`` (the one with the highest Spearman correlation on random configurations).
@@ -137,12 +144,16 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
         raise TypeError("cost_model must provide .source and .layer_cost() (CostModel)")
     m, ds = _load_model(model, data, log, cache_dir, recipe)
     layers = trace_model(m)
+    check_trace(m, layers, ds.x_val[:16])
     float_acc = torch_accuracy(m, ds.x_test, ds.y_test)
     log(f"{model}: {len(layers)} layers traced, float test accuracy {float_acc:.2f}%")
     qz = Quantizer(layers, ds.x_val, act_method, w_method)
     ev = Evaluator(qz, ds.x_val, ds.y_val)
     options = [(b, b) for b in sorted(BITS, reverse=True)]
     shapes = layer_shapes(qz)
+    if hasattr(cost_model, "prefetch"):   # RTL costs: measure the misses in parallel first
+        log(f"cost table: {len(shapes)} layers x {len(options)} precisions ({cost_model.source})")
+        cost_model.prefetch(shapes, options)
     costs = cost_table(cost_model, shapes, options)
     bits = [w for w, _ in options]
     tables = all_metrics(qz, ev, bits, seed=seed, log=log)
@@ -189,8 +200,10 @@ def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -
 
 
 def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
-    """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``hawq-ilp``
-    (ILP on Hessian impacts), ``random``, or ``uniform-B`` (B in 16/8/4/2)."""
+    """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``rerank``
+    (the :data:`RERANK_K` best ILP configurations re-ranked by integer-model accuracy on the
+    validation split), ``hawq-ilp`` (ILP on Hessian impacts), ``random``, or ``uniform-B``
+    (B in 16/8/4/2)."""
     if method.startswith("uniform-"):
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))
@@ -208,6 +221,19 @@ def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
         return solve_greedy(p)
     if method == "random":
         return solve_random(p, seed=setup.seed)
+    if method == "rerank":
+        # Edge-MPQ's validation loop: the K best configurations of the additive prediction
+        # (ILP with no-good cuts) are run on the bit-exact integer model over the validation
+        # split (never the test split); the most accurate one wins (ties: smaller predicted
+        # impact). Catches interactions between layers that an additive metric cannot see.
+        t0 = time.perf_counter()
+        cands = solve_ilp_kbest(p, RERANK_K)
+        accs = [setup.ev_val.evaluate([o[0] for o in c.options], [o[1] for o in c.options])[0]
+                for c in cands]
+        best = max(range(len(cands)), key=lambda i: (accs[i], -cands[i].impact))
+        s = cands[best]
+        s.method, s.seconds = "rerank", time.perf_counter() - t0
+        return s
     if method == "diff":
         from .diffsearch import differentiable_search
 
@@ -231,7 +257,8 @@ def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool =
     fine-tuned (the others frozen); the QAT network is kept when its validation accuracy is
     not lower than the PTQ one.
 
-    Returns a JSON-ready dict: per-layer bits and PTQ/QAT choice, predicted accuracy
+    Returns a JSON-ready dict: per-layer bits, PTQ/QAT choice, shape and costs (cycles, weight
+    and activation bytes, energy proxy of the chosen precision), predicted accuracy
     (float - summed impact), validated test accuracy (integer model), costs, and the
     exported :class:`QNetwork` under ``"_net"``.
     """
@@ -262,8 +289,10 @@ def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool =
     return {
         "method": sol.method,
         "layers": [{"name": n, "w_bits": w, "a_bits": a, "needs_qat": f,
-                    "training": "QAT" if u else "PTQ"} for n, w, a, f, u in
-                   zip(names, wb, ab, flags, used_qat)],
+                    "training": "QAT" if u else "PTQ", "shape": s.key(),
+                    **{m: float(v) for m, v in zip(COST_METRICS, setup.costs[i, c])}}
+                   for i, (n, w, a, f, u, s, c) in enumerate(
+                       zip(names, wb, ab, flags, used_qat, setup.shapes, sol.choice))],
         "bits": wb,
         "predicted_accuracy": setup.float_acc - sol.impact,
         "validated_accuracy": test_acc,

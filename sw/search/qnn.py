@@ -13,7 +13,13 @@ never from fake-quantized floats. It computes exactly what the RISC-V kernels co
 * requantization of every layer but the last with :func:`rvmpq.sw.golden.requant`
   (docs/contracts.md section 3): per-output-channel ``mult``, per-layer ``shift``, ``zp_out``,
   ``out_bits`` = the next layer's ``a_bits``; ReLU is the clamp of an unsigned output;
-* max pooling on the integers; the last layer's ``acc`` are the int32 logits (argmax = class).
+* max pooling on the integers; the last layer's ``acc`` are the int32 logits (argmax = class);
+* residual add (``kind == "add"``, two sources ``src = (i, j)``): both inputs are integer
+  tensors at their own scales; ``acc = x_i * mult[0] + x_j * mult[1]`` (exact, ``|acc| < 2**31``
+  by construction) and ``y = requant(acc, 1, shift, zp_out, out_bits, out_signed)``, i.e.
+  ``mult[n] * 2**-shift`` approximates ``scale_n / scale_out``; ReLU is the unsigned clamp.
+  A layer reads the output of the previous layer unless its ``src`` names others (``-1`` =
+  the quantized network input).
 
 Exactness note: the dot products are evaluated with a float64 matrix product only when every
 partial sum is provably below 2**53 in magnitude (then float64 is exact integer arithmetic and
@@ -96,7 +102,7 @@ class QLayer:
     Attributes
     ----------
     kind : str
-        ``"conv"``, ``"linear"``, ``"maxpool"`` or ``"flatten"``.
+        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"`` or ``"add"``.
     name : str
         Source module path.
     in_shape, out_shape : tuple of int
@@ -132,6 +138,9 @@ class QLayer:
         Float weight scale per output channel (for reports and dequantization).
     qat : bool
         Whether this layer was fine-tuned with QAT.
+    src : tuple of int, optional
+        Indices of the layers read (``-1``: the network input); ``None``: the previous layer.
+        An ``"add"`` layer reads two and keeps its two input multipliers in ``mult``.
     """
 
     kind: str
@@ -156,6 +165,7 @@ class QLayer:
     groups: int = 1
     w_scale: list | None = None
     qat: bool = False
+    src: tuple | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict (arrays as nested lists)."""
@@ -165,6 +175,10 @@ class QLayer:
                 d[k] = np.asarray(d[k]).astype(int).tolist()
         for k in ("in_shape", "out_shape", "stride", "padding", "kernel"):
             d[k] = list(d[k])
+        if d["src"] is None:
+            del d["src"]     # sequential networks keep their old JSON form
+        else:
+            d["src"] = [int(s) for s in d["src"]]
         return d
 
     @classmethod
@@ -176,6 +190,8 @@ class QLayer:
                 d[k] = np.asarray(d[k], dtype=np.int64)
         for k in ("in_shape", "out_shape", "stride", "padding", "kernel"):
             d[k] = tuple(d[k])
+        if d.get("src") is not None:
+            d["src"] = tuple(int(s) for s in d["src"])
         return cls(**d)
 
 
@@ -310,11 +326,21 @@ def int_forward(net: QNetwork, x: np.ndarray, *, exact: str = "auto", trace: lis
     """
     if exact not in ("auto", "int64"):
         raise ValueError(f"exact={exact!r}; allowed values: ['auto', 'int64']")
-    a = quantize_input(x, net)
+    a0 = quantize_input(x, net)
+    a = a0
     comp = net.compute_layers
     last = comp[-1]
-    for l in net.layers:
-        if l.kind == "conv":
+    outs: list = []
+    for i, l in enumerate(net.layers):
+        if l.src is not None:
+            ins = [a0 if s < 0 else outs[s] for s in l.src]
+            a = ins[0]
+        if l.kind == "add":
+            if l.src is None or len(l.src) != 2 or ins[0].shape != ins[1].shape:
+                raise ValueError(f"{l.name}: an add layer needs two sources of equal shape")
+            acc = ins[0] * np.int64(l.mult[0]) + ins[1] * np.int64(l.mult[1])
+            a = requant(acc, np.int64(1), l.shift, l.zp_out, l.out_bits, l.out_signed)
+        elif l.kind == "conv":
             acc = _conv(a, l, exact)
         elif l.kind == "linear":
             acc = _dot(a.reshape(a.shape[0], -1), l.weight, exact)
@@ -327,7 +353,7 @@ def int_forward(net: QNetwork, x: np.ndarray, *, exact: str = "auto", trace: lis
             a = a.reshape(a.shape[0], -1)
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}; allowed: conv, linear, maxpool, "
-                             "flatten")
+                             "flatten, add")
         if l.kind in ("conv", "linear"):
             full = acc + l.bias.astype(np.int64)
             acc = wrap32(wrap32(acc) + l.bias.astype(np.int64))
@@ -337,6 +363,7 @@ def int_forward(net: QNetwork, x: np.ndarray, *, exact: str = "auto", trace: lis
                 a = acc
             else:
                 a = requant(acc, l.mult, l.shift, l.zp_out, l.out_bits, l.out_signed)
+        outs.append(a)
         if trace is not None:
             trace.append(a)
     return a.reshape(a.shape[0], -1)

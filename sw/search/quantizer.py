@@ -18,6 +18,12 @@ Quantization scheme (what the kernels run):
   as ``mult[c] * 2**-shift`` with the largest per-layer shift that keeps every ``|mult|`` below
   2**31 (shift clamped to 0..63).
 
+Residual adds (layer graphs, ``FLayer.src``): every tensor read by a compute layer is
+quantized as that layer's input (all its compute readers must use the same ``a_bits``); a
+tensor read only by adds is calibrated on its own values at the bits of the add's output; the
+add requantizes both inputs to its output scale (:mod:`rvmpq.sw.search.qnn`). In fake-quant
+training the add itself runs in float.
+
 Calibration methods (activation ranges, and per-channel weight ranges with ``w_method``):
 ``minmax`` (the largest magnitude), ``percentile`` (99.99th percentile of the magnitudes) and
 ``mse`` (the clipping value, among 0.30..1.00 of the maximum in 36 steps, that minimises the
@@ -156,13 +162,20 @@ class Quantizer:
         self.input_shape = tuple(calib_x.shape[1:])
         self.comp_idx = [i for i, l in enumerate(layers) if l.is_compute]
         x = np.asarray(calib_x[:500], dtype=np.float64)
-        self._acts = self._collect_inputs(layers, x)
+        self.graph = any(l.src is not None for l in layers)   # residual adds: a DAG
         self._signed = []
-        for k, i in enumerate(self.comp_idx):
-            if k == 0:
-                self._signed.append(bool(x.min() < 0))
-            else:
-                self._signed.append(not layers[self.comp_idx[k - 1]].relu)
+        if self.graph:
+            self._outs = self._collect_outputs(layers, x)
+            self._acts = [self._outs[self._src(i)[0]] for i in self.comp_idx]
+            self._signed = [self.tensor_signed(self._src(i)[0]) for i in self.comp_idx]
+        else:
+            self._acts = self._collect_inputs(layers, x)
+            for k, i in enumerate(self.comp_idx):
+                if k == 0:
+                    self._signed.append(bool(x.min() < 0))
+                else:
+                    self._signed.append(not layers[self.comp_idx[k - 1]].relu)
+        self._x_signed = bool(x.min() < 0)
         self._scale_cache: dict = {}
 
     @property
@@ -180,6 +193,40 @@ class Quantizer:
                 acts.append(h)
             h = float_forward([l], h) if l.kind != "flatten" else h.reshape(h.shape[0], -1)
         return acts
+
+    def _src(self, i: int) -> tuple:
+        from .models import layer_inputs
+
+        return layer_inputs(self.layers, i)
+
+    @staticmethod
+    def _collect_outputs(layers, x) -> dict:
+        """Float output of every layer (``-1``: the input) of a layer graph."""
+        import torch
+
+        from .models import float_forward
+
+        outs = {-1: x}
+        for i, l in enumerate(layers):
+            ins = [outs[s] for s in (l.src if l.src is not None else (i - 1,))]
+            if l.kind == "add":
+                h = ins[0] + ins[1]
+                outs[i] = np.maximum(h, 0) if l.relu else h
+            elif l.kind == "flatten":
+                outs[i] = ins[0].reshape(ins[0].shape[0], -1)
+            else:
+                with torch.no_grad():
+                    outs[i] = float_forward([dataclasses.replace(l, src=None)], ins[0])
+        return outs
+
+    def tensor_signed(self, i: int) -> bool:
+        """Whether the output of layer ``i`` (``-1``: the input) is quantized signed: not after
+        a ReLU (pooling and flattening keep their input's sign)."""
+        while i >= 0 and self.layers[i].kind in ("maxpool", "flatten"):
+            i = self._src(i)[0]
+        if i < 0:
+            return bool(self._outs[-1].min() < 0)
+        return not self.layers[i].relu
 
     def dot_len(self, k: int) -> int:
         """Dot-product length of compute layer ``k``."""
@@ -233,6 +280,8 @@ class Quantizer:
         layers = layers or self.layers
         w_method = w_method or self.w_method
         qat = qat or [False] * self.n_compute
+        if self.graph:
+            return self._export_graph(w_bits, a_bits, layers, w_method, qat, meta, w_scales)
         c, h, w = self.input_shape
         shape = (h, w, c)
         s0, sg0 = self.act_scale(0, a_bits[0], w_bits[0])
@@ -294,6 +343,127 @@ class Quantizer:
         meta = dict(meta or {}, act_method=self.act_method, w_method=w_method)
         return QNetwork(float(s0), 0, a_bits[0], sg0, out, logit_scale, meta)
 
+    def _tensor_quant(self, w_bits, a_bits) -> dict:
+        """``{layer index: (scale, signed, bits)}`` of every quantized tensor of a layer graph.
+
+        A tensor read by a compute layer gets that layer's input quantization (every compute
+        reader must agree on the bits); pooling / flattening pass their reader's quantization
+        through; a tensor read only by residual adds is calibrated on its own values at the
+        bits of the add's output. Computed readers-first (reverse topological order).
+        """
+        n = len(self.layers)
+        readers: dict = {i: [] for i in range(-1, n)}
+        for i in range(n):
+            for s in self._src(i):
+                readers[s].append(i)
+        kof = {i: k for k, i in enumerate(self.comp_idx)}
+        q: dict = {}
+        for i in range(n - 1, -2, -1):
+            reqs, adds = [], []
+            for c in readers[i]:
+                lc = self.layers[c]
+                if lc.is_compute:
+                    k = kof[c]
+                    s, sg = self.act_scale(k, a_bits[k], w_bits[k])
+                    reqs.append((s, sg, a_bits[k], lc.name))
+                elif lc.kind in ("maxpool", "flatten"):
+                    if q.get(c) is not None:
+                        reqs.append((*q[c], lc.name))
+                elif lc.kind == "add":
+                    adds.append(c)
+            if reqs:
+                if len({r[:3] for r in reqs}) > 1:
+                    raise ValueError(
+                        "layers " + ", ".join(r[3] for r in reqs) + " read the same tensor but "
+                        "need different precisions " + str(sorted({r[2] for r in reqs})) +
+                        "; give them equal a_bits")
+                q[i] = reqs[0][:3]
+            elif adds:
+                bits = q[adds[0]][2]
+                sg = self.tensor_signed(i)
+                c = clip_value(self._outs[i], bits, sg, self.act_method)
+                q[i] = (c / _qmax(bits, sg), sg, bits)
+            else:
+                q[i] = None           # the logits, or a value nobody reads
+        return q
+
+    def _export_graph(self, w_bits, a_bits, layers, w_method, qat, meta, w_scales) -> QNetwork:
+        """:meth:`export` of a layer graph (residual adds); same per-layer rules."""
+        q = self._tensor_quant(w_bits, a_bits)
+        c, h, w = self.input_shape
+        shapes = {-1: (h, w, c)}
+        out: list[QLayer] = []
+        k = -1
+        logit_scale = 1.0
+        for i, l in enumerate(layers):
+            src = self._src(i)
+            shape = shapes[src[0]]
+            if l.kind == "maxpool":
+                ho, wo = shape[0] // l.kernel[0], shape[1] // l.kernel[1]
+                out.append(QLayer("maxpool", l.name, shape, (ho, wo, shape[2]), kernel=l.kernel,
+                                  stride=l.stride, src=src))
+                shapes[i] = (ho, wo, shape[2])
+                continue
+            if l.kind == "flatten":
+                out.append(QLayer("flatten", l.name, shape, (1, 1, int(np.prod(shape))), src=src))
+                shapes[i] = (1, 1, int(np.prod(shape)))
+                continue
+            if l.kind == "add":
+                if shapes[src[1]] != shape:
+                    raise ValueError(f"{l.name}: adds tensors of shapes {shape} and "
+                                     f"{shapes[src[1]]}")
+                (sa, sga, ba), (sb, sgb, bb) = q[src[0]], q[src[1]]
+                so, osg, ob = q[i]
+                m = np.array([sa / so, sb / so])
+                # |x| < 2**max(bits) and |mult| < 2**(30 - max(bits)): |acc| < 2**31
+                shift = int(np.clip(np.floor(np.log2(2.0 ** (30 - max(ba, bb)) / m.max())), 0, 63))
+                mult = np.floor(m * 2.0 ** shift + 0.5).astype(np.int64)
+                out.append(QLayer("add", l.name, shape, shape, 0, max(ba, bb), sga or sgb, 0,
+                                  None, None, mult, shift, 0, ob, osg, l.relu, src=src))
+                shapes[i] = shape
+                continue
+            k += 1
+            last = k == self.n_compute - 1
+            s_in, sg_in = self.act_scale(k, a_bits[k], w_bits[k])
+            _, qm = self.qmax(k, a_bits[k], w_bits[k])
+            if w_scales is not None and w_scales[k] is not None:
+                sw = np.asarray(w_scales[k], dtype=np.float64)
+            else:
+                sw = weight_scales(l.weight, w_bits[k], w_method, per_channel=not last, qmax=qm)
+            wf = l.weight
+            if l.kind == "linear" and src[0] >= 0 and layers[src[0]].kind == "flatten":
+                hh, ww, cc = shapes[self._src(src[0])[0]]   # torch flattens CHW, kernels HWC
+                if wf.shape[1] == hh * ww * cc:
+                    wf = wf.reshape(wf.shape[0], cc, hh, ww).transpose(0, 2, 3, 1).reshape(
+                        wf.shape[0], -1)
+            wq = np.clip(np.floor(wf / sw.reshape((-1,) + (1,) * (wf.ndim - 1)) + 0.5), -qm, qm)
+            wq = wq.astype(np.int64)
+            if l.kind == "conv":
+                wq = wq.transpose(0, 2, 3, 1).copy()
+                ho = (shape[0] + 2 * l.padding[0] - l.kernel[0]) // l.stride[0] + 1
+                wo = (shape[1] + 2 * l.padding[1] - l.kernel[1]) // l.stride[1] + 1
+                oshape = (ho, wo, wq.shape[0])
+            else:
+                if int(np.prod(shape)) != wq.shape[1]:
+                    raise ValueError(f"{l.name}: Linear expects {wq.shape[1]} inputs, got "
+                                     f"{int(np.prod(shape))}")
+                oshape = (1, 1, wq.shape[0])
+            bias = np.clip(np.floor(l.bias / (s_in * sw) + 0.5), -2 ** 31, 2 ** 31 - 1)
+            bias = bias.astype(np.int64)
+            if last:
+                mult, shift, ob, osg = np.ones(len(sw), dtype=np.int64), 0, 32, True
+                logit_scale = float(s_in * sw[0])
+            else:
+                s_out, osg, ob = q[i]
+                mult, shift = _mult_shift(s_in * sw / s_out)
+            out.append(QLayer(l.kind, l.name, shape, oshape, w_bits[k], a_bits[k], sg_in, 0,
+                              wq, bias, mult, shift, 0, ob, osg, l.relu, l.stride, l.padding,
+                              l.kernel, l.groups, [float(v) for v in sw], bool(qat[k]), src=src))
+            shapes[i] = oshape
+        s0, sg0, b0 = q[-1]
+        meta = dict(meta or {}, act_method=self.act_method, w_method=w_method)
+        return QNetwork(float(s0), 0, b0, sg0, out, logit_scale, meta)
+
     def fq_module(self, w_bits, a_bits, layers: list[FLayer] | None = None,
                   trainable: list[bool] | None = None):
         """A torch module running the model with fake quantization (STE) at the given bits.
@@ -354,27 +524,21 @@ def _fq_net_class():
             return self._fq(w, s, qm, True)
 
         def forward(self, x):
-            k = -1
+            # residual adds run in float here (their operands are fake-quantized where a
+            # compute layer reads them)
+            from .models import run_graph
+
             n = len(self.weights)
-            for l in self.layers:
-                if l.kind == "maxpool":
-                    x = F.max_pool2d(x, l.kernel, l.stride)
-                    continue
-                if l.kind == "flatten":
-                    x = x.flatten(1)
-                    continue
-                k += 1
+
+            def compute(k, l, x):
                 if self.act[k] is not None:
                     s, sg = self.act[k]
                     x = self._fq(x, s, self.qa[k], sg)
                 w = self.qweight(k, k == n - 1)
                 if l.kind == "conv":
-                    x = F.conv2d(x, w, self.biases[k], l.stride, l.padding, 1, l.groups)
-                else:
-                    x = F.linear(x, w, self.biases[k])
-                if l.relu:
-                    x = torch.relu(x)
-            return x
+                    return F.conv2d(x, w, self.biases[k], l.stride, l.padding, 1, l.groups)
+                return F.linear(x, w, self.biases[k])
+            return run_graph(self.layers, x, compute)
 
         def to_layers(self) -> list[FLayer]:
             """Copy of the float layer list with this module's (fine-tuned) weights."""

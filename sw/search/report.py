@@ -97,8 +97,18 @@ def markdown(setup, res: dict) -> str:
                      f"{r['validated_accuracy']:.2f} | {r['cycles_vs_int8']:.3f}"
                      f"{'' if r['feasible'] else ' (over)'} | {r['costs']['weight_bytes']:.0f} | "
                      f"{r['solver_seconds']:.3f} |")
+    best = res["results"][res["best"]]
     lines += ["", "training: P = PTQ, Q = QAT fine-tuned (per layer)", "",
-              "## Sensitivity metrics vs integer-model accuracy", "",
+              f"## Per-layer costs of the best configuration (`{res['best']}`, "
+              f"{setup.cost_model.source})", "",
+              "energy: proxy in units of one INT16 `mpq.dot` (see `rvmpq.sw.costs`)", "",
+              "| layer | shape | bits | training | cycles | weight bytes | act bytes | energy |",
+              "|---|---|---|---|---|---|---|---|"]
+    for l in best["layers"]:
+        lines.append(f"| {l['name']} | `{l.get('shape', '')}` | {l['w_bits']} | {l['training']} "
+                     f"| {l.get('cycles', 0):.0f} | {l.get('weight_bytes', 0):.0f} | "
+                     f"{l.get('act_bytes', 0):.0f} | {l.get('energy', 0):.0f} |")
+    lines += ["", "## Sensitivity metrics vs integer-model accuracy", "",
               f"Spearman rank correlation over {len(setup.corr['configs'])} random mixed "
               f"configurations (seed {setup.corr['seed']}):", "",
               "| metric | spearman | points per unit |", "|---|---|---|"]

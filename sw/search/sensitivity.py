@@ -108,25 +108,19 @@ def _torch_forward(qz: Quantizer, x, weights: dict | None = None, act_fn: dict |
     import torch
     import torch.nn.functional as F
 
+    from .models import run_graph
+
     weights = weights or {}
     act_fn = act_fn or {}
-    k = -1
-    for l in qz.layers:
-        if l.kind == "maxpool":
-            x = F.max_pool2d(x, l.kernel, l.stride)
-            continue
-        if l.kind == "flatten":
-            x = x.flatten(1)
-            continue
-        k += 1
+
+    def compute(k, l, x):
         if k in act_fn:
             x = act_fn[k](x)
         w = weights.get(k, torch.from_numpy(l.weight))
         b = torch.from_numpy(l.bias)
-        x = F.conv2d(x, w, b, l.stride, l.padding, 1, l.groups) if l.kind == "conv" else F.linear(x, w, b)
-        if l.relu:
-            x = torch.relu(x)
-    return x
+        return (F.conv2d(x, w, b, l.stride, l.padding, 1, l.groups) if l.kind == "conv"
+                else F.linear(x, w, b))
+    return run_graph(qz.layers, x, compute)
 
 
 def metric_hessian(qz: Quantizer, x, y, bits, n_probes: int = 16, seed: int = 0,

@@ -6,9 +6,11 @@ Examples::
     rvmpq synth --compare --liberty ../shared/pdk/sky130_fd_sc_hd__tt_025C_1v80.lib.gz
     rvmpq synth --design mul16 --target generic
     rvmpq synth --list
+    rvmpq synth --formal --fast                    # prove the INT2 modes (+ a must-fail check)
 
 ``--compare`` writes ``compare.json`` and ``compare.md`` into the output folder and prints the
-Markdown table; ``--design NAME`` writes ``NAME.json`` / ``NAME.md``.
+Markdown table; ``--design NAME`` writes ``NAME.json`` / ``NAME.md``; ``--formal`` runs
+:mod:`rvmpq.synth.formal` and writes ``formal.json`` / ``formal.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--design", action="append", metavar="NAME",
                       help="synthesize this design (repeatable); see --list")
     what.add_argument("--list", action="store_true", help="list the available designs")
+    what.add_argument("--formal", action="store_true",
+                      help="prove every mode of the SIMD unit equal to its reference "
+                           "(writes formal.json / formal.md); see --proof, --formal-timeout")
     parser.add_argument("--target", choices=TARGET_CHOICES, default="all",
                         help="generic gates, ECP5 place-and-route, or both (default: all)")
     parser.add_argument("--liberty", type=Path, metavar="PATH",
@@ -40,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: build/synth)")
     parser.add_argument("-j", "--jobs", type=int, default=2,
                         help="tool runs in parallel (default: 2)")
+    formal = parser.add_argument_group("formal proofs (--formal)")
+    formal.add_argument("--proof", action="append", metavar="NAME",
+                        help="prove only this mode (repeatable), e.g. dot2_ss, dot4_su, mulhi_uu "
+                             "(default: every mode)")
+    formal.add_argument("--fast", action="store_true",
+                        help="only the fast proofs (the INT2 modes, about 10 s of CPU each)")
+    formal.add_argument("--formal-timeout", type=float, default=600, metavar="S",
+                        help="seconds per proof before it is recorded as a timeout (default: 600)")
+    formal.add_argument("--method", choices=("bdd", "cec", "sat"), default="bdd",
+                        help="proof engine: ABC BDDs (default), ABC &cec, or Yosys sat")
 
 
 def run(names: list[str] | None, out: Path, target: str = "all", liberty: Path | None = None,
@@ -89,8 +104,12 @@ def main(args: argparse.Namespace) -> int:
         for name, spec in available_designs().items():
             print(f"{name:<12} {spec.description}")
         return 0
+    if getattr(args, "formal", False):
+        from rvmpq.synth.formal import run_cli
+        return run_cli("simd", args.proof, args.fast, args.method, args.formal_timeout,
+                       args.jobs, args.out or build_root() / "synth", "rvmpq synth --formal")
     if not args.compare and not args.design:
-        print("rvmpq synth: give --compare, --design NAME or --list", file=sys.stderr)
+        print("rvmpq synth: give --compare, --design NAME, --formal or --list", file=sys.stderr)
         return 2
     out = args.out or build_root() / "synth"
     names = None if args.compare else args.design

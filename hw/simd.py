@@ -39,8 +39,10 @@ CS_INNER = True   #: keep mode-shifted inner node values (HH4) in carry-save for
 
 #: Payload of the ``i`` stream.
 IN_LAYOUT = data.StructLayout({"mode": MulMode, "a": 32, "b": 32, "acc": 32})
-#: Payload of the ``o`` stream.
-OUT_LAYOUT = data.StructLayout({"result": 32})
+#: Payload of the ``o`` stream: ``result`` as the contract says; ``hi`` is the high half of the
+#: 64-bit sum in MULLO/MULHI modes (so MULLO gives the full product ``Cat(result, hi)``, used by the
+#: core's pipelined requantization); undefined in DOT mode.
+OUT_LAYOUT = data.StructLayout({"result": 32, "hi": 32})
 
 
 class SimdMulUnit(wiring.Component):
@@ -82,7 +84,9 @@ class SimdMulUnit(wiring.Component):
         ``payload.b`` (32-bit operands), ``payload.acc`` (32-bit accumulator, DOT only).
         ``i.ready`` is ``~o.valid | o.ready``.
     o : Out(stream.Signature(OUT_LAYOUT))
-        Results: ``payload.result`` (32 bits), in issue order.
+        Results: ``payload.result`` (32 bits), in issue order; ``payload.hi``: the high 32 bits
+        of the 64-bit product in MULLO/MULHI modes (``Cat(result, hi)`` is the full product of a
+        MULLO), undefined in DOT mode.
     """
 
     LATENCY = 2
@@ -246,5 +250,6 @@ class SimdMulUnit(wiring.Component):
             m.d.sync += [
                 self.o.valid.eq(xm_valid),
                 self.o.payload.result.eq(m_result),
+                self.o.payload.hi.eq(hi),
             ]
         return m

@@ -10,7 +10,10 @@ Sections (``--only`` picks one; default: all that are available):
     golden model; plus the golden model's own throughput (vectors per second).
     Writes ``<out>/unit.json`` and ``<out>/unit.md``.
 ``kernels``
-    Kernel cycle counts on the core (to be added; the section is a registered placeholder).
+    Layer kernels on the ``baseline`` core (plain RV32IM C) against the ``mpq`` core (generated
+    MPQ kernels): cycles, speedup, MACs/cycle against the unit's peak and the inner loop's share
+    of peak, every output checked bit for bit (:mod:`rvmpq.sw.kernels.bench`; ``--quick``: the
+    Edge-MPQ conv layer only). Writes ``<out>/kernels.json`` and ``<out>/kernels.md``.
 
 Library use::
 

@@ -144,6 +144,34 @@ def _custom_ops():
     return isa, names
 
 
+def _custom_words(isa, rng: random.Random, name: str, dst, src) -> list[int]:
+    """Words for one random use of custom instruction ``name``.
+
+    Register-format rows get random registers. The memory-operand rows (``mpq.ldot``,
+    ``mpq.accld``) address the scratch area through the reserved base register ``BASE`` with a
+    random word offset, often as a burst into one accumulator (back-to-back accumulation),
+    sometimes followed at once by a read of that accumulator (the read interlock).
+    """
+    d = isa.BY_NAME[name]
+    fmt = getattr(d, "fmt", "R")
+    nacc = int(getattr(isa, "NUM_ACC", 16))
+    max_off = min(128, SCRATCH_LEN // 4)
+    if fmt == "L":
+        k = rng.randrange(nacc)
+        out = [int(isa.encode(name, k, BASE, src(), off=rng.randrange(max_off)))
+               for _ in range(rng.choice((1, 1, 2, 4)))]
+        if rng.random() < 0.3:
+            out.append(int(isa.encode("mpq.accrd", dst(), 0, k)))
+        return out
+    if fmt == "LA":
+        return [int(isa.encode(name, rng.randrange(nacc), BASE, 0, off=rng.randrange(max_off)))]
+    if fmt == "K":
+        return [int(isa.encode(name, dst(), src(), rng.randrange(nacc)))]
+    if fmt == "KR":
+        return [int(isa.encode(name, dst(), 0, rng.randrange(nacc)))]
+    return [int(isa.encode(name, dst(), src(), src()))]
+
+
 def _random_rq_config(isa, rng: random.Random) -> int:
     """A random ``mpq_rq`` CSR value through the ISA's own packer."""
     import inspect  # noqa: PLC0415
@@ -253,7 +281,7 @@ def generate(seed: int, config: str = "mpq", length: int = 200) -> FuzzProgram:
                 t = rng.choice(regs)
                 w += li(t, _random_rq_config(isa, rng)) + [csrrw(0, int(isa.CSR_MPQ_RQ), t)]
             else:
-                w.append(int(isa.encode(rng.choice(names), dst(), src(), src())))
+                w += _custom_words(isa, rng, rng.choice(names), dst, src)
         else:
             f7, f3 = rng.choice(R_OPS + M_OPS)
             w.append(r_type(f7, src(), src(), f3, dst(), 0x33))
@@ -306,6 +334,12 @@ def run_unicorn(prog: FuzzProgram, max_insns: int = 200_000) -> RefState:
         helper.x = [uc_.reg_read(r) & MASK for r in xregs]
         helper.x[0] = 0
         helper.pc = pc
+        # memory-operand custom instructions read DMEM: give the helper Unicorn's word
+        ea = (helper.x[(insn >> 15) & 31] + 4 * (insn >> 25)) & MASK
+        if (insn & 0x7F) in (helper.custom.isa.OPCODE_CUSTOM2, helper.custom.isa.OPCODE_CUSTOM3) \
+                and ea % 4 == 0 and \
+                mm.dmem_base <= ea <= mm.dmem_base + mm.dmem_size - 4:
+            helper.write_bytes(ea, bytes(uc_.mem_read(ea, 4)))
         try:
             rd, value, npc = helper._execute(pc, insn)  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001

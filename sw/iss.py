@@ -165,6 +165,10 @@ class CustomExt:
         from rvmpq.sw import golden  # noqa: PLC0415
         self.isa = isa
         self.golden = golden
+        #: The internal accumulators of ``mpq.ldot`` (``ACC[0..NUM_ACC-1]``), 32-bit words.
+        self.acc = [0] * int(getattr(isa, "NUM_ACC", 0))
+        #: Their bias copies ``ACCB`` (set by ``mpq.accld``; a read re-arms ``ACC[k] = ACCB[k]``).
+        self.accb = [0] * int(getattr(isa, "NUM_ACC", 0))
         self.csr_addr = int(getattr(isa, "CSR_MPQ_RQ", CSR_MPQ_RQ_DEFAULT))
         self.csr_reset = int(getattr(isa, "CSR_MPQ_RQ_RESET", 0))
         self.opcodes = tuple(getattr(isa, "CUSTOM_OPCODES", ())) or \
@@ -175,20 +179,46 @@ class CustomExt:
         fn = getattr(self.isa, "rq_config_mask", None)
         return fn(value) if callable(fn) else value
 
-    def execute(self, insn: int, x: list[int], csr_rq: int) -> int | None:
-        """Result written to rd by custom instruction ``insn``; None if it is not defined."""
+    def execute(self, insn: int, x: list[int], csr_rq: int,
+                load_word: Callable[[int], int] | None = None) -> tuple[int, int] | None:
+        """Execute custom instruction ``insn``: ``(rd, value)`` to write (rd = 0: nothing), or
+        None if it is not defined.
+
+        ``load_word(addr)`` reads a data word as ``lw`` does (raising :class:`Trap` on a
+        misaligned or faulting address); the memory-operand rows need it. A faulting
+        ``mpq.ldot``/``mpq.accld`` leaves the accumulators unchanged (the load raises first).
+        """
         dec = self.isa.decode(insn)
         if dec is None:
             return None
         desc, rd, rs1, rs2 = dec
-        return self.isa_semantics(desc, x[rd], x[rs1], x[rs2], csr_rq)
+        if desc.kind in ("ldot", "accld"):
+            if load_word is None:
+                raise ValueError(f"{desc.name} reads memory: pass load_word")
+            addr = (x[rs1] + 4 * self.isa.decode_off(insn)) & MASK
+            word = load_word(addr)
+            if desc.kind == "accld":
+                self.acc[rd] = self.accb[rd] = word
+            else:
+                self.acc[rd] = self.isa_semantics(desc, self.acc[rd], x[rs2], word, csr_rq)
+            return 0, 0
+        if desc.kind == "rqpa":
+            rqp = self.isa.BY_NAME["mpq.rqp"]
+            value = self.isa_semantics(rqp, x[rd], self.acc[rs2], x[rs1], csr_rq)
+            self.acc[rs2] = self.accb[rs2]
+            return rd, value
+        if desc.kind == "accrd":
+            value = self.acc[rs2]
+            self.acc[rs2] = self.accb[rs2]
+            return rd, value
+        return rd, self.isa_semantics(desc, x[rd], x[rs1], x[rs2], csr_rq)
 
     def isa_semantics(self, desc, rd_val: int, a: int, b: int, csr_rq: int) -> int:
         """Apply one instruction's semantics through the golden model."""
         import numpy as np  # noqa: PLC0415
         g = self.golden
         u = np.uint32
-        if desc.kind == "dot":
+        if desc.kind in ("dot", "ldot"):
             return int(g.dot(u(a), u(b), desc.width, desc.a_signed, desc.b_signed,
                              acc=u(rd_val))) & MASK
         cfg = self.isa.rq_config_unpack(csr_rq)
@@ -545,10 +575,11 @@ class Iss:
                 self._csr_write(csr, new & MASK, insn)
             return rd, old, npc
         if self.custom is not None and op in self.custom.opcodes:
-            res = self.custom.execute(insn, x, self.csr[self.csr_mpq_rq])
+            res = self.custom.execute(insn, x, self.csr[self.csr_mpq_rq],
+                                      load_word=lambda addr: self._load(addr, 4, False))
             if res is None:
                 raise Trap(ILLEGAL, insn)
-            return rd, res, npc
+            return res[0], res[1], npc
         raise Trap(ILLEGAL, insn)
 
     @staticmethod

@@ -104,7 +104,12 @@ class Asm:
         return self.word((csr << 20) | (_r(rs1) << 15) | (1 << 12) | (_r(rd) << 7) | 0x73)
     def csrr(self, rd, csr): return self.word((csr << 20) | (2 << 12) | (_r(rd) << 7) | 0x73)
     def csrw(self, csr, rs1): return self.csrrw(0, csr, rs1)
-    def custom(self, name, rd, rs1, rs2): return self.word(isa.encode(name, _r(rd), _r(rs1), _r(rs2)))
+    def custom(self, name, rd, rs1, rs2, off=0):
+        return self.word(isa.encode(name, _r(rd), _r(rs1), _r(rs2), off=off))
+    def ldot(self, name, k, act, off, base): return self.custom(name, k, base, act, off)
+    def accld(self, k, off, base): return self.custom("mpq.accld", k, base, 0, off)
+    def rqpa(self, rd, mult, k): return self.custom("mpq.rqpa", rd, mult, k)
+    def accrd(self, rd, k): return self.custom("mpq.accrd", rd, 0, k)
 
     def li(self, rd, value):
         """Load a 32-bit constant (lui + addi)."""
@@ -573,6 +578,38 @@ async def test_mpq_timing(dut):
         p1 = a.add("t4", "t3", "t3")
         pairs.append((row, p0, p1))
         a.nop(); a.nop(); a.nop()
+    # accumulator rows: an ldot / accld, then a read of the same accumulator
+    a.li("s0", DMEM)
+    for row in (isa.BY_NAME["mpq.ldot.w8.ss"], isa.BY_NAME["mpq.accld"]):
+        p0 = a.nop()
+        a.nop(); a.nop()
+        if row.kind == "ldot":
+            a.ldot(row.name, 5, "t1", 0, "s0")
+        else:
+            a.accld(5, 0, "s0")
+        p1 = a.accrd("t4", 5)
+        pairs.append((row, p0, p1))
+        a.nop(); a.nop(); a.nop()
+    # mpq.rqpa, its result used at once
+    p0 = a.nop()
+    a.nop(); a.nop()
+    a.rqpa("t3", "t2", 5)
+    p1 = a.add("t4", "t3", "t3")
+    pairs.append((isa.BY_NAME["mpq.rqpa"], p0, p1))
+    a.nop(); a.nop(); a.nop()
+    # one per cycle: a chain of mpq.rqp / mpq.rqpa into one rd, ldots into one accumulator
+    streams = []
+    for kind in ("rqp", "rqpa", "ldot"):
+        a.nop(); a.nop(); a.nop()
+        first = a.pc
+        for i in range(6):
+            if kind == "rqp":
+                a.custom("mpq.rqp", "t3", "t1", "t2")
+            elif kind == "rqpa":
+                a.rqpa("t3", "t2", i)   # distinct accumulators: a re-read would wait for the re-arm
+            else:
+                a.ldot("mpq.ldot.w8.us", 7, "t1", i, "s0")
+        streams.append((kind, first, a.pc - 4))
     p_ind0 = a.custom("mpq.dot.w8.ss", "t3", "t1", "t2")
     p_ind1 = a.add("t4", "t1", "t1")
     a.exit("zero")
@@ -584,6 +621,73 @@ async def test_mpq_timing(dut):
             f"table says latency {row.latency} (+1 for the dependent instruction)")
     (c0,), (c1,) = tb.cycle_of(p_ind0), tb.cycle_of(p_ind1)
     assert c1 - c0 == 1, "an independent instruction after a dot product should not wait"
+    for kind, first, last in streams:
+        (c0,), (c1,) = tb.cycle_of(first), tb.cycle_of(last)
+        assert c1 - c0 == 5, f"6 x {kind} back to back took {c1 - c0 + 1} cycles (want 6)"
+
+
+@cocotb.test(skip=CONFIG != "mpq")
+async def test_mpq_acc_pipeline(dut):
+    """Accumulator updates only for committed mpq.ldot/accld: one in X when an older
+    instruction traps in M, one in the shadow of a taken branch and one that faults itself do
+    not change ACC; an ldot just ahead of a trapping instruction (in the unit when the trap is
+    taken) does; a read of ACC right after an ldot waits for it (interlock), and a second read
+    right after the first sees the re-armed bias."""
+    tb = await _tb(dut)
+    a = Asm()
+    a.la("t0", "handler")
+    a.csrw(0x305, "t0")
+    a.li("s0", DMEM)
+    a.li("s5", 0)
+    a.li("t1", 0x01010101)          # u8 lanes 1; the weights word at DMEM holds 4, 3, 2, 1
+    a.accld(1, 1, "s0")             # ACC1..4 = 100 (DMEM word 1)
+    a.accld(2, 1, "s0")
+    a.accld(3, 1, "s0")
+    a.accld(4, 1, "s0")
+    # 1. an older load traps in M while the ldot is in X: flushed (the handler returns to it,
+    #    so it executes exactly once: ACC1 = 110)
+    a.lw("t2", "s0", 2)             # misaligned -> trap
+    a.ldot("mpq.ldot.w8.us", 1, "t1", 0, "s0")
+    # 2. an ldot in the shadow of a taken branch
+    a.branch("beq", "zero", "zero", "over")
+    a.ldot("mpq.ldot.w8.us", 2, "t1", 0, "s0")
+    a.ldot("mpq.ldot.w8.us", 2, "t1", 0, "s0")
+    a.label("over")
+    # 3. an ldot that faults itself (outside DMEM), then a good one: ACC3 = 110
+    a.ldot("mpq.ldot.w8.us", 3, "t1", 0, "zero")
+    a.ldot("mpq.ldot.w8.us", 3, "t1", 0, "s0")
+    # 4. ldots right before a trapping instruction: committed, ACC4 = 120
+    a.ldot("mpq.ldot.w8.us", 4, "t1", 0, "s0")
+    a.ldot("mpq.ldot.w8.us", 4, "t1", 0, "s0")
+    a.ebreak()
+    # read-outs, each right after the last write of its accumulator in 5.
+    p1 = a.accrd("a1", 1)
+    p2 = a.accrd("a2", 2)
+    p3 = a.accrd("a3", 3)
+    p4 = a.accrd("a4", 4)
+    # 5. interlock: ldot then an immediate read (ACC5 = 100 + 10 + 10)
+    a.accld(5, 1, "s0")
+    a.ldot("mpq.ldot.w8.us", 5, "t1", 0, "s0")
+    pl = a.ldot("mpq.ldot.w8.us", 5, "t1", 0, "s0")
+    p5 = a.accrd("a5", 5)
+    # 6. the read re-armed ACC5 with its bias: a second read right after returns 100
+    p6 = a.accrd("a6", 5)
+    a.li("a7", 0)
+    a.exit("zero")
+    _handler(a)
+    await tb.run(a.assemble(), data={DMEM: 0x01020304, DMEM + 4: 100})
+    regs = tb.regs()
+    got = {pc: wd for _c, pc, _i, rd, wd, trap in tb.retired if rd}
+    assert got[p1] == 110, f"ACC1 = {got[p1]}: an ldot flushed by an older trap updated it"
+    assert got[p2] == 100, f"ACC2 = {got[p2]}: an ldot in a branch shadow updated it"
+    assert got[p3] == 110, f"ACC3 = {got[p3]}: a faulting ldot changed it (or the next did not)"
+    assert got[p4] == 120, f"ACC4 = {got[p4]}: ldots before a trap were lost"
+    assert got[p5] == 120, f"ACC5 = {got[p5]}: the read did not wait for the ldot"
+    assert got[p6] == 100, f"ACC5 = {got[p6]} after a read: not re-armed with its bias (100)"
+    assert regs[21] == 3, f"{regs[21]} traps taken (want 3: lw, faulting ldot, ebreak)"
+    (cl,), (cr,) = tb.cycle_of(pl), tb.cycle_of(p5)
+    assert cr - cl == isa.LDOT_LATENCY, (
+        f"accrd after ldot retired {cr - cl} cycles later; the table says {isa.LDOT_LATENCY}")
 
 
 @cocotb.test(skip=CONFIG != "baseline")
@@ -594,12 +698,16 @@ async def test_baseline_custom_illegal(dut):
     a.la("t0", "handler")
     a.csrw(0x305, "t0")
     a.li("s5", 0)
-    for row in isa.CUSTOM_INSTRUCTIONS[:3] + isa.CUSTOM_INSTRUCTIONS[-2:]:
-        a.custom(row.name, "t2", "t0", "t1")
+    words = [isa.encode(row.name, 7, 5, 6) for row in isa.CUSTOM_INSTRUCTIONS[:3]]
+    words += [isa.encode("mpq.rq", 7, 5, 6), isa.encode("mpq.rqp", 7, 5, 6),
+              isa.encode("mpq.ldot.w8.us", 3, 5, 6, off=1), isa.encode("mpq.accld", 3, 5, 0),
+              isa.encode("mpq.rqpa", 7, 5, 3), isa.encode("mpq.accrd", 7, 0, 3)]
+    for w in words:
+        a.word(w)
     a.csrr("t3", isa.CSR_MPQ_RQ)
     a.exit("zero")
     _handler(a)
     await tb.run(a.assemble())
     traps = [r for r in tb.retired if r[5]]
-    assert len(traps) == 6 + 1, len(traps)  # + the final ecall
-    assert tb.regs()[21] == 6
+    assert len(traps) == len(words) + 2, len(traps)  # + the CSR read + the final ecall
+    assert tb.regs()[21] == len(words) + 1

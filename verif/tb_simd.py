@@ -290,7 +290,17 @@ class SimdTB:
                 self.first_out_cycle = self.cycles
             mon.step(ov, int(o_payload.value) if ov else None)
             drv.step(transfer)
-        Scoreboard(traffic, expected, dut._log).check(mon.results)
+        # o.payload = {result, hi}: result in the low 32 bits
+        Scoreboard(traffic, expected, dut._log).check([r & 0xFFFF_FFFF for r in mon.results])
+        # hi: the high half of the 64-bit product in MULLO / MULHI modes (Python integers)
+        for i, r in enumerate(mon.results):
+            if self.cfg["mul"] and int(traffic.op[i]) in (1, 2):
+                a, b = int(traffic.a[i]), int(traffic.b[i])
+                a -= (1 << 32) if traffic.a_signed[i] and a >> 31 else 0
+                b -= (1 << 32) if traffic.b_signed[i] and b >> 31 else 0
+                want = ((a * b) >> 32) & 0xFFFF_FFFF
+                assert r >> 32 == want, (f"op #{i}: hi = {r >> 32:#010x}, want {want:#010x} "
+                                         f"(a={traffic.a[i]:#x} b={traffic.b[i]:#x})")
         # nothing extra comes out afterwards
         for _ in range(int(self.cfg["latency"] or 4) + 2):
             await RisingEdge(clk)

@@ -30,7 +30,7 @@ def standin_mul_unit(latency):
             super().__init__({
                 "i": In(stream.Signature(data.StructLayout(
                     {"mode": MulMode, "a": 32, "b": 32, "acc": 32}))),
-                "o": Out(stream.Signature(data.StructLayout({"result": 32}))),
+                "o": Out(stream.Signature(data.StructLayout({"result": 32, "hi": 32}))),
             })
 
         def elaborate(self, platform):
@@ -58,12 +58,15 @@ def standin_mul_unit(latency):
                             with m.Case(w):
                                 m.d.comb += res.eq(s)
             vals = [Signal(32, name=f"v{k}") for k in range(latency)]
+            his = [Signal(32, name=f"h{k}") for k in range(latency)]
             vld = [Signal(name=f"vl{k}") for k in range(latency)]
             with m.If(adv):
-                m.d.sync += [vals[0].eq(res), vld[0].eq(self.i.valid)]
+                m.d.sync += [vals[0].eq(res), his[0].eq(prod[32:64]), vld[0].eq(self.i.valid)]
                 for k in range(1, latency):
-                    m.d.sync += [vals[k].eq(vals[k - 1]), vld[k].eq(vld[k - 1])]
-            m.d.comb += [self.o.valid.eq(vld[-1]), self.o.payload.result.eq(vals[-1])]
+                    m.d.sync += [vals[k].eq(vals[k - 1]), his[k].eq(his[k - 1]),
+                                 vld[k].eq(vld[k - 1])]
+            m.d.comb += [self.o.valid.eq(vld[-1]), self.o.payload.result.eq(vals[-1]),
+                         self.o.payload.hi.eq(his[-1])]
             return m
 
     return StandInMulUnit

@@ -12,14 +12,25 @@ from rvmpq.hw.modes import ElemWidth
 
 
 def test_table_shape():
-    """16 dot rows (4 widths x 4 signedness) + rq + rqp, unique names and encodings."""
+    """16 dot rows (4 widths x 4 signedness) + rq + rqp, 8 ldot rows (4 widths x activation
+    signedness) + accld/rqpa/accrd; unique names and encodings."""
     dots = [d for d in isa.CUSTOM_INSTRUCTIONS if d.kind == "dot"]
     assert len(dots) == 16
     assert {(d.width, d.a_signed, d.b_signed) for d in dots} == {
         (w, a, b) for w in (2, 4, 8, 16) for a in (False, True) for b in (False, True)}
-    assert {d.kind for d in isa.CUSTOM_INSTRUCTIONS} == {"dot", "rq", "rqp"}
+    assert {d.kind for d in isa.CUSTOM_INSTRUCTIONS} == {"dot", "rq", "rqp", "ldot", "accld",
+                                                         "rqpa", "accrd"}
     assert len({d.name for d in isa.CUSTOM_INSTRUCTIONS}) == len(isa.CUSTOM_INSTRUCTIONS)
     assert len({d.match for d in isa.CUSTOM_INSTRUCTIONS}) == len(isa.CUSTOM_INSTRUCTIONS)
+    ldots = [d for d in isa.CUSTOM_INSTRUCTIONS if d.kind == "ldot"]
+    assert {(d.width, d.a_signed) for d in ldots} == {
+        (w, a) for w in (2, 4, 8, 16) for a in (False, True)}
+    for d in ldots:  # funct3 = width code | activation signed << 2; weights always signed
+        assert d.opcode == 0x5B and d.b_signed and d.fmt == "L"
+        assert d.funct3 == ElemWidth[f"W{d.width}"].value | (int(d.a_signed) << 2)
+    for name, f3, fmt in (("mpq.accld", 0, "LA"), ("mpq.rqpa", 1, "K"), ("mpq.accrd", 2, "KR")):
+        d = isa.BY_NAME[name]
+        assert (d.opcode, d.funct3, d.fmt) == (0x7B, f3, fmt)
     for d in dots:  # the documented field assignment
         assert d.funct3 == ElemWidth[f"W{d.width}"].value
         assert d.funct7 == int(d.a_signed) | (int(d.b_signed) << 1)
@@ -32,32 +43,60 @@ def test_known_encoding():
     word = (0b0000010 << 25) | (12 << 20) | (11 << 15) | (2 << 12) | (10 << 7) | 0x0B
     assert isa.encode("mpq.dot.w8.us", 10, 11, 12) == word
     assert isa.encode("mpq.rq", 1, 2, 3) == (3 << 20) | (2 << 15) | (1 << 7) | 0x2B
+    # mpq.ldot.w4.ss k=5, act a1, off 9, base a0: funct7 = 9, rs2 = 11, rs1 = 10, funct3 = 0b101
+    word = (9 << 25) | (11 << 20) | (10 << 15) | (0b101 << 12) | (5 << 7) | 0x5B
+    assert isa.encode("mpq.ldot.w4.ss", 5, 10, 11, off=9) == word
+    assert isa.decode_off(word) == 9
+    # mpq.rqpa a0, a1, k=15: rs2 field = 15; mpq.accrd a0, k=3
+    assert isa.encode("mpq.rqpa", 10, 11, 15) == (15 << 20) | (11 << 15) | (1 << 12) | (10 << 7) | 0x7B
+    assert isa.encode("mpq.accrd", 10, 0, 3) == (3 << 20) | (2 << 12) | (10 << 7) | 0x7B
+
+
+def _field_range(d, field):
+    """Values a field of row ``d`` may take (register 0..31, accumulator 0..15, or fixed 0)."""
+    fixed = {"rd": 0x1F << 7, "rs1": 0x1F << 15, "rs2": 0x1F << 20}[field]
+    if d.mask & fixed == fixed:
+        return [0]
+    if d.mask & fixed:
+        return list(range(isa.NUM_ACC))
+    return list(range(32))
 
 
 def test_round_trip_every_row():
-    """encode/decode round trip for every row and every register of each field."""
+    """encode/decode round trip for every row and every value of each field (and offset)."""
     for d in isa.CUSTOM_INSTRUCTIONS:
-        for r in range(32):
-            for rd, rs1, rs2 in ((r, 0, 31), (31, r, 0), (0, 31, r)):
-                got = isa.decode(isa.encode(d.name, rd, rs1, rs2))
-                assert got == (d, rd, rs1, rs2), (d.name, rd, rs1, rs2)
+        rds, rs1s, rs2s = (_field_range(d, f) for f in ("rd", "rs1", "rs2"))
+        offs = range(128) if d.fmt in ("L", "LA") else []
+        for rd, rs1, rs2 in ([(r, rs1s[-1], rs2s[0]) for r in rds] +
+                             [(rds[-1], r, rs2s[0]) for r in rs1s] +
+                             [(rds[0], rs1s[-1], r) for r in rs2s]):
+            got = isa.decode(isa.encode(d.name, rd, rs1, rs2))
+            assert got == (d, rd, rs1, rs2), (d.name, rd, rs1, rs2)
+        for off in offs:
+            w = isa.encode(d.name, rds[-1], rs1s[-1], rs2s[-1], off=off)
+            assert isa.decode(w)[0] is d and isa.decode_off(w) == off
 
 
 def test_every_undefined_custom_encoding_is_none():
-    """All funct3/funct7 combinations of custom-0/1 that are not rows decode to None."""
-    defined = {d.match for d in isa.CUSTOM_INSTRUCTIONS}
-    n_undefined = 0
+    """Every word of the custom opcodes whose fixed bits match no row decodes to None, and one
+    that matches a row decodes to it: funct3 x funct7 exhaustively, register fields at values
+    that are legal or not for the accumulator fields (k >= 16) and the fields fixed to 0."""
+    n_defined = 0
     for opcode in isa.CUSTOM_OPCODES:
         for f3 in range(8):
             for f7 in range(128):
-                word = isa.r_type(opcode, f3, f7, 5, 6, 7)
-                fixed = isa.r_type(opcode, f3, f7, 0, 0, 0)
-                if fixed in defined:
-                    assert isa.decode(word) is not None
-                else:
-                    n_undefined += 1
-                    assert isa.decode(word) is None, hex(word)
-    assert n_undefined == 2 * 8 * 128 - len(defined)
+                for rd, rs1, rs2 in ((5, 6, 7), (0, 0, 0), (17, 6, 7), (5, 6, 19), (5, 0, 0),
+                                     (31, 31, 31)):
+                    word = isa.r_type(opcode, f3, f7, rd, rs1, rs2)
+                    rows = [d for d in isa.CUSTOM_INSTRUCTIONS if word & d.mask == d.match]
+                    assert len(rows) <= 1, (hex(word), [d.name for d in rows])
+                    got = isa.decode(word)
+                    if rows:
+                        n_defined += 1
+                        assert got is not None and got[0] is rows[0], hex(word)
+                    else:
+                        assert got is None, hex(word)
+    assert n_defined > 0
 
 
 def test_other_opcodes_decode_none(seed):
@@ -74,6 +113,14 @@ def test_bad_arguments():
         isa.encode("mpq.dot.w3.ss", 1, 2, 3)
     with pytest.raises(ValueError, match="rd = 32"):
         isa.encode("mpq.rq", 32, 0, 0)
+    with pytest.raises(ValueError, match="accumulator k must be 0..15"):
+        isa.encode("mpq.ldot.w8.us", 16, 1, 2)
+    with pytest.raises(ValueError, match="accumulator k must be 0..15"):
+        isa.encode("mpq.rqpa", 1, 2, 16)
+    with pytest.raises(ValueError, match="word offset 0..127"):
+        isa.encode("mpq.ldot.w8.us", 1, 1, 2, off=128)
+    with pytest.raises(ValueError, match="no offset"):
+        isa.encode("mpq.dot.w8.us", 1, 1, 2, off=1)
     with pytest.raises(ValueError, match="shift"):
         isa.rq_config_pack(64)
     with pytest.raises(ValueError, match="zp"):
@@ -110,7 +157,8 @@ def test_json_and_markdown():
         assert i["match"] == isa.BY_NAME[i["name"]].match
     md = isa.to_markdown()
     for d in isa.CUSTOM_INSTRUCTIONS:
-        assert f"`{d.name} rd, rs1, rs2`" in md
+        assert f"`{d.name} {d.operands}`" in md
+        assert doc["instructions"][isa.CUSTOM_INSTRUCTIONS.index(d)]["mask"] == d.mask
 
 
 def test_cli(tmp_path):
@@ -133,11 +181,19 @@ def test_c_header_compiles_and_encodes(tmp_path):
             calls.append(f"r ^= {d.c_name}(a, b, c);")
         elif d.kind == "rq":
             calls.append(f"r ^= (uint32_t){d.c_name}((int32_t)a, (int32_t)b);")
-        else:
+        elif d.kind == "rqp":
             calls.append(f"r ^= {d.c_name}(c, (int32_t)a, (int32_t)b);")
+        elif d.kind == "ldot":
+            calls.append(f"{d.c_name}(3, a, p, 17);")
+        elif d.kind == "accld":
+            calls.append(f"{d.c_name}(3, p, 2);")
+        elif d.kind == "rqpa":
+            calls.append(f"r ^= {d.c_name}(c, a, 3);")
+        else:
+            calls.append(f"r ^= {d.c_name}(3);")
     (tmp_path / "t.c").write_text(
         '#include "rvmpq_isa.h"\n'
-        "uint32_t f(uint32_t a, uint32_t b, uint32_t c) {\n"
+        "uint32_t f(uint32_t a, uint32_t b, uint32_t c, const uint32_t *p) {\n"
         "    uint32_t r = 0;\n"
         "    mpq_rq_config_write(MPQ_RQ_CONFIG(7, -5, 4, 1));\n"
         + "\n".join("    " + c for c in calls) +

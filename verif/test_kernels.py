@@ -114,3 +114,27 @@ def test_overrun_fails_loudly():
     layer = random_layer("conv", 8, 8, 8, 6, 6, 3, 1, rng=rng)
     with pytest.raises(KernelRunError, match="max_cycles"):
         run_layer(layer, random_input(layer, rng), "mpq", max_cycles=500)
+
+
+def test_inner_loop_finds_branch_and_jump_loops():
+    """The bench's loop finder: a loop closes with a backward conditional branch, or with a
+    backward ``jal x0`` when its body is too long for a branch (the INT8 conv kernel); calls
+    (``jal ra``) and forward jumps are not loops. Words encoded here by hand."""
+    from rvmpq.sw.kernels.bench import _back_offset
+
+    def jal(rd, imm):
+        imm &= 0x1F_FFFF
+        return (((imm >> 20) & 1) << 31) | (((imm >> 1) & 0x3FF) << 21) | \
+            (((imm >> 11) & 1) << 20) | (((imm >> 12) & 0xFF) << 12) | (rd << 7) | 0x6F
+
+    def bne(rs1, rs2, imm):
+        imm &= 0x1FFF
+        return (((imm >> 12) & 1) << 31) | (((imm >> 5) & 0x3F) << 25) | (rs2 << 20) | \
+            (rs1 << 15) | (1 << 12) | (((imm >> 1) & 0xF) << 8) | (((imm >> 11) & 1) << 7) | 0x63
+
+    assert _back_offset(jal(0, -8)) == -8
+    assert _back_offset(jal(0, -5000)) == -5000
+    assert _back_offset(jal(1, -8)) is None        # a call
+    assert _back_offset(jal(0, 64)) is None        # forward
+    assert _back_offset(bne(5, 6, -4096)) == -4096
+    assert _back_offset(bne(5, 6, 12)) is None

@@ -84,7 +84,8 @@ def test_illegal_words_are_undefined_in_the_isa_table():
 def test_every_custom_instruction_is_exercised():
     """Each row of the ISA table appears in a directed program."""
     from rvmpq.hw import isa
-    text = "".join((tp.PROGRAMS_DIR / f).read_text() for f in ("mpq_dot.S", "mpq_rq.S"))
+    text = "".join((tp.PROGRAMS_DIR / f).read_text()
+                   for f in ("mpq_dot.S", "mpq_rq.S", "mpq_acc.S"))
     for d in isa.CUSTOM_INSTRUCTIONS:
         macro = d.name.replace(".", "_").upper()
         assert re.search(rf"\b{macro}\b", text), f"{d.name} ({macro}) is not tested"

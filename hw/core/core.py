@@ -6,7 +6,9 @@ Pipeline::
     f_pc ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM        regfile rd       fwd from M, W       trap/mret          retire port
     read        (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                                 div/requant (stall)
+                ACC[k] read      (mul, dot, rq*)     SimdMulUnit issue  requant/pack of rq*
+                                 div (stall)         (ldot, accld)
+                                                          │ unit stages ──▶ ACC[k] (+=)
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc``; its (registered) output is the
   instruction word of ``fd`` in D.
@@ -24,8 +26,32 @@ Pipeline::
   the ``dx`` register, forwarded in D (no muxes in front of the array): a multiply in D waits
   while a source is produced in X, or by a multiply in M. ``baseline`` uses
   :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product) instead.
-* **Long operations**: DIV*/REM* and ``mpq.rq``/``mpq.rqp`` occupy X until their unit is done;
-  the whole pipeline is frozen meanwhile (``freeze``).
+* **Requantization** (``mpq.rq``/``mpq.rqp``/``mpq.rqpa``) is pipelined, one per cycle: the
+  product ``acc * mult`` issues to the SIMD unit from X as a signed MULLO whose full 64 bits
+  come back (``o.payload.hi``) in W, where the rounding shift, zero point, clamp and pack
+  happen (:func:`~rvmpq.hw.core.requant.requant_comb`, reading ``mpq_rq`` there, after any
+  older CSR write). The result is never forwarded to X (that path would run through the
+  requantization): a dependent through ``rs1``/``rs2`` waits in D until the producer is in W
+  (``dep_m``; latency 3). The packing operand (old ``rd``) travels with the instruction and is
+  forwarded into X (from W, ``x_pack``) and into M (from W), so a chain of ``mpq.rqp``/
+  ``mpq.rqpa`` into one ``rd`` runs one per cycle. With a unit of ``LATENCY == 1`` the
+  digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
+* **Accumulators** (``mpq.ldot``, ``mpq.accld``, ``mpq.rqpa``, ``mpq.accrd``): 16 x 32-bit
+  ``ACC`` and bias copies ``ACCB`` (LUT memories). ``ldot``/``accld`` compute their address in
+  X like ``lw`` (same checks and causes), read DMEM, and issue to the SIMD unit from M, with
+  the memory word as ``b`` and the activation (``rs2``, carried in ``xm.sdata``; 1 for
+  ``accld``) as ``a`` and ``acc = 0``. Issue from M happens only for a committing instruction
+  (M is the commit point: no exception, not frozen), so a flushed or faulting ``ldot`` never
+  reaches ``ACC`` and one in the unit when a younger instruction traps still completes. A tag
+  pipeline beside the unit (``u_tag``, advancing with it) marks those results; as they leave
+  the unit ``ACC[k] += result`` (``accld``: ``ACC[k] = ACCB[k] = result``), always accepted,
+  so back-to-back ``ldot`` into one ``k`` never wait and there is no second register-file write
+  port. ``rqpa``/``accrd`` read ``ACC[k]`` in D into the ``rs2`` operand (interlocked while any
+  write of ``ACC[k]`` is in X, M or the unit) and re-arm it (``ACC[k] = ACCB[k]``) through the
+  unit's tag when their unit operation leaves it. An instruction that issues to the unit from X
+  waits one cycle behind an ``ldot``/``accld`` in X (the unit takes one operation per cycle).
+* **Long operations**: DIV*/REM* occupy X until the divider is done; the whole pipeline is
+  frozen meanwhile (``freeze``).
 * **Traps** are precise and taken in M: the instruction in M does not commit, younger ones in
   F/D/X are flushed, ``mepc``/``mcause``/``mtval`` are written and fetch restarts at ``mtvec``
   (direct mode). The trapping instruction goes on to W as a bubble and appears on the retire
@@ -42,8 +68,8 @@ from amaranth.lib.wiring import In, Out
 from .. import isa
 from ..modes import ElemWidth, MulMode, MulOp
 from .config import CoreConfig, get_config
-from .divider import Divider, DivOp
-from .requant import RequantUnit
+from .divider import Divider
+from .requant import RequantUnit, requant_comb
 
 __all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit"]
 
@@ -58,6 +84,7 @@ class Unit(enum.Enum, shape=3):
     DIV = 4
     RQ = 5
     CSR = 6
+    ACC = 7     # mpq.ldot / mpq.accld: memory word in M -> SIMD unit -> accumulator
 
 
 class AluOp(enum.Enum, shape=4):
@@ -160,6 +187,9 @@ Decoded = data.StructLayout({
     "use_rd": 1,        # rd is a source (mpq.dot accumulator, mpq.rqp packing register)
     "mul_mode": MulMode,
     "rq_pack": 1,
+    "acc_rd": 1,        # rs2 operand = ACC[acc_k] (mpq.rqpa, mpq.accrd)
+    "acc_init": 1,      # mpq.accld: ACC[k] = word (instead of +=)
+    "acc_k": 4,
     "csr_addr": 12,
     "csr_write": 1,
     "mret": 1,
@@ -290,11 +320,14 @@ class Core(wiring.Component):
         return {n: CSR_ADDRS[n] for n in names}
 
     def _decode_custom(self, m, insn, d, illegal):
-        """Custom-0/custom-1 rows, one ``Case`` per :data:`rvmpq.hw.isa.CUSTOM_INSTRUCTIONS`
-        row (a parallel match, no priority chain); other encodings are illegal."""
-        with m.Switch(insn & isa.InstrDesc.MASK):
+        """Custom-0..custom-3 rows, one ``Case`` per :data:`rvmpq.hw.isa.CUSTOM_INSTRUCTIONS`
+        row (its fixed bits as a pattern: a parallel match, no priority chain); other encodings
+        are illegal."""
+        full_ss = MulMode.const({"op": MulOp.MULLO, "a_width": ElemWidth.W16,
+                                 "b_width": ElemWidth.W16, "a_signed": 1, "b_signed": 1})
+        with m.Switch(insn):
             for row in isa.CUSTOM_INSTRUCTIONS:
-                with m.Case(row.match):
+                with m.Case(row.pattern):
                     m.d.comb += [d.we.eq(int(row.writes_rd)), d.use_rs1.eq(1),
                                  d.use_rs2.eq(1), d.use_rd.eq(int(row.reads_rd))]
                     if row.kind == "dot":
@@ -304,8 +337,32 @@ class Core(wiring.Component):
                                          "op": MulOp.DOT, "a_width": w, "b_width": w,
                                          "a_signed": int(row.a_signed),
                                          "b_signed": int(row.b_signed)}))]
-                    elif row.kind in ("rq", "rqp"):
-                        m.d.comb += [d.unit.eq(Unit.RQ), d.rq_pack.eq(row.kind == "rqp")]
+                    elif row.kind in ("rq", "rqp", "rqpa"):
+                        # the product acc * mult on the SIMD unit (full 64 bits, s x s)
+                        m.d.comb += [d.unit.eq(Unit.RQ), d.rq_pack.eq(row.kind != "rq"),
+                                     d.mul_mode.eq(full_ss)]
+                        if row.kind == "rqpa":   # rs2 field = k: the operand is ACC[k]
+                            m.d.comb += [d.acc_rd.eq(1), d.acc_k.eq(insn[20:24]), d.rs2.eq(0)]
+                    elif row.kind in ("ldot", "accld"):
+                        # address rs1 + 4*off like a load; activation rs2 like store data
+                        m.d.comb += [d.unit.eq(Unit.ACC), d.b_imm.eq(1), d.alu_op.eq(AluOp.ADD),
+                                     d.imm.eq(Cat(Const(0, 2), insn[25:32])),
+                                     d.use_rs2.eq(row.kind == "ldot")]
+                        if row.kind == "ldot":
+                            w = ElemWidth(isa.width_code(row.width).value)
+                            m.d.comb += d.mul_mode.eq(MulMode.const({
+                                "op": MulOp.DOT, "a_width": w, "b_width": w,
+                                "a_signed": int(row.a_signed), "b_signed": 1}))
+                        else:   # ACC[k] = 1 * word, through the unit (keeps ACC writes in order)
+                            m.d.comb += [d.acc_init.eq(1), d.rs2.eq(0), d.mul_mode.eq(
+                                MulMode.const({"op": MulOp.MULLO, "a_width": ElemWidth.W16,
+                                               "b_width": ElemWidth.W16, "a_signed": 0,
+                                               "b_signed": 0}))]
+                    elif row.kind == "accrd":
+                        # rd = 0 + ACC[k] on the ALU
+                        m.d.comb += [d.unit.eq(Unit.ALU), d.alu_op.eq(AluOp.ADD), d.a_zero.eq(1),
+                                     d.acc_rd.eq(1), d.acc_k.eq(insn[20:24]), d.rs2.eq(0),
+                                     d.rs1.eq(0), d.use_rs1.eq(0), d.mul_mode.eq(full_ss)]
                     else:  # pragma: no cover - a new kind needs its unit wired here
                         raise NotImplementedError(f"no unit for instruction kind {row.kind!r}")
             with m.Default():
@@ -431,7 +488,7 @@ class Core(wiring.Component):
         with m.If(illegal):
             m.d.comb += [d.exc.eq(1), d.cause.eq(Cause.ILLEGAL), d.unit.eq(Unit.ALU),
                          d.we.eq(0), d.mret.eq(0), d.branch.eq(0), d.jal.eq(0), d.jalr.eq(0),
-                         d.csr_write.eq(0)]
+                         d.csr_write.eq(0), d.acc_rd.eq(0)]
 
     # ---- the pipeline --------------------------------------------------------------------
 
@@ -454,9 +511,12 @@ class Core(wiring.Component):
             raise ValueError(f"SimdMulUnit.LATENCY = {latency}: the core needs a registered "
                              "unit (LATENCY >= 1)")
         mul_at_m = latency == 1   # where the core takes the result: M, or W (waiting if needed)
+        # pipelined requantization: the product on the SIMD unit, taken in W (needs the unit's
+        # ``hi`` output and a result in W); a unit of LATENCY 1 keeps the digit-serial unit
+        rq_pipe = cfg.with_mpq and not mul_at_m
 
         m.submodules.div = div = Divider()
-        if cfg.with_mpq:
+        if cfg.with_mpq and not rq_pipe:
             m.submodules.rq = rqu = RequantUnit()
 
         # ---- pipeline registers ----
@@ -467,10 +527,11 @@ class Core(wiring.Component):
             "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
+            "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "we": 1, "result": 32, "trap": 1,
-            "mul": 1,
+            "mul": 1, "rq": 1, "rq_pack": 1,
         }), name="mw")
 
         f_pc = Signal(32, init=cfg.reset_pc)
@@ -526,7 +587,8 @@ class Core(wiring.Component):
         with m.If(fd.fault):
             m.d.comb += [d_dec.exc.eq(1), d_dec.cause.eq(Cause.FETCH_ACCESS), d_dec.we.eq(0),
                          d_dec.unit.eq(Unit.ALU), d_dec.mret.eq(0), d_dec.branch.eq(0),
-                         d_dec.jal.eq(0), d_dec.jalr.eq(0), d_dec.csr_write.eq(0)]
+                         d_dec.jal.eq(0), d_dec.jalr.eq(0), d_dec.csr_write.eq(0),
+                         d_dec.acc_rd.eq(0)]
 
         # register file: 1 write port (W), 3 asynchronous read ports (rs1, rs2, rd)
         m.submodules.rf = rf = Memory(shape=32, depth=32, init=[])
@@ -535,6 +597,7 @@ class Core(wiring.Component):
         w_we = Signal()
         w_rd = Signal(5)
         w_result = Signal(32)
+        w_fwd = Signal(32)
         d_regs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
         d_vals = [Signal(32, name=f"d_r{i + 1}") for i in range(3)]
         # With the SIMD unit, its ``a``/``b`` operands come straight from ``dx`` (no forwarding
@@ -545,44 +608,108 @@ class Core(wiring.Component):
         early_mul = cfg.mul_impl == "simd"
         m_value = Signal(32)      # M's result (driven in M)
         m_value_ok = Signal()     # M writes a register and m_value holds it
+        # the accumulators of mpq.ldot: written by the SIMD unit's last stage (see below), read
+        # in D by mpq.rqpa / mpq.accrd into the rs2 operand
+        if cfg.with_mpq:
+            m.submodules.accf = accf = Memory(shape=32, depth=isa.NUM_ACC, init=[])
+            acc_w = accf.write_port()
+            acc_r_d = accf.read_port(domain="comb")    # D: mpq.rqpa / mpq.accrd
+            acc_r_u = accf.read_port(domain="comb")    # unit output: the accumulate
+            # the bias copies ACCB[k] (written by mpq.accld): a read of ACC[k] re-arms it
+            m.submodules.accb = accb = Memory(shape=32, depth=isa.NUM_ACC, init=[])
+            accb_w = accb.write_port()
+            accb_r = accb.read_port(domain="comb")
+            # raw fields, not the decoder (IMEM -> D is a long path): an illegal custom-3 word
+            # that matches reads an accumulator for nothing and traps
+            d_acc_k = d_insn[20:24]
+            d_acc_rd = (d_insn[0:7] == isa.OPCODE_CUSTOM3) & d_insn[12:15].matches(1, 2)
+            m.d.comb += acc_r_d.addr.eq(d_acc_k)
         for i, (port, reg, val) in enumerate(zip(rf_r, d_regs, d_vals)):
             m.d.comb += port.addr.eq(reg)
             v = Mux(w_we & (w_rd == reg), w_result, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
-            m.d.comb += val.eq(Mux(reg == 0, 0, v))
+            v = Mux(reg == 0, 0, v)
+            if cfg.with_mpq and i == 1:
+                v = Mux(d_acc_rd, acc_r_d.data, v)
+            m.d.comb += val.eq(v)
 
         # hazard: the instruction in X produces its result late (load, CSR, multiplier). For
         # Fmax the check uses the raw register fields (rs1, rs2; rd only in the custom opcodes)
         # instead of the decoded "uses" flags: an unused field that happens to match costs a
         # needless bubble, never a wrong result.
-        dx_late = dx.d.unit.as_value().matches(Unit.LOAD, Unit.CSR, Unit.MUL)
+        late_units = [Unit.LOAD, Unit.CSR, Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
+        dx_late = dx.d.unit.as_value().matches(*late_units)
         raw_rs1, raw_rs2, raw_rd = d_insn[15:20], d_insn[20:25], d_insn[7:12]
-        raw_custom = Const(0, 1)
+        raw_op, raw_f3 = d_insn[0:7], d_insn[12:15]
+        raw_custom = Const(0, 1)   # rd is a source: mpq.dot (accumulator), mpq.rqp/rqpa (pack)
+        raw_pack = Const(0, 1)     # rd is only the packing operand (needed in W)
+        raw_rs2_used = Const(1, 1)  # custom-3 has no rs2 register (an accumulator number, or 0)
+        raw_rqpa = Const(0, 1)
         if cfg.with_mpq:
-            raw_custom = d_insn[0:7].matches(*isa.CUSTOM_OPCODES)
+            raw_rqpa = (raw_op == isa.OPCODE_CUSTOM3) & (raw_f3 == 1)
+            raw_custom = raw_op.matches(isa.OPCODE_CUSTOM0, isa.OPCODE_CUSTOM1) | raw_rqpa
+            raw_pack = ((raw_op == isa.OPCODE_CUSTOM1) & (raw_f3 == 1)) | raw_rqpa
+            raw_rs2_used = raw_op != isa.OPCODE_CUSTOM3
+        if not rq_pipe:
+            raw_pack = Const(0, 1)
+        rs1_x = raw_rs1 == dx.d.rd
+        rs2_x = raw_rs2_used & (raw_rs2 == dx.d.rd)
         dep = Signal()
+        # a requantization's packing operand is forwarded to M and W, so a chain of mpq.rqp /
+        # mpq.rqpa into the same rd does not wait
         m.d.comb += dep.eq(dx.valid & dx.d.we & (dx.d.rd != 0) & dx_late & (
-            (raw_rs1 == dx.d.rd) | (raw_rs2 == dx.d.rd) | (raw_custom & (raw_rd == dx.d.rd))))
-        # requantization reads mpq_rq in X: wait for CSR instructions ahead of it (checked on
-        # the raw opcode: custom-1 holds only the requantization rows)
+            rs1_x | rs2_x | (raw_custom & (raw_rd == dx.d.rd) &
+                             ~(raw_pack & (dx.d.unit == Unit.RQ)))))
+        dep_m = Const(0, 1)
+        if rq_pipe:
+            # a pipelined requantization's result appears in W only (never forwarded to X)
+            dep_m = (xm.valid & xm.we & (xm.rd != 0) & (xm.unit == Unit.RQ) & (
+                (raw_rs1 == xm.rd) | (raw_rs2_used & (raw_rs2 == xm.rd)) |
+                (raw_custom & ~raw_pack & (raw_rd == xm.rd))))
+        # the digit-serial requantization reads mpq_rq in X: wait for CSR instructions ahead of
+        # it (the pipelined one reads it in W, after any older CSR write)
         raw_rq = Const(0, 1)
-        if cfg.with_mpq:
-            raw_rq = d_insn[0:7] == isa.OPCODE_CUSTOM1
+        if cfg.with_mpq and not rq_pipe:
+            raw_rq = (raw_op == isa.OPCODE_CUSTOM1) | raw_rqpa
         csr_hazard = raw_rq & (
             (dx.valid & (dx.d.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
         mul_hazard = Const(0, 1)
+        raw_mul = (raw_op == 0b0110011) & d_insn[25]    # RV32M (DIV* too: harmless)
+        if cfg.with_mpq:
+            # mpq.rqpa / mpq.accrd issue to the unit from X too (the re-arm of ACC[k])
+            raw_mul = raw_mul | (raw_op == isa.OPCODE_CUSTOM0) | (
+                (raw_op == isa.OPCODE_CUSTOM3) & raw_f3.any())
+            if rq_pipe:
+                raw_mul = raw_mul | (raw_op == isa.OPCODE_CUSTOM1)
         if early_mul:
-            raw_mul = (d_insn[0:7] == 0b0110011) & d_insn[25]    # RV32M (DIV* too: harmless)
-            if cfg.with_mpq:
-                raw_mul = raw_mul | (d_insn[0:7] == isa.OPCODE_CUSTOM0)
             x_writes = dx.valid & dx.d.we & (dx.d.rd != 0)
-            m_mul_late = (xm.valid & xm.we & (xm.unit == Unit.MUL) & (xm.rd != 0)) \
-                if not mul_at_m else Const(0, 1)
+            m_late_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
+            m_mul_late = (xm.valid & xm.we & xm.unit.as_value().matches(*m_late_units) &
+                          (xm.rd != 0)) if not mul_at_m else Const(0, 1)
             mul_hazard = raw_mul & (
-                (x_writes & ((raw_rs1 == dx.d.rd) | (raw_rs2 == dx.d.rd))) |
-                (m_mul_late & ((raw_rs1 == xm.rd) | (raw_rs2 == xm.rd))))
-        m.d.comb += stall_d.eq(fd.valid & (dep | csr_hazard | mul_hazard))
+                (x_writes & (rs1_x | rs2_x)) |
+                (m_mul_late & ((raw_rs1 == xm.rd) | (raw_rs2_used & (raw_rs2 == xm.rd)))))
+        acc_hazard = Const(0, 1)
+        if cfg.with_mpq:
+            # structural: mpq.ldot/accld issue to the unit from M, so an instruction that would
+            # issue from X right behind one waits a cycle
+            acc_hazard = raw_mul & dx.valid & (dx.d.unit == Unit.ACC)
+            # reading ACC[k] (D) waits while a write of ACC[k] is in flight: an mpq.ldot/accld
+            # or the re-arm of an mpq.rqpa/accrd, in X, in M, or in the unit's stages (tags
+            # ``u_tag``, below)
+            k = d_acc_k
+            pend = [dx.valid & (dx.d.unit == Unit.ACC) & (dx.d.rd[:4] == k),
+                    dx.valid & dx.d.acc_rd & (dx.d.acc_k == k),
+                    xm.valid & (xm.unit == Unit.ACC) & (xm.rd[:4] == k),
+                    xm.valid & xm.acc_rd & (xm.acc_k == k)]
+            u_tag_v = [Signal(name=f"u_tag{i}_v") for i in range(latency)]
+            u_tag_k = [Signal(4, name=f"u_tag{i}_k") for i in range(latency)]
+            u_tag_init = [Signal(name=f"u_tag{i}_init") for i in range(latency)]
+            u_tag_rearm = [Signal(name=f"u_tag{i}_rearm") for i in range(latency)]
+            pend += [(v | r) & (kk == k) for v, r, kk in zip(u_tag_v, u_tag_rearm, u_tag_k)]
+            acc_hazard = acc_hazard | (d_acc_rd & Cat(*pend).any())
+        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | csr_hazard | mul_hazard | acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
@@ -597,7 +724,8 @@ class Core(wiring.Component):
         def forward(reg, val):
             from_m = xm.fwd & (xm.rd == reg)   # fwd: valid, writes rd != 0, result ready in X
             from_w = w_we & (w_rd == reg)
-            return Mux(from_m, xm.result, Mux(from_w, w_result, val))
+            # w_fwd: W's result without the requantization (never forwarded to X, see dep_m)
+            return Mux(from_m, xm.result, Mux(from_w, w_fwd, val))
 
         x_r1 = Signal(32)
         x_r2 = Signal(32)
@@ -665,10 +793,12 @@ class Core(wiring.Component):
         # memory address checks
         addr = alu  # rs1 + imm for loads and stores
         f3 = d.f3
-        misaligned = Mux(f3[0:2] == 0, 0, Mux(f3[0:2] == 1, addr[0], addr[0:2] != 0))
+        is_accop = d.unit == Unit.ACC    # mpq.ldot / mpq.accld: a word load
+        misaligned = Mux((f3[0:2] == 0) & ~is_accop, 0,
+                         Mux((f3[0:2] == 1) & ~is_accop, addr[0], addr[0:2] != 0))
         in_dmem = MemMap.in_range(addr, mm.dmem_base, mm.dmem_size)
         in_mmio = MemMap.in_range(addr, mm.mmio_base, mm.mmio_size)
-        is_load = d.unit == Unit.LOAD
+        is_load = d.unit.as_value().matches(Unit.LOAD, Unit.ACC)
         is_store = d.unit == Unit.STORE
 
         # Exceptions found in X. For Fmax nothing wide depends on them here: only ``x_exc``
@@ -688,7 +818,8 @@ class Core(wiring.Component):
         m.d.comb += [
             x_exc.eq(d.exc | x_target_bad | (is_load & (misaligned | ~in_dmem)) |
                      (is_store & (misaligned | (~in_dmem & ~in_mmio)))),
-            x_tval.eq(Mux(d.unit.as_value().matches(Unit.LOAD, Unit.STORE), addr, x_target)),
+            x_tval.eq(Mux(d.unit.as_value().matches(Unit.LOAD, Unit.STORE, Unit.ACC), addr,
+                          x_target)),
         ]
         m.d.comb += x_redirect.eq(taken & ~x_target_bad)
 
@@ -707,15 +838,26 @@ class Core(wiring.Component):
                              smask.eq(Mux(addr[1], 0b1100, 0b0011))]
             with m.Default():
                 m.d.comb += [sdata.eq(x_r2), smask.eq(0b1111)]
+        with m.If(is_accop):   # the unit's a operand in M: the activation, or 1 for mpq.accld
+            m.d.comb += sdata.eq(Mux(d.acc_init, 1, x_r2))
 
-        # shared multiplier issue
+        # shared multiplier issue: from X (MUL*, mpq.dot, pipelined mpq.rq*), or from M
+        # (mpq.ldot / mpq.accld, whose second operand is the memory word read for them)
         x_kill = m_redirect  # the instruction in X is flushed by a trap/mret in M
+        x_mul_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
+        # (mpq.accrd issues too: its re-arm of ACC[k] travels through the unit, in order)
+        x_issue = dx.valid & (d.unit.as_value().matches(*x_mul_units) | d.acc_rd) & ~freeze & \
+            ~x_kill
+        m_accop = Signal()     # xm holds an mpq.ldot / mpq.accld (selects the unit's operands)
+        m_acc_issue = Signal()
         m.d.comb += [
-            mul.i.valid.eq(dx.valid & (d.unit == Unit.MUL) & ~freeze & ~x_kill),
-            mul.i.payload.mode.eq(d.mul_mode),
-            mul.i.payload.a.eq(dx.r1 if early_mul else x_r1),
-            mul.i.payload.b.eq(dx.r2 if early_mul else x_r2),
-            mul.i.payload.acc.eq(x_r3),
+            m_accop.eq(xm.valid & (xm.unit == Unit.ACC)) if cfg.with_mpq else m_accop.eq(0),
+            m_acc_issue.eq(m_accop & ~xm.exc & ~freeze),
+            mul.i.valid.eq(x_issue | m_acc_issue),
+            mul.i.payload.mode.eq(Mux(m_accop, xm.mode, d.mul_mode)),
+            mul.i.payload.a.eq(Mux(m_accop, xm.sdata, dx.r1 if early_mul else x_r1)),
+            mul.i.payload.b.eq(Mux(m_accop, self.m_dmem_rdata, dx.r2 if early_mul else x_r2)),
+            mul.i.payload.acc.eq(Mux(m_accop, 0, x_r3)),
         ]
 
         # long operations: divider and requantization hold X until done
@@ -728,7 +870,9 @@ class Core(wiring.Component):
         ]
         long_busy = (d.unit == Unit.DIV) & ~div.x_done
         long_result = div.x_result
-        if cfg.with_mpq:
+        long_units = [Unit.DIV]
+        if cfg.with_mpq and not rq_pipe:
+            long_units.append(Unit.RQ)
             m.d.comb += [
                 rqu.x_start.eq(dx.valid & (d.unit == Unit.RQ) & ~x_kill),
                 rqu.x_pack.eq(d.rq_pack),
@@ -741,7 +885,13 @@ class Core(wiring.Component):
         m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
 
         x_result = Mux(d.link, dx.pc + 4,
-                       Mux(d.unit.as_value().matches(Unit.DIV, Unit.RQ), long_result, alu))
+                       Mux(d.unit.as_value().matches(*long_units), long_result, alu))
+        if rq_pipe:
+            # pipelined requantization: carry the packing operand (old rd) to W; forwarded
+            # from W here with the requantized value (a chain of mpq.rqp into one rd)
+            x_pack = Mux(xm.fwd & (xm.rd == d.rd), xm.result,
+                         Mux(w_we & (w_rd == d.rd), w_result, dx.r3))
+            x_result = Mux(d.unit == Unit.RQ, x_pack, x_result)
 
         with m.If(~freeze):
             m.d.sync += [
@@ -754,7 +904,9 @@ class Core(wiring.Component):
                     xm.csr_addr.eq(d.csr_addr), xm.csr_write.eq(d.csr_write),
                     xm.csr_src.eq(Mux(d.f3[2], d.rs1, x_r1)),
                     xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
-                    xm.tval.eq(x_tval),
+                    xm.tval.eq(x_tval), xm.mode.eq(d.mul_mode), xm.acc_init.eq(d.acc_init),
+                    xm.rq_pack.eq(d.rq_pack), xm.acc_rd.eq(dx.valid & ~x_kill & d.acc_rd),
+                    xm.acc_k.eq(d.acc_k),
                 ]
 
         # =============================== M ===============================
@@ -860,6 +1012,7 @@ class Core(wiring.Component):
         with m.Elif(~freeze & xm.valid & xm.mret):
             m.d.sync += [mstatus_mie.eq(mstatus_mpie), mstatus_mpie.eq(1)]
 
+        m_rq = (xm.unit == Unit.RQ) if rq_pipe else Const(0, 1)
         m_result = Mux(xm.unit == Unit.LOAD, ldata,
                        Mux(xm.unit == Unit.CSR, csr_r,
                            Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
@@ -867,18 +1020,32 @@ class Core(wiring.Component):
         m.d.comb += [
             m_value.eq(m_result),
             m_value_ok.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0) &
-                          ~((xm.unit == Unit.MUL) & ~mul_at_m)),
+                          ~((xm.unit == Unit.MUL) & ~mul_at_m) & ~m_rq),
         ]
+        if rq_pipe:
+            # the packing operand of a requantization, forwarded from W (the instruction just
+            # ahead, e.g. the previous mpq.rqp of a chain into the same rd)
+            m_result = Mux(m_rq & w_we & (w_rd == xm.rd), w_result, m_result)
         with m.If(~freeze):
             m.d.sync += [
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
                 mw.we.eq(xm.we & ~xm.exc), mw.result.eq(m_result), mw.trap.eq(m_exc),
-                mw.mul.eq((xm.unit == Unit.MUL) & ~mul_at_m),
+                mw.mul.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m),
+                mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack),
             ]
 
         # =============================== W ===============================
+        m.d.comb += w_fwd.eq(Mux(mw.mul, mul.o.payload.result, mw.result))
+        if rq_pipe:
+            # requantization of the unit's 64-bit product (round, shift, clamp, pack) in W;
+            # mpq_rq is read here, after every older CSR write
+            rq_res = requant_comb(m, Cat(mul.o.payload.result, mul.o.payload.hi), mpq_rq,
+                                  mw.result, mw.rq_pack, name="w_rq")
+            w_res = Mux(mw.rq, rq_res, w_fwd)
+        else:
+            w_res = w_fwd
         m.d.comb += [
-            w_result.eq(Mux(mw.mul, mul.o.payload.result, mw.result)),
+            w_result.eq(w_res),
             w_we.eq(mw.valid & mw.we & (mw.rd != 0) & ~mw.trap),
             w_rd.eq(mw.rd),
             rf_w.addr.eq(mw.rd), rf_w.data.eq(w_result), rf_w.en.eq(w_we & ~freeze),
@@ -896,8 +1063,41 @@ class Core(wiring.Component):
             take = xm.valid & (xm.unit == Unit.MUL)
         else:
             take = mw.valid & mw.mul
+        o_acc = Const(0, 1)
+        if cfg.with_mpq:
+            # accumulate stage: results of mpq.ldot / mpq.accld (tagged by ``u_tag``, which
+            # advances with the unit) go into ACC[k] as they leave the unit; only committed
+            # instructions were issued (from M, without a trap), so this never waits for the
+            # pipeline and two ldots into the same k in a row need no stall
+            u_adv = ~mul.o.valid | mul.o.ready
+            # ``v``: the result is the accumulator's (always taken here); ``rearm``: when the
+            # result leaves the unit (taken by W for a pipelined mpq.rqpa), ACC[k] = ACCB[k]
+            x_rearm = x_issue & d.acc_rd
+            x_rearm_v = x_rearm & ~((d.unit == Unit.RQ) if rq_pipe else Const(0, 1))
+            with m.If(u_adv):
+                m.d.sync += [u_tag_v[0].eq(m_acc_issue | x_rearm_v),
+                             u_tag_k[0].eq(Mux(m_accop, xm.rd[:4], d.acc_k)),
+                             u_tag_init[0].eq(m_accop & xm.acc_init),
+                             u_tag_rearm[0].eq(x_rearm)]
+                for i in range(1, latency):
+                    m.d.sync += [u_tag_v[i].eq(u_tag_v[i - 1]), u_tag_k[i].eq(u_tag_k[i - 1]),
+                                 u_tag_init[i].eq(u_tag_init[i - 1]),
+                                 u_tag_rearm[i].eq(u_tag_rearm[i - 1])]
+            o_acc = u_tag_v[-1]
+            o_taken = mul.o.valid & (o_acc | (take & ~freeze))
+            m.d.comb += [
+                acc_r_u.addr.eq(u_tag_k[-1]),
+                accb_r.addr.eq(u_tag_k[-1]),
+                acc_w.addr.eq(u_tag_k[-1]),
+                acc_w.data.eq(Mux(u_tag_rearm[-1], accb_r.data,
+                                  Mux(u_tag_init[-1], 0, acc_r_u.data) + mul.o.payload.result)),
+                acc_w.en.eq(o_taken & (o_acc | u_tag_rearm[-1])),
+                accb_w.addr.eq(u_tag_k[-1]),
+                accb_w.data.eq(mul.o.payload.result),
+                accb_w.en.eq(mul.o.valid & o_acc & u_tag_init[-1]),
+            ]
         m.d.comb += [
-            mul.o.ready.eq(take & ~freeze),
+            mul.o.ready.eq(o_acc | (take & ~freeze)),
             freeze.eq((take & ~mul.o.valid) | x_long_busy),
         ]
         return m

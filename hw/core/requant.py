@@ -23,7 +23,66 @@ from amaranth.lib.wiring import In, Out
 from ..isa import RqConfigLayout
 from ..modes import ElemWidth
 
-__all__ = ["RequantUnit"]
+__all__ = ["RequantUnit", "requant_comb"]
+
+
+def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq"):
+    """Combinational requantize-and-pack of a 64-bit product (the same arithmetic as
+    :class:`RequantUnit` after its multiply, in one cycle).
+
+    Parameters
+    ----------
+    m : Module
+        Where the logic goes.
+    p : Value
+        ``acc * mult``, 64 bits, two's complement.
+    cfg : View of :data:`~rvmpq.hw.isa.RqConfigLayout`
+        The ``mpq_rq`` CSR.
+    rd : Value
+        The packing register (``mpq.rqp``/``mpq.rqpa``).
+    pack : Value
+        1: return ``(rd >> bits) | (y << (32 - bits))``; 0: ``y`` sign-extended.
+
+    Returns
+    -------
+    Signal(32)
+        The result.
+    """
+    # Organised for a short path (it ends a pipeline stage): q = (p << 1) >> shift is
+    # p >> (shift - 1) for shift >= 1 and p << 1 for shift == 0, and only its low 23 bits are
+    # needed; whether q fits 23 bits (every bit of p from shift + 21 up equals the sign) is
+    # found from p and a thermometer mask of shift, beside the shifter instead of after it; the
+    # rounding increment rides on the zero-point adder's carry: s = (q >> 1) + zp + q[0].
+    ps = Signal(signed(64), name=f"{name}_p")
+    m.d.comb += ps.eq(p)
+    shift = cfg.shift
+    q = Signal(23, name=f"{name}_q")
+    m.d.comb += q.eq(((ps << 1) >> shift)[:23])
+    differs = ps[:63] ^ ps[63].replicate(63)           # bit i differs from the sign
+    above = Cat(*[shift <= i - 21 for i in range(21, 63)])   # i >= shift + 21
+    fits = ~(differs[21:] & above).any()
+    qs = Signal(signed(23), name=f"{name}_qs")
+    m.d.comb += qs.eq(Mux(fits, q.as_signed(), Mux(ps[63], -(1 << 22), (1 << 22) - 1)))
+    s = Signal(signed(24), name=f"{name}_s")
+    two_a1 = Cat(Const(1, 1), qs[1:]).as_signed()      # 2 * (qs >> 1) + 1
+    two_bc = Cat(qs[0], cfg.zp).as_signed()            # 2 * zp + qs[0]
+    m.d.comb += s.eq((two_a1 + two_bc) >> 1)
+    lo = Signal(signed(18), name=f"{name}_lo")
+    hi = Signal(signed(18), name=f"{name}_hi")
+    packed = Signal(32, name=f"{name}_packed")
+    y = Signal(signed(18), name=f"{name}_y")
+    with m.Switch(cfg.bits):
+        for w in ElemWidth:
+            with m.Case(w):
+                m.d.comb += [
+                    lo.eq(Mux(cfg.out_signed, -(1 << (w.bits - 1)), 0)),
+                    hi.eq(Mux(cfg.out_signed, (1 << (w.bits - 1)) - 1, (1 << w.bits) - 1)),
+                    packed.eq(Cat(rd[w.bits:], y[:w.bits])),
+                ]
+    m.d.comb += y.eq(Mux(s < lo, lo, Mux(s > hi, hi, s[:18].as_signed())))
+    out = Signal(32, name=f"{name}_result")
+    m.d.comb += out.eq(Mux(pack, packed, y.as_signed()))
+    return out
 
 
 class RequantUnit(wiring.Component):

@@ -55,14 +55,30 @@ PEAK = {b: 32 // b for b in PRECISIONS}
 
 
 def _is_back_branch(w: int) -> bool:
-    return w & 0x7F == 0x63 and bool(w >> 31)
+    """A backward conditional branch, or a backward ``jal x0`` (a loop too long for a branch)."""
+    return (w & 0x7F == 0x63 or (w & 0x7F == 0x6F and (w >> 7) & 31 == 0)) and bool(w >> 31)
+
+
+def _back_offset(w: int) -> int | None:
+    """The (negative) byte offset of a backward branch / ``jal x0``, else None."""
+    if not _is_back_branch(w):
+        return None
+    if w & 0x7F == 0x63:
+        imm = (((w >> 31) & 1) << 12) | (((w >> 7) & 1) << 11) | (((w >> 25) & 0x3F) << 5) | \
+            (((w >> 8) & 0xF) << 1)
+        return imm - 0x2000
+    imm = (((w >> 31) & 1) << 20) | (((w >> 12) & 0xFF) << 12) | (((w >> 20) & 1) << 11) | \
+        (((w >> 21) & 0x3FF) << 1)
+    return imm - 0x200000
 
 
 def inner_loop_stats(elf) -> dict:
     """Static figures of the innermost dot loop of a kernel ELF.
 
     Returns ``{"instrs", "dots", "loads", "cycles", "dot_share"}`` for the innermost loop
-    (a backward branch with no backward branch inside) whose body holds the most ``mpq.dot`` (``cycles`` = instructions + 2 for the taken branch);
+    (a backward branch, or ``jal x0`` when the body is too long for a branch, with no backward
+    branch inside) whose body holds the most dot products
+    (``mpq.dot`` or ``mpq.ldot``; ``cycles`` = instructions + 2 for the taken branch);
     zeros when the ELF has no dot.
     """
     from rvmpq.hw import isa
@@ -73,18 +89,13 @@ def inner_loop_stats(elf) -> dict:
     text = {a: w for a, w in words.items() if a < 0x1000_0000}
     best = {"instrs": 0, "dots": 0, "loads": 0, "cycles": 0, "dot_share": 0.0}
     for pc, w in sorted(text.items()):
-        if w & 0x7F != 0x63:          # branches only
-            continue
-        imm = (((w >> 31) & 1) << 12) | (((w >> 7) & 1) << 11) | (((w >> 25) & 0x3F) << 5) | \
-            (((w >> 8) & 0xF) << 1)
-        if imm & 0x1000:
-            imm -= 0x2000
-        if imm >= 0:
+        imm = _back_offset(w)         # loops close with a backward branch (or jal x0)
+        if imm is None:
             continue
         body = [text.get(a, 0) for a in range(pc + imm, pc + 4, 4)]
         if any(_is_back_branch(b) for b in body[:-1]):
             continue                  # not innermost
-        dots = sum(1 for b in body if (d := isa.decode(b)) and d[0].kind == "dot")
+        dots = sum(1 for b in body if (d := isa.decode(b)) and d[0].kind in ("dot", "ldot"))
         loads = sum(1 for b in body if b & 0x7F == 0x03)
         if dots > best["dots"] or (dots == best["dots"] and dots and len(body) < best["instrs"]):
             cyc = len(body) + 2
@@ -180,7 +191,7 @@ def markdown(doc: dict) -> str:
          f"Seed {doc['seed']}; every output checked bit for bit against the integer model "
          f"(all exact: {doc['summary']['all_exact']}). Cycles: `rdcycle` around the kernel on "
          "the Verilator model of the RTL. Inner loop: static count (instructions + 2-cycle "
-         "taken branch), share of one `mpq.dot` per cycle.", "",
+         "taken branch), share of one dot product (`mpq.dot` / `mpq.ldot`) per cycle.", "",
          "| layer | bits | MACs | baseline cycles | mpq cycles | speedup | MAC/cycle | peak | "
          "of peak | inner loop dots/instrs/loads | inner of peak |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]

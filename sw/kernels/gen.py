@@ -10,13 +10,20 @@ Layout and blocking (``mpq`` kernels, written against the generated ``rvmpq_isa.
 * **Weights** pre-packed by the host per block of ``NB`` output channels:
   ``[block][ky][kx*CW + cw][j < NB]`` (the ``NB`` words used together are adjacent); padded
   output channels and padded input lanes are zero words / zero lanes.
-* **conv / pointwise / linear**: register blocking ``P`` output pixels x ``NB`` output channels
-  (``P*NB`` independent accumulators, initialised with the bias): per input word, ``P`` activation
-  loads + ``NB`` weight loads feed ``P*NB`` ``mpq.dot`` (the multiplier latency is hidden because
-  consecutive dots use different accumulators).
-* **depthwise**: ``mpq.dot`` reduces across lanes, which is wrong for a per-channel convolution,
-  so each weight is stored one-hot (``w[c, tap]`` in lane ``c % LA``, zero elsewhere): one dot =
-  one MAC. (A lane-wise SIMD MAC would fix this; see the report.)
+* **conv / pointwise / linear** (``MPQ_GEMM = "ldot"``, the default): blocks of ``NB = 16``
+  output channels, one core accumulator each, as the outer loop (the block's biases are loaded
+  once with ``mpq.accld`` and its 16 multipliers stay in registers); per output pixel and input
+  word one activation ``lw`` (one word ahead) and 16 ``mpq.ldot`` that read their weight words
+  straight from memory at immediate offsets; then 16 ``mpq.rqpa`` (each re-arms its
+  accumulator with the bias for the next pixel). ``MPQ_GEMM = "dot"`` keeps the k5 kernel:
+  ``P`` pixels x ``NB`` channels register-blocked, ``P`` activation + ``NB`` weight loads per
+  ``P*NB`` ``mpq.dot``.
+* **depthwise**: a dot product reduces across lanes, which is wrong for a per-channel
+  convolution, so each weight is stored one-hot (``w[c, tap]`` in lane ``c % LA``, zero
+  elsewhere): one dot = one MAC. With ``ldot`` the channel words are the outer loop (one
+  accumulator per lane) and per pixel and tap one activation ``lw`` feeds ``LA`` ``mpq.ldot``
+  (no weight loads); otherwise (outputs wider than a channel word's lanes) ``mpq.dot``. (A
+  lane-wise SIMD MAC would fix the one-hot waste; see the report.)
 * **Requantization** fused: ``mpq.rqp`` pushes each output channel into a packed output word
   (per-channel ``mult``, per-layer ``shift``/``zp``/``bits`` in CSR ``mpq_rq``); ReLU is the clamp
   of the unsigned output. ``out_bits == 32`` stores the raw int32 accumulators (logits).
@@ -30,12 +37,36 @@ x 4 output channels register-blocked (8 accumulators; depthwise: one channel at 
 The program: data arrays (``.rodata`` in DMEM), the kernel, and ``main`` that writes the CSR,
 reads ``rdcycle``/``rdinstret`` around the kernel call and leaves ``[cycles, instret, output...]``
 between ``begin_signature``/``end_signature``.
+
+Several layers in one C file: :func:`emit_layer`
+------------------------------------------------
+``emit_layer(layer, pl, prefix, in_sym, out_sym) -> LayerSource`` emits ONE layer: its constant
+data arrays (``{prefix}wt``, ``{prefix}bias``, ``{prefix}mult``), its kernel function
+``{prefix}kernel`` and helpers, every file-scope symbol prefixed, and every ``#define`` it makes
+``#undef``'d at its end, so any number of layers (distinct prefixes) coexist in one C file.
+``in_sym`` / ``out_sym`` are C expressions for the layer's input buffer (laid out as the plan's
+padded input: ``pl.act_words`` words for ``mpq``, ``pl.hp*pl.wp*pl.cin`` elements of the
+baseline ``act_t`` for ``baseline``) and its output buffer (``pl.out_words`` words / baseline
+``out_t`` elements, see :func:`decode_output`). The caller declares both and fills the input's
+halo (``zp_in``) and padded lanes. :attr:`LayerSource.setup` holds the statements to run before
+:attr:`LayerSource.call` (the ``mpq_rq`` CSR write of this layer; empty for logits and the
+baseline). :func:`emit_program` (one layer + ``main``) is built on it: one code path.
+
+How the bodies stay simple: the body emitters (``_emit_mpq_gemm``, ``_emit_mpq_depthwise``,
+``_emit_baseline``) keep writing the plain names ``act``, ``out``, ``wt``, ``bias``, ``mult``,
+``kernel``, ``act_t``/``wt_t``/``out_t``; :func:`emit_layer` maps them with ``#define`` to the
+prefixed symbols and the caller's buffers, also maps every file-scope ``static`` function,
+array or variable a body defines (a line starting with ``static``, found by
+:data:`_STATIC_FN`), and ``#undef``'s all of it (and every ``#define`` of the body) afterwards.
+A body emitter that adds a file-scope symbol not declared on a line starting with ``static``
+must add its name to :data:`LAYER_SYMBOLS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +76,25 @@ from rvmpq.sw.search.qnn import QLayer
 
 from .layer import KernelLayerError, check_layer
 
-__all__ = ["IMPLS", "KernelPlan", "plan_layer", "pack_mpq", "emit_program", "decode_output",
-           "GENERATOR_VERSION", "kernel_hash", "estimate_dmem_bytes"]
+__all__ = ["IMPLS", "KernelPlan", "plan_layer", "pack_mpq", "emit_layer", "LayerSource",
+           "emit_program", "decode_output", "GENERATOR_VERSION", "kernel_hash",
+           "estimate_dmem_bytes", "LAYER_SYMBOLS"]
 
 #: Kernel implementations: ``mpq`` (MPQ extension, runs on config ``mpq``) and ``baseline``
 #: (plain RV32IM C, runs on config ``baseline``).
 IMPLS = ("mpq", "baseline")
 #: Bumped whenever the generated code changes (part of the cost-cache key).
-GENERATOR_VERSION = "k5"
+GENERATOR_VERSION = "k6"
+#: How the ``mpq`` conv / pointwise / linear kernels compute: ``"ldot"`` (memory-operand
+#: ``mpq.ldot`` into the core's accumulators, :func:`_emit_mpq_ldot`) or ``"dot"`` (the
+#: register-blocked ``mpq.dot`` kernel of generator version k5, kept for the ablation in the
+#: benchmark: set this before planning).
+MPQ_GEMM = "ldot"
+#: Output channels per block of the ``ldot`` kernel: one accumulator each.
+LDOT_NB = 16
+#: The ``ldot`` kernel unrolls its kernel-row loop while that code stays this small (it then
+#: saves the loop's branch and pointer updates; larger rows keep the loop for IMEM space).
+LDOT_UNROLL_BYTES = 6144
 
 #: Output pixels register-blocked by the baseline kernel (x 4 output channels).
 BASELINE_PIXELS = 2
@@ -153,7 +195,9 @@ def plan_layer(layer: QLayer, impl: str = "mpq") -> KernelPlan:
         ocw = cout_pad if ob == 32 else _ceil(cout_pad, lo)
         cout_pad = ocw if ob == 32 else ocw * lo
     else:
-        if variant == "linear":
+        if MPQ_GEMM == "ldot":
+            nb, p = LDOT_NB, 1
+        elif variant == "linear":
             nb, p = 8, 1
         else:
             nb, p = 4, min(4, wo)
@@ -180,12 +224,14 @@ def _weights_khwc(layer: QLayer, pl: KernelPlan) -> np.ndarray:
     return wt
 
 
-def pack_mpq(layer: QLayer, a: np.ndarray, pl: KernelPlan) -> dict[str, np.ndarray]:
+def pack_mpq(layer: QLayer, a: np.ndarray | None, pl: KernelPlan) -> dict[str, np.ndarray]:
     """Host-side packing for the ``mpq`` kernel: ``act``, ``wt`` (uint32 words), ``bias``,
-    ``mult`` (int32, padded to ``cout_pad``)."""
+    ``mult`` (int32, padded to ``cout_pad``). ``a=None``: no ``act`` (weights only)."""
     la, bits = pl.la, pl.bits
-    act = _pad_input(layer, a, pl).reshape(pl.hp, pl.wp, pl.cw, la)
-    act_words = golden.pack_lanes(act, bits).reshape(-1)
+    d = {}
+    if a is not None:
+        act = _pad_input(layer, a, pl).reshape(pl.hp, pl.wp, pl.cw, la)
+        d["act"] = golden.pack_lanes(act, bits).reshape(-1).astype(np.uint32)
     wt = _weights_khwc(layer, pl)
     if pl.variant == "depthwise":
         # one-hot: word (cw, j, ky, kx) holds w[c = cw*la + j, ky, kx] in lane j
@@ -206,13 +252,14 @@ def pack_mpq(layer: QLayer, a: np.ndarray, pl: KernelPlan) -> dict[str, np.ndarr
     mult = np.zeros(pl.cout_pad, dtype=np.int64)
     if layer.mult is not None:
         mult[:pl.cout] = layer.mult
-    return {"act": act_words.astype(np.uint32), "wt": w_words.astype(np.uint32),
-            "bias": bias, "mult": mult}
+    d.update({"wt": w_words.astype(np.uint32), "bias": bias, "mult": mult})
+    return d
 
 
-def pack_baseline(layer: QLayer, a: np.ndarray, pl: KernelPlan) -> dict[str, np.ndarray]:
-    """Host-side arrays for the baseline kernel (plain integers, padded input)."""
-    act = _pad_input(layer, a, pl).reshape(-1)
+def pack_baseline(layer: QLayer, a: np.ndarray | None, pl: KernelPlan) -> dict[str, np.ndarray]:
+    """Host-side arrays for the baseline kernel (plain integers, padded input; ``a=None``: no
+    ``act``)."""
+    d = {} if a is None else {"act": _pad_input(layer, a, pl).reshape(-1)}
     wt = _weights_khwc(layer, pl)
     if pl.variant == "depthwise":
         w_flat = wt[:, :, :, 0].reshape(-1)           # [c][ky][kx]
@@ -225,7 +272,8 @@ def pack_baseline(layer: QLayer, a: np.ndarray, pl: KernelPlan) -> dict[str, np.
     mult = np.zeros(pl.cout_pad, dtype=np.int64)
     if layer.mult is not None:
         mult[:pl.cout] = layer.mult
-    return {"act": act, "wt": w_flat, "bias": bias, "mult": mult}
+    d.update({"wt": w_flat, "bias": bias, "mult": mult})
+    return d
 
 
 def estimate_dmem_bytes(pl: KernelPlan) -> int:
@@ -268,7 +316,7 @@ static inline uint32_t rd_instret(void) {{ uint32_t v; __asm__ volatile ("rdinst
 
 int main(void) {{
 {setup}    uint32_t c0 = rd_cycle(), i0 = rd_instret();
-    kernel();
+    {call}
     uint32_t c1 = rd_cycle(), i1 = rd_instret();
     rvmpq_sig[0] = c1 - c0;
     rvmpq_sig[1] = i1 - i0;
@@ -281,8 +329,98 @@ def _dot_name(pl: KernelPlan, a_signed: bool) -> str:
     return f"mpq_dot_w{pl.bits}_{'s' if a_signed else 'u'}s"
 
 
+def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
+    """Kernel body for conv / pointwise / linear with ``mpq.ldot`` into the accumulators.
+
+    Blocks of ``NB = 16`` output channels (one accumulator each) are the outer loop, so the
+    block's 16 multipliers stay in registers and its 16 biases are loaded once
+    (``mpq.accld``; every read-out re-arms the accumulator with its bias). Per output pixel,
+    per kernel row ``ky`` the ``KROW = KW * CW`` input words, fully unrolled: one activation
+    ``lw`` (issued one word ahead, so no load-use bubble) and 16 ``mpq.ldot`` whose weight word
+    is addressed by an immediate word offset (a base pointer per 8 input words: offsets
+    0..127); the ``ky`` loop is unrolled too while the code stays under
+    :data:`LDOT_UNROLL_BYTES`. Then ``mpq.rqpa`` pushes the 16 requantized outputs into packed
+    words (one chain per word: one per cycle), or ``mpq.accrd`` reads raw int32 logits.
+    """
+    nb, lo = pl.nb, pl.lo
+    assert nb == LDOT_NB and pl.p == 1
+    krow = pl.kw * pl.cw
+    raw = pl.out_bits == 32
+    ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
+    wpb = 1 if raw else nb // lo        # output words per block (nb is a multiple of lo)
+    L = []
+    ap = L.append
+    # the activations come from plain C stores (possibly of a previous layer in the same
+    # program): the kernel's loads are asm, so a compiler barrier orders them after those
+    ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
+       "\"i\"(off), \"r\"(base))")
+    ap("static void kernel(void) {")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap(f"    for (int cb = 0; cb < {pl.cout_pad // nb}; cb++) {{")
+    ap(f"        const uint32_t *wb = wt + cb * {pl.kh * krow * nb};")
+    ap(f"        const int32_t *bb = bias + cb * {nb};")
+    for j in range(nb):
+        ap(f"        mpq_accld({j}, bb, {j});")
+    if not raw:
+        for j in range(nb):
+            ap(f"        const int32_t m{j} = mult[cb * {nb} + {j}];")
+    ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
+    ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
+    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
+       f"{pl.cw};")
+    ap("            const uint32_t *wp = wb;")
+    unroll = pl.kh * krow * (nb + 1) * 4 <= LDOT_UNROLL_BYTES
+    rows = range(pl.kh) if unroll else [None]
+    if not unroll:
+        ap(f"            for (int ky = 0; ky < {pl.kh}; ky++) {{")
+    for ky in rows:
+        ap("            {")
+        ap("              uint32_t x0, x1;")
+        # the row's activations: ar + ky * WPAD * CW words; its weights: wp + ky * KROW * NB
+        aoff = 0 if ky is None else ky * pl.wp * pl.cw
+        woff = 0 if ky is None else ky * krow * nb
+        ap(f"              LDW(x0, {4 * aoff}, ar);")
+        for t in range(krow):
+            cur, nxt = f"x{t % 2}", f"x{(t + 1) % 2}"
+            if t + 1 < krow:
+                ap(f"              LDW({nxt}, {4 * (aoff + t + 1)}, ar);")
+            g, tt = divmod(t, 8)
+            wo = woff + 128 * g
+            base = "wp" if wo == 0 else f"(wp + {wo})"
+            for j in range(nb):
+                ap(f"              {ldot}({j}, {cur}, {base}, {tt * nb + j});")
+        ap("            }")
+    if not unroll:
+        ap(f"              ar += {pl.wp * pl.cw};")
+        ap(f"              wp += {krow * nb};")
+        ap("            }")
+    ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + cb * "
+       f"{nb if raw else wpb};")
+    if raw:
+        for j in range(nb):
+            ap(f"            op[{j}] = mpq_accrd({j});")
+    else:
+        for k in range(wpb):
+            ap("            {")
+            ap("              uint32_t pk = 0;")
+            for jj in range(lo):
+                j = k * lo + jj
+                ap(f"              pk = mpq_rqpa(pk, m{j}, {j});")
+            ap(f"              op[{k}] = pk;")
+            ap("            }")
+    ap("          }")
+    ap("        }")
+    ap("    }")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap("}")
+    return "\n".join(L) + "\n"
+
+
 def _emit_mpq_gemm(layer: QLayer, pl: KernelPlan) -> str:
-    """Kernel body for conv / pointwise / linear on the MPQ extension."""
+    """Kernel body for conv / pointwise / linear on the MPQ extension (the ``ldot`` kernel when
+    the plan was made for it, see :data:`MPQ_GEMM`)."""
+    if pl.nb == LDOT_NB and pl.p == 1 and MPQ_GEMM == "ldot":
+        return _emit_mpq_ldot(layer, pl)
     dot = _dot_name(pl, layer.a_signed)
     nb, lo = pl.nb, pl.lo
     krow = pl.kw * pl.cw
@@ -410,8 +548,80 @@ def _emit_mpq_gemm(layer: QLayer, pl: KernelPlan) -> str:
     return "\n".join(L) + "\n"
 
 
+def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
+    """Depthwise conv with ``mpq.ldot`` (one-hot weight words, 1 MAC per ``ldot``).
+
+    Channel words ``c`` (``LA`` channels, one accumulator each) are the outer loop: their biases
+    are loaded once (``mpq.accld``; each read-out re-arms) and their multipliers stay in
+    registers. Per output pixel and tap: one activation ``lw`` (one tap ahead) and ``LA``
+    ``mpq.ldot`` whose one-hot weight word is addressed by an immediate offset; no weight loads.
+    """
+    la, lo = pl.la, pl.lo
+    taps = pl.kh * pl.kw
+    raw = pl.out_bits == 32
+    ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
+    L = []
+    ap = L.append
+    ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
+       "\"i\"(off), \"r\"(base))")
+    ap("static void kernel(void) {")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap(f"    for (int c = 0; c < {pl.cw}; c++) {{")
+    ap(f"        const uint32_t *wb = wt + c * {la * taps};")
+    ap(f"        const int32_t *bb = bias + c * {la};")
+    for j in range(la):
+        ap(f"        mpq_accld({j}, bb, {j});")
+    if not raw:
+        for j in range(la):
+            ap(f"        const int32_t m{j} = mult[c * {la} + {j}];")
+    ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
+    ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
+    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
+       f"{pl.cw} + c;")
+    ap("            uint32_t x0, x1;")
+    tap_list = [(ky, kx) for ky in range(pl.kh) for kx in range(pl.kw)]
+
+    def load(var, ky, kx):
+        row = "ar" if ky == 0 else f"(ar + {ky * pl.wp * pl.cw})"
+        ap(f"            LDW({var}, {4 * kx * pl.cw}, {row});")
+
+    load("x0", *tap_list[0])
+    for t, (ky, kx) in enumerate(tap_list):
+        cur, nxt = f"x{t % 2}", f"x{(t + 1) % 2}"
+        if t + 1 < len(tap_list):
+            load(nxt, *tap_list[t + 1])
+        for j in range(la):
+            g, jj = divmod(j, 8)
+            base = "wb" if g == 0 else f"(wb + {8 * taps})"
+            ap(f"            {ldot}({j}, {cur}, {base}, {jj * taps + t});")
+    if raw:
+        ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + c * {la};")
+        for j in range(la):
+            ap(f"            op[{j}] = mpq_accrd({j});")
+    else:
+        ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + c * {la // lo};")
+        for k in range(la // lo):
+            ap("            {")
+            ap("              uint32_t pk = 0;")
+            for jj in range(lo):
+                j = k * lo + jj
+                ap(f"              pk = mpq_rqpa(pk, m{j}, {j});")
+            ap(f"              op[{k}] = pk;")
+            ap("            }")
+    ap("          }")
+    ap("        }")
+    ap("    }")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap("}")
+    return "\n".join(L) + "\n"
+
+
 def _emit_mpq_depthwise(layer: QLayer, pl: KernelPlan) -> str:
-    """Kernel body for depthwise conv on the MPQ extension (one-hot weights, 1 MAC per dot)."""
+    """Kernel body for depthwise conv on the MPQ extension (one-hot weights, 1 MAC per dot;
+    with ``mpq.ldot`` when :data:`MPQ_GEMM` is ``"ldot"`` and the output words do not span
+    channel words)."""
+    if MPQ_GEMM == "ldot" and (pl.out_bits == 32 or pl.la >= pl.lo):
+        return _emit_mpq_depthwise_ldot(layer, pl)
     dot = _dot_name(pl, layer.a_signed)
     la, lo = pl.la, pl.lo
     taps = pl.kh * pl.kw
@@ -569,6 +779,101 @@ def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
     return "\n".join(L) + "\n"
 
 
+#: Plain names the body emitters use for a layer's file-scope symbols; :func:`emit_layer` maps
+#: each to ``{prefix}name`` (``act``/``out`` to the caller's buffers).
+LAYER_SYMBOLS = ("wt", "bias", "mult", "kernel", "act_t", "wt_t", "out_t")
+#: A file-scope ``static`` function, array or variable defined by a body emitter (its name is
+#: group 1), after removing ``__attribute__((...))``.
+_STATIC_FN = re.compile(r"^static\b[^(\[=;]*?\b([A-Za-z_]\w*)\s*[(\[=;]", re.M)
+_ATTR = re.compile(r"__attribute__\s*\(\(.*?\)\)")
+_DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_]\w*)", re.M)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSource:
+    """One layer's C code from :func:`emit_layer`.
+
+    Attributes
+    ----------
+    text : str
+        File-scope C: typedefs, data arrays, helpers and the kernel function (all prefixed).
+    setup : str
+        Statements to run before the kernel (the ``mpq_rq`` CSR write; may be empty).
+    call : str
+        The statement that runs the kernel (``{prefix}kernel();``).
+    plan : KernelPlan
+    symbols : dict[str, str]
+        Plain name -> prefixed C symbol (``wt``, ``bias``, ``mult``, ``kernel``, the body's
+        ``static`` functions; ``act_t``/``wt_t``/``out_t`` for the baseline).
+    """
+
+    text: str
+    setup: str
+    call: str
+    plan: KernelPlan
+    symbols: dict
+
+
+def emit_layer(layer: QLayer, pl: KernelPlan, prefix: str, in_sym: str,
+               out_sym: str) -> LayerSource:
+    """C code for one layer that can share a C file with other layers (see the module docstring).
+
+    Parameters
+    ----------
+    layer : QLayer
+    pl : KernelPlan
+        From :func:`plan_layer` (its ``impl`` picks the kernel).
+    prefix : str
+        C identifier prefix of every file-scope symbol (e.g. ``"l3_"``); distinct per layer.
+    in_sym, out_sym : str
+        C expressions of the input / output buffers (cast to the kernel's element type).
+    """
+    if not re.fullmatch(r"[A-Za-z_]\w*", prefix):
+        raise ValueError(f"prefix {prefix!r} must be a C identifier (letters, digits, _)")
+    if pl.impl == "mpq":
+        d = pack_mpq(layer, None, pl)
+        types = None
+        arrays = [_c_array("uint32_t", f"{prefix}wt", d["wt"])]
+        body = (_emit_mpq_depthwise(layer, pl) if pl.variant == "depthwise"
+                else _emit_mpq_gemm(layer, pl))
+        act_expr = f"((const uint32_t *)({in_sym}))"
+        out_expr = f"((uint32_t *)({out_sym}))"
+        setup = ""
+        if layer.out_bits != 32:
+            setup = (f"mpq_rq_config_write(MPQ_RQ_CONFIG({int(layer.shift)}, "
+                     f"{int(layer.zp_out)}, {int(layer.out_bits)}, {int(bool(layer.out_signed))}));")
+    else:
+        d = pack_baseline(layer, None, pl)
+        types = _baseline_types(pl, layer)
+        arrays = [_c_array(f"{prefix}wt_t", f"{prefix}wt", d["wt"], 16)]
+        body = _emit_baseline(layer, pl)
+        act_expr = f"((const {prefix}act_t *)({in_sym}))"
+        out_expr = f"(({prefix}out_t *)({out_sym}))"
+        setup = ""
+    arrays.append(_c_array("int32_t", f"{prefix}bias", d["bias"]))
+    arrays.append(_c_array("int32_t", f"{prefix}mult", d["mult"]))
+    names = list(LAYER_SYMBOLS)
+    for fn in _STATIC_FN.findall(_ATTR.sub("", body)):
+        if fn not in names:
+            names.append(fn)
+    if types is None:
+        names = [n for n in names if n not in ("act_t", "wt_t", "out_t")]
+    symbols = {n: prefix + n for n in names}
+    L = [f"/* ---- layer {layer.name}: {pl.impl} {pl.variant} INT{pl.bits} -> "
+         f"{pl.out_bits}-bit out ---- */"]
+    if types is not None:
+        L += [f"typedef {t} {prefix}{n};" for t, n in zip(types, ("act_t", "wt_t", "out_t"))]
+    L += arrays
+    L += [f"#define {n} {s}" for n, s in symbols.items()]
+    L += [f"#define act {act_expr}", f"#define out {out_expr}"]
+    L.append(body)
+    undef = list(symbols) + ["act", "out"]
+    undef += [m for m in dict.fromkeys(_DEFINE.findall(body)) if m not in undef]
+    L += [f"#undef {n}" for n in undef]
+    return LayerSource(text="\n".join(L) + "\n", setup=setup,
+                       call=f"{symbols['kernel']}();", plan=pl, symbols=symbols)
+
+
 def emit_program(layer: QLayer, a: np.ndarray, impl: str = "mpq") -> tuple[str, KernelPlan]:
     """The complete C program (data, kernel, main) for ``layer`` on input ``a``.
 
@@ -582,37 +887,18 @@ def emit_program(layer: QLayer, a: np.ndarray, impl: str = "mpq") -> tuple[str, 
          "#include <stdint.h>"]
     if impl == "mpq":
         L.append('#include "rvmpq_isa.h"')
-        d = pack_mpq(layer, a, pl)
-        L.append(_c_array("uint32_t", "act", d["act"]))
-        L.append(_c_array("uint32_t", "wt", d["wt"]))
-        L.append(_c_array("int32_t", "bias", d["bias"]))
-        L.append(_c_array("int32_t", "mult", d["mult"]))
+        L.append(_c_array("uint32_t", "act_in", pack_mpq(layer, a, pl)["act"]))
         nsig = 2 + pl.out_words
-        L.append(_SIG_ASM.format(nbytes=4 * nsig))
-        L.append("#define out ((uint32_t *)&rvmpq_sig[2])")
-        body = _emit_mpq_depthwise(layer, pl) if pl.variant == "depthwise" else \
-            _emit_mpq_gemm(layer, pl)
-        setup = ""
-        if layer.out_bits != 32:
-            setup = (f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(layer.shift)}, "
-                     f"{int(layer.zp_out)}, {int(layer.out_bits)}, {int(bool(layer.out_signed))}));\n")
     else:
-        d = pack_baseline(layer, a, pl)
-        at, wtt, ot = _baseline_types(pl, layer)
-        L += [f"typedef {at} act_t;", f"typedef {wtt} wt_t;", f"typedef {ot} out_t;"]
-        L.append(_c_array("act_t", "act", d["act"], 16))
-        L.append(_c_array("wt_t", "wt", d["wt"], 16))
-        L.append(_c_array("int32_t", "bias", d["bias"]))
-        L.append(_c_array("int32_t", "mult", d["mult"]))
+        at, _, ot = _baseline_types(pl, layer)
+        L.append(_c_array(at, "act_in", pack_baseline(layer, a, pl)["act"], 16))
         osz = {"int32_t": 4, "int16_t": 2, "uint16_t": 2}.get(ot, 1)
-        nbytes = osz * pl.ho * pl.wo * pl.cout_pad
-        nsig = 2 + _ceil(nbytes, 4)
-        L.append(_SIG_ASM.format(nbytes=4 * nsig))
-        L.append("#define out ((out_t *)&rvmpq_sig[2])")
-        body = _emit_baseline(layer, pl)
-        setup = ""
-    L.append(body)
-    L.append(_MAIN.format(setup=setup))
+        nsig = 2 + _ceil(osz * pl.ho * pl.wo * pl.cout_pad, 4)
+    L.append(_SIG_ASM.format(nbytes=4 * nsig))
+    src = emit_layer(layer, pl, "l0_", "act_in", "&rvmpq_sig[2]")
+    L.append(src.text)
+    setup = f"    {src.setup}\n" if src.setup else ""
+    L.append(_MAIN.format(setup=setup, call=src.call))
     return "\n".join(L), pl
 
 

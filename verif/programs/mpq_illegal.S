@@ -1,4 +1,4 @@
-/* Undefined encodings in the custom-0 / custom-1 opcodes trap as illegal (mcause 2), leave rd
+/* Undefined encodings in the custom-0..custom-3 opcodes trap as illegal (mcause 2), leave rd
  * alone, and the defined ones next to them still work. test_programs.py checks with
  * rvmpq.hw.isa.decode that the words used here are undefined in the ISA table. */
 #include "test_macros.h"
@@ -25,6 +25,12 @@ TEST_BEGIN
     EXPECT_ILLEGAL(5, 0x0020a72b)   /* custom-1 funct3=2 */
     EXPECT_ILLEGAL(6, 0x0220872b)   /* custom-1 funct7=1 */
     EXPECT_ILLEGAL(7, 0x0020f72b)   /* custom-1 funct3=7 */
+    EXPECT_ILLEGAL(11, 0x00208f5b)  /* custom-2 mpq.ldot with k = 30 (rd field) */
+    EXPECT_ILLEGAL(12, 0x0020b77b)  /* custom-3 funct3=3 */
+    EXPECT_ILLEGAL(13, 0x002080fb)  /* custom-3 mpq.accld with rs2 != 0 */
+    EXPECT_ILLEGAL(14, 0x0120977b)  /* custom-3 mpq.rqpa with k = 18 (rs2 field) */
+    EXPECT_ILLEGAL(15, 0x0220977b)  /* custom-3 mpq.rqpa with funct7=1 */
+    EXPECT_ILLEGAL(16, 0x0020a77b)  /* custom-3 mpq.accrd with rs1 != 0 */
     /* a defined neighbour still executes */
     li TESTNUM, 10
     li s2, -1

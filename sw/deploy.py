@@ -1,0 +1,955 @@
+"""``rvmpq deploy``: the searched network as ONE bare-metal program on the RTL, bit-exact.
+
+::
+
+    rvmpq deploy build/search/config.json --n 32 -o build/deploy
+
+reads the ``config.json`` of ``rvmpq search`` and the integer network ``qnet.json`` beside it,
+generates one C program for the whole network on the ``mpq`` core, runs it on the Verilator
+model of the RTL over a batch of test inputs, and checks every logit bit for bit against the
+numpy integer model (:func:`rvmpq.sw.search.qnn.int_forward`). It also builds the same network
+at uniform INT8 (re-exported from the model) on ``mpq`` and in plain RV32IM software on
+``baseline`` (the baseline kernels of :mod:`rvmpq.sw.kernels.gen`, int8 storage), and reports
+cycles per inference, their ratio, the per-layer cost-model prediction and its error.
+
+The program
+-----------
+* Each compute layer (conv / depthwise / linear) is one kernel of :mod:`rvmpq.sw.kernels.gen`
+  (:func:`~rvmpq.sw.kernels.gen.emit_layer`, symbols prefixed ``lK_``): weights packed at the
+  layer's bits, activations at theirs, requantization fused (``mpq.rqp`` with the layer's
+  ``mpq_rq`` CSR value written just before its kernel).
+* Between two compute layers a *glue* function (``gK``) moves layer ``K-1``'s packed output
+  into layer ``K``'s pre-padded input buffer: max pooling on the packed lanes (SWAR lane-wise
+  max, signed lanes by flipping the sign bits), the copy into the interior of the buffer whose
+  halo (the next layer's ``zp_in``) is initialised once, and the channel-word prefix the next
+  layer reads. A ``flatten`` before a ``linear`` costs nothing: the linear weights are
+  re-indexed on the host to read the packed HWC output as it is (padded channels get zero
+  weights). Where the glue would be a plain identical copy, the next layer reads the previous
+  output buffer directly (no glue).
+* The N test inputs sit in DMEM already packed in the first layer's padded input layout.
+  ``rdcycle`` is read before the first stage and after every stage (kernel or glue) of each
+  inference; the stamps and the int32 logits of every inference are the signature
+  (``begin_signature`` .. ``end_signature``): per inference ``[t0, t1, ..., tS, logits...]``.
+
+Outputs (written atomically: a temporary folder renamed into place, nothing half-written on
+failure): ``program.c`` / ``program.elf`` (mixed network, ``mpq``), ``program_int8.c`` /
+``.elf``, ``program_baseline.c`` / ``.elf``, ``deploy.json`` and ``report.md``.
+
+Python API: :func:`deploy` (the command), :func:`run_network` (any :class:`QNetwork` on integer
+inputs), :func:`emit_network` (the C text), :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rvmpq.sw.search.qnn import QLayer, QNetwork
+
+__all__ = ["DeployError", "NotBitExact", "NetworkProgram", "NetworkRun", "DeployResult", "load_config",
+           "plan_network", "emit_network", "build_network", "run_network",
+           "predicted_cycles", "deploy", "add_arguments", "main", "DEFAULT_N",
+           "DEFAULT_MAX_CYCLES", "SUPPORTED_KINDS"]
+
+#: Test inputs run by default.
+DEFAULT_N = 32
+#: Cycle limit of one program run (the whole batch).
+DEFAULT_MAX_CYCLES = 500_000_000
+#: Layer kinds the deploy program handles (conv: groups 1 or depthwise).
+SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten")
+#: Bytes of DMEM kept free for the stack.
+STACK_RESERVE = 2048
+CONFIG_FORMAT = "rvmpq-search-config-1"
+
+
+class DeployError(ValueError):
+    """Bad input for deploy (config, network, memory); the message says what and how to fix."""
+
+
+class NotBitExact(RuntimeError):
+    """The RTL's logits differ from the numpy integer model (the programs are kept in
+    ``<out>.failed/`` for debugging)."""
+
+
+def _log_default(msg: str) -> None:
+    print(f"[deploy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- input --------------------------------------------------------------------------------
+
+def load_config(config_path) -> tuple[dict, QNetwork]:
+    """Read a ``config.json`` of ``rvmpq search`` and the ``qnet.json`` beside it.
+
+    Raises :class:`DeployError` for a missing / corrupt file, a wrong format, or a network whose
+    per-layer bits disagree with the config.
+    """
+    p = Path(config_path)
+    if not p.is_file():
+        raise DeployError(f"{p}: no such config file; run `rvmpq search` first (it writes "
+                          "build/search/config.json and qnet.json)")
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{p}: not valid JSON ({exc}); re-run `rvmpq search`") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT:
+        fmt = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise DeployError(f"{p}: format {fmt!r}, expected {CONFIG_FORMAT!r} (the config.json "
+                          "written by `rvmpq search`)")
+    q = p.with_name("qnet.json")
+    if not q.is_file():
+        raise DeployError(f"{q}: missing; `rvmpq search` writes the integer network next to "
+                          "config.json")
+    try:
+        net = QNetwork.from_dict(json.loads(q.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{q}: not valid JSON ({exc}); re-run `rvmpq search`") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeployError(f"{q}: not an rvmpq integer network ({exc})") from None
+    layers = cfg.get("layers")
+    if isinstance(layers, list) and layers:
+        want = [(int(l.get("w_bits", -1)), int(l.get("a_bits", -1))) for l in layers]
+        if want != net.bits():
+            raise DeployError(f"{q} has bits {net.bits()} but {p} says {want}: the two files "
+                              "come from different searches; re-run `rvmpq search`")
+    return cfg, net
+
+
+# ---- planning -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Stage:
+    """One compute layer and the glue in front of it (see :func:`plan_network`)."""
+
+    index: int                 # compute-layer index
+    layer: QLayer              # possibly re-indexed linear (flatten folded)
+    source: QLayer             # the network's layer
+    plan: object               # KernelPlan
+    pool: tuple = (1, 1)       # max-pool window applied to the previous output
+    flatten: bool = False
+    glue: str = "none"         # "none" (first layer), "alias" (reads prev output), "copy"
+
+
+def _units(pl) -> tuple[int, int]:
+    """(units per input pixel, units per output pixel); a unit is a word (mpq) or an element."""
+    if pl.impl == "mpq":
+        return pl.cw, pl.ocw
+    return pl.cin, pl.cout_pad
+
+
+def _in_units(pl) -> int:
+    """Units of a layer's padded input buffer."""
+    return pl.act_words if pl.impl == "mpq" else pl.hp * pl.wp * pl.cin
+
+
+def _out_units(pl) -> int:
+    """Units of a layer's output buffer."""
+    return pl.out_words if pl.impl == "mpq" else pl.ho * pl.wo * pl.cout_pad
+
+
+def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
+    """Check ``net`` against what the kernels support and plan kernels + glue.
+
+    Raises :class:`DeployError` naming the layer and what is supported.
+    """
+    from rvmpq.sw.kernels.gen import plan_layer
+    from rvmpq.sw.kernels.layer import KernelLayerError
+
+    if not net.layers or not net.compute_layers:
+        raise DeployError("the network has no conv/linear layer")
+    for l in net.layers:
+        if l.kind not in SUPPORTED_KINDS:
+            raise DeployError(f"layer {l.name!r}: kind {l.kind!r} is not supported by the "
+                              f"kernels; supported kinds: {list(SUPPORTED_KINDS)}")
+    last = net.compute_layers[-1]
+    li = net.layers.index(last)
+    for l in net.layers[li + 1:]:
+        if l.kind != "flatten":
+            raise DeployError(f"layer {l.name!r} ({l.kind}) follows the logits layer "
+                              f"{last.name!r}; only flatten may follow the last conv/linear")
+    if last.out_bits != 32:
+        raise DeployError(f"last layer {last.name!r} has out_bits={last.out_bits}; the logits "
+                          "layer must output the raw int32 accumulators (out_bits 32)")
+    stages: list[_Stage] = []
+    pool = [1, 1]
+    flatten = False
+    prev = None
+    for l in net.layers:
+        if l.kind == "maxpool":
+            if prev is None:
+                raise DeployError(f"layer {l.name!r}: max pooling before the first conv/linear "
+                                  "is not supported; pool the input on the host")
+            pool = [pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])]
+            continue
+        if l.kind == "flatten":
+            flatten = True
+            continue
+        if l is not last and l.out_bits == 32:
+            raise DeployError(f"layer {l.name!r}: out_bits 32 is only allowed on the last layer")
+        layer = l
+        if prev is not None:
+            p = prev.layer
+            if (p.out_bits, bool(p.out_signed)) != (l.a_bits, bool(l.a_signed)):
+                raise DeployError(
+                    f"layer {l.name!r} reads {l.a_bits}-bit {'signed' if l.a_signed else 'unsigned'}"
+                    f" activations but {p.name!r} writes {p.out_bits}-bit "
+                    f"{'signed' if p.out_signed else 'unsigned'}; the network export is "
+                    "inconsistent")
+            if l.kind == "linear" and (flatten or prev.plan.ho * prev.plan.wo > 1):
+                layer = _fold_flatten(l, prev.plan, pool, impl)
+            elif l.kind == "conv" and flatten:
+                raise DeployError(f"layer {l.name!r}: a conv after flatten is not supported")
+        try:
+            pl = plan_layer(layer, impl)
+        except KernelLayerError as exc:
+            raise DeployError(f"layer {l.name!r} ({l.kind}, w{l.w_bits}/a{l.a_bits}): {exc}"
+                              ) from None
+        st = _Stage(len(stages), layer, l, pl, tuple(pool), flatten)
+        if prev is None:
+            if pool != [1, 1]:
+                raise DeployError("max pooling before the first layer is not supported")
+        else:
+            if layer.kind == "linear":
+                same = _in_units(pl) == _out_units(prev.plan)
+            else:
+                same = ((pl.hp, pl.wp) == (pl.h, pl.w) == (prev.plan.ho, prev.plan.wo)
+                        and _units(pl)[0] == _units(prev.plan)[1])
+            st.glue = "alias" if tuple(pool) == (1, 1) and same else "copy"
+        stages.append(st)
+        prev, pool, flatten = st, [1, 1], False
+    return stages
+
+
+def _fold_flatten(l: QLayer, prev_pl, pool, impl: str) -> QLayer:
+    """The linear layer re-indexed to read the (pooled) packed HWC output of the previous layer
+    as it is: every previous output pixel contributes its full padded unit group; weights of
+    padded channels are zero (so the padded lanes' values do not matter)."""
+    ho, wo = prev_pl.ho // pool[0], prev_pl.wo // pool[1]
+    c = prev_pl.cout
+    if impl == "mpq":
+        per = prev_pl.ocw * prev_pl.lo
+    else:
+        per = prev_pl.cout_pad
+    fin = int(l.weight.shape[1])
+    if fin != ho * wo * c:
+        raise DeployError(f"layer {l.name!r}: linear expects {fin} inputs but the previous layer "
+                          f"gives {ho}x{wo}x{c} = {ho * wo * c}")
+    if per == c:
+        return l
+    w = np.zeros((l.weight.shape[0], ho * wo, per), dtype=np.int64)
+    w[:, :, :c] = np.asarray(l.weight, dtype=np.int64).reshape(-1, ho * wo, c)
+    return dataclasses.replace(l, weight=w.reshape(l.weight.shape[0], -1),
+                               in_shape=(1, 1, ho * wo * per))
+
+
+# ---- C emission ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class NetworkProgram:
+    """The C program of a network on a batch (from :func:`emit_network`).
+
+    Attributes
+    ----------
+    source : str
+        C text.
+    impl : str
+        ``mpq`` or ``baseline`` (also the SoC configuration).
+    n : int
+        Inferences in the batch.
+    stage_names : list of str
+        The timed stages in order (``kernel <layer>`` / ``glue -> <layer>``).
+    stage_kinds : list of str
+        ``kernel`` or ``glue`` per stage.
+    record_words : int
+        Signature words per inference: ``len(stage_names) + 1`` stamps, then the logits words.
+    data_bytes : int
+        DMEM bytes of all arrays and buffers (without the stack reserve).
+    stages : list
+        The plan (:func:`plan_network`).
+    """
+
+    source: str
+    impl: str
+    n: int
+    stage_names: list
+    stage_kinds: list
+    record_words: int
+    data_bytes: int
+    stages: list
+
+
+_RDCYCLE = ("static inline uint32_t rd_cycle(void) { uint32_t v; "
+            "__asm__ volatile (\"rdcycle %0\" : \"=r\"(v) : : \"memory\"); return v; }")
+
+
+def _vmax(bits: int, signed: bool) -> str:
+    """SWAR lane-wise max of two words of ``bits``-bit lanes (C function ``vmax{bits}{s|u}``)."""
+    lanes = 32 // bits
+    h = sum(1 << (i * bits + bits - 1) for i in range(lanes))
+    name = f"vmax{bits}{'s' if signed else 'u'}"
+    flip = f" a ^= 0x{h:08x}u; c ^= 0x{h:08x}u;" if signed else ""
+    back = f" ^ 0x{h:08x}u" if signed else ""
+    return (f"static inline uint32_t {name}(uint32_t a, uint32_t c) {{{flip}\n"
+            f"    /* per lane: d = low(a) + 2^(b-1) - low(c) (no borrow across lanes) */\n"
+            f"    uint32_t d = (a | 0x{h:08x}u) - (c & ~0x{h:08x}u);\n"
+            f"    uint32_t ge = ((a & ~c) | (~(a ^ c) & d)) & 0x{h:08x}u;   /* a >= c */\n"
+            f"    uint32_t m = (ge << 1) - (ge >> {bits - 1});                 /* lane masks */\n"
+            f"    return ((a & m) | (c & ~m)){back};\n}}\n")
+
+
+def _elem_type(bits: int, signed: bool) -> str:
+    if bits == 32:
+        return "int32_t"
+    base = "int16_t" if bits == 16 else "int8_t"
+    return base if signed else "u" + base
+
+
+def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[str, set]:
+    """C function ``name`` moving ``prev``'s output into ``st``'s input buffer."""
+    pp, pl = prev.plan, st.plan
+    kh, kw = st.pool
+    ho, wo = pp.ho // kh, pp.wo // kw
+    _, us = _units(pp)
+    if st.layer.kind == "linear":      # flattened: the whole (pooled) output, unit groups kept
+        ud, wp, ph, pw = _in_units(pl) // (ho * wo), wo, 0, 0
+        if ud > us or ud * ho * wo != _in_units(pl):
+            raise DeployError(f"layer {st.source.name!r}: cannot lay the {ho}x{wo} output of "
+                              f"{prev.source.name!r} out as its input")
+    else:
+        ud, wp, ph, pw = _units(pl)[0], pl.wp, pl.ph, pl.pw
+        if (ho, wo) != (pl.h, pl.w):
+            raise DeployError(f"layer {st.source.name!r}: expects a {pl.h}x{pl.w} input, the "
+                              f"previous layers give {ho}x{wo}")
+    helpers = set()
+    if pp.impl == "mpq":
+        ut = "uint32_t"
+        mx = f"vmax{pp.out_bits}{'s' if prev.layer.out_signed else 'u'}"
+        helpers.add((pp.out_bits, bool(prev.layer.out_signed)))
+    else:
+        ut = _elem_type(pp.out_bits, bool(prev.layer.out_signed))
+        mx = None
+    L = [f"static void {name}(void) {{",
+         f"    const {ut} *s = (const {ut} *)({src});",
+         f"    {ut} *d = ({ut} *)({dst});",
+         f"    for (int y = 0; y < {ho}; y++) {{",
+         f"        for (int x = 0; x < {wo}; x++) {{",
+         f"            const {ut} *sp = s + ((y * {kh}) * {pp.wo} + x * {kw}) * {us};",
+         f"            {ut} *dp = d + ((y + {ph}) * {wp} + (x + {pw})) * {ud};",
+         f"            for (int u = 0; u < {ud}; u++) {{",
+         f"                {ut} m = sp[u];"]
+    for dy in range(kh):
+        for dx in range(kw):
+            if dy == dx == 0:
+                continue
+            off = (dy * pp.wo + dx) * us
+            if mx:
+                L.append(f"                m = {mx}(m, sp[{off} + u]);")
+            else:
+                L.append(f"                {{ {ut} v = sp[{off} + u]; m = v > m ? v : m; }}")
+    L += ["                dp[u] = m;", "            }", "        }", "    }", "}", ""]
+    return "\n".join(L), helpers
+
+
+def _c_array(ctype: str, name: str, values, const: bool = True) -> str:
+    from rvmpq.sw.kernels.gen import _c_array as gen_array
+    text = gen_array(ctype, name, values, 16 if ctype != "uint32_t" else 8)
+    return text if const else text.replace("static const ", "static ", 1)
+
+
+def emit_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq") -> NetworkProgram:
+    """The C program running ``net`` on the integer HWC batch ``xq`` (``(N, H, W, C)``, e.g.
+    :func:`~rvmpq.sw.search.qnn.quantize_input`) with kernels ``impl`` (``mpq``|``baseline``).
+    """
+    from rvmpq.sw.kernels.gen import _baseline_types, emit_layer, pack_baseline, pack_mpq
+
+    xq = np.asarray(xq, dtype=np.int64)
+    if xq.ndim != 4 or xq.shape[0] < 1:
+        raise DeployError(f"inputs must be an (N, H, W, C) integer batch with N >= 1, got "
+                          f"shape {xq.shape}")
+    stages = plan_network(net, impl)
+    first = stages[0]
+    if tuple(xq.shape[1:]) != tuple(first.layer.in_shape) and first.layer.kind == "conv":
+        raise DeployError(f"inputs have shape {xq.shape[1:]}, the network expects "
+                          f"{tuple(first.layer.in_shape)} (HWC)")
+    n = xq.shape[0]
+    L = ["/* generated by rvmpq.sw.deploy -- do not edit */", "#include <stdint.h>"]
+    if impl == "mpq":
+        L.append('#include "rvmpq_isa.h"')
+    L.append(_RDCYCLE)
+    nbytes = 0
+
+    # the batch, packed in the first layer's padded input layout
+    pack = pack_mpq if impl == "mpq" else pack_baseline
+    ins = [pack(first.layer, xq[i].reshape(-1) if first.layer.kind == "linear" else xq[i],
+                first.plan)["act"] for i in range(n)]
+    per_in = len(ins[0])
+    if impl == "mpq":
+        in_type, esz = "uint32_t", 4
+    else:
+        in_type = _baseline_types(first.plan, first.layer)[0]
+        esz = 2 if "16" in in_type else 1
+    L.append(_c_array(in_type, "dep_inputs", np.concatenate(ins)))
+    nbytes += esz * per_in * n
+    L += ["static const void *dep_in;   /* the current input (layer 0 reads it) */",
+          "static void *dep_logits;     /* where the last layer writes the logits */"]
+
+    # buffers, layers and glue
+    names, kinds, calls, glue_text, helpers = [], [], [], [], set()
+    out_buf = {}
+    for st in stages:
+        pl, k = st.plan, st.index
+        ob = pl.out_bits
+        in_units, out_units = _in_units(pl), _out_units(pl)
+        if impl == "mpq":
+            otype, oesz = "uint32_t", 4
+            itype, iesz = "uint32_t", 4
+        else:
+            at, _, ot = _baseline_types(pl, st.layer)
+            otype, oesz = ot, (4 if ob == 32 else 2 if ob == 16 else 1)
+            itype, iesz = at, 2 if "16" in at else 1
+        # input symbol
+        if k == 0:
+            in_sym = "dep_in"
+        elif st.glue == "alias":
+            in_sym = out_buf[k - 1]
+        else:
+            in_sym = f"dep_buf{k}"
+            halo = pack(st.layer, np.zeros(st.layer.in_shape, dtype=np.int64)
+                        if st.layer.kind == "conv" else np.zeros(pl.cin, dtype=np.int64), pl)["act"]
+            if np.any(np.asarray(halo) != 0):
+                L.append(_c_array(itype, in_sym, halo, const=False))
+            else:
+                L.append(f"static {itype} {in_sym}[{in_units}] __attribute__((aligned(4)));")
+            nbytes += iesz * in_units
+        # output symbol
+        if st is stages[-1]:
+            out_sym = "dep_logits"
+        else:
+            out_sym = f"dep_out{k}"
+            L.append(f"static {otype} {out_sym}[{out_units}] __attribute__((aligned(4)));")
+            nbytes += oesz * out_units
+            nbytes += (-nbytes) % 4
+        out_buf[k] = out_sym
+        src = emit_layer(st.layer, pl, f"l{k}_", in_sym, out_sym)
+        nbytes += 4 * pl.weight_words if impl == "mpq" else (
+            (2 if pl.bits == 16 else 1) * pl.cout_pad * pl.kh * pl.kw
+            * (1 if pl.variant == "depthwise" else pl.cin))
+        nbytes += 8 * pl.cout_pad
+        L.append(src.text)
+        if k > 0 and st.glue == "copy":
+            text, h = _glue_fn(f"g{k}", st, stages[k - 1], out_buf[k - 1], in_sym)
+            helpers |= h
+            glue_text.append(text)
+            what = (f"maxpool {st.pool[0]}x{st.pool[1]} + copy" if st.pool != (1, 1)
+                     else "copy")
+            names.append(f"glue -> {st.source.kind} {st.source.name} ({what})")
+            kinds.append("glue")
+            calls.append(f"g{k}();")
+        names.append(f"kernel {st.source.kind} {st.source.name} ({pl.variant} INT{pl.bits})")
+        kinds.append("kernel")
+        calls.append((src.setup + " " if src.setup else "") + src.call)
+    L += [_vmax(b, s) for b, s in sorted(helpers)]
+    L += glue_text
+
+    logit_words = _out_units(stages[-1].plan)
+    rec = len(calls) + 1 + logit_words
+    sig_words = rec * n
+    nbytes += 4 * sig_words
+    from rvmpq.sw.kernels.gen import _SIG_ASM
+    L.append(_SIG_ASM.format(nbytes=4 * sig_words))
+    M = ["int main(void) {",
+         f"    for (int n = 0; n < {n}; n++) {{",
+         f"        uint32_t *rec = (uint32_t *)&rvmpq_sig[n * {rec}];",
+         f"        dep_in = (const void *)(dep_inputs + n * {per_in});",
+         f"        dep_logits = (void *)(rec + {len(calls) + 1});",
+         "        rec[0] = rd_cycle();"]
+    for i, c in enumerate(calls):
+        M.append(f"        {c}")
+        M.append(f"        rec[{i + 1}] = rd_cycle();")
+    M += ["    }", "    return 0;", "}", ""]
+    L += M
+    return NetworkProgram("\n".join(L), impl, n, names, kinds, rec, nbytes, stages)
+
+
+# ---- build and run ------------------------------------------------------------------------
+
+_OVERFLOW = re.compile(r"section '([^']+)' will not fit in region '(\w+)': overflowed by (\d+) "
+                       r"bytes")
+
+
+def build_network(prog: NetworkProgram, out_dir, name: str = "program") -> Path:
+    """Compile ``prog`` to ``out_dir/<name>.elf`` (writes ``<name>.c`` too).
+
+    Raises :class:`DeployError` when the program does not fit IMEM or DMEM (saying by how much).
+    """
+    from rvmpq.sw.kernels.run import CFLAGS, OPT
+    from rvmpq.sw.runtime.cc import CompileError, compile_program, memory_map
+
+    mm = memory_map(prog.impl)
+    need = prog.data_bytes + STACK_RESERVE
+    if need > mm.dmem_size:
+        per_inf = 4 * prog.record_words
+        raise DeployError(
+            f"the {prog.impl} program needs ~{need} bytes of DMEM (weights, {prog.n} inputs, "
+            f"buffers, signature, {STACK_RESERVE} B stack) but DMEM has {mm.dmem_size}: over by "
+            f"{need - mm.dmem_size} bytes; use fewer test inputs (--n) or lower precisions "
+            f"({per_inf} B of signature per input)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = out_dir / f"{name}.c"
+    c.write_text(prog.source)
+    elf = out_dir / f"{name}.elf"
+    try:
+        compile_program([c], elf, opt=OPT, config=prog.impl, extra_flags=CFLAGS)
+    except CompileError as exc:
+        m = _OVERFLOW.search(str(exc))
+        if m:
+            size = mm.imem_size if m.group(2) == "IMEM" else mm.dmem_size
+            raise DeployError(f"the {prog.impl} program does not fit {m.group(2)} ({size} "
+                              f"bytes): section {m.group(1)} overflows it by {m.group(3)} "
+                              "bytes; use fewer test inputs (--n), fewer/smaller layers or "
+                              "lower precisions") from None
+        raise
+    _, used = _program_sizes(elf, prog.impl)
+    if used + STACK_RESERVE > mm.dmem_size:
+        raise DeployError(f"the {prog.impl} program uses {used} bytes of DMEM, leaving less than "
+                          f"{STACK_RESERVE} bytes for the stack (DMEM {mm.dmem_size}): over by "
+                          f"{used + STACK_RESERVE - mm.dmem_size} bytes; use fewer test inputs")
+    return elf
+
+
+def _program_sizes(elf, config: str) -> tuple[int, int]:
+    """(IMEM bytes, DMEM bytes) of an ELF (DMEM: from its base to the end of the last
+    segment, ``.bss`` included)."""
+    from rvmpq.sw.runtime.cc import memory_map
+    from rvmpq.sw.runtime.elf import load_elf
+
+    mm = memory_map(config)
+    img = load_elf(elf, mm)
+    ends = {"i": [0], "d": [0]}
+    for sg in img.segments:
+        if mm.dmem_base <= sg.addr < mm.dmem_base + mm.dmem_size:
+            ends["d"].append(sg.addr + len(sg.data) - mm.dmem_base)
+        else:
+            ends["i"].append(sg.addr + len(sg.data) - mm.imem_base)
+    return max(ends["i"]), max(ends["d"])
+
+
+@dataclasses.dataclass
+class NetworkRun:
+    """One network program run on the RTL.
+
+    Attributes
+    ----------
+    impl : str
+    logits : numpy.ndarray
+        int64 ``(N, classes)`` from the RTL.
+    cycles : numpy.ndarray
+        Cycles of each inference (first stamp to last).
+    stage_cycles : dict
+        Stage name -> mean cycles per inference.
+    kernel_cycles, glue_cycles : float
+        Mean cycles per inference in kernels / in glue.
+    total_cycles : int
+        Cycles of the whole program run (start-up and all inferences).
+    elf : Path
+    imem_bytes, dmem_bytes : int
+        Code size; DMEM used by data, buffers and signature (the stack comes on top).
+    """
+
+    impl: str
+    logits: np.ndarray
+    cycles: np.ndarray
+    stage_cycles: dict
+    kernel_cycles: float
+    glue_cycles: float
+    total_cycles: int
+    elf: Path
+    imem_bytes: int = 0
+    dmem_bytes: int = 0
+
+    @property
+    def cycles_per_inference(self) -> float:
+        """Mean cycles of one inference."""
+        return float(np.mean(self.cycles))
+
+
+def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
+                name: str = "program", max_cycles: int = DEFAULT_MAX_CYCLES,
+                log=None) -> NetworkRun:
+    """Generate, compile and run ``net`` on the integer batch ``xq`` on the RTL.
+
+    ``out_dir`` (default a temporary folder) receives ``<name>.c`` and ``<name>.elf``. Raises
+    :class:`DeployError` (does not fit, bad network) or ``KernelRunError`` (trap, timeout).
+    """
+    from rvmpq.sw.kernels.gen import decode_output
+    from rvmpq.sw.kernels.run import KernelRunError, soc_verilog_cached
+    from rvmpq.sw.runtime.runner import run_elf
+
+    log = log or (lambda *_: None)
+    prog = emit_network(net, xq, impl)
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="rvmpq-deploy-")
+        out_dir = tmp.name
+    try:
+        log(f"{name}: compiling ({impl}, {len(prog.stages)} layers, {prog.n} inputs, "
+            f"~{prog.data_bytes} B data)")
+        elf = build_network(prog, out_dir, name)
+        log(f"{name}: running on the RTL ({impl})")
+        t0 = time.time()
+        res = run_elf(elf, config=impl, max_cycles=max_cycles, signature=True,
+                      verilog=soc_verilog_cached(impl))
+        if res.timed_out:
+            raise KernelRunError(f"{name} ({impl}) overran max_cycles={max_cycles}; raise "
+                                 "--max-cycles or use fewer inputs (--n)")
+        if res.exit_code != 0:
+            raise KernelRunError(f"{name} ({impl}) exited with code {res.exit_code} ({elf}); "
+                                 f"console: {res.console.decode(errors='replace')!r}")
+        log(f"{name}: {res.cycles} cycles in {time.time() - t0:.1f} s")
+        sizes = _program_sizes(elf, impl)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    sig = np.asarray(res.signature, dtype=np.int64)
+    ns = len(prog.stage_names)
+    recs = sig[:prog.n * prog.record_words].reshape(prog.n, prog.record_words)
+    stamps = recs[:, :ns + 1]
+    d = (np.diff(stamps, axis=1)) & 0xFFFFFFFF
+    last = prog.stages[-1]
+    logits = np.stack([decode_output(last.layer, last.plan, list(r[ns + 1:])).reshape(-1)
+                       for r in recs])
+    stage_cycles = {nm: float(d[:, i].mean()) for i, nm in enumerate(prog.stage_names)}
+    kern = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "kernel"))
+    glue = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "glue"))
+    return NetworkRun(impl, logits, d.sum(axis=1), stage_cycles, kern, glue, int(res.cycles),
+                      Path(out_dir) / f"{name}.elf", *sizes)
+
+
+# ---- cost prediction ----------------------------------------------------------------------
+
+def _layer_shape(l: QLayer, last: bool):
+    from rvmpq.sw.search.costs_api import LayerShape
+
+    extra = {}
+    if last and "logits" in {f.name for f in dataclasses.fields(LayerShape)}:
+        extra["logits"] = True
+    if l.kind == "conv":
+        h, w, c = l.in_shape
+        return LayerShape("conv", int(c), int(l.weight.shape[0]), int(h), int(w),
+                          int(l.kernel[0]), int(l.kernel[1]), tuple(l.stride),
+                          tuple(l.padding), int(l.groups), **extra)
+    return LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), **extra)
+
+
+def predicted_cycles(net: QNetwork, cost_model=None) -> list[float]:
+    """Per compute layer, the cost model's cycles (default :class:`rvmpq.sw.costs.RtlCostModel`,
+    measuring on the RTL what its cache lacks)."""
+    if cost_model is None:
+        from rvmpq.sw.costs import RtlCostModel
+        cost_model = RtlCostModel(verbose=False)
+    comp = net.compute_layers
+    return [float(cost_model.layer_cost(_layer_shape(l, i == len(comp) - 1), l.w_bits,
+                                        l.a_bits).cycles) for i, l in enumerate(comp)]
+
+
+# ---- the command --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DeployResult:
+    """What :func:`deploy` measured (also written as ``deploy.json``).
+
+    Attributes
+    ----------
+    model : str
+    n : int
+        Test inputs run.
+    bits : list
+        ``(w_bits, a_bits)`` per compute layer of the deployed network.
+    runs : dict
+        ``"mpq"`` (the searched network), ``"mpq-int8"``, ``"baseline-int8"`` -> summary dict:
+        cycles per inference, per-stage cycles, kernel / glue cycles, ``bit_exact``,
+        ``accuracy_rtl``, ``accuracy_numpy``, predicted cycles and error.
+    speedups : dict
+    out : Path
+    cost_source : str
+    versions : dict
+        ``rtl_hash`` / ``kernel_hash`` of the hardware and kernel generator that ran.
+    """
+
+    model: str
+    n: int
+    bits: list
+    runs: dict
+    speedups: dict
+    out: Path
+    cost_source: str = ""
+    versions: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+def _test_data(model: str, data: str | None, n: int):
+    from rvmpq.sw.search.models import BUILTIN_MODELS, load_dataset
+
+    name = data or (model if model in BUILTIN_MODELS else None)
+    if name is None:
+        raise DeployError(f"model {model!r} is not built in ({list(BUILTIN_MODELS)}): name its "
+                          "data set with --data digits|mnist1d")
+    ds = load_dataset(name)
+    if n < 1:
+        raise DeployError(f"--n {n}: need at least one test input")
+    if n > len(ds.y_test):
+        raise DeployError(f"--n {n}: the {ds.name} test split has {len(ds.y_test)} inputs")
+    return ds, ds.x_test[:n], ds.y_test[:n]
+
+
+def _int8_network(model: str, data: str | None, ds, log):
+    """The same model exported at uniform INT8 (PTQ, default calibration)."""
+    from rvmpq.sw.search.models import BUILTIN_MODELS, get_trained_model, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    if model in BUILTIN_MODELS:
+        m, _ = get_trained_model(model, log=log)
+    else:
+        from rvmpq.sw.search.pipeline import _load_model
+        m, _ = _load_model(model, data, log)
+    qz = Quantizer(trace_model(m), ds.x_val)
+    return qz.export([8] * qz.n_compute, [8] * qz.n_compute, meta={"model": model})
+
+
+def _summary(run: NetworkRun, net: QNetwork, x, y, pred: list | None) -> dict:
+    from rvmpq.sw.search.qnn import int_forward
+
+    ref = int_forward(net, x)
+    exact = bool(np.array_equal(run.logits, ref))
+    bad = np.argwhere(run.logits != ref)
+    acc_rtl = float((run.logits.argmax(1) == y).mean() * 100)
+    acc_np = float((ref.argmax(1) == y).mean() * 100)
+    d = {"cycles_per_inference": run.cycles_per_inference,
+         "cycles_min": int(run.cycles.min()), "cycles_max": int(run.cycles.max()),
+         "kernel_cycles": run.kernel_cycles, "glue_cycles": run.glue_cycles,
+         "stage_cycles": run.stage_cycles, "program_cycles": run.total_cycles,
+         "bit_exact": exact, "mismatches": int(len(bad)),
+         "first_mismatch": None if exact else [int(v) for v in bad[0]],
+         "accuracy_rtl": acc_rtl, "accuracy_numpy": acc_np, "bits": net.bits(),
+         "elf": str(run.elf.name), "imem_bytes": run.imem_bytes, "dmem_bytes": run.dmem_bytes}
+    if pred is not None:
+        tot = float(sum(pred))
+        d["predicted_layer_cycles"] = pred
+        d["predicted_cycles"] = tot
+        d["prediction_error_pct"] = 100.0 * (tot - run.cycles_per_inference) / run.cycles_per_inference
+        d["kernel_prediction_error_pct"] = 100.0 * (tot - run.kernel_cycles) / run.kernel_cycles
+    return d
+
+
+def _report_md(res: DeployResult, cfg: dict) -> str:
+    r = res.runs
+    L = [f"# rvmpq deploy: {res.model}", "",
+         f"{res.n} test inputs, one program per row, run on the Verilator model of the RTL; "
+         "logits compared bit for bit with the numpy integer model (`int_forward`).", "",
+         f"searched bits (w/a per compute layer): {res.bits}  ",
+         f"search cost source: `{cfg.get('cost_source', '?')}`, search's predicted cycles: "
+         f"{cfg.get('predicted_cycles', float('nan')):.0f}  ",
+         f"cost-model prediction below: {res.cost_source}  ",
+         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}", "",
+         "| program | core | cycles / inference | kernels | glue | predicted (sum of layers) | "
+         "error | bit-exact | acc RTL | acc numpy |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, v in r.items():
+        pe = v.get("prediction_error_pct")
+        pc = f"{v['predicted_cycles']:.0f}" if "predicted_cycles" in v else "-"
+        L.append(f"| {k} | {'mpq' if k.startswith('mpq') else 'baseline'} | "
+                 f"{v['cycles_per_inference']:.0f} | {v['kernel_cycles']:.0f} | "
+                 f"{v['glue_cycles']:.0f} | {pc} | "
+                 f"{'-' if pe is None else f'{pe:+.1f}%'} | {'yes' if v['bit_exact'] else 'NO'} | "
+                 f"{v['accuracy_rtl']:.2f}% | {v['accuracy_numpy']:.2f}% |")
+    L += ["", "Speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in res.speedups.items()), "",
+          "The prediction is the per-layer cost model summed over the compute layers; it does "
+          "not include the glue (max pooling, the copy into the next layer's padded input) nor "
+          "the loop around the layers, which the `glue` column measures.", ""]
+    for k, v in r.items():
+        L += [f"## {k}: cycles per stage (mean per inference)", "",
+              f"`{v['elf']}`: {v.get('imem_bytes', 0)} B code (IMEM), {v.get('dmem_bytes', 0)} B "
+              f"data (DMEM, {res.n} inputs and their signature included)", "",
+              "| stage | cycles | predicted |", "|---|---|---|"]
+        pred = list(v.get("predicted_layer_cycles") or [])
+        for nm, c in v["stage_cycles"].items():
+            p = f"{pred.pop(0):.0f}" if nm.startswith("kernel") and pred else ""
+            L.append(f"| {nm} | {c:.0f} | {p} |")
+        L.append("")
+    return "\n".join(L)
+
+
+def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool = True,
+           costs: str = "rtl", costs_cache=None, data: str | None = None,
+           max_cycles: int = DEFAULT_MAX_CYCLES, log=_log_default) -> DeployResult:
+    """``rvmpq deploy``: run the searched network (and, with ``compare``, uniform INT8 on
+    ``mpq`` and on ``baseline``) on the RTL; check bit-exactness and accuracy; write ``out``.
+
+    Parameters
+    ----------
+    config_path : path
+        ``config.json`` of ``rvmpq search`` (``qnet.json`` beside it).
+    n : int
+        Test inputs (the first ``n`` of the model's test split).
+    out : path
+        Output folder, replaced atomically.
+    compare : bool
+        Also build and run the uniform INT8 network on ``mpq`` and ``baseline``.
+    costs : {"rtl", "none"}
+        Predict cycles with :class:`rvmpq.sw.costs.RtlCostModel` (measures what its cache lacks)
+        or skip the prediction.
+    costs_cache : path, optional
+        Cache folder of the RTL cost measurements (default ``build/costs``).
+    data : str, optional
+        Data set of a model that is not built in.
+    max_cycles : int
+        Cycle limit of each program run.
+
+    Raises
+    ------
+    DeployError
+        Bad input (config, network, memory).
+    NotBitExact
+        The RTL's logits differ from the integer model (programs kept in ``<out>.failed/``).
+    KernelRunError
+        A program trapped or overran ``max_cycles``.
+    """
+    if costs not in ("rtl", "none"):
+        raise DeployError(f"costs={costs!r}; allowed values: ['rtl', 'none']")
+    log = log or (lambda *_: None)
+    cfg, net = load_config(config_path)
+    model = str(cfg.get("model") or net.meta.get("model") or "")
+    out = Path(out)
+    plan_network(net, "mpq")            # fail fast on unsupported layers
+    ds, x, y = _test_data(model, data, n)
+    from rvmpq.sw.search.qnn import quantize_input
+
+    nets = {"mpq": (net, "mpq")}
+    if compare:
+        log(f"exporting {model} at uniform INT8 for the comparison")
+        net8 = _int8_network(model, data, ds, log)
+        nets["mpq-int8"] = (net8, "mpq")
+        nets["baseline-int8"] = (net8, "baseline")
+    cm = None
+    cost_source = "none"
+    if costs == "rtl":
+        from rvmpq.sw.costs import RtlCostModel
+        cm = RtlCostModel(cache_dir=costs_cache, verbose=False)
+        cost_source = (f"rvmpq.sw.costs.RtlCostModel (RTL-measured per layer, cache "
+                       f"{cm.dir})")
+    from rvmpq.sw.kernels.gen import kernel_hash
+    from rvmpq.sw.kernels.run import rtl_hash
+
+    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        runs = {}
+        files = {"mpq": "program", "mpq-int8": "program_int8", "baseline-int8": "program_baseline"}
+        for key, (nt, impl) in nets.items():
+            xq = quantize_input(x, nt)
+            run = run_network(nt, xq, impl, tmp, files[key], max_cycles, log)
+            pred, why = None, None
+            if cm is not None and impl == "mpq":
+                log(f"{files[key]}: cost-model prediction (measuring uncached layers on the RTL)")
+                try:
+                    pred = predicted_cycles(nt, cm)
+                except (RuntimeError, ValueError) as exc:   # e.g. a layer it cannot measure
+                    why = f"{type(exc).__name__}: {exc}"
+                    log(f"{files[key]}: WARNING: no cost-model prediction ({why})")
+            runs[key] = s = _summary(run, nt, x, y, pred)
+            if why:
+                s["prediction_unavailable"] = why
+            log(f"{files[key]}: {s['cycles_per_inference']:.0f} cycles/inference (kernels "
+                f"{s['kernel_cycles']:.0f}, glue {s['glue_cycles']:.0f}), bit-exact "
+                f"{s['bit_exact']}, accuracy RTL {s['accuracy_rtl']:.2f}% numpy "
+                f"{s['accuracy_numpy']:.2f}%")
+            if not s["bit_exact"]:
+                failed = out.with_name(out.name + ".failed")
+                shutil.rmtree(failed, ignore_errors=True)
+                tmp.rename(failed)
+                raise NotBitExact(f"{key}: RTL logits differ from int_forward in "
+                                  f"{s['mismatches']} values (first at input/class "
+                                  f"{s['first_mismatch']}); programs kept in {failed}/")
+            assert s["accuracy_rtl"] == s["accuracy_numpy"]
+        sp = {}
+        if compare:
+            m, m8, b8 = (runs[k]["cycles_per_inference"] for k in ("mpq", "mpq-int8",
+                                                                   "baseline-int8"))
+            sp = {"baseline-int8 / mpq": b8 / m, "baseline-int8 / mpq-int8": b8 / m8,
+                  "mpq-int8 / mpq": m8 / m}
+        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+        if now != versions:
+            raise RuntimeError(f"the RTL or kernel sources changed while deploying ({versions} "
+                               f"-> {now}); the programs ran on mixed versions: run again "
+                               "when hw/ and sw/kernels/ are stable")
+        res = DeployResult(model, n, [list(b) for b in net.bits()], runs, sp, out, cost_source,
+                           versions)
+        (tmp / "deploy.json").write_text(json.dumps(res.to_dict(), indent=1, default=float) + "\n")
+        (tmp / "report.md").write_text(_report_md(res, cfg))
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}-old-{os.getpid()}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out}/ (program.c, program.elf, deploy.json, report.md)")
+    return res
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``rvmpq deploy``."""
+    parser.add_argument("config", metavar="CONFIG.json",
+                        help="config.json written by `rvmpq search` (qnet.json beside it)")
+    parser.add_argument("--n", type=int, default=DEFAULT_N,
+                        help=f"test inputs to run (default {DEFAULT_N})")
+    parser.add_argument("-o", "--out", default="build/deploy", help="output folder")
+    parser.add_argument("--max-cycles", type=int, default=DEFAULT_MAX_CYCLES,
+                        help="cycle limit of each program run")
+    parser.add_argument("--no-compare", action="store_true",
+                        help="skip the uniform-INT8 mpq and baseline programs")
+    parser.add_argument("--costs", choices=["rtl", "none"], default="rtl",
+                        help="cost-model prediction: RTL-measured per-layer costs, or none")
+    parser.add_argument("--costs-cache", metavar="DIR", default=None,
+                        help="cache folder of the RTL cost measurements (default build/costs)")
+    parser.add_argument("--data", choices=["digits", "mnist1d"],
+                        help="data set, for a model that is not built in")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``rvmpq deploy``; exit status 0 ok, 1 run failure, 2 bad input."""
+    from rvmpq.sw.kernels.run import KernelRunError
+    from rvmpq.sw.runtime.cc import CompileError
+    from rvmpq.sw.runtime.runner import RunnerError
+
+    try:
+        res = deploy(args.config, args.n, args.out, compare=not args.no_compare,
+                     costs=args.costs, costs_cache=args.costs_cache, data=args.data,
+                     max_cycles=args.max_cycles)
+    except DeployError as exc:
+        print(f"rvmpq deploy: {exc}", file=sys.stderr)
+        return 2
+    except (KernelRunError, CompileError, RunnerError, NotBitExact, RuntimeError) as exc:
+        print(f"rvmpq deploy: {exc}", file=sys.stderr)
+        return 1
+    print((Path(res.out) / "report.md").read_text())
+    return 0

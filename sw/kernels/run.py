@@ -33,31 +33,19 @@ CFLAGS = ("-fomit-frame-pointer",)
 
 
 def rtl_hash() -> str:
-    """Hash of the hardware generator sources (``hw/**/*.py``): names the RTL version.
+    """Hash of the hardware generator sources (``hw/**/*.py``) as they are on disk now: names
+    the RTL version in the cost-cache key (:func:`rvmpq.sw.runtime.runner.hw_source_hash`)."""
+    from rvmpq.sw.runtime.runner import hw_source_hash
 
-    Used to cache the generated SoC Verilog across processes (elaborating the SoC takes tens
-    of seconds) and as part of the cost-cache key.
-    """
-    hw = Path(__file__).resolve().parents[2] / "hw"
-    h = hashlib.sha256()
-    for f in sorted(hw.rglob("*.py")):
-        h.update(str(f.relative_to(hw)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return hw_source_hash()
 
 
 def soc_verilog_cached(config: str) -> str:
-    """The SoC Verilog of ``config``, cached on disk under ``build/kernels/verilog`` by
-    :func:`rtl_hash` (regenerated whenever a file under hw/ changes)."""
-    from rvmpq.sw.runtime.cc import write_if_changed
+    """The SoC Verilog of ``config`` (:func:`rvmpq.sw.runtime.runner.soc_verilog`: cached per
+    process and on disk by the hash of ``hw/``)."""
     from rvmpq.sw.runtime.runner import soc_verilog
 
-    path = build_root() / "kernels" / "verilog" / f"{config}-{rtl_hash()}.v"
-    if path.exists():
-        return path.read_text()
-    text = soc_verilog(config)
-    write_if_changed(path, text)
-    return text
+    return soc_verilog(config)
 
 
 class KernelRunError(RuntimeError):

@@ -105,6 +105,7 @@ def check_config(config: str) -> str:
 
 
 _VERILOG_CACHE: dict[str, str] = {}
+_ELABORATED_HASH: dict[str, str] = {}
 
 
 def hw_source_hash() -> str:
@@ -128,7 +129,11 @@ def soc_verilog(config: str = "mpq") -> str:
     check_config(config)
     if config in _VERILOG_CACHE:
         return _VERILOG_CACHE[config]
-    cached = build_root() / "rtl" / "verilog" / f"{config}-{hw_source_hash()}.v"
+    # the name is the hash of hw/ when this process first elaborated (or read) a SoC: a
+    # long-running process whose hw modules were imported before the files changed must not
+    # file its (old) Verilog under the new hash
+    _ELABORATED_HASH.setdefault("hash", hw_source_hash())
+    cached = build_root() / "rtl" / "verilog" / f"{config}-{_ELABORATED_HASH['hash']}.v"
     if cached.exists():
         _VERILOG_CACHE[config] = cached.read_text()
         return _VERILOG_CACHE[config]

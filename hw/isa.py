@@ -145,11 +145,11 @@ def _dot_latency() -> int:
 DOT_LATENCY = _dot_latency()
 #: Latency of a requantization for a dependent that reads ``rd`` through ``rs1``/``rs2``: the
 #: 32x32 product comes from the shared SIMD unit (issued in X, taken in W like a multiply) and the
-#: rounding shift, clamp and pack happen in W, so no stage forwards the result to X: such a
-#: dependent waits 2 cycles. A following ``mpq.rqp``/``mpq.rqpa`` into the same ``rd`` does not
-#: wait (its packing operand is forwarded into M and W): one requantization per cycle.
-#: Checked against the RTL by verif/tb_core.py.
-RQ_LATENCY = 3
+#: rounding shift, clamp and pack happen in W, so no stage forwards the result to X or D (for
+#: Fmax): such a dependent waits 3 cycles and reads it from the register file. A following
+#: ``mpq.rqp``/``mpq.rqpa`` into the same ``rd`` does not wait (its packing operand is forwarded
+#: into M and W): one requantization per cycle. Checked against the RTL by verif/tb_core.py.
+RQ_LATENCY = 4
 #: Latency of ``mpq.ldot``/``mpq.accld`` for a following ``mpq.rqpa``/``mpq.accrd`` of the same
 #: accumulator (memory read in M, the SIMD unit's stages, the accumulate, then the read in D):
 #: ``3 + LATENCY`` of the unit. Consecutive ``mpq.ldot`` into the same accumulator never wait.

@@ -31,10 +31,12 @@ Pipeline::
   come back (``o.payload.hi``) in W, where the rounding shift, zero point, clamp and pack
   happen (:func:`~rvmpq.hw.core.requant.requant_comb`, reading ``mpq_rq`` there, after any
   older CSR write). The result is never forwarded to X (that path would run through the
-  requantization): a dependent through ``rs1``/``rs2`` waits in D until the producer is in W
-  (``dep_m``; latency 3). The packing operand (old ``rd``) travels with the instruction and is
-  forwarded into X (from W, ``x_pack``) and into M (from W), so a chain of ``mpq.rqp``/
-  ``mpq.rqpa`` into one ``rd`` runs one per cycle. With a unit of ``LATENCY == 1`` the
+  requantization), nor to D: a dependent through ``rs1``/``rs2`` waits in D until the producer
+  has left W and reads the register file (``dep_m``, ``dep_w``; latency 4); ``rd`` as a source
+  (the packing operand, the dot accumulator) is forwarded from W into D with it. The packing
+  operand (old ``rd``) travels with the instruction and is forwarded into X (from W,
+  ``x_pack``) and into M (from W), so a chain of ``mpq.rqp``/``mpq.rqpa`` into one ``rd`` runs
+  one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR. With a unit of ``LATENCY == 1`` the
   digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
 * **Accumulators** (``mpq.ldot``, ``mpq.accld``, ``mpq.rqpa``, ``mpq.accrd``): 16 x 32-bit
   ``ACC`` and bias copies ``ACCB`` (LUT memories). ``ldot``/``accld`` compute their address in
@@ -69,7 +71,7 @@ from .. import isa
 from ..modes import ElemWidth, MulMode, MulOp
 from .config import CoreConfig, get_config
 from .divider import Divider
-from .requant import RequantUnit, requant_comb
+from .requant import RequantUnit, requant_above, requant_comb
 
 __all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit"]
 
@@ -547,6 +549,9 @@ class Core(wiring.Component):
         mcycle = Signal(64)
         minstret = Signal(64)
         mpq_rq = Signal(isa.RqConfigLayout)
+        # requant_above(mpq_rq.shift), kept in a register written with the CSR (for Fmax: the
+        # shift compares are off the requantization path in W)
+        rq_above = Signal(42, init=sum(1 << (i - 21) for i in range(21, 63)))
 
         # ---- control ----
         freeze = Signal()          # the whole pipeline holds
@@ -598,7 +603,11 @@ class Core(wiring.Component):
         w_rd = Signal(5)
         w_result = Signal(32)
         w_fwd = Signal(32)
-        d_regs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
+        # the read addresses are the raw instruction fields, not the decoder's (IMEM -> decode
+        # -> register read is the long path): where the decoder zeroes a field (mpq.rqpa /
+        # mpq.accld / mpq.accrd) the value read is unused or replaced by ACC[k] below, and X
+        # forwards by the decoded fields
+        d_regs = [d_insn[15:20], d_insn[20:25], d_insn[7:12]]
         d_vals = [Signal(32, name=f"d_r{i + 1}") for i in range(3)]
         # With the SIMD unit, its ``a``/``b`` operands come straight from ``dx`` (no forwarding
         # muxes in front of the array, for Fmax): rs1/rs2 are forwarded here from M (``m_value``,
@@ -622,11 +631,15 @@ class Core(wiring.Component):
             # raw fields, not the decoder (IMEM -> D is a long path): an illegal custom-3 word
             # that matches reads an accumulator for nothing and traps
             d_acc_k = d_insn[20:24]
-            d_acc_rd = (d_insn[0:7] == isa.OPCODE_CUSTOM3) & d_insn[12:15].matches(1, 2)
+            d_acc_rd = (d_insn[2:7] == isa.OPCODE_CUSTOM3 >> 2) & d_insn[12:15].matches(1, 2)
             m.d.comb += acc_r_d.addr.eq(d_acc_k)
         for i, (port, reg, val) in enumerate(zip(rf_r, d_regs, d_vals)):
             m.d.comb += port.addr.eq(reg)
-            v = Mux(w_we & (w_rd == reg), w_result, port.data)
+            # rs1/rs2 from W without the requantization (``w_fwd``): a source produced by a
+            # pipelined requantization in W waits in D (``dep_w``), so rq/clamp/pack never feeds
+            # the operands of the SIMD unit and the ALU; the third operand (the packing register,
+            # the dot accumulator) takes it (a short path, like the packing forward into X)
+            v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
             v = Mux(reg == 0, 0, v)
@@ -641,16 +654,19 @@ class Core(wiring.Component):
         late_units = [Unit.LOAD, Unit.CSR, Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
         dx_late = dx.d.unit.as_value().matches(*late_units)
         raw_rs1, raw_rs2, raw_rd = d_insn[15:20], d_insn[20:25], d_insn[7:12]
-        raw_op, raw_f3 = d_insn[0:7], d_insn[12:15]
+        # opcode bits [6:2] only (a word whose bits [1:0] are not 0b11 is illegal and traps: a
+        # hazard found for it costs a bubble, never a wrong result)
+        raw_op, raw_f3 = d_insn[2:7], d_insn[12:15]
+        C0, C1, C3 = isa.OPCODE_CUSTOM0 >> 2, isa.OPCODE_CUSTOM1 >> 2, isa.OPCODE_CUSTOM3 >> 2
         raw_custom = Const(0, 1)   # rd is a source: mpq.dot (accumulator), mpq.rqp/rqpa (pack)
         raw_pack = Const(0, 1)     # rd is only the packing operand (needed in W)
         raw_rs2_used = Const(1, 1)  # custom-3 has no rs2 register (an accumulator number, or 0)
         raw_rqpa = Const(0, 1)
         if cfg.with_mpq:
-            raw_rqpa = (raw_op == isa.OPCODE_CUSTOM3) & (raw_f3 == 1)
-            raw_custom = raw_op.matches(isa.OPCODE_CUSTOM0, isa.OPCODE_CUSTOM1) | raw_rqpa
-            raw_pack = ((raw_op == isa.OPCODE_CUSTOM1) & (raw_f3 == 1)) | raw_rqpa
-            raw_rs2_used = raw_op != isa.OPCODE_CUSTOM3
+            raw_rqpa = (raw_op == C3) & (raw_f3 == 1)
+            raw_custom = raw_op.matches(C0, C1) | raw_rqpa
+            raw_pack = ((raw_op == C1) & (raw_f3 == 1)) | raw_rqpa
+            raw_rs2_used = raw_op != C3
         if not rq_pipe:
             raw_pack = Const(0, 1)
         rs1_x = raw_rs1 == dx.d.rd
@@ -667,21 +683,26 @@ class Core(wiring.Component):
             dep_m = (xm.valid & xm.we & (xm.rd != 0) & (xm.unit == Unit.RQ) & (
                 (raw_rs1 == xm.rd) | (raw_rs2_used & (raw_rs2 == xm.rd)) |
                 (raw_custom & ~raw_pack & (raw_rd == xm.rd))))
+        dep_w = Const(0, 1)
+        if rq_pipe:
+            # ... nor forwarded to rs1/rs2 in D: such a source waits one more cycle while the
+            # producer is in W (rd as a source is forwarded from W with the requantized value)
+            dep_w = w_we & mw.rq & ((raw_rs1 == mw.rd) | (raw_rs2_used & (raw_rs2 == mw.rd)))
         # the digit-serial requantization reads mpq_rq in X: wait for CSR instructions ahead of
         # it (the pipelined one reads it in W, after any older CSR write)
         raw_rq = Const(0, 1)
         if cfg.with_mpq and not rq_pipe:
-            raw_rq = (raw_op == isa.OPCODE_CUSTOM1) | raw_rqpa
+            raw_rq = (raw_op == C1) | raw_rqpa
         csr_hazard = raw_rq & (
             (dx.valid & (dx.d.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
         mul_hazard = Const(0, 1)
-        raw_mul = (raw_op == 0b0110011) & d_insn[25]    # RV32M (DIV* too: harmless)
+        raw_mul = (raw_op == 0b0110011 >> 2) & d_insn[25]    # RV32M (DIV* too: harmless)
         if cfg.with_mpq:
             # mpq.rqpa / mpq.accrd issue to the unit from X too (the re-arm of ACC[k])
-            raw_mul = raw_mul | (raw_op == isa.OPCODE_CUSTOM0) | (
-                (raw_op == isa.OPCODE_CUSTOM3) & raw_f3.any())
+            raw_mul = raw_mul | (raw_op == C0) | (
+                (raw_op == C3) & raw_f3.any())
             if rq_pipe:
-                raw_mul = raw_mul | (raw_op == isa.OPCODE_CUSTOM1)
+                raw_mul = raw_mul | (raw_op == C1)
         if early_mul:
             x_writes = dx.valid & dx.d.we & (dx.d.rd != 0)
             m_late_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
@@ -698,18 +719,23 @@ class Core(wiring.Component):
             # reading ACC[k] (D) waits while a write of ACC[k] is in flight: an mpq.ldot/accld
             # or the re-arm of an mpq.rqpa/accrd, in X, in M, or in the unit's stages (tags
             # ``u_tag``, below)
-            k = d_acc_k
-            pend = [dx.valid & (dx.d.unit == Unit.ACC) & (dx.d.rd[:4] == k),
-                    dx.valid & dx.d.acc_rd & (dx.d.acc_k == k),
-                    xm.valid & (xm.unit == Unit.ACC) & (xm.rd[:4] == k),
-                    xm.valid & xm.acc_rd & (xm.acc_k == k)]
+            # (for Fmax, a vector of the pending accumulators is formed from the pipeline
+            # registers and indexed by the raw k field, instead of comparing k with each)
+            pend = [(dx.valid & (dx.d.unit == Unit.ACC), dx.d.rd[:4]),
+                    (dx.valid & dx.d.acc_rd, dx.d.acc_k),
+                    (xm.valid & (xm.unit == Unit.ACC), xm.rd[:4]),
+                    (xm.valid & xm.acc_rd, xm.acc_k)]
             u_tag_v = [Signal(name=f"u_tag{i}_v") for i in range(latency)]
             u_tag_k = [Signal(4, name=f"u_tag{i}_k") for i in range(latency)]
             u_tag_init = [Signal(name=f"u_tag{i}_init") for i in range(latency)]
             u_tag_rearm = [Signal(name=f"u_tag{i}_rearm") for i in range(latency)]
-            pend += [(v | r) & (kk == k) for v, r, kk in zip(u_tag_v, u_tag_rearm, u_tag_k)]
-            acc_hazard = acc_hazard | (d_acc_rd & Cat(*pend).any())
-        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | csr_hazard | mul_hazard | acc_hazard))
+            pend += [(v | r, kk) for v, r, kk in zip(u_tag_v, u_tag_rearm, u_tag_k)]
+            pend_vec = Signal(isa.NUM_ACC)
+            m.d.comb += pend_vec.eq(Cat(*[Cat(*[c & (kk == j) for c, kk in pend]).any()
+                                          for j in range(isa.NUM_ACC)]))
+            acc_hazard = acc_hazard | (d_acc_rd & pend_vec.bit_select(d_acc_k, 1))
+        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | csr_hazard | mul_hazard |
+                                           acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
@@ -999,7 +1025,8 @@ class Core(wiring.Component):
                         m.d.sync += minstret[32:].eq(csr_new)
                 if cfg.with_mpq:
                     with m.Case(isa.CSR_MPQ_RQ):
-                        m.d.sync += mpq_rq.eq(csr_new & isa.RQ_CONFIG_WRITABLE)
+                        m.d.sync += [mpq_rq.eq(csr_new & isa.RQ_CONFIG_WRITABLE),
+                                     rq_above.eq(requant_above(csr_new[:6]))]
 
         # trap entry / mret
         with m.If(~freeze & m_exc):
@@ -1040,7 +1067,7 @@ class Core(wiring.Component):
             # requantization of the unit's 64-bit product (round, shift, clamp, pack) in W;
             # mpq_rq is read here, after every older CSR write
             rq_res = requant_comb(m, Cat(mul.o.payload.result, mul.o.payload.hi), mpq_rq,
-                                  mw.result, mw.rq_pack, name="w_rq")
+                                  mw.result, mw.rq_pack, name="w_rq", above=rq_above)
             w_res = Mux(mw.rq, rq_res, w_fwd)
         else:
             w_res = w_fwd

@@ -23,10 +23,29 @@ from amaranth.lib.wiring import In, Out
 from ..isa import RqConfigLayout
 from ..modes import ElemWidth
 
-__all__ = ["RequantUnit", "requant_comb"]
+__all__ = ["RequantUnit", "requant_comb", "requant_above"]
 
 
-def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq"):
+def requant_above(shift):
+    """The thermometer mask of a shift amount that :func:`requant_comb` uses: bit ``i - 21``
+    (for ``i`` in 21..62) is ``i >= shift + 21``.
+
+    It depends on the ``mpq_rq`` CSR only, so a core can keep it in a register written with the
+    CSR (off the path from the product to the result).
+
+    Parameters
+    ----------
+    shift : Value
+        The 6-bit ``shift`` field.
+
+    Returns
+    -------
+    Value(42)
+    """
+    return Cat(*[shift <= i - 21 for i in range(21, 63)])
+
+
+def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq", above=None):
     """Combinational requantize-and-pack of a 64-bit product (the same arithmetic as
     :class:`RequantUnit` after its multiply, in one cycle).
 
@@ -42,6 +61,8 @@ def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq"):
         The packing register (``mpq.rqp``/``mpq.rqpa``).
     pack : Value
         1: return ``(rd >> bits) | (y << (32 - bits))``; 0: ``y`` sign-extended.
+    above : Value(42), optional
+        :func:`requant_above` of ``cfg.shift``, e.g. from a register (default: computed here).
 
     Returns
     -------
@@ -59,7 +80,8 @@ def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq"):
     q = Signal(23, name=f"{name}_q")
     m.d.comb += q.eq(((ps << 1) >> shift)[:23])
     differs = ps[:63] ^ ps[63].replicate(63)           # bit i differs from the sign
-    above = Cat(*[shift <= i - 21 for i in range(21, 63)])   # i >= shift + 21
+    if above is None:
+        above = requant_above(shift)      # bit i - 21: i >= shift + 21
     fits = ~(differs[21:] & above).any()
     qs = Signal(signed(23), name=f"{name}_qs")
     m.d.comb += qs.eq(Mux(fits, q.as_signed(), Mux(ps[63], -(1 << 22), (1 << 22) - 1)))

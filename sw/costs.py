@@ -28,16 +28,21 @@ Metrics (:class:`~rvmpq.sw.search.costs_api.LayerCost`):
 
 Analytic model
 --------------
-One non-negative least-squares fit per kernel variant (``conv``, ``pointwise``, ``depthwise``,
-``linear``) and precision, of cycles (and of retired instructions, for the energy proxy of
-unmeasured shapes) on *counts read off the kernel plan* (:func:`plan_counts` from
-:func:`rvmpq.sw.kernels.gen.plan_layer`): dot instructions, activation and weight loads, inner
-loop iterations, kernel-row walks, register-block calls, pixel groups, output rows,
-requantized outputs, raw int32 outputs and output words stored. No instruction cost is written
-down here: when the ISA or the kernel generator changes, the cache key changes, the shapes are
-re-measured and the same features are re-fitted. Rows are weighted by ``1 / cycles`` so the fit
-minimises relative error. The fit set and the held-out validation set (:func:`fit_shapes`,
-:func:`held_out_shapes`) are drawn from one seeded generator per variant and are disjoint.
+One non-negative least-squares fit per generated kernel and precision (:func:`fit_group`:
+``gemm`` for conv, pointwise and linear layers, which run the same ``mpq.ldot`` kernel, and
+``depthwise``), of cycles (and of retired instructions, for the energy proxy of unmeasured
+shapes) on *counts read off the kernel plan* (:func:`plan_counts` from
+:func:`rvmpq.sw.kernels.gen.plan_layer`), level by level of the kernel's loop nest (channel
+blocks, output rows, output pixels, kernel rows, input words): the iterations of each loop
+that exists (a loop of one trip is compiled away), taken back-edges, ``ldot``, activation
+loads, requantized / raw outputs, output words, and the compiled code shapes that change the
+per-pixel cost: multipliers folded into re-materialised constants (one block) or held in
+registers (several), and two-pixel rows. No instruction cost is written down here: when the
+ISA or the kernel generator changes, the cache key changes, the shapes are re-measured and
+the same features are re-fitted. Rows are weighted by ``1 / cycles`` so the fit minimises
+relative error. The fit set and the held-out validation set (:func:`fit_shapes`,
+:func:`held_out_shapes`) are drawn from one seeded generator per variant and are disjoint;
+``rvmpq costs --validate`` reports the error per variant and precision.
 
 Mixed widths (``w_bits != a_bits``): ``mpq.dot`` needs equal lane widths, so the kernel runs at
 ``max(w_bits, a_bits)`` and stores both operands at that width; the cost says so.
@@ -129,80 +134,93 @@ def shape_plan(shape: LayerShape, bits: int):
     return plan_layer(_random_layer(shape, bits, np.random.default_rng(0)), "mpq")
 
 
+def _ldot_kernel(pl) -> bool:
+    """True if the generator emits the ``mpq.ldot`` kernel for this plan (the default,
+    :data:`rvmpq.sw.kernels.gen.MPQ_GEMM` ``= "ldot"``), the kernel :func:`plan_counts` models."""
+    from rvmpq.sw.kernels import gen
+
+    if gen.MPQ_GEMM != "ldot":
+        return False
+    if pl.variant == "depthwise":
+        return pl.out_bits == 32 or pl.la >= pl.lo
+    return pl.nb == gen.LDOT_NB and pl.p == 1
+
+
 def plan_counts(pl) -> dict[str, float]:
     """Counts of one layer's kernel work, read off its plan (no instruction costs).
 
-    conv / pointwise / linear (register blocks of ``p`` pixels x ``nb`` channels): ``rows``,
-    ``blocks`` (channel blocks: per-block set-up such as bias / multiplier loads),
-    ``pixel_groups`` (row segments of up to ``p`` pixels), ``block_calls`` (groups x channel
-    blocks), ``row_walks`` (block calls x kernel rows), ``iters`` (inner-loop iterations: one
-    per input word of a kernel row), ``loop_iters`` (the iterations of inner loops that run
-    more than once: a one-trip loop has no loop bookkeeping), ``iters_p1`` (iterations of
-    one-pixel blocks, where each dot directly follows the load it uses), ``dots``, ``act_loads`` (one per
-    pixel per iteration), ``weight_loads`` (one per channel of the block per iteration),
-    ``requant`` (outputs requantized and packed), ``raw_out`` (int32 outputs of a logits
-    layer), ``out_words`` (output words stored).
+    Both ``mpq.ldot`` kernels (:mod:`rvmpq.sw.kernels.gen`) have the same loop nest: channel
+    blocks (``nb = 16`` output channels for conv / pointwise / linear; one channel word of
+    ``la`` channels for depthwise, whose one-hot weights make it a block of ``la``), then output
+    rows, then output pixels; per pixel the kernel rows (``kh``, unrolled while the code is
+    small) of ``krow`` input words (depthwise: ``kh * kw`` taps of one word), each one
+    activation ``lw`` and ``nb`` ``mpq.ldot``; then ``nb`` ``mpq.rqpa`` and the packed stores
+    (or ``mpq.accrd`` and int32 stores for a logits layer). A loop whose trip count is 1 is
+    removed by the compiler, so each loop level counts only where it exists.
 
-    depthwise (one pixel at a time, one-hot weights, ``la`` channels per word): ``rows``,
-    ``pixels``, ``iters`` (channel words), ``loop_iters`` (channel words when there are
-    several: with one, the channel loop vanishes and the weight words have constant addresses,
-    so the compiler folds them into immediates, and the padded lanes, which then compute
-    identical values, into one chain of dots), ``dots`` (dot instructions issued),
-    ``act_loads``, ``weight_loads``
-    (weight words read from memory), ``imm_weights`` (non-zero weight words folded into
-    immediates instead), ``requant``, ``raw_out``, ``out_words``.
+    ``blocks`` (block-loop iterations: bias ``mpq.accld`` and multiplier set-up),
+    ``mult_loads`` (multipliers loaded per block; with one block they are constants),
+    ``rows`` (row-loop iterations), ``pixels`` (pixel bodies), ``px_loop`` (pixel-loop
+    iterations), ``branches`` (taken loop back-edges), ``row_walks`` (kernel rows walked),
+    ``ky_loop`` (iterations of a kernel-row loop that was not unrolled), ``iters`` (activation
+    loads), ``dots`` (``mpq.ldot``), ``wbases`` (weight base pointers formed per pixel: the
+    ``ldot`` offset reaches 8 input words), ``krow_groups`` (those bases, formed once),
+    ``requant`` (``mpq.rqpa``), ``raw_out`` (int32 outputs of a logits layer), ``out_words``
+    (output words stored), ``cmult`` (pixels x non-zero constant multipliers of a one-block
+    layer: the compiler folds them into immediates and re-materialises them per pixel when
+    they do not fit in registers), ``px_multi`` (pixels of a multi-block layer, whose
+    multipliers live in registers), ``wo2`` / ``wo2_regs`` (pixels of a two-pixel row, and
+    those x live multipliers: the compiler turns that loop into a flag-driven one and
+    recomputes addresses in it).
     """
+    if not _ldot_kernel(pl):
+        raise ValueError(f"plan_counts models the mpq.ldot kernels (gen.MPQ_GEMM = 'ldot'); "
+                         f"this {pl.variant} plan (nb={pl.nb}, p={pl.p}) is for another kernel")
+    from rvmpq.sw.kernels.gen import LDOT_UNROLL_BYTES
+
     raw = pl.out_bits == 32
-    taps = pl.kh * pl.kw
     if pl.variant == "depthwise":
-        pix = pl.ho * pl.wo
-        iters = pix * pl.cw
-        outs = pix * pl.cout_pad
-        const = pl.cw == 1
-        # with constant weights the padded lanes (zero weight, zero bias) all compute the same
-        # value: the compiler keeps one chain of them (identical asm statements are merged)
-        lanes = min(pl.cin, pl.la) + (pl.cin < pl.la) if const else pl.la
-        c = {"rows": pl.ho, "pixels": pix, "iters": iters, "loop_iters": 0 if const else iters,
-             "dots": iters * lanes * taps, "act_loads": iters * taps,
-             "weight_loads": 0 if const else iters * pl.la * taps,
-             "imm_weights": pix * pl.cin * taps if const else 0,
-             "requant": 0 if raw else outs, "raw_out": outs if raw else 0,
-             "out_words": pix * pl.ocw}
-        return {k: float(v) for k, v in c.items()}
-    nblk = pl.cout_pad // pl.nb
-    krow = pl.kw * pl.cw
-    groups = [pl.p] * (pl.wo // pl.p) + ([pl.wo % pl.p] if pl.wo % pl.p else [])
-    c = dict.fromkeys(("rows", "blocks", "pixel_groups", "block_calls", "row_walks", "iters",
-                       "loop_iters", "iters_p1", "dots", "act_loads", "weight_loads", "requant",
-                       "raw_out", "out_words"), 0)
-    c["rows"] = pl.ho
-    c["blocks"] = nblk
-    for p in groups:
-        it = nblk * taps * pl.cw * pl.ho
-        c["pixel_groups"] += pl.ho
-        c["block_calls"] += nblk * pl.ho
-        c["row_walks"] += nblk * pl.kh * pl.ho
-        c["iters"] += it
-        c["loop_iters"] += it if krow > 1 else 0
-        c["iters_p1"] += it if p == 1 else 0
-        c["dots"] += it * p * pl.nb
-        c["act_loads"] += it * p
-        c["weight_loads"] += it * pl.nb
-        outs = pl.cout_pad * p * pl.ho
-        c["raw_out" if raw else "requant"] += outs
-        c["out_words"] += pl.ocw * p * pl.ho
+        nblk, nb, kh, krow = pl.cw, pl.la, pl.kh * pl.kw, 1
+        unroll, real = True, pl.cin
+    else:
+        nblk, nb, kh, krow = pl.cout_pad // pl.nb, pl.nb, pl.kh, pl.kw * pl.cw
+        unroll, real = kh * krow * (nb + 1) * 4 <= LDOT_UNROLL_BYTES, pl.cout
+    words = nb if raw else nb // pl.lo              # output words stored per pixel
+    live = 0 if raw else (min(real, nb) if nblk == 1 else nb)   # multipliers in the pixel loop
+    bp = nblk * pl.ho * pl.wo
+    kyl = not unroll and kh > 1
+    groups = 0 if pl.variant == "depthwise" else kh * -(-krow // 8)
+    c = {"blocks": nblk if nblk > 1 else 0,
+         "mult_loads": nblk * nb if nblk > 1 and not raw else 0,
+         "rows": nblk * pl.ho if pl.ho > 1 else 0,
+         "pixels": bp,
+         "px_loop": bp if pl.wo > 1 else 0,
+         "branches": (nblk - 1) + nblk * (pl.ho - 1) + nblk * pl.ho * (pl.wo - 1)
+                     + (bp * (kh - 1) if kyl else 0),
+         "row_walks": bp * kh,
+         "ky_loop": bp * kh if kyl else 0,
+         "iters": bp * kh * krow,
+         "dots": bp * kh * krow * nb,
+         "wbases": bp * groups,
+         "krow_groups": groups,
+         "requant": 0 if raw else bp * nb,
+         "raw_out": bp * nb if raw else 0,
+         "out_words": bp * words,
+         "cmult": bp * live if nblk == 1 else 0,
+         "px_multi": bp if nblk > 1 else 0,
+         "wo2": bp if pl.wo == 2 else 0,
+         "wo2_regs": bp * live if pl.wo == 2 else 0}
     return {k: float(v) for k, v in c.items()}
 
 
 def fit_group(shape: LayerShape, bits: int) -> str:
-    """Which fitted model costs ``shape`` at ``bits``: one per kernel variant and precision,
-    and for depthwise layers whose channels fit one word (``depthwise1w``) a separate one: the
-    channel loop vanishes there and the compiler folds the constant weights, a different code
-    shape (no loop, no weight loads), not a scaled version of the loop."""
+    """Which fitted model costs ``shape`` at ``bits``: one per generated kernel and precision.
+    conv, pointwise and linear layers run the same ``mpq.ldot`` GEMM kernel (a linear layer is
+    a 1x1 map, a pointwise one a 1x1 kernel), so they share one fit (``gemm-<bits>``): each
+    variant's shapes then teach the others the loop shapes they rarely have (two-pixel rows,
+    single blocks, long rows); depthwise has its own kernel (``depthwise-<bits>``)."""
     v = shape_variant(shape)
-    if v == "depthwise" and shape_plan(shape, bits).cw == 1:
-        v = "depthwise1w"
-    return f"{v}-{check_bits(bits)}"
+    return f"{'depthwise' if v == 'depthwise' else 'gemm'}-{check_bits(bits)}"
 
 
 def features(shape: LayerShape, bits: int) -> np.ndarray:
@@ -226,7 +244,11 @@ class Measurement:
 
 
 def _n_dot(pl) -> int:
-    return int(plan_counts(pl)["dots"])
+    """Dot instructions of a plan's kernel (``plan_counts(pl)["dots"]`` for the ldot kernels;
+    this form also holds for the register-blocked ``mpq.dot`` ones): one per output pixel,
+    tap, input word and output channel (depthwise: lane of a channel word, one-hot weights)."""
+    per = pl.cw * pl.la if pl.variant == "depthwise" else pl.cout_pad * pl.cw
+    return pl.ho * pl.wo * pl.kh * pl.kw * per
 
 
 def _bytes(pl) -> tuple[int, int, int]:
@@ -392,7 +414,7 @@ class RtlCostModel:
     # ---- analytic model ---------------------------------------------------------------
     def fit(self, shapes: list[LayerShape]) -> dict:
         """Fit the analytic model (NNLS of cycles and of retired instructions on
-        :func:`features`, one per kernel variant and precision, rows weighted by 1/cycles)
+        :func:`features`, one per :func:`fit_group`, rows weighted by 1/cycles)
         to the measurements of ``shapes`` x :data:`BITS` (measured if needed)."""
         from scipy.optimize import nnls
 
@@ -495,7 +517,7 @@ def _fits(shape: LayerShape) -> bool:
 
     try:
         pl = shape_plan(shape, 16)
-        if plan_counts(pl)["dots"] > MAX_DOTS or plan_counts(pl)["dots"] < 1:
+        if _n_dot(pl) > MAX_DOTS or _n_dot(pl) < 1:
             return False
         return all(estimate_dmem_bytes(shape_plan(shape, b)) <= _dmem_size() for b in BITS)
     except (KernelLayerError, ValueError):

@@ -14,7 +14,8 @@ Pipeline::
   instruction word of ``fd`` in D.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
   flushes F and D and redirects through a register, so it costs 2 bubbles.
-* **Forwarding**: X takes operands from M (ALU/divider/requant results) and W (everything).
+* **Forwarding**: X takes operands from M (ALU/divider/requant results) and W (everything);
+  the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
   cycle (the load-use interlock: exactly one bubble). The check compares the raw rs1/rs2
@@ -524,7 +525,8 @@ class Core(wiring.Component):
         # ---- pipeline registers ----
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
-                                       "r1": 32, "r2": 32, "r3": 32}), name="dx")
+                                       "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3}),
+                    name="dx")
         xm = Signal(data.StructLayout({
             "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
@@ -743,21 +745,32 @@ class Core(wiring.Component):
             m.d.sync += [dx.valid.eq(fd.valid & ~stall_d & ~redirect_take), dx.pc.eq(fd.pc),
                          dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
+            # X's forwarding selects, decided here (for Fmax: X only ANDs them with the valid
+            # bits ``xm.fwd`` / ``w_we``). The whole pipeline moves or holds together
+            # (``freeze``), so the instruction now in X is in M when this one is in X, and the
+            # one now in M is in W. Decoded fields: where the decoder zeroes a field (its value
+            # unused, or replaced by ACC[k]) nothing is forwarded into it.
+            d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
+            m.d.sync += [dx.fm.eq(Cat(*[dx.d.rd == r for r in d_srcs])),
+                         dx.fw.eq(Cat(*[xm.rd == r for r in d_srcs]))]
 
         # =============================== X ===============================
         d = dx.d
 
-        def forward(reg, val):
-            from_m = xm.fwd & (xm.rd == reg)   # fwd: valid, writes rd != 0, result ready in X
-            from_w = w_we & (w_rd == reg)
+        # the forwarding selects of operand i (rs1, rs2, rd): the register compares were made
+        # in D (``dx.fm``/``dx.fw``); ``xm.fwd``: valid, writes rd != 0, result ready in X
+        x_from_m = [xm.fwd & dx.fm[i] for i in range(3)]
+        x_from_w = [w_we & dx.fw[i] for i in range(3)]
+
+        def forward(i, val):
             # w_fwd: W's result without the requantization (never forwarded to X, see dep_m)
-            return Mux(from_m, xm.result, Mux(from_w, w_fwd, val))
+            return Mux(x_from_m[i], xm.result, Mux(x_from_w[i], w_fwd, val))
 
         x_r1 = Signal(32)
         x_r2 = Signal(32)
         x_r3 = Signal(32)
-        m.d.comb += [x_r1.eq(forward(d.rs1, dx.r1)), x_r2.eq(forward(d.rs2, dx.r2)),
-                     x_r3.eq(forward(d.rd, dx.r3))]
+        m.d.comb += [x_r1.eq(forward(0, dx.r1)), x_r2.eq(forward(1, dx.r2)),
+                     x_r3.eq(forward(2, dx.r3))]
 
         # ALU
         a = Signal(32)
@@ -817,7 +830,7 @@ class Core(wiring.Component):
         x_target_bad = taken & x_target[1]
 
         # memory address checks
-        addr = alu  # rs1 + imm for loads and stores
+        addr = sum_[:32]  # rs1 + imm for loads and stores (the adder, not the ALU result mux)
         f3 = d.f3
         is_accop = d.unit == Unit.ACC    # mpq.ldot / mpq.accld: a word load
         misaligned = Mux((f3[0:2] == 0) & ~is_accop, 0,
@@ -915,8 +928,7 @@ class Core(wiring.Component):
         if rq_pipe:
             # pipelined requantization: carry the packing operand (old rd) to W; forwarded
             # from W here with the requantized value (a chain of mpq.rqp into one rd)
-            x_pack = Mux(xm.fwd & (xm.rd == d.rd), xm.result,
-                         Mux(w_we & (w_rd == d.rd), w_result, dx.r3))
+            x_pack = Mux(x_from_m[2], xm.result, Mux(x_from_w[2], w_result, dx.r3))
             x_result = Mux(d.unit == Unit.RQ, x_pack, x_result)
 
         with m.If(~freeze):

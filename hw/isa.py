@@ -145,8 +145,9 @@ def _dot_latency() -> int:
 DOT_LATENCY = _dot_latency()
 #: Latency of a requantization for a dependent that reads ``rd`` through ``rs1``/``rs2``: the
 #: 32x32 product comes from the shared SIMD unit (issued in X, taken in W like a multiply) and the
-#: rounding shift, clamp and pack happen in W, so no stage forwards the result to X or D (for
-#: Fmax): such a dependent waits 3 cycles and reads it from the register file. A following
+#: rounding shift, clamp and pack happen in W, so no stage forwards the result into ``rs1``/
+#: ``rs2`` (for Fmax): such a dependent waits 3 cycles and reads it from the register file (a
+#: ``mpq.dot`` that reads it as its accumulator ``rd`` gets it from W: latency 3). A following
 #: ``mpq.rqp``/``mpq.rqpa`` into the same ``rd`` does not wait (its packing operand is forwarded
 #: into M and W): one requantization per cycle. Checked against the RTL by verif/tb_core.py.
 RQ_LATENCY = 4

@@ -14,7 +14,8 @@ Pipeline::
   instruction word of ``fd`` in D.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
   flushes F and D and redirects through a register, so it costs 2 bubbles.
-* **Forwarding**: X takes operands from M (ALU/divider/requant results) and W (everything);
+* **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
+  pipelined requantization's result, which only reaches the packing operand, see below);
   the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
@@ -37,8 +38,8 @@ Pipeline::
   (the packing operand, the dot accumulator) is forwarded from W into D with it. The packing
   operand (old ``rd``) travels with the instruction and is forwarded into X (from W,
   ``x_pack``) and into M (from W), so a chain of ``mpq.rqp``/``mpq.rqpa`` into one ``rd`` runs
-  one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR. With a unit of ``LATENCY == 1`` the
-  digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
+  one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR.
+  With a unit of ``LATENCY == 1`` the digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
 * **Accumulators** (``mpq.ldot``, ``mpq.accld``, ``mpq.rqpa``, ``mpq.accrd``): 16 x 32-bit
   ``ACC`` and bias copies ``ACCB`` (LUT memories). ``ldot``/``accld`` compute their address in
   X like ``lw`` (same checks and causes), read DMEM, and issue to the SIMD unit from M, with
@@ -639,8 +640,9 @@ class Core(wiring.Component):
             m.d.comb += port.addr.eq(reg)
             # rs1/rs2 from W without the requantization (``w_fwd``): a source produced by a
             # pipelined requantization in W waits in D (``dep_w``), so rq/clamp/pack never feeds
-            # the operands of the SIMD unit and the ALU; the third operand (the packing register,
-            # the dot accumulator) takes it (a short path, like the packing forward into X)
+            # the ``a``/``b`` operands of the SIMD unit or the ALU combinationally; the third
+            # operand (the packing register, the dot accumulator) takes it into ``dx.r3`` (a
+            # short path, like the packing forward into X)
             v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)

@@ -12,6 +12,9 @@ Pipeline::
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc``; its (registered) output is the
   instruction word of ``fd`` in D.
+* **Decode**: D registers the decoded fields as decoded, plus two flags: an illegal word and a
+  fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
+  so the override is off the path from the instruction memory through the decoder.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
   flushes F and D and redirects through a register, so it costs 2 bubbles.
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
@@ -372,8 +375,12 @@ class Core(wiring.Component):
             with m.Default():
                 m.d.comb += illegal.eq(1)
 
-    def _decode(self, m, insn, d):
-        """Drive the :data:`Decoded` view ``d`` from instruction word ``insn``."""
+    def _decode(self, m, insn, d, illegal_out=None):
+        """Drive the :data:`Decoded` view ``d`` from instruction word ``insn``.
+
+        With ``illegal_out`` the decoder does not override ``d`` for an illegal word; it drives
+        ``illegal_out`` instead and the caller applies :meth:`_squash` later (for Fmax: the
+        override is then off the path from the instruction memory to the ``dx`` register)."""
         cfg = self.config
         opcode = insn[0:7]
         f3 = insn[12:15]
@@ -489,10 +496,18 @@ class Core(wiring.Component):
             with m.Default():
                 m.d.comb += illegal.eq(1)
 
-        with m.If(illegal):
-            m.d.comb += [d.exc.eq(1), d.cause.eq(Cause.ILLEGAL), d.unit.eq(Unit.ALU),
-                         d.we.eq(0), d.mret.eq(0), d.branch.eq(0), d.jal.eq(0), d.jalr.eq(0),
-                         d.csr_write.eq(0), d.acc_rd.eq(0)]
+        if illegal_out is not None:
+            m.d.comb += illegal_out.eq(illegal)
+        else:
+            with m.If(illegal):
+                self._squash(m, d, Cause.ILLEGAL)
+
+    @staticmethod
+    def _squash(m, d, cause):
+        """Turn the decoded view ``d`` into a trap with ``cause`` and no side effects."""
+        m.d.comb += [d.exc.eq(1), d.cause.eq(cause), d.unit.eq(Unit.ALU), d.we.eq(0),
+                     d.mret.eq(0), d.branch.eq(0), d.jal.eq(0), d.jalr.eq(0),
+                     d.csr_write.eq(0), d.acc_rd.eq(0)]
 
     # ---- the pipeline --------------------------------------------------------------------
 
@@ -526,7 +541,8 @@ class Core(wiring.Component):
         # ---- pipeline registers ----
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
-                                       "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3}),
+                                       "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
+                                       "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
             "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
@@ -538,6 +554,15 @@ class Core(wiring.Component):
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "we": 1, "result": 32, "trap": 1,
             "mul": 1, "rq": 1, "rq_pack": 1,
         }), name="mw")
+
+        # X's view of the decoded instruction: an illegal word or a fetch fault (registered
+        # apart in D) turns into a trap with no side effects here
+        dxd = Signal(Decoded, name="dxd")
+        m.d.comb += dxd.eq(dx.d)
+        with m.If(dx.fault):
+            self._squash(m, dxd, Cause.FETCH_ACCESS)
+        with m.Elif(dx.illegal):
+            self._squash(m, dxd, Cause.ILLEGAL)
 
         f_pc = Signal(32, init=cfg.reset_pc)
 
@@ -588,15 +613,12 @@ class Core(wiring.Component):
 
         # =============================== D ===============================
         d_insn = self.d_imem_data
-        dec = Signal(Decoded)
-        self._decode(m, d_insn, dec)
+        # the decoded fields go into ``dx`` as decoded; an illegal word or a fetch fault is
+        # applied after the register (``dxd``): the override is off the long path from the
+        # instruction memory through the decoder
         d_dec = Signal(Decoded)
-        m.d.comb += d_dec.eq(dec)
-        with m.If(fd.fault):
-            m.d.comb += [d_dec.exc.eq(1), d_dec.cause.eq(Cause.FETCH_ACCESS), d_dec.we.eq(0),
-                         d_dec.unit.eq(Unit.ALU), d_dec.mret.eq(0), d_dec.branch.eq(0),
-                         d_dec.jal.eq(0), d_dec.jalr.eq(0), d_dec.csr_write.eq(0),
-                         d_dec.acc_rd.eq(0)]
+        d_illegal = Signal()
+        self._decode(m, d_insn, d_dec, illegal_out=d_illegal)
 
         # register file: 1 write port (W), 3 asynchronous read ports (rs1, rs2, rd)
         m.submodules.rf = rf = Memory(shape=32, depth=32, init=[])
@@ -656,7 +678,7 @@ class Core(wiring.Component):
         # instead of the decoded "uses" flags: an unused field that happens to match costs a
         # needless bubble, never a wrong result.
         late_units = [Unit.LOAD, Unit.CSR, Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
-        dx_late = dx.d.unit.as_value().matches(*late_units)
+        dx_late = dxd.unit.as_value().matches(*late_units)
         raw_rs1, raw_rs2, raw_rd = d_insn[15:20], d_insn[20:25], d_insn[7:12]
         # opcode bits [6:2] only (a word whose bits [1:0] are not 0b11 is illegal and traps: a
         # hazard found for it costs a bubble, never a wrong result)
@@ -673,14 +695,14 @@ class Core(wiring.Component):
             raw_rs2_used = raw_op != C3
         if not rq_pipe:
             raw_pack = Const(0, 1)
-        rs1_x = raw_rs1 == dx.d.rd
-        rs2_x = raw_rs2_used & (raw_rs2 == dx.d.rd)
+        rs1_x = raw_rs1 == dxd.rd
+        rs2_x = raw_rs2_used & (raw_rs2 == dxd.rd)
         dep = Signal()
         # a requantization's packing operand is forwarded to M and W, so a chain of mpq.rqp /
         # mpq.rqpa into the same rd does not wait
-        m.d.comb += dep.eq(dx.valid & dx.d.we & (dx.d.rd != 0) & dx_late & (
-            rs1_x | rs2_x | (raw_custom & (raw_rd == dx.d.rd) &
-                             ~(raw_pack & (dx.d.unit == Unit.RQ)))))
+        m.d.comb += dep.eq(dx.valid & dxd.we & (dxd.rd != 0) & dx_late & (
+            rs1_x | rs2_x | (raw_custom & (raw_rd == dxd.rd) &
+                             ~(raw_pack & (dxd.unit == Unit.RQ)))))
         dep_m = Const(0, 1)
         if rq_pipe:
             # a pipelined requantization's result appears in W only (never forwarded to X)
@@ -698,7 +720,7 @@ class Core(wiring.Component):
         if cfg.with_mpq and not rq_pipe:
             raw_rq = (raw_op == C1) | raw_rqpa
         csr_hazard = raw_rq & (
-            (dx.valid & (dx.d.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
+            (dx.valid & (dxd.unit == Unit.CSR)) | (xm.valid & (xm.unit == Unit.CSR)))
         mul_hazard = Const(0, 1)
         raw_mul = (raw_op == 0b0110011 >> 2) & d_insn[25]    # RV32M (DIV* too: harmless)
         if cfg.with_mpq:
@@ -708,7 +730,7 @@ class Core(wiring.Component):
             if rq_pipe:
                 raw_mul = raw_mul | (raw_op == C1)
         if early_mul:
-            x_writes = dx.valid & dx.d.we & (dx.d.rd != 0)
+            x_writes = dx.valid & dxd.we & (dxd.rd != 0)
             m_late_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
             m_mul_late = (xm.valid & xm.we & xm.unit.as_value().matches(*m_late_units) &
                           (xm.rd != 0)) if not mul_at_m else Const(0, 1)
@@ -719,14 +741,14 @@ class Core(wiring.Component):
         if cfg.with_mpq:
             # structural: mpq.ldot/accld issue to the unit from M, so an instruction that would
             # issue from X right behind one waits a cycle
-            acc_hazard = raw_mul & dx.valid & (dx.d.unit == Unit.ACC)
+            acc_hazard = raw_mul & dx.valid & (dxd.unit == Unit.ACC)
             # reading ACC[k] (D) waits while a write of ACC[k] is in flight: an mpq.ldot/accld
             # or the re-arm of an mpq.rqpa/accrd, in X, in M, or in the unit's stages (tags
             # ``u_tag``, below)
             # (for Fmax, a vector of the pending accumulators is formed from the pipeline
             # registers and indexed by the raw k field, instead of comparing k with each)
-            pend = [(dx.valid & (dx.d.unit == Unit.ACC), dx.d.rd[:4]),
-                    (dx.valid & dx.d.acc_rd, dx.d.acc_k),
+            pend = [(dx.valid & (dxd.unit == Unit.ACC), dxd.rd[:4]),
+                    (dx.valid & dxd.acc_rd, dxd.acc_k),
                     (xm.valid & (xm.unit == Unit.ACC), xm.rd[:4]),
                     (xm.valid & xm.acc_rd, xm.acc_k)]
             u_tag_v = [Signal(name=f"u_tag{i}_v") for i in range(latency)]
@@ -745,7 +767,8 @@ class Core(wiring.Component):
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
         with m.If(~freeze):
             m.d.sync += [dx.valid.eq(fd.valid & ~stall_d & ~redirect_take), dx.pc.eq(fd.pc),
-                         dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.r1.eq(d_vals[0]),
+                         dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.illegal.eq(d_illegal),
+                         dx.fault.eq(fd.fault), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
             # X's forwarding selects, decided here (for Fmax: X only ANDs them with the valid
             # bits ``xm.fwd`` / ``w_we``). The whole pipeline moves or holds together
@@ -753,11 +776,11 @@ class Core(wiring.Component):
             # one now in M is in W. Decoded fields: where the decoder zeroes a field (its value
             # unused, or replaced by ACC[k]) nothing is forwarded into it.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
-            m.d.sync += [dx.fm.eq(Cat(*[dx.d.rd == r for r in d_srcs])),
+            m.d.sync += [dx.fm.eq(Cat(*[dxd.rd == r for r in d_srcs])),
                          dx.fw.eq(Cat(*[xm.rd == r for r in d_srcs]))]
 
         # =============================== X ===============================
-        d = dx.d
+        d = dxd
 
         # the forwarding selects of operand i (rs1, rs2, rd): the register compares were made
         # in D (``dx.fm``/``dx.fw``); ``xm.fwd``: valid, writes rd != 0, result ready in X
@@ -979,9 +1002,14 @@ class Core(wiring.Component):
                 m.d.comb += ldata.eq(lword)
 
         # CSR read / modify / write
-        w_retire = Signal()   # an instruction retires (not a trap) this cycle
         csr_r = Signal(32)
-        instret_now = minstret + w_retire
+        # an instruction retires in W (not a trap), without ``freeze`` (late): a CSR read is
+        # discarded when frozen and the increment below is enabled by ~freeze, so the 64-bit
+        # sum starts from early signals
+        w_retire_raw = Signal()
+        m.d.comb += w_retire_raw.eq(mw.valid & ~mw.trap)
+        instret_now = Signal(64)
+        m.d.comb += instret_now.eq(minstret + w_retire_raw)
         misa = (1 << 30) | (1 << 8) | ((1 << 12) if cfg.with_muldiv else 0) | \
             ((1 << 23) if cfg.with_mpq else 0)
         reads = {
@@ -1012,7 +1040,8 @@ class Core(wiring.Component):
         # counters
         if cfg.with_counters:
             m.d.sync += mcycle.eq(mcycle + 1)
-            m.d.sync += minstret.eq(minstret + w_retire)
+            with m.If(~freeze):
+                m.d.sync += minstret.eq(instret_now)
 
         with m.If(csr_we):
             with m.Switch(xm.csr_addr):
@@ -1090,7 +1119,6 @@ class Core(wiring.Component):
             w_we.eq(mw.valid & mw.we & (mw.rd != 0) & ~mw.trap),
             w_rd.eq(mw.rd),
             rf_w.addr.eq(mw.rd), rf_w.data.eq(w_result), rf_w.en.eq(w_we & ~freeze),
-            w_retire.eq(mw.valid & ~mw.trap & ~freeze),
         ]
         m.d.comb += [
             self.retire_valid.eq(mw.valid & ~freeze),

@@ -89,6 +89,19 @@ def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq", above=None):
     two_a1 = Cat(Const(1, 1), qs[1:]).as_signed()      # 2 * (qs >> 1) + 1
     two_bc = Cat(qs[0], cfg.zp).as_signed()            # 2 * zp + qs[0]
     m.d.comb += s.eq((two_a1 + two_bc) >> 1)
+    return _clamp_pack(m, s, cfg, rd, pack, name)
+
+
+def _clamp_pack(m: Module, s, cfg, rd, pack, name: str):
+    """The tail shared by :func:`requant_comb` and :class:`RequantUnit`: clamp the signed value
+    ``s`` (zero point added) to ``cfg.bits`` signed or unsigned, then either pack it into
+    ``rd`` (``pack`` = 1: ``(rd >> bits) | (y << (32 - bits))``) or sign-extend it.
+
+    Returns
+    -------
+    Signal(32)
+        The result.
+    """
     lo = Signal(signed(18), name=f"{name}_lo")
     hi = Signal(signed(18), name=f"{name}_hi")
     packed = Signal(32, name=f"{name}_packed")
@@ -189,23 +202,7 @@ class RequantUnit(wiring.Component):
         m.d.comb += r.eq((qs >> 1) + qs[0])
         s = Signal(signed(24))
         m.d.comb += s.eq(r + cfg.zp)
-        lo = Signal(signed(18))
-        hi = Signal(signed(18))
-        with m.Switch(cfg.bits):
-            for w in ElemWidth:
-                with m.Case(w):
-                    m.d.comb += [
-                        lo.eq(Mux(cfg.out_signed, -(1 << (w.bits - 1)), 0)),
-                        hi.eq(Mux(cfg.out_signed, (1 << (w.bits - 1)) - 1, (1 << w.bits) - 1)),
-                    ]
-        y = Signal(signed(18))
-        m.d.comb += y.eq(Mux(s < lo, lo, Mux(s > hi, hi, s[:18].as_signed())))
-        packed = Signal(32)
-        with m.Switch(cfg.bits):
-            for w in ElemWidth:
-                with m.Case(w):
-                    m.d.comb += packed.eq(Cat(rd[w.bits:], y[:w.bits]))
-        final = Mux(pack, packed, y.as_signed())
+        final = _clamp_pack(m, s, cfg, rd, pack, "rq")
 
         with m.If(self.x_abort):
             m.d.sync += [busy.eq(0), done.eq(0)]

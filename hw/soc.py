@@ -29,13 +29,37 @@ from amaranth.lib.wiring import In, Out
 from .core.config import get_config
 from .core.core import Core, MemMap
 
-__all__ = ["SimSoC", "soc_memory_map", "write_soc_verilog", "ECALL_EXIT", "TOP_NAME"]
+__all__ = ["SimSoC", "soc_memory_map", "write_soc_verilog", "ECALL_EXIT", "TOP_NAME",
+           "exit_call_watch"]
 
 #: ``a7`` value of the exit ecall (newlib / riscv-tests convention).
 ECALL_EXIT = 93
 #: Verilog top-module name.
 TOP_NAME = "rvmpq_soc"
 _ECALL = 0x00000073
+
+
+def exit_call_watch(m: Module, core, enable=1):
+    """Watch ``core``'s retire port for the exit call (``ecall`` with a7 =
+    :data:`ECALL_EXIT`): shadow copies of a0 and a7, updated from retiring instructions while
+    ``enable``, and the condition that the instruction retiring now is that call.
+
+    Returns
+    -------
+    (Signal(32), Signal(32), Value)
+        ``a0`` (the exit code), ``a7`` and ``ecall_exit``. A caller may reset the shadows with
+        later ``m.d.sync`` statements.
+    """
+    a0 = Signal(32)
+    a7 = Signal(32)
+    with m.If(core.retire_valid & ~core.retire_trap & enable):
+        with m.If(core.retire_rd == 10):
+            m.d.sync += a0.eq(core.retire_wdata)
+        with m.If(core.retire_rd == 17):
+            m.d.sync += a7.eq(core.retire_wdata)
+    ecall_exit = (core.retire_valid & core.retire_trap & (core.retire_insn == _ECALL) &
+                  (a7 == ECALL_EXIT))
+    return a0, a7, ecall_exit
 
 
 class SimSoC(wiring.Component):
@@ -145,15 +169,7 @@ class SimSoC(wiring.Component):
             m.d.sync += [self.console_valid.eq(1), self.console_data.eq(core.m_dmem_wdata[:8])]
 
         # ---- shadow a0/a7 and halting ----
-        a0 = Signal(32)
-        a7 = Signal(32)
-        with m.If(core.retire_valid & ~core.retire_trap):
-            with m.If(core.retire_rd == 10):
-                m.d.sync += a0.eq(core.retire_wdata)
-            with m.If(core.retire_rd == 17):
-                m.d.sync += a7.eq(core.retire_wdata)
-        ecall_exit = (core.retire_valid & core.retire_trap & (core.retire_insn == _ECALL) &
-                      (a7 == ECALL_EXIT))
+        a0, a7, ecall_exit = exit_call_watch(m, core)
         with m.If(self.host_en):
             m.d.sync += [self.halted.eq(0), self.exit_code.eq(0), a0.eq(0), a7.eq(0)]
         with m.Elif(~self.halted):

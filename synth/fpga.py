@@ -56,7 +56,7 @@ from amaranth.lib.wiring import In, Out
 
 from rvmpq.hw.core.config import CONFIGS, get_config
 from rvmpq.hw.core.core import Core, MemMap
-from rvmpq.hw.soc import ECALL_EXIT
+from rvmpq.hw.soc import exit_call_watch
 from rvmpq.sw.runtime.elf import ElfError, MemoryMap, load_elf
 from rvmpq.sw.tools import ToolNotFound, build_root, ecppack_cmd, nextpnr_ecp5_cmd, yosys_cmd
 
@@ -68,8 +68,6 @@ __all__ = [
 
 #: UART baud rate (8N1).
 BAUD = 115200
-#: Encoding of ``ecall`` (with a7 = :data:`~rvmpq.hw.soc.ECALL_EXIT` it is the exit call).
-_ECALL = 0x00000073
 
 #: Embedded block RAMs (DP16KD, 18 Kbit = 2 KiB of 32-bit data each) per ECP5 device.
 DEVICE_EBR = {"LFE5U-12F": 32, "LFE5U-25F": 56, "LFE5U-45F": 108, "LFE5U-85F": 208}
@@ -351,15 +349,7 @@ class FpgaSoC(wiring.Component):
         ]
 
         # ---- exit: EXIT store or ecall a7 = 93 (shadow a0/a7 from the retire port) ----
-        a0 = Signal(32)
-        a7 = Signal(32)
-        with m.If(core.retire_valid & ~core.retire_trap & ~stall):
-            with m.If(core.retire_rd == 10):
-                m.d.sync += a0.eq(core.retire_wdata)
-            with m.If(core.retire_rd == 17):
-                m.d.sync += a7.eq(core.retire_wdata)
-        ecall_exit = (core.retire_valid & core.retire_trap & (core.retire_insn == _ECALL) &
-                      (a7 == ECALL_EXIT))
+        a0, _, ecall_exit = exit_call_watch(m, core, ~stall)
         with m.If(~self.halted):
             with m.If(store & (core.m_dmem_addr[2] == 1)):
                 m.d.sync += [self.halted.eq(1), self.exit_code.eq(core.m_dmem_wdata)]

@@ -303,42 +303,13 @@ class Quantizer:
                 continue
             k += 1
             last = k == self.n_compute - 1
-            s_in, sg_in = self.act_scale(k, a_bits[k], w_bits[k])
-            _, qm = self.qmax(k, a_bits[k], w_bits[k])
-            if w_scales is not None and w_scales[k] is not None:
-                sw = np.asarray(w_scales[k], dtype=np.float64)
-            else:
-                sw = weight_scales(l.weight, w_bits[k], w_method, per_channel=not last, qmax=qm)
-            wf = l.weight
-            if l.kind == "linear" and flat_shape is not None and wf.shape[1] == np.prod(flat_shape):
-                hh, ww, cc = flat_shape  # torch flattens CHW, the kernels HWC
-                wf = wf.reshape(wf.shape[0], cc, hh, ww).transpose(0, 2, 3, 1).reshape(wf.shape[0], -1)
-            wq = np.clip(np.floor(wf / sw.reshape((-1,) + (1,) * (wf.ndim - 1)) + 0.5), -qm, qm)
-            wq = wq.astype(np.int64)
-            if l.kind == "conv":
-                wq = wq.transpose(0, 2, 3, 1).copy()  # (Cout, kh, kw, Cin/g)
-                cout = wq.shape[0]
-                ho = (shape[0] + 2 * l.padding[0] - l.kernel[0]) // l.stride[0] + 1
-                wo = (shape[1] + 2 * l.padding[1] - l.kernel[1]) // l.stride[1] + 1
-                oshape = (ho, wo, cout)
-            else:
-                if int(np.prod(shape)) != wq.shape[1]:
-                    raise ValueError(f"{l.name}: Linear expects {wq.shape[1]} inputs, got "
-                                     f"{int(np.prod(shape))}")
-                oshape = (1, 1, wq.shape[0])
-            bias = np.clip(np.floor(l.bias / (s_in * sw) + 0.5), -2 ** 31, 2 ** 31 - 1)
-            zp_in = 0
-            bias = bias.astype(np.int64) - zp_in * wq.reshape(wq.shape[0], -1).sum(1)
-            if last:
-                mult, shift, ob, osg = np.ones(len(sw), dtype=np.int64), 0, 32, True
-                logit_scale = float(s_in * sw[0])
-            else:
-                s_out, osg = self.act_scale(k + 1, a_bits[k + 1], w_bits[k + 1])
-                mult, shift = _mult_shift(s_in * sw / s_out)
-                ob = a_bits[k + 1]
-            out.append(QLayer(l.kind, l.name, shape, oshape, w_bits[k], a_bits[k], sg_in, zp_in,
-                              wq, bias, mult, shift, 0, ob, osg, l.relu, l.stride, l.padding,
-                              l.kernel, l.groups, [float(v) for v in sw], bool(qat[k])))
+            out_q = None if last else (*self.act_scale(k + 1, a_bits[k + 1], w_bits[k + 1]),
+                                       a_bits[k + 1])
+            ql, ls = self._quantize_compute(k, l, shape, flat_shape, w_bits, a_bits, w_method,
+                                            w_scales, qat, out_q)
+            out.append(ql)
+            logit_scale = ls if ls is not None else logit_scale
+            oshape = ql.out_shape
             shape = oshape
         meta = dict(meta or {}, act_method=self.act_method, w_method=w_method)
         return QNetwork(float(s0), 0, a_bits[0], sg0, out, logit_scale, meta)
@@ -387,6 +358,58 @@ class Quantizer:
                 q[i] = None           # the logits, or a value nobody reads
         return q
 
+    def _quantize_compute(self, k, l, shape, flat_hwc, w_bits, a_bits, w_method, w_scales, qat,
+                          out_q, **extra):
+        """One compute layer (conv / linear, compute index ``k``) of :meth:`export`, for the
+        chain and the graph forms alike.
+
+        ``shape``: its input (h, w, c); ``flat_hwc``: the (h, w, c) a preceding flatten
+        flattened, or None (torch flattens CHW, the kernels HWC, so a linear layer's columns
+        are reordered); ``out_q``: the next tensor's (scale, signed, bits), unused for the last
+        (logits) layer; ``extra``: more :class:`QLayer` fields (``src``).
+
+        Returns
+        -------
+        (QLayer, float or None)
+            The layer and, for the logits layer, the logit scale.
+        """
+        last = k == self.n_compute - 1
+        s_in, sg_in = self.act_scale(k, a_bits[k], w_bits[k])
+        _, qm = self.qmax(k, a_bits[k], w_bits[k])
+        if w_scales is not None and w_scales[k] is not None:
+            sw = np.asarray(w_scales[k], dtype=np.float64)
+        else:
+            sw = weight_scales(l.weight, w_bits[k], w_method, per_channel=not last, qmax=qm)
+        wf = l.weight
+        if l.kind == "linear" and flat_hwc is not None and wf.shape[1] == np.prod(flat_hwc):
+            hh, ww, cc = flat_hwc
+            wf = wf.reshape(wf.shape[0], cc, hh, ww).transpose(0, 2, 3, 1).reshape(wf.shape[0], -1)
+        wq = np.clip(np.floor(wf / sw.reshape((-1,) + (1,) * (wf.ndim - 1)) + 0.5), -qm, qm)
+        wq = wq.astype(np.int64)
+        if l.kind == "conv":
+            wq = wq.transpose(0, 2, 3, 1).copy()  # (Cout, kh, kw, Cin/g)
+            ho = (shape[0] + 2 * l.padding[0] - l.kernel[0]) // l.stride[0] + 1
+            wo = (shape[1] + 2 * l.padding[1] - l.kernel[1]) // l.stride[1] + 1
+            oshape = (ho, wo, wq.shape[0])
+        else:
+            if int(np.prod(shape)) != wq.shape[1]:
+                raise ValueError(f"{l.name}: Linear expects {wq.shape[1]} inputs, got "
+                                 f"{int(np.prod(shape))}")
+            oshape = (1, 1, wq.shape[0])
+        bias = np.clip(np.floor(l.bias / (s_in * sw) + 0.5), -2 ** 31, 2 ** 31 - 1)
+        bias = bias.astype(np.int64)     # input zero point 0: no correction term
+        logit_scale = None
+        if last:
+            mult, shift, ob, osg = np.ones(len(sw), dtype=np.int64), 0, 32, True
+            logit_scale = float(s_in * sw[0])
+        else:
+            s_out, osg, ob = out_q
+            mult, shift = _mult_shift(s_in * sw / s_out)
+        ql = QLayer(l.kind, l.name, shape, oshape, w_bits[k], a_bits[k], sg_in, 0, wq, bias,
+                    mult, shift, 0, ob, osg, l.relu, l.stride, l.padding, l.kernel, l.groups,
+                    [float(v) for v in sw], bool(qat[k]), **extra)
+        return ql, logit_scale
+
     def _export_graph(self, w_bits, a_bits, layers, w_method, qat, meta, w_scales) -> QNetwork:
         """:meth:`export` of a layer graph (residual adds); same per-layer rules."""
         q = self._tensor_quant(w_bits, a_bits)
@@ -423,42 +446,14 @@ class Quantizer:
                 shapes[i] = shape
                 continue
             k += 1
-            last = k == self.n_compute - 1
-            s_in, sg_in = self.act_scale(k, a_bits[k], w_bits[k])
-            _, qm = self.qmax(k, a_bits[k], w_bits[k])
-            if w_scales is not None and w_scales[k] is not None:
-                sw = np.asarray(w_scales[k], dtype=np.float64)
-            else:
-                sw = weight_scales(l.weight, w_bits[k], w_method, per_channel=not last, qmax=qm)
-            wf = l.weight
+            flat_hwc = None
             if l.kind == "linear" and src[0] >= 0 and layers[src[0]].kind == "flatten":
-                hh, ww, cc = shapes[self._src(src[0])[0]]   # torch flattens CHW, kernels HWC
-                if wf.shape[1] == hh * ww * cc:
-                    wf = wf.reshape(wf.shape[0], cc, hh, ww).transpose(0, 2, 3, 1).reshape(
-                        wf.shape[0], -1)
-            wq = np.clip(np.floor(wf / sw.reshape((-1,) + (1,) * (wf.ndim - 1)) + 0.5), -qm, qm)
-            wq = wq.astype(np.int64)
-            if l.kind == "conv":
-                wq = wq.transpose(0, 2, 3, 1).copy()
-                ho = (shape[0] + 2 * l.padding[0] - l.kernel[0]) // l.stride[0] + 1
-                wo = (shape[1] + 2 * l.padding[1] - l.kernel[1]) // l.stride[1] + 1
-                oshape = (ho, wo, wq.shape[0])
-            else:
-                if int(np.prod(shape)) != wq.shape[1]:
-                    raise ValueError(f"{l.name}: Linear expects {wq.shape[1]} inputs, got "
-                                     f"{int(np.prod(shape))}")
-                oshape = (1, 1, wq.shape[0])
-            bias = np.clip(np.floor(l.bias / (s_in * sw) + 0.5), -2 ** 31, 2 ** 31 - 1)
-            bias = bias.astype(np.int64)
-            if last:
-                mult, shift, ob, osg = np.ones(len(sw), dtype=np.int64), 0, 32, True
-                logit_scale = float(s_in * sw[0])
-            else:
-                s_out, osg, ob = q[i]
-                mult, shift = _mult_shift(s_in * sw / s_out)
-            out.append(QLayer(l.kind, l.name, shape, oshape, w_bits[k], a_bits[k], sg_in, 0,
-                              wq, bias, mult, shift, 0, ob, osg, l.relu, l.stride, l.padding,
-                              l.kernel, l.groups, [float(v) for v in sw], bool(qat[k]), src=src))
+                flat_hwc = shapes[self._src(src[0])[0]]
+            ql, ls = self._quantize_compute(k, l, shape, flat_hwc, w_bits, a_bits, w_method,
+                                            w_scales, qat, q[i], src=src)
+            out.append(ql)
+            logit_scale = ls if ls is not None else logit_scale
+            oshape = ql.out_shape
             shapes[i] = oshape
         s0, sg0, b0 = q[-1]
         meta = dict(meta or {}, act_method=self.act_method, w_method=w_method)

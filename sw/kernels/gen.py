@@ -329,6 +329,58 @@ def _dot_name(pl: KernelPlan, a_signed: bool) -> str:
     return f"mpq_dot_w{pl.bits}_{'s' if a_signed else 'u'}s"
 
 
+def _ldot_head(ap, pl: KernelPlan, var: str, nblocks: int, wstride: int, nb: int, raw: bool,
+               ar_extra: str) -> None:
+    """The opening both ``mpq.ldot`` kernels share: the ``LDW`` asm load, the kernel function,
+    the block loop over ``var`` (``nblocks`` blocks of ``nb`` accumulators, ``wstride`` weight
+    words each) with its ``mpq.accld`` of the biases and, unless ``raw``, the multipliers in
+    locals, then the ``oy``/``ox`` loops and the pixel's activation pointer ``ar`` (plus
+    ``ar_extra``)."""
+    # the activations come from plain C stores (possibly of a previous layer in the same
+    # program): the kernel's loads are asm, so a compiler barrier orders them after those
+    ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
+       "\"i\"(off), \"r\"(base))")
+    ap("static void kernel(void) {")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap(f"    for (int {var} = 0; {var} < {nblocks}; {var}++) {{")
+    ap(f"        const uint32_t *wb = wt + {var} * {wstride};")
+    ap(f"        const int32_t *bb = bias + {var} * {nb};")
+    for j in range(nb):
+        ap(f"        mpq_accld({j}, bb, {j});")
+    if not raw:
+        for j in range(nb):
+            ap(f"        const int32_t m{j} = mult[{var} * {nb} + {j}];")
+    ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
+    ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
+    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
+       f"{pl.cw}{ar_extra};")
+
+
+def _ldot_tail(ap, pl: KernelPlan, var: str, nb: int, raw: bool) -> None:
+    """The closing both ``mpq.ldot`` kernels share: the pixel's ``nb`` accumulators stored as
+    int32 (``raw``, ``mpq.accrd``) or requantized and packed ``pl.lo`` per word
+    (``mpq.rqpa``, which re-arms each accumulator with its bias), then the loops' ends."""
+    words = nb if raw else nb // pl.lo
+    ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + {var} * {words};")
+    if raw:
+        for j in range(nb):
+            ap(f"            op[{j}] = mpq_accrd({j});")
+    else:
+        for k in range(words):
+            ap("            {")
+            ap("              uint32_t pk = 0;")
+            for jj in range(pl.lo):
+                j = k * pl.lo + jj
+                ap(f"              pk = mpq_rqpa(pk, m{j}, {j});")
+            ap(f"              op[{k}] = pk;")
+            ap("            }")
+    ap("          }")
+    ap("        }")
+    ap("    }")
+    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    ap("}")
+
+
 def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
     """Kernel body for conv / pointwise / linear with ``mpq.ldot`` into the accumulators.
 
@@ -342,32 +394,14 @@ def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
     :data:`LDOT_UNROLL_BYTES`. Then ``mpq.rqpa`` pushes the 16 requantized outputs into packed
     words (one chain per word: one per cycle), or ``mpq.accrd`` reads raw int32 logits.
     """
-    nb, lo = pl.nb, pl.lo
+    nb = pl.nb
     assert nb == LDOT_NB and pl.p == 1
     krow = pl.kw * pl.cw
     raw = pl.out_bits == 32
     ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
-    wpb = 1 if raw else nb // lo        # output words per block (nb is a multiple of lo)
     L = []
     ap = L.append
-    # the activations come from plain C stores (possibly of a previous layer in the same
-    # program): the kernel's loads are asm, so a compiler barrier orders them after those
-    ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
-       "\"i\"(off), \"r\"(base))")
-    ap("static void kernel(void) {")
-    ap("    __asm__ volatile (\"\" ::: \"memory\");")
-    ap(f"    for (int cb = 0; cb < {pl.cout_pad // nb}; cb++) {{")
-    ap(f"        const uint32_t *wb = wt + cb * {pl.kh * krow * nb};")
-    ap(f"        const int32_t *bb = bias + cb * {nb};")
-    for j in range(nb):
-        ap(f"        mpq_accld({j}, bb, {j});")
-    if not raw:
-        for j in range(nb):
-            ap(f"        const int32_t m{j} = mult[cb * {nb} + {j}];")
-    ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
-    ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
-    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
-       f"{pl.cw};")
+    _ldot_head(ap, pl, "cb", pl.cout_pad // nb, pl.kh * krow * nb, nb, raw, "")
     ap("            const uint32_t *wp = wb;")
     unroll = pl.kh * krow * (nb + 1) * 4 <= LDOT_UNROLL_BYTES
     rows = range(pl.kh) if unroll else [None]
@@ -394,25 +428,7 @@ def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
         ap(f"              ar += {pl.wp * pl.cw};")
         ap(f"              wp += {krow * nb};")
         ap("            }")
-    ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + cb * "
-       f"{nb if raw else wpb};")
-    if raw:
-        for j in range(nb):
-            ap(f"            op[{j}] = mpq_accrd({j});")
-    else:
-        for k in range(wpb):
-            ap("            {")
-            ap("              uint32_t pk = 0;")
-            for jj in range(lo):
-                j = k * lo + jj
-                ap(f"              pk = mpq_rqpa(pk, m{j}, {j});")
-            ap(f"              op[{k}] = pk;")
-            ap("            }")
-    ap("          }")
-    ap("        }")
-    ap("    }")
-    ap("    __asm__ volatile (\"\" ::: \"memory\");")
-    ap("}")
+    _ldot_tail(ap, pl, "cb", nb, raw)
     return "\n".join(L) + "\n"
 
 
@@ -556,28 +572,13 @@ def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
     registers. Per output pixel and tap: one activation ``lw`` (one tap ahead) and ``LA``
     ``mpq.ldot`` whose one-hot weight word is addressed by an immediate offset; no weight loads.
     """
-    la, lo = pl.la, pl.lo
+    la = pl.la
     taps = pl.kh * pl.kw
     raw = pl.out_bits == 32
     ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
     L = []
     ap = L.append
-    ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
-       "\"i\"(off), \"r\"(base))")
-    ap("static void kernel(void) {")
-    ap("    __asm__ volatile (\"\" ::: \"memory\");")
-    ap(f"    for (int c = 0; c < {pl.cw}; c++) {{")
-    ap(f"        const uint32_t *wb = wt + c * {la * taps};")
-    ap(f"        const int32_t *bb = bias + c * {la};")
-    for j in range(la):
-        ap(f"        mpq_accld({j}, bb, {j});")
-    if not raw:
-        for j in range(la):
-            ap(f"        const int32_t m{j} = mult[c * {la} + {j}];")
-    ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
-    ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
-    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
-       f"{pl.cw} + c;")
+    _ldot_head(ap, pl, "c", pl.cw, la * taps, la, raw, " + c")
     ap("            uint32_t x0, x1;")
     tap_list = [(ky, kx) for ky in range(pl.kh) for kx in range(pl.kw)]
 
@@ -594,25 +595,7 @@ def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
             g, jj = divmod(j, 8)
             base = "wb" if g == 0 else f"(wb + {8 * taps})"
             ap(f"            {ldot}({j}, {cur}, {base}, {jj * taps + t});")
-    if raw:
-        ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + c * {la};")
-        for j in range(la):
-            ap(f"            op[{j}] = mpq_accrd({j});")
-    else:
-        ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + c * {la // lo};")
-        for k in range(la // lo):
-            ap("            {")
-            ap("              uint32_t pk = 0;")
-            for jj in range(lo):
-                j = k * lo + jj
-                ap(f"              pk = mpq_rqpa(pk, m{j}, {j});")
-            ap(f"              op[{k}] = pk;")
-            ap("            }")
-    ap("          }")
-    ap("        }")
-    ap("    }")
-    ap("    __asm__ volatile (\"\" ::: \"memory\");")
-    ap("}")
+    _ldot_tail(ap, pl, "c", la, raw)
     return "\n".join(L) + "\n"
 
 
@@ -623,7 +606,7 @@ def _emit_mpq_depthwise(layer: QLayer, pl: KernelPlan) -> str:
     if MPQ_GEMM == "ldot" and (pl.out_bits == 32 or pl.la >= pl.lo):
         return _emit_mpq_depthwise_ldot(layer, pl)
     dot = _dot_name(pl, layer.a_signed)
-    la, lo = pl.la, pl.lo
+    la = pl.la
     taps = pl.kh * pl.kw
     raw = pl.out_bits == 32
     L = []

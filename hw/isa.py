@@ -152,9 +152,10 @@ DOT_LATENCY = _dot_latency()
 #: into M and W): one requantization per cycle. Checked against the RTL by verif/tb_core.py.
 RQ_LATENCY = 4
 #: Latency of ``mpq.ldot``/``mpq.accld`` for a following ``mpq.rqpa``/``mpq.accrd`` of the same
-#: accumulator (memory read in M, the SIMD unit's stages, the accumulate, then the read in D):
-#: ``3 + LATENCY`` of the unit. Consecutive ``mpq.ldot`` into the same accumulator never wait.
-LDOT_LATENCY = 3 + max(2, DOT_LATENCY)
+#: accumulator (memory read in M, the word registered for issue from W, the SIMD unit's stages,
+#: the accumulate, then the read in D): ``4 + LATENCY`` of the unit. Consecutive ``mpq.ldot``
+#: into the same accumulator never wait.
+LDOT_LATENCY = 4 + max(2, DOT_LATENCY)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ Pipeline::
     f_pc ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM        regfile rd       fwd from M, W       trap/mret          retire port
     read        (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                ACC[k] read      (mul, dot, rq*)     SimdMulUnit issue  requant/pack of rq*
-                                 div (stall)         (ldot, accld)
-                                                          │ unit stages ──▶ ACC[k] (+=)
+                ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
+                                 div (stall)         registered (lw)    SimdMulUnit issue
+                                                                        (ldot, accld)
+                                                          unit stages ──▶ ACC[k] (+=)
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc``; its (registered) output is the
   instruction word of ``fd`` in D.
@@ -39,24 +40,27 @@ Pipeline::
   requantization), nor to D: a dependent through ``rs1``/``rs2`` waits in D until the producer
   has left W and reads the register file (``dep_m``, ``dep_w``; latency 4); ``rd`` as a source
   (the packing operand, the dot accumulator) is forwarded from W into D with it. The packing
-  operand (old ``rd``) travels with the instruction and is forwarded into X (from W,
-  ``x_pack``) and into M (from W), so a chain of ``mpq.rqp``/``mpq.rqpa`` into one ``rd`` runs
-  one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR.
+  operand (old ``rd``) travels with the instruction and is forwarded into X (from M,
+  ``x_pack``, for results ready there) and into M (from W, and from ``wp``, the result that
+  left W one cycle earlier, which covers X's view of W), so a chain of ``mpq.rqp``/``mpq.rqpa``
+  into one ``rd`` runs one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR.
   With a unit of ``LATENCY == 1`` the digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
 * **Accumulators** (``mpq.ldot``, ``mpq.accld``, ``mpq.rqpa``, ``mpq.accrd``): 16 x 32-bit
   ``ACC`` and bias copies ``ACCB`` (LUT memories). ``ldot``/``accld`` compute their address in
-  X like ``lw`` (same checks and causes), read DMEM, and issue to the SIMD unit from M, with
-  the memory word as ``b`` and the activation (``rs2``, carried in ``xm.sdata``; 1 for
-  ``accld``) as ``a`` and ``acc = 0``. Issue from M happens only for a committing instruction
-  (M is the commit point: no exception, not frozen), so a flushed or faulting ``ldot`` never
-  reaches ``ACC`` and one in the unit when a younger instruction traps still completes. A tag
+  X like ``lw`` (same checks and causes), read DMEM in M, and issue to the SIMD unit from W
+  (the register ``lw``, so the block RAM output does not feed the unit's first stage: for
+  Fmax), with the memory word as ``b`` and the activation (``rs2``, carried in ``xm.sdata``; 1
+  for ``accld``) as ``a`` and ``acc = 0``. Only a committing instruction (M is the commit
+  point: no exception) is loaded into ``lw``, so a flushed or faulting ``ldot`` never reaches
+  ``ACC`` and one in ``lw`` or the unit when a younger instruction traps still completes. A tag
   pipeline beside the unit (``u_tag``, advancing with it) marks those results; as they leave
   the unit ``ACC[k] += result`` (``accld``: ``ACC[k] = ACCB[k] = result``), always accepted,
   so back-to-back ``ldot`` into one ``k`` never wait and there is no second register-file write
   port. ``rqpa``/``accrd`` read ``ACC[k]`` in D into the ``rs2`` operand (interlocked while any
-  write of ``ACC[k]`` is in X, M or the unit) and re-arm it (``ACC[k] = ACCB[k]``) through the
-  unit's tag when their unit operation leaves it. An instruction that issues to the unit from X
-  waits one cycle behind an ``ldot``/``accld`` in X (the unit takes one operation per cycle).
+  write of ``ACC[k]`` is in X, M, ``lw`` or the unit) and re-arm it (``ACC[k] = ACCB[k]``) through the
+  unit's tag when their unit operation leaves it. An instruction that would issue to the unit
+  from X in the same cycle as an ``ldot``/``accld`` from ``lw`` (two behind it) waits one cycle
+  in D (the unit takes one operation per cycle).
 * **Long operations**: DIV*/REM* occupy X until the divider is done; the whole pipeline is
   frozen meanwhile (``freeze``).
 * **Traps** are precise and taken in M: the instruction in M does not commit, younger ones in
@@ -555,6 +559,11 @@ class Core(wiring.Component):
             "mul": 1, "rq": 1, "rq_pack": 1,
         }), name="mw")
 
+        # mpq.ldot / mpq.accld in W: the memory word read in M, registered (for Fmax: the block
+        # RAM output does not feed the SIMD unit's first stage), with the unit's other operands
+        lw = Signal(data.StructLayout({"valid": 1, "mode": MulMode, "a": 32, "b": 32, "k": 4,
+                                       "init": 1}), name="lw")
+
         # X's view of the decoded instruction: an illegal word or a fetch fault (registered
         # apart in D) turns into a trap with no side effects here
         dxd = Signal(Decoded, name="dxd")
@@ -739,9 +748,9 @@ class Core(wiring.Component):
                 (m_mul_late & ((raw_rs1 == xm.rd) | (raw_rs2_used & (raw_rs2 == xm.rd)))))
         acc_hazard = Const(0, 1)
         if cfg.with_mpq:
-            # structural: mpq.ldot/accld issue to the unit from M, so an instruction that would
-            # issue from X right behind one waits a cycle
-            acc_hazard = raw_mul & dx.valid & (dxd.unit == Unit.ACC)
+            # structural: mpq.ldot/accld issue to the unit from W (``lw``, the registered memory
+            # word), so an instruction that would issue from X two behind one waits a cycle
+            acc_hazard = raw_mul & xm.valid & (xm.unit == Unit.ACC)
             # reading ACC[k] (D) waits while a write of ACC[k] is in flight: an mpq.ldot/accld
             # or the re-arm of an mpq.rqpa/accrd, in X, in M, or in the unit's stages (tags
             # ``u_tag``, below)
@@ -750,7 +759,8 @@ class Core(wiring.Component):
             pend = [(dx.valid & (dxd.unit == Unit.ACC), dxd.rd[:4]),
                     (dx.valid & dxd.acc_rd, dxd.acc_k),
                     (xm.valid & (xm.unit == Unit.ACC), xm.rd[:4]),
-                    (xm.valid & xm.acc_rd, xm.acc_k)]
+                    (xm.valid & xm.acc_rd, xm.acc_k),
+                    (lw.valid, lw.k)]
             u_tag_v = [Signal(name=f"u_tag{i}_v") for i in range(latency)]
             u_tag_k = [Signal(4, name=f"u_tag{i}_k") for i in range(latency)]
             u_tag_init = [Signal(name=f"u_tag{i}_init") for i in range(latency)]
@@ -905,24 +915,32 @@ class Core(wiring.Component):
         with m.If(is_accop):   # the unit's a operand in M: the activation, or 1 for mpq.accld
             m.d.comb += sdata.eq(Mux(d.acc_init, 1, x_r2))
 
-        # shared multiplier issue: from X (MUL*, mpq.dot, pipelined mpq.rq*), or from M
-        # (mpq.ldot / mpq.accld, whose second operand is the memory word read for them)
+        # shared multiplier issue: from X (MUL*, mpq.dot, pipelined mpq.rq*), or from W
+        # (mpq.ldot / mpq.accld in ``lw``, whose second operand is the memory word read in M)
         x_kill = m_redirect  # the instruction in X is flushed by a trap/mret in M
         x_mul_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
         # (mpq.accrd issues too: its re-arm of ACC[k] travels through the unit, in order)
         x_issue = dx.valid & (d.unit.as_value().matches(*x_mul_units) | d.acc_rd) & ~freeze & \
             ~x_kill
-        m_accop = Signal()     # xm holds an mpq.ldot / mpq.accld (selects the unit's operands)
-        m_acc_issue = Signal()
+        m_accop = Signal()     # xm holds an mpq.ldot / mpq.accld
+        w_accop = Signal()     # lw holds one (selects the unit's operands)
+        w_acc_issue = Signal()
         m.d.comb += [
             m_accop.eq(xm.valid & (xm.unit == Unit.ACC)) if cfg.with_mpq else m_accop.eq(0),
-            m_acc_issue.eq(m_accop & ~xm.exc & ~freeze),
-            mul.i.valid.eq(x_issue | m_acc_issue),
-            mul.i.payload.mode.eq(Mux(m_accop, xm.mode, d.mul_mode)),
-            mul.i.payload.a.eq(Mux(m_accop, xm.sdata, dx.r1 if early_mul else x_r1)),
-            mul.i.payload.b.eq(Mux(m_accop, self.m_dmem_rdata, dx.r2 if early_mul else x_r2)),
-            mul.i.payload.acc.eq(Mux(m_accop, 0, x_r3)),
+            w_accop.eq(lw.valid) if cfg.with_mpq else w_accop.eq(0),
+            w_acc_issue.eq(w_accop & ~freeze),
+            mul.i.valid.eq(x_issue | w_acc_issue),
+            mul.i.payload.mode.eq(Mux(w_accop, lw.mode, d.mul_mode)),
+            mul.i.payload.a.eq(Mux(w_accop, lw.a, dx.r1 if early_mul else x_r1)),
+            mul.i.payload.b.eq(Mux(w_accop, lw.b, dx.r2 if early_mul else x_r2)),
+            mul.i.payload.acc.eq(Mux(w_accop, 0, x_r3)),
         ]
+        if cfg.with_mpq:
+            # only a committing mpq.ldot/accld (no exception in M) goes on to the unit
+            with m.If(~freeze):
+                m.d.sync += [lw.valid.eq(m_accop & ~xm.exc), lw.mode.eq(xm.mode),
+                             lw.a.eq(xm.sdata), lw.b.eq(self.m_dmem_rdata), lw.k.eq(xm.rd[:4]),
+                             lw.init.eq(xm.acc_init)]
 
         # long operations: divider and requantization hold X until done
         x_long_busy = Signal()
@@ -951,9 +969,10 @@ class Core(wiring.Component):
         x_result = Mux(d.link, dx.pc + 4,
                        Mux(d.unit.as_value().matches(*long_units), long_result, alu))
         if rq_pipe:
-            # pipelined requantization: carry the packing operand (old rd) to W; forwarded
-            # from W here with the requantized value (a chain of mpq.rqp into one rd)
-            x_pack = Mux(x_from_m[2], xm.result, Mux(x_from_w[2], w_result, dx.r3))
+            # pipelined requantization: carry the packing operand (old rd) to W. A value in W
+            # now is not forwarded here (for Fmax: W's requantization would feed X); M takes it
+            # from ``wp`` (W's previous result) next cycle instead
+            x_pack = Mux(x_from_m[2], xm.result, dx.r3)
             x_result = Mux(d.unit == Unit.RQ, x_pack, x_result)
 
         with m.If(~freeze):
@@ -1094,8 +1113,15 @@ class Core(wiring.Component):
         ]
         if rq_pipe:
             # the packing operand of a requantization, forwarded from W (the instruction just
-            # ahead, e.g. the previous mpq.rqp of a chain into the same rd)
-            m_result = Mux(m_rq & w_we & (w_rd == xm.rd), w_result, m_result)
+            # ahead, e.g. the previous mpq.rqp of a chain into the same rd), else from ``wp``
+            # (the one two ahead, which was in W while this one was in X: X does not forward
+            # from W into the packing operand). The whole pipeline moves or holds together, so
+            # ``wp`` is always the instruction that left W when this one left X.
+            wp = Signal(data.StructLayout({"we": 1, "rd": 5, "result": 32}), name="wp")
+            with m.If(~freeze):
+                m.d.sync += [wp.we.eq(w_we), wp.rd.eq(w_rd), wp.result.eq(w_result)]
+            m_result = Mux(m_rq & w_we & (w_rd == xm.rd), w_result,
+                           Mux(m_rq & wp.we & (wp.rd == xm.rd), wp.result, m_result))
         with m.If(~freeze):
             m.d.sync += [
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
@@ -1136,17 +1162,17 @@ class Core(wiring.Component):
         if cfg.with_mpq:
             # accumulate stage: results of mpq.ldot / mpq.accld (tagged by ``u_tag``, which
             # advances with the unit) go into ACC[k] as they leave the unit; only committed
-            # instructions were issued (from M, without a trap), so this never waits for the
-            # pipeline and two ldots into the same k in a row need no stall
+            # instructions were issued (from ``lw``, loaded without a trap in M), so this never
+            # waits for the pipeline and two ldots into the same k in a row need no stall
             u_adv = ~mul.o.valid | mul.o.ready
             # ``v``: the result is the accumulator's (always taken here); ``rearm``: when the
             # result leaves the unit (taken by W for a pipelined mpq.rqpa), ACC[k] = ACCB[k]
             x_rearm = x_issue & d.acc_rd
             x_rearm_v = x_rearm & ~((d.unit == Unit.RQ) if rq_pipe else Const(0, 1))
             with m.If(u_adv):
-                m.d.sync += [u_tag_v[0].eq(m_acc_issue | x_rearm_v),
-                             u_tag_k[0].eq(Mux(m_accop, xm.rd[:4], d.acc_k)),
-                             u_tag_init[0].eq(m_accop & xm.acc_init),
+                m.d.sync += [u_tag_v[0].eq(w_acc_issue | x_rearm_v),
+                             u_tag_k[0].eq(Mux(w_accop, lw.k, d.acc_k)),
+                             u_tag_init[0].eq(w_accop & lw.init),
                              u_tag_rearm[0].eq(x_rearm)]
                 for i in range(1, latency):
                     m.d.sync += [u_tag_v[i].eq(u_tag_v[i - 1]), u_tag_k[i].eq(u_tag_k[i - 1]),

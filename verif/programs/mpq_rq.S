@@ -129,4 +129,27 @@ TEST_BEGIN
     PUSH(21, 1)                                     /* 10.5 -> 11 */
     li x7, 0x0b0002ff
     bne x14, x7, fail
+    li TESTNUM, 55                                  /* packing chains with gaps of 1, 2, 3 */
+    SET_RQ(0, 0, 8, 1)
+    li x1, 0x11
+    li x9, 0x22
+    li x4, 0x33
+    li x6, 0x44
+    li x2, 1
+    li x14, 0
+    MPQ_RQP(x14, x1, x2)                            /* 0x11000000 */
+    nop
+    MPQ_RQP(x14, x9, x2)                            /* two behind: 0x22110000 */
+    MPQ_RQP(x14, x4, x2)                            /* right behind: 0x33221100 */
+    nop
+    nop
+    MPQ_RQP(x14, x6, x2)                            /* three behind: 0x44332211 */
+    li x7, 0x44332211
+    bne x14, x7, fail
+    li TESTNUM, 56                                  /* a younger plain write of rd wins */
+    MPQ_RQP(x14, x1, x2)
+    addi x14, x0, 0x550                             /* two behind the next rqp's W */
+    MPQ_RQP(x14, x9, x2)                            /* (0x550 >> 8) | 0x22 << 24 */
+    li x7, 0x22000005
+    bne x14, x7, fail
 TEST_END

@@ -141,7 +141,7 @@ def _dot_latency() -> int:
     return max(2, int(SimdMulUnit.LATENCY))
 
 
-#: Latency (see :attr:`InstrDesc.latency`) of a dot product on the 5-stage core.
+#: Latency (see :attr:`InstrDesc.latency`) of a dot product on the core.
 DOT_LATENCY = _dot_latency()
 #: Latency of a requantization for a dependent that reads ``rd`` through ``rs1``/``rs2``: the
 #: 32x32 product comes from the shared SIMD unit (issued in X, taken in W like a multiply) and the

@@ -1,4 +1,5 @@
-"""rvmpq.hw.core: the 5-stage RV32IM + Zicsr + Zicntr core with the MPQ extension.
+"""rvmpq.hw.core: the pipelined (F, F2, D, X, M, W) RV32IM + Zicsr + Zicntr core with the MPQ
+extension.
 
 :class:`~rvmpq.hw.core.core.Core` is the core without memories (the synthesis top);
 :data:`~rvmpq.hw.core.config.CONFIGS` holds the named configurations (``baseline``, ``mpq``).

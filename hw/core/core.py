@@ -1,23 +1,25 @@
-"""The rvmpq core: RV32IM + Zicsr + Zicntr + the MPQ extension, 5-stage in-order pipeline.
+"""The rvmpq core: RV32IM + Zicsr + Zicntr + the MPQ extension, in-order pipeline: the five
+classic stages with fetch split in two (F, F2).
 
 Pipeline::
 
-     F            D               X                   M                  W
-    f_pc ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
-    IMEM        regfile rd       fwd from M, W       trap/mret          retire port
-    read        (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
+     F        F2       D               X                   M                  W
+    f_pc ──▶ ff ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
+    IMEM     IMEM      regfile rd       fwd from M, W       trap/mret          retire port
+    address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
                 ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
                                  div (stall)         registered (lw)    SimdMulUnit issue
                                                                         (ldot, accld)
                                                           unit stages ──▶ ACC[k] (+=)
 
-* **Fetch**: the IMEM read port is addressed with ``f_pc``; its (registered) output is the
-  instruction word of ``fd`` in D.
+* **Fetch**: the IMEM read port is addressed with ``f_pc`` in F; its (registered) output is
+  the word of ``ff`` in F2, which is registered into ``fd`` for D (for Fmax: the block RAM's
+  clock-to-output does not reach the decoder, the hazard checks and the stall).
 * **Decode**: D registers the decoded fields as decoded, plus two flags: an illegal word and a
   fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
   so the override is off the path from the instruction memory through the decoder.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
-  flushes F and D and redirects through a register, so it costs 2 bubbles.
+  flushes F, F2 and D and redirects through a register, so it costs 3 bubbles.
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
   pipelined requantization's result, which only reaches the packing operand, see below);
   the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
@@ -82,7 +84,11 @@ from .config import CoreConfig, get_config
 from .divider import Divider
 from .requant import RequantUnit, requant_above, requant_comb
 
-__all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit"]
+__all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit",
+           "TAKEN_BRANCH_BUBBLES"]
+
+#: Cycles lost to a taken branch or jump: it resolves in X and flushes F, F2 and D.
+TAKEN_BRANCH_BUBBLES = 3
 
 
 class Unit(enum.Enum, shape=3):
@@ -543,7 +549,9 @@ class Core(wiring.Component):
             m.submodules.rq = rqu = RequantUnit()
 
         # ---- pipeline registers ----
-        fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1}), name="fd")
+        # F2 (``ff``): the IMEM output is this instruction's word; D (``fd``) holds it registered
+        ff = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1}), name="ff")
+        fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1, "insn": 32}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
                                        "illegal": 1, "fault": 1}),
@@ -555,7 +563,7 @@ class Core(wiring.Component):
             "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
         }), name="xm")
         mw = Signal(data.StructLayout({
-            "valid": 1, "pc": 32, "insn": 32, "rd": 5, "we": 1, "result": 32, "trap": 1,
+            "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
             "mul": 1, "rq": 1, "rq_pack": 1,
         }), name="mw")
 
@@ -612,16 +620,22 @@ class Core(wiring.Component):
             self.f_imem_addr.eq(f_pc),
             self.f_imem_en.eq(f_adv),
         ]
+        # two fetch stages that move together: F addresses the IMEM, F2 (``ff``) has its output,
+        # which is registered into ``fd`` (for Fmax: the block RAM's slow clock-to-output does
+        # not reach the decoder and the hazard logic)
         with m.If(redirect_take):
-            m.d.sync += [f_pc.eq(redirect_pc), fd.valid.eq(0)]
+            m.d.sync += [f_pc.eq(redirect_pc), ff.valid.eq(0), fd.valid.eq(0)]
         with m.Elif(f_adv):
             m.d.sync += [
-                f_pc.eq(f_pc + 4), fd.valid.eq(1), fd.pc.eq(f_pc),
-                fd.fault.eq(~MemMap.in_range(f_pc, mm.imem_base, mm.imem_size)),
+                f_pc.eq(f_pc + 4), ff.valid.eq(1), ff.pc.eq(f_pc),
+                ff.fault.eq(~MemMap.in_range(f_pc, mm.imem_base, mm.imem_size)),
+                fd.valid.eq(ff.valid),
             ]
+        with m.If(f_adv):
+            m.d.sync += [fd.pc.eq(ff.pc), fd.fault.eq(ff.fault), fd.insn.eq(self.d_imem_data)]
 
         # =============================== D ===============================
-        d_insn = self.d_imem_data
+        d_insn = fd.insn
         # the decoded fields go into ``dx`` as decoded; an illegal word or a fetch fault is
         # applied after the register (``dxd``): the override is off the long path from the
         # instruction memory through the decoder
@@ -1125,7 +1139,9 @@ class Core(wiring.Component):
         with m.If(~freeze):
             m.d.sync += [
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
-                mw.we.eq(xm.we & ~xm.exc), mw.result.eq(m_result), mw.trap.eq(m_exc),
+                mw.result.eq(m_result), mw.trap.eq(m_exc),
+                # W's register write, decided here (for Fmax: one flop drives X's forwarding)
+                mw.wen.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0)),
                 mw.mul.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m),
                 mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack),
             ]
@@ -1142,7 +1158,7 @@ class Core(wiring.Component):
             w_res = w_fwd
         m.d.comb += [
             w_result.eq(w_res),
-            w_we.eq(mw.valid & mw.we & (mw.rd != 0) & ~mw.trap),
+            w_we.eq(mw.wen),
             w_rd.eq(mw.rd),
             rf_w.addr.eq(mw.rd), rf_w.data.eq(w_result), rf_w.en.eq(w_we & ~freeze),
         ]

@@ -12,7 +12,7 @@ checks both outputs bit for bit against the integer network model, and reports k
 (2/4/8/16 for INT16/8/4/2: one ``mpq.dot`` per cycle) and the inner loop's share of peak.
 
 The inner-loop figure is static: the innermost loop with the most ``mpq.dot`` in the ELF, its
-cycles counted as one per instruction plus the 2-cycle taken-branch penalty of the core (loads
+cycles counted as one per instruction plus the taken-branch penalty of the core (loads
 are scheduled so that no load-use bubble remains; the whole-kernel cycles are measured).
 
 Writes ``<out_dir>/kernels.json`` and ``<out_dir>/kernels.md``.
@@ -78,10 +78,12 @@ def inner_loop_stats(elf) -> dict:
     Returns ``{"instrs", "dots", "loads", "cycles", "dot_share"}`` for the innermost loop
     (a backward branch, or ``jal x0`` when the body is too long for a branch, with no backward
     branch inside) whose body holds the most dot products
-    (``mpq.dot`` or ``mpq.ldot``; ``cycles`` = instructions + 2 for the taken branch);
+    (``mpq.dot`` or ``mpq.ldot``; ``cycles`` = instructions + the taken branch's bubbles,
+    :data:`~rvmpq.hw.core.core.TAKEN_BRANCH_BUBBLES`);
     zeros when the ELF has no dot.
     """
     from rvmpq.hw import isa
+    from rvmpq.hw.core.core import TAKEN_BRANCH_BUBBLES
     from rvmpq.sw.runtime.elf import load_elf
 
     img = load_elf(elf)
@@ -98,7 +100,7 @@ def inner_loop_stats(elf) -> dict:
         dots = sum(1 for b in body if (d := isa.decode(b)) and d[0].kind in ("dot", "ldot"))
         loads = sum(1 for b in body if b & 0x7F == 0x03)
         if dots > best["dots"] or (dots == best["dots"] and dots and len(body) < best["instrs"]):
-            cyc = len(body) + 2
+            cyc = len(body) + TAKEN_BRANCH_BUBBLES
             best = {"instrs": len(body), "dots": dots, "loads": loads, "cycles": cyc,
                     "dot_share": dots / cyc}
     return best
@@ -187,11 +189,12 @@ def bench_kernels(out_dir, quick: bool = False, jobs: int = 2, seed: int = 2024)
 
 def markdown(doc: dict) -> str:
     """The benchmark as a Markdown table."""
+    from rvmpq.hw.core.core import TAKEN_BRANCH_BUBBLES
     L = ["# Layer kernels: baseline RV32IM vs MPQ", "",
          f"Seed {doc['seed']}; every output checked bit for bit against the integer model "
          f"(all exact: {doc['summary']['all_exact']}). Cycles: `rdcycle` around the kernel on "
-         "the Verilator model of the RTL. Inner loop: static count (instructions + 2-cycle "
-         "taken branch), share of one dot product (`mpq.dot` / `mpq.ldot`) per cycle.", "",
+         "the Verilator model of the RTL. Inner loop: static count (instructions + "
+         f"{TAKEN_BRANCH_BUBBLES} bubbles of the taken branch), share of one dot product (`mpq.dot` / `mpq.ldot`) per cycle.", "",
          "| layer | bits | MACs | baseline cycles | mpq cycles | speedup | MAC/cycle | peak | "
          "of peak | inner loop dots/instrs/loads | inner of peak |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -21,10 +21,11 @@ def add_arguments(p):
                    help="latency|wmem|amem|energy=VALUE; VALUE <= 4 is a fraction of uniform "
                         "INT8, larger is absolute (repeatable)")
     p.add_argument("--method", default="all",
-                   choices=["dp", "ilp", "greedy", "diff", "rerank", "all"],
+                   choices=["dp", "ilp", "greedy", "diff", "rerank", "local", "all"],
                    help="solver (rerank: the 8 best ILP configurations re-ranked on the integer "
-                        "model, validation split); all: every one, the best on the validation "
-                        "split wins")
+                        "model, validation split; local: search scored by the integer model on "
+                        "the validation split, its 4 best re-scored after PTQ/QAT); all: every "
+                        "one, the best on the validation split wins")
     p.add_argument("--metric", default="auto", choices=["auto", "noise", "hessian", "probe", "mqe"],
                    help="sensitivity metric driving the solvers (auto: best Spearman)")
     p.add_argument("--no-qat", action="store_true", help="PTQ only (skip the necessity QAT)")
@@ -39,7 +40,8 @@ def add_arguments(p):
     p.add_argument("--configs", type=int, default=24,
                    help="random configurations of the metric correlation study")
     p.add_argument("--bench", action="store_true",
-                   help="benchmark both built-in models at 70%% and 50%% of INT8 latency")
+                   help="benchmark both built-in models at 70%%, 50%%, 45%% and 40%% of INT8 "
+                        "latency")
     p.add_argument("-o", "--out", default="build/search")
 
 
@@ -171,20 +173,26 @@ def _solver_timing(cm, seed: int = 0, log=None) -> dict:
 
 
 #: columns of the benchmark table
-_BENCH_COLS = ("dp", "ilp", "greedy", "diff", "rerank", "hawq-ilp", "uniform-8", "uniform-4",
-               "uniform-2")
+_BENCH_COLS = ("dp", "ilp", "greedy", "diff", "rerank", "local", "hawq-ilp", "uniform-8",
+               "uniform-4", "uniform-2")
+#: latency budgets of the benchmark (x uniform INT8): target (a) at 0.7; target (b) at each of
+#: the others. Fixed before any result was looked at; not to be tuned to the outcome.
+BENCH_FRACS = (0.7, 0.5, 0.45, 0.4)
 
 
 def bench(out: Path, cm, seed: int = 0, models=("digits-cnn", "mnist1d-cnn"),
-          fracs=(0.7, 0.5)) -> int:
-    """``make bench-search``: both built-in models at 70% and 50% of INT8 latency, all methods
-    and baselines (same budget, same data split, same PTQ/QAT validation for every method).
+          fracs=BENCH_FRACS) -> int:
+    """``make bench-search``: both built-in models at each latency budget of ``fracs`` (default
+    :data:`BENCH_FRACS`: 0.7, 0.5, 0.45, 0.4 x INT8), all methods and baselines (same budget,
+    same data split, same PTQ/QAT validation for every method).
 
     Targets (issue 5): (a) at 0.7 the best validated accuracy is within 0.5 point of float;
-    (b) at 0.5 the best method is >= 1 point above ``hawq-ilp`` (ILP on Hessian-trace impacts,
-    HAWQ-V3) and above every uniform baseline whose latency is equal or lower; (c) DP and ILP
-    < 10 s on a 53-layer MobileNetV2-shaped table. Validated accuracies are test-split
-    accuracies of the bit-exact integer model. Writes ``search_bench.json`` and
+    (b) at every budget <= 0.5 the best method is >= 1 point above ``hawq-ilp`` (ILP on
+    Hessian-trace impacts, HAWQ-V3) and above every uniform baseline whose latency is equal or
+    lower, judged row by row; (c) DP and ILP < 10 s on a 53-layer MobileNetV2-shaped table.
+    Validated accuracies are test-split accuracies of the bit-exact integer model; the best
+    method is chosen on the validation split. A row where ``hawq-ilp + 1`` exceeds the float
+    accuracy is marked as one that no method can meet. Writes ``search_bench.json`` and
     ``search_bench.md`` to ``out``.
     """
     import numpy as np
@@ -194,11 +202,13 @@ def bench(out: Path, cm, seed: int = 0, models=("digits-cnn", "mnist1d-cnn"),
 
     t_all = time.time()
     rows, doc = [], {"cost_source": cm.source, "final": cm.source == "rtl-measured",
-                     "cost_version": getattr(cm, "version", None), "runs": []}
+                     "cost_version": getattr(cm, "version", None), "runs": [],
+                     "test_samples": {}}
     for model in models:
         _log(f"bench: preparing {model}")
         setup = prepare(model, cm, seed=seed, log=_log)
         int8 = setup.int8_totals()["cycles"]
+        doc["test_samples"][model] = int(len(setup.data.y_test))
         for frac0 in fracs:
             frac, note = frac0, ""
             _log(f"bench: {model} at {frac:.2f} x INT8 latency ({frac * int8:.0f} cycles)")
@@ -230,6 +240,9 @@ def bench(out: Path, cm, seed: int = 0, models=("digits-cnn", "mnist1d-cnn"),
                 tdesc = ">= hawq-ilp + 1 pt and > every uniform at <= latency"
                 figure = (f"best - hawq-ilp = {acc - hawq:+.2f} pt; uniform at <= latency: "
                           + (", ".join(f"{k} {v:.2f}" for k, v in uni.items()) or "none"))
+                if hawq + 1.0 > setup.float_acc:
+                    figure += (f"; hawq-ilp + 1 = {hawq + 1:.2f} > float {setup.float_acc:.2f}:"
+                               " no method can meet this row")
             if note:   # the requested budget itself cannot be met on this hardware
                 figure = f"{figure} (at {frac}: {frac0} infeasible)"
                 target = False
@@ -261,7 +274,10 @@ def bench(out: Path, cm, seed: int = 0, models=("digits-cnn", "mnist1d-cnn"),
     ver = f" (RTL-kernel version `{doc['cost_version']}`)" if doc["cost_version"] else ""
     md += [f"Costs: {cm.source}{ver}. Cells: integer-model test accuracy % (cycles / uniform INT8). "
            "Every method and baseline gets the same budget, data split and PTQ/QAT validation; "
-           "the best method is chosen on the validation split.", "",
+           "the best method is chosen on the validation split. Budgets "
+           + ", ".join(str(f) for f in fracs) + " x INT8 were fixed before any run; target (a) "
+           "is judged at 0.7, target (b) on every row at <= 0.5. Test splits: "
+           + ", ".join(f"{m} {n} samples" for m, n in doc["test_samples"].items()) + ".", "",
            "| model | latency budget (x INT8) | float | " + " | ".join(_BENCH_COLS)
            + " | best | measured figure | target met |",
            "|" + "---|" * (len(_BENCH_COLS) + 6)] + rows + [""]

@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["Problem", "Solution", "InfeasibleBudget", "solve", "solve_greedy", "solve_dp",
            "solve_ilp", "solve_bruteforce", "solve_random", "solve_uniform", "freebits_heuristic",
-           "closest_feasible", "solve_ilp_kbest", "solve_scored", "SOLVERS"]
+           "closest_feasible", "solve_ilp_kbest", "solve_scored", "feasible_configs", "SOLVERS"]
 
 
 class InfeasibleBudget(ValueError):
@@ -454,8 +454,10 @@ def freebits_heuristic(problem: Problem, choice, cycles_metric: str = "cycles") 
     return problem.evaluate(ch, "freebits", time.perf_counter() - t0)
 
 
-def _feasible_all(problem: Problem, limit: int):
-    """Every feasible configuration (as tuples) when ``O ** L <= limit``, else ``None``."""
+def feasible_configs(problem: Problem, limit: int = 1 << 16):
+    """Every configuration that meets the budgets (tuples of option indices, in
+    lexicographic order) when the whole space has ``O ** L <= limit`` configurations, else
+    ``None``."""
     L, O = problem.impact.shape
     if O ** L > limit:
         return None
@@ -530,7 +532,7 @@ def solve_scored(problem: Problem, score, *, starts=(), max_evals: int = 64, bra
     def pred(t):
         return float(problem.impact[r, list(t)].sum())
 
-    space = _feasible_all(problem, enum_limit)
+    space = feasible_configs(problem, enum_limit)
     if space is not None and not space:
         _raise_infeasible(problem)
     if space is not None and len(space) <= max_evals:

@@ -66,3 +66,60 @@ def test_rerank_is_at_least_as_good_as_ilp_on_the_validation_split(setup):
     acc = lambda s: setup.ev_val.evaluate([o[0] for o in s.options])[0]  # noqa: E731
     assert acc(rr) >= acc(ilp)
     assert rr.impact >= ilp.impact - 1e-9      # ILP has the smallest predicted impact
+
+
+def test_local_search_finds_best_validation_config_and_never_reads_test(setup):
+    """``local`` with PTQ only (qat=False): at a tight budget the feasible configurations are
+    few, so its search stage is exhaustive and it must return the configuration with the
+    highest PTQ validation-split accuracy of all that meet the budget (brute force here, on
+    the integer model). It never reads the test split: it runs on a copy whose test arrays
+    are absent."""
+    import dataclasses
+    import itertools
+
+    import numpy as np
+
+    b = {"cycles": 0.5 * setup.int8_totals()["cycles"]}
+    L = setup.qz.n_compute
+    feas = [ch for ch in itertools.product(range(len(setup.options)), repeat=L)
+            if setup.costs[np.arange(L), list(ch), 0].sum() <= b["cycles"]]
+    assert 1 <= len(feas) <= 64        # the exhaustive regime of LOCAL_EVALS
+    acc = lambda ch: setup.ev_val.evaluate([setup.options[c][0] for c in ch])[0]  # noqa: E731
+    best = max(acc(ch) for ch in feas)
+    blind = dataclasses.replace(setup, data=dataclasses.replace(setup.data, x_test=None,
+                                                                 y_test=None),
+                                trained={}, tested={})
+    s = run_method(blind, "local", b, qat=False)
+    assert s.method == "local" and s.feasible and s.costs["cycles"] <= b["cycles"]
+    assert acc(s.choice) == best
+    # deterministic for a seed, also with the QAT-aware final stage
+    q1 = run_method(blind, "local", b)
+    q2 = run_method(dataclasses.replace(blind, trained={}), "local", b)
+    assert q1.choice == q2.choice and q1.feasible
+
+
+def test_bench_ceiling_bounds_every_method(setup):
+    """The benchmark's test ceiling (PTQ only here, for speed) is the best test accuracy of all
+    configurations within budget (recomputed here on the integer model), so no method can
+    report more; with too many configurations it declines."""
+    import itertools
+
+    import numpy as np
+
+    from rvmpq.sw.search.cli import ceiling_accuracy
+    from rvmpq.sw.search.qnn import int_accuracy
+
+    b = {"cycles": 0.5 * setup.int8_totals()["cycles"]}
+    L = setup.qz.n_compute
+    d = setup.data
+    feas = [ch for ch in itertools.product(range(len(setup.options)), repeat=L)
+            if setup.costs[np.arange(L), list(ch), 0].sum() <= b["cycles"]]
+    accs = [int_accuracy(setup.qz.export([setup.options[c][0] for c in ch],
+                                         [setup.options[c][1] for c in ch]), d.x_test, d.y_test)
+            for ch in feas]
+    c = ceiling_accuracy(setup, b, max_configs=64, qat=False)
+    assert c["configs"] == len(feas) and c["accuracy"] == max(accs)
+    for m in ("dp", "hawq-ilp", "local"):
+        r = validate(setup, run_method(setup, m, b, qat=False), qat=False)
+        assert r["validated_accuracy"] <= c["accuracy"]
+    assert ceiling_accuracy(setup, b, max_configs=len(feas) - 1, qat=False) is None

@@ -28,15 +28,21 @@ from .qnn import int_accuracy
 from .quantizer import Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
 from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic, solve_dp,
-                      solve_greedy, solve_ilp, solve_ilp_kbest, solve_random, solve_uniform)
+                      solve_greedy, solve_ilp, solve_ilp_kbest, solve_random, solve_scored,
+                      solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
-           "search", "METHODS", "BUDGET_ALIASES", "layer_shapes"]
+           "train_and_score", "search", "METHODS", "BUDGET_ALIASES", "layer_shapes"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
-METHODS = ("dp", "ilp", "greedy", "diff", "rerank")
+METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local")
 #: candidates of ``rerank`` (the K best configurations of the additive objective)
 RERANK_K = 8
+#: ``local``: integer-model (PTQ, validation split) evaluations of its search stage
+LOCAL_EVALS = 64
+#: ``local``: best configurations of the search stage that go through the PTQ/QAT necessity
+#: treatment of :func:`validate` and are compared on their validation-split accuracy after it
+LOCAL_FINALISTS = 4
 #: budget names accepted on the command line -> cost metric
 BUDGET_ALIASES = {"latency": "cycles", "cycles": "cycles", "wmem": "weight_bytes",
                   "weight_bytes": "weight_bytes", "amem": "act_bytes", "act_bytes": "act_bytes",
@@ -60,6 +66,10 @@ class SearchSetup:
     corr: dict
     metric: str
     seed: int = 0
+    #: memo of :func:`train_and_score` (config + options -> result); filled lazily
+    trained: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: memo of test-split accuracies of trained configurations (filled by :func:`validate`)
+    tested: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def bits(self) -> list[int]:
@@ -199,11 +209,21 @@ def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -
                    list(setup.options), [l.name for l in setup.qz.layers if l.is_compute])
 
 
-def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
+def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = True) -> Solution:
     """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``rerank``
     (the :data:`RERANK_K` best ILP configurations re-ranked by integer-model accuracy on the
-    validation split), ``hawq-ilp`` (ILP on Hessian impacts), ``random``, or ``uniform-B``
-    (B in 16/8/4/2)."""
+    validation split), ``local`` (evaluation-driven search, below), ``hawq-ilp`` (ILP on
+    Hessian impacts), ``random``, or ``uniform-B`` (B in 16/8/4/2).
+
+    ``local`` does not trust an additive prediction at all: (1) :func:`solve_scored`
+    maximises the integer model's PTQ accuracy on the validation split (cross-entropy as a
+    tie-break) under the exact budgets, with at most :data:`LOCAL_EVALS` evaluations
+    (exhaustive when the feasible configurations are that few, else a best-first local
+    search started from the ILP and DP solutions); (2) its :data:`LOCAL_FINALISTS` best
+    configurations go through the same PTQ/QAT necessity treatment that :func:`validate`
+    gives every method (:func:`train_and_score`), and the one with the highest
+    validation-split accuracy after it wins (ties: the stage-1 order). The test split is
+    never read. ``qat`` is the setting that :func:`validate` will use (``False``: PTQ only)."""
     if method.startswith("uniform-"):
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))
@@ -234,6 +254,23 @@ def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
         s = cands[best]
         s.method, s.seconds = "rerank", time.perf_counter() - t0
         return s
+    if method == "local":
+        t0 = time.perf_counter()
+
+        def score(choice):
+            acc, loss = setup.ev_val.evaluate([setup.options[c][0] for c in choice],
+                                              [setup.options[c][1] for c in choice])
+            return acc - 1e-3 * min(loss, 100.0)
+
+        starts = [solve_ilp(p).choice, solve_dp(p).choice]
+        cands = solve_scored(p, score, starts=starts, max_evals=LOCAL_EVALS,
+                             top=LOCAL_FINALISTS, seed=setup.seed)
+        after = [train_and_score(setup, [o[0] for o in c.options], [o[1] for o in c.options],
+                                 qat=qat)["val_acc"] for c in cands]
+        best = max(range(len(cands)), key=lambda i: (after[i], -i))
+        s = cands[best]
+        s.method, s.seconds = "local", time.perf_counter() - t0
+        return s
     if method == "diff":
         from .diffsearch import differentiable_search
 
@@ -247,24 +284,24 @@ def run_method(setup: SearchSetup, method: str, budgets: dict) -> Solution:
                      f"{[*METHODS, 'hawq-ilp', 'random', 'uniform-16', 'uniform-8', 'uniform-4', 'uniform-2']}")
 
 
-def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool = True,
-             qat_epochs: int = 5) -> dict:
-    """Integer-model validation of a solution, with the training-necessity decision.
+def train_and_score(setup: SearchSetup, wb, ab, *, tau: float = 0.5, qat: bool = True,
+                    qat_epochs: int = 5) -> dict:
+    """The PTQ/QAT necessity treatment of one configuration, scored on the validation split.
 
     Necessity: :func:`needs_qat` per layer (probe drop > ``tau``); if the whole PTQ
     configuration still loses more than ``tau`` points on the validation split against the
     16-bit integer reference, every layer at <= 4 bits is flagged too. Flagged layers are
-    fine-tuned (the others frozen); the QAT network is kept when its validation accuracy is
-    not lower than the PTQ one.
+    fine-tuned on the training split (the others frozen); the QAT network is kept when its
+    validation accuracy is not lower than the PTQ one. Never reads the test split.
 
-    Returns a JSON-ready dict: per-layer bits, PTQ/QAT choice, shape and costs (cycles, weight
-    and activation bytes, energy proxy of the chosen precision), predicted accuracy
-    (float - summed impact), validated test accuracy (integer model), costs, and the
-    exported :class:`QNetwork` under ``"_net"``.
+    Returns ``{"flags", "used_qat", "val_acc", "val_ptq", "net"}``; memoised per setup (the
+    fine-tune is seeded, so a repeat gives the same network).
     """
+    key = (tuple(wb), tuple(ab), tau, qat, qat_epochs)
+    if key in setup.trained:
+        return setup.trained[key]
     qz, d = setup.qz, setup.data
-    wb = [o[0] for o in sol.options]
-    ab = [o[1] for o in sol.options]
+    wb, ab = list(wb), list(ab)
     flags = needs_qat(setup.tables["probe"], setup.bits, wb, tau)
     net = qz.export(wb, ab, meta={"model": setup.name})
     val_ptq = int_accuracy(net, d.x_val, d.y_val)
@@ -283,7 +320,34 @@ def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool =
         val_qat = int_accuracy(net_q, d.x_val, d.y_val)
         if val_qat >= val_ptq:
             net, used_qat, val_acc = net_q, flags, val_qat
-    test_acc = int_accuracy(net, d.x_test, d.y_test)
+    out = {"flags": flags, "used_qat": used_qat, "val_acc": val_acc, "val_ptq": val_ptq,
+           "net": net}
+    setup.trained[key] = out
+    return out
+
+
+def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool = True,
+             qat_epochs: int = 5) -> dict:
+    """Integer-model validation of a solution, with the training-necessity decision.
+
+    The PTQ/QAT treatment is :func:`train_and_score` (identical for every method and
+    baseline); the test split is read here only, after the configuration is fixed.
+
+    Returns a JSON-ready dict: per-layer bits, PTQ/QAT choice, shape and costs (cycles, weight
+    and activation bytes, energy proxy of the chosen precision), predicted accuracy
+    (float - summed impact), validated test accuracy (integer model), costs, and the
+    exported :class:`QNetwork` under ``"_net"``.
+    """
+    qz, d = setup.qz, setup.data
+    wb = [o[0] for o in sol.options]
+    ab = [o[1] for o in sol.options]
+    t = train_and_score(setup, wb, ab, tau=tau, qat=qat, qat_epochs=qat_epochs)
+    flags, used_qat, net = t["flags"], t["used_qat"], t["net"]
+    val_acc, val_ptq = t["val_acc"], t["val_ptq"]
+    key = (tuple(wb), tuple(ab), tau, qat, qat_epochs)
+    if key not in setup.tested:
+        setup.tested[key] = int_accuracy(net, d.x_test, d.y_test)
+    test_acc = setup.tested[key]
     int8 = setup.int8_totals()
     names = [l.name for l in qz.layers if l.is_compute]
     return {
@@ -317,7 +381,7 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
     results = {}
     for m in methods:
         log(f"method {m}: solving")
-        sol = run_method(setup, m, budgets)
+        sol = run_method(setup, m, budgets, qat=qat)
         r = validate(setup, sol, qat=qat)
         log(f"method {m}: bits {r['bits']} predicted {r['predicted_accuracy']:.2f}% "
             f"validated {r['validated_accuracy']:.2f}% cycles {r['cycles_vs_int8']:.3f}x INT8 "

@@ -9,6 +9,10 @@ constraints at once, impact in fine steps), ``ilp`` (HiGHS through ``scipy.optim
 with Hessian impacts this is the HAWQ-V3 formulation), ``freebits`` (the hardware-aware latency
 heuristic that follows a differentiable search), ``random`` and ``uniform`` baselines and an
 exhaustive ``bruteforce`` for tests.
+
+:func:`solve_scored` is the one solver whose objective is not the additive impact: it maximises
+a caller-supplied score of a whole configuration (the pipeline's ``local`` method scores with
+the integer model on the validation split), under the same budgets.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 __all__ = ["Problem", "Solution", "InfeasibleBudget", "solve", "solve_greedy", "solve_dp",
            "solve_ilp", "solve_bruteforce", "solve_random", "solve_uniform", "freebits_heuristic",
-           "closest_feasible", "solve_ilp_kbest", "SOLVERS"]
+           "closest_feasible", "solve_ilp_kbest", "solve_scored", "feasible_configs", "SOLVERS"]
 
 
 class InfeasibleBudget(ValueError):
@@ -448,6 +452,114 @@ def freebits_heuristic(problem: Problem, choice, cycles_metric: str = "cycles") 
             break
         ch[best[1]] = best[2]
     return problem.evaluate(ch, "freebits", time.perf_counter() - t0)
+
+
+def feasible_configs(problem: Problem, limit: int = 1 << 16):
+    """Every configuration that meets the budgets (tuples of option indices, in
+    lexicographic order) when the whole space has ``O ** L <= limit`` configurations, else
+    ``None``."""
+    L, O = problem.impact.shape
+    if O ** L > limit:
+        return None
+    grid = np.array(list(itertools.product(range(O), repeat=L)), dtype=int).reshape(-1, L)
+    idx, lim = problem.budget_vector()
+    if len(idx) == 0:
+        return [tuple(int(c) for c in g) for g in grid]
+    tot = problem.costs[np.arange(L)[None, :], grid][:, :, idx].sum(1)
+    ok = np.all(tot <= lim * (1 + 1e-9) + 1e-9, axis=1)
+    return [tuple(int(c) for c in g) for g in grid[ok]]
+
+
+def _neighbours(problem: Problem, ch: tuple) -> list:
+    """Feasible configurations one move away: one layer to any other option, or two layers
+    moved one step each in opposite directions of precision (spend what one saves)."""
+    L, O = problem.impact.shape
+    order = _order_by_precision(problem)
+    pos = {o: i for i, o in enumerate(order)}
+    out = set()
+    for l in range(L):
+        for o in range(O):
+            if o != ch[l]:
+                out.add(ch[:l] + (o,) + ch[l + 1:])
+    for i in range(L):
+        for j in range(L):
+            pi, pj = pos[ch[i]], pos[ch[j]]
+            if i == j or pi == 0 or pj == O - 1:
+                continue
+            t = list(ch)
+            t[i], t[j] = order[pi - 1], order[pj + 1]   # i more precise, j less precise
+            out.add(tuple(t))
+    return [t for t in out if problem.evaluate(list(t)).feasible]
+
+
+def solve_scored(problem: Problem, score, *, starts=(), max_evals: int = 64, branch: int = 8,
+                 top: int = 1, seed: int = 0, enum_limit: int = 1 << 16) -> list:
+    """Maximise ``score(choice)`` over the configurations that meet every budget.
+
+    ``score`` takes a list of option indices (one per layer) and returns a float, higher
+    better; it is called at most ``max_evals`` times on distinct configurations (the search
+    keeps its own memo). Two regimes:
+
+    * **exhaustive**: when the whole space has at most ``enum_limit`` configurations and at
+      most ``max_evals`` of them meet the budgets, every feasible one is scored, so the result
+      is the exact maximum of ``score``;
+    * **best-first local search** otherwise: the feasible ``starts`` (default: the greedy
+      solution) are scored; then repeatedly the best-scored configuration not yet expanded
+      is expanded: its feasible neighbours (one layer to another option, or one layer up and
+      another down one step each) are ordered by predicted impact (``problem.impact``, ties in
+      a seeded random order) and the ``branch`` best not yet scored are scored; until
+      ``max_evals`` scores or nothing is left to expand.
+
+    Never returns an over-budget configuration. Returns the ``top`` best scored
+    configurations as :class:`Solution` objects (method ``"scored"``), best first; ties are
+    broken by smaller predicted impact, then by the option indices. ``Solution.impact`` stays
+    the additive predicted impact, so it is comparable with the other solvers.
+    """
+    if max_evals < 1 or branch < 1 or top < 1:
+        raise ValueError(f"max_evals={max_evals}, branch={branch}, top={top}: each must be >= 1")
+    _check_feasible(problem)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    L = problem.n_layers
+    r = np.arange(L)
+    memo: dict = {}
+
+    def sc(t):
+        if t not in memo:
+            memo[t] = float(score(list(t)))
+        return memo[t]
+
+    def pred(t):
+        return float(problem.impact[r, list(t)].sum())
+
+    space = feasible_configs(problem, enum_limit)
+    if space is not None and not space:
+        _raise_infeasible(problem)
+    if space is not None and len(space) <= max_evals:
+        for t in space:
+            sc(t)
+    else:
+        seeds = [tuple(int(c) for c in s) for s in starts]
+        seeds = [t for t in seeds if len(t) == L and problem.evaluate(list(t)).feasible]
+        if not seeds:
+            seeds = [tuple(int(c) for c in solve_greedy(problem).choice)]
+        for t in seeds[:max_evals]:
+            sc(t)
+        expanded = set()
+        while len(memo) < max_evals:
+            todo = [t for t in memo if t not in expanded]
+            if not todo:
+                break
+            cur = max(todo, key=lambda t: (memo[t], -pred(t), t))
+            expanded.add(cur)
+            nb = [t for t in _neighbours(problem, cur) if t not in memo]
+            tie = rng.permutation(len(nb))
+            nb = [nb[i] for i in sorted(range(len(nb)), key=lambda i: (pred(nb[i]), tie[i]))]
+            for t in nb[:min(branch, max_evals - len(memo))]:
+                sc(t)
+    ranked = sorted(memo, key=lambda t: (-memo[t], pred(t), t))[:top]
+    secs = time.perf_counter() - t0
+    return [problem.evaluate(list(t), "scored", secs) for t in ranked]
 
 
 SOLVERS = {"greedy": solve_greedy, "dp": solve_dp, "ilp": solve_ilp, "random": solve_random,

@@ -14,6 +14,7 @@ is in docs/runner.md.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -79,3 +80,38 @@ def test_unit_choice_is_part_of_the_model_name():
     assert soc_verilog("mpq", "words") != soc_verilog("mpq", "tree")
     with pytest.raises(ValueError, match="unknown unit"):
         model_tag("mpq", "fast")
+
+
+@needs_soc
+def test_cli_unit_flag(tmp_path):
+    """``rvmpq run --unit words|tree`` give the same status line; a bad unit is refused."""
+    import subprocess  # noqa: PLC0415
+
+    elf = tp.compiled("mpq_dot", "mpq")
+    out = {}
+    for unit in ("words", "tree"):
+        r = subprocess.run([sys.executable, "-m", "rvmpq.sw.cli", "run", str(elf), "--unit", unit],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out[unit] = r.stdout.splitlines()[-1]
+    assert out["words"] == out["tree"] and out["words"].startswith("exit=0 cycles=")
+    r = subprocess.run([sys.executable, "-m", "rvmpq.sw.cli", "run", str(elf), "--unit", "fast"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--unit" in r.stderr
+
+
+@needs_soc
+def test_bench_runner_section():
+    """``rvmpq bench --only runner`` machinery on one case (the full benchmark takes ~1 min)."""
+    from rvmpq.sw.bench import RUNNER_TARGET, bench_runner  # noqa: PLC0415
+
+    rep = bench_runner(repeat=1, cases=(("mpq", "words"),))
+    (row,) = rep.rows
+    assert row.exit_code == 0 and row.cycles > 4_000_000 and row.instret > 3_000_000
+    assert row.mcps_best == pytest.approx(row.cycles / row.run_s[0] / 1e6, rel=0.01)
+    assert rep.ok and rep.target_cycles_per_s == RUNNER_TARGET
+    md = rep.markdown()
+    assert "| mpq | words |" in md and "vs target" in md
+    # the consistency check really compares the units
+    tree = dataclasses.replace(row, unit="tree", cycles=row.cycles + 1)
+    assert not dataclasses.replace(rep, rows=[row, tree]).ok

@@ -19,6 +19,10 @@ heap, and the big sums of stage X are registered in carry-save form (two rows, D
 (HH8) and stage M one (the final 64-bit sum). Both registers advance together (global stall)
 when ``~o.valid | o.ready``. Measured (build/mularea/results.txt): generic gates 1.16x a plain
 registered 33x33 multiplier, ECP5 (no DSP) ~76-79 MHz vs 57-60 MHz for the plain one.
+
+That is the ``impl="tree"`` description (the default, the hardware). ``impl="words"`` describes
+the same unit with word arithmetic per lane, for fast simulation (the program runner's default);
+docs/runner.md says how the two are kept equal.
 """
 
 from __future__ import annotations

@@ -68,13 +68,13 @@ def _mode(rng: random.Random) -> int:
     for name, v in (("op", fields["op"]), ("a_width", fields["a_width"]),
                     ("b_width", fields["b_width"]), ("a_signed", rng.randrange(2)),
                     ("b_signed", rng.randrange(2))):
-        f = MulMode._fields[name]
+        f = MulMode[name]
         value |= v << f.offset
     return value
 
 
 def _op_of(mode: int) -> int:
-    return (mode >> MulMode._fields["op"].offset) & 3
+    return (mode >> MulMode["op"].offset) & 3
 
 
 def lockstep(kwargs: dict, seed: int, cycles: int = CYCLES, words=None) -> dict:
@@ -305,7 +305,7 @@ def _pair_model(config: str, planted_bug: bool = False):
                                 build_root, verilator_build_cached)
 
     verilog = verilog_text(LockstepPair(planted_bug, **CONFIGS[config]), "lockstep")
-    offs = {f"@{k}@": str(MulMode._fields[n].offset) for k, n in
+    offs = {f"@{k}@": str(MulMode[n].offset) for k, n in
             (("OP", "op"), ("AW", "a_width"), ("BW", "b_width"), ("SA", "a_signed"),
              ("SB", "b_signed"))}
     harness = _HARNESS.replace("@OPERANDS@", ", ".join(f"0x{v:08x}u" for v in _OPERANDS))

@@ -19,6 +19,10 @@ heap, and the big sums of stage X are registered in carry-save form (two rows, D
 (HH8) and stage M one (the final 64-bit sum). Both registers advance together (global stall)
 when ``~o.valid | o.ready``. Measured (build/mularea/results.txt): generic gates 1.16x a plain
 registered 33x33 multiplier, ECP5 (no DSP) ~76-79 MHz vs 57-60 MHz for the plain one.
+
+That is the ``impl="tree"`` description (the default, the hardware). ``impl="words"`` describes
+the same unit with word arithmetic per lane, for fast simulation (the program runner's default);
+docs/runner.md says how the two are kept equal.
 """
 
 from __future__ import annotations
@@ -71,6 +75,15 @@ class SimdMulUnit(wiring.Component):
     with_rv32m : bool
         Support MULLO/MULHI (the full 32x32 product). Without it the off-diagonal 16x16 blocks
         of the top level are not built.
+    impl : {"tree", "words"}
+        Which description to elaborate (docs/runner.md). ``"tree"`` (default) is the
+        hierarchical brick array above: the hardware, used for synthesis, area and Fmax.
+        ``"words"`` computes the same results with word-level arithmetic per lane (Amaranth
+        ``*`` and ``+``), with the same ports, ``LATENCY``, handshake and register timing; it
+        is what the program runner simulates by default, because Verilator evaluates a few
+        dozen word operations per cycle instead of thousands of single-bit signals. The two are
+        kept equal by lockstep tests (verif/test_simd_lockstep.py). ``o.payload.hi`` agrees in
+        MULLO/MULHI modes only (it is undefined in DOT mode).
 
     Attributes
     ----------
@@ -91,21 +104,25 @@ class SimdMulUnit(wiring.Component):
 
     LATENCY = 2
 
-    def __init__(self, *, widths=WIDTHS, with_rv32m: bool = True):
+    #: The descriptions :class:`SimdMulUnit` can elaborate (``impl``).
+    IMPLS = ("tree", "words")
+
+    def __init__(self, *, widths=WIDTHS, with_rv32m: bool = True, impl: str = "tree"):
         try:
-            self._check_params(widths, with_rv32m)
+            self._check_params(widths, with_rv32m, impl)
         except ValueError:
             self._MustUse__silence = True  # a rejected object is not an unused elaboratable
             raise
         self.widths = tuple(sorted(set(int(w) for w in widths)))
         self.with_rv32m = with_rv32m
+        self.impl = impl
         super().__init__({
             "i": In(stream.Signature(IN_LAYOUT)),
             "o": Out(stream.Signature(OUT_LAYOUT)),
         })
 
     @staticmethod
-    def _check_params(widths, with_rv32m):
+    def _check_params(widths, with_rv32m, impl="tree"):
         try:
             widths = tuple(sorted(set(int(w) for w in widths)))
         except (TypeError, ValueError):
@@ -115,8 +132,12 @@ class SimdMulUnit(wiring.Component):
             raise ValueError(f"widths must be a non-empty subset of {WIDTHS}, got {widths!r}")
         if not isinstance(with_rv32m, bool):
             raise ValueError(f"with_rv32m must be True or False, got {with_rv32m!r}")
+        if impl not in SimdMulUnit.IMPLS:
+            raise ValueError(f"impl must be one of {SimdMulUnit.IMPLS}, got {impl!r}")
 
     def elaborate(self, platform):
+        if self.impl == "words":
+            return self._elaborate_words()
         m = Module()
         supported = frozenset([w.bit_length() - 1 for w in self.widths]
                               + ([5] if self.with_rv32m else []))
@@ -244,6 +265,100 @@ class SimdMulUnit(wiring.Component):
         m_result = Signal(32)
         hi = m_sum[32:64] if self.with_rv32m else Const(0, 32)
         m.d.comb += m_result.eq(Mux(xm_ok, Mux(xm_hi, hi, m_sum[:32]), 0))
+
+        # -- mw register = output ----------------------------------------------------------
+        with m.If(adv):
+            m.d.sync += [
+                self.o.valid.eq(xm_valid),
+                self.o.payload.result.eq(m_result),
+                self.o.payload.hi.eq(hi),
+            ]
+        return m
+
+    def _elaborate_words(self):
+        """The word-level description (``impl="words"``): same ports, timing and results.
+
+        Stage X only registers the operation (operands, accumulator, decoded mode); stage M
+        computes the result from the ``xm`` register with one product per lane, a sum, and a
+        32x32 unsigned product with the usual signedness fix-up of its high half::
+
+            hi(a*b) = hi(a_u * b_u) - (a_signed & a[31] ? b : 0) - (b_signed & b[31] ? a : 0)
+
+        Like the tree, the registers load on every advance whether or not ``i.valid`` is set,
+        and ``result`` is a function of the ``xm`` register alone, so ``o.payload.result``
+        matches the tree in every cycle, not only when ``o.valid``.
+        """
+        m = Module()
+
+        # -- handshake: global stall (as the tree) ----------------------------------------
+        adv = Signal()
+        m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
+
+        # -- stage X: decode, register the operation ----------------------------------------
+        p = self.i.payload
+        mode = p.mode
+        is_dot = mode.op == MulOp.DOT
+        is_full = (mode.op == MulOp.MULLO) | (mode.op == MulOp.MULHI)
+        x_k = Signal(3)      # log2 of the lane width; 5 for MULLO/MULHI (and the reserved op)
+        m.d.comb += x_k.eq(Mux(is_dot, mode.a_width.as_value() + 1, 5))
+        xm_valid = Signal()
+        xm_a = Signal(32)
+        xm_b = Signal(32)
+        xm_acc = Signal(32)
+        xm_k = Signal(3)
+        xm_full = Signal()
+        xm_hi = Signal()
+        xm_sa = Signal()
+        xm_sb = Signal()
+        with m.If(adv):
+            m.d.sync += [
+                xm_valid.eq(self.i.valid),
+                xm_a.eq(p.a),
+                xm_b.eq(p.b),
+                xm_acc.eq(p.acc),
+                xm_k.eq(x_k),
+                xm_full.eq(is_full),
+                xm_hi.eq(mode.op == MulOp.MULHI),
+                xm_sa.eq(mode.a_signed),
+                xm_sb.eq(mode.b_signed),
+            ]
+
+        # -- stage M: one dot product per built width, the full product ------------------
+        def lane(x, i, w, s):
+            # lane i of x as a (w+1)-bit two's complement number, sign-extended when s
+            v = x[i * w:(i + 1) * w]
+            return Cat(v, v[-1] & s).as_signed()
+
+        m_dot = Signal(32)
+        dots = {}
+        for w in self.widths:
+            d = Signal(32, name=f"m_dot{w}")
+            terms = [lane(xm_a, i, w, xm_sa) * lane(xm_b, i, w, xm_sb) for i in range(32 // w)]
+            total = xm_acc.as_signed()
+            for t in terms:
+                total = total + t
+            m.d.comb += d.eq(total[:32])
+            dots[w.bit_length() - 1] = d
+        with m.Switch(xm_k):     # a width the unit was not built for (or k = 5): 0
+            for k, d in dots.items():
+                with m.Case(k):
+                    m.d.comb += m_dot.eq(d)
+            with m.Default():
+                m.d.comb += m_dot.eq(0)
+
+        hi = Signal(32)
+        m_result = Signal(32)
+        if self.with_rv32m:
+            m_prod = Signal(64)
+            m.d.comb += [
+                m_prod.eq(xm_a * xm_b),
+                hi.eq(m_prod[32:] - Mux(xm_sa & xm_a[31], xm_b, 0)
+                      - Mux(xm_sb & xm_b[31], xm_a, 0)),
+            ]
+            m_full = Mux(xm_hi, hi, m_prod[:32])
+            m.d.comb += m_result.eq(Mux(xm_full, m_full, m_dot))
+        else:
+            m.d.comb += m_result.eq(m_dot)
 
         # -- mw register = output ----------------------------------------------------------
         with m.If(adv):

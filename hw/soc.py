@@ -18,6 +18,7 @@ is held in reset.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from .core.config import get_config
 from .core.core import Core, MemMap
+from .simd import SimdMulUnit
 
 __all__ = ["SimSoC", "soc_memory_map", "write_soc_verilog", "ECALL_EXIT", "TOP_NAME",
            "exit_call_watch"]
@@ -73,6 +75,12 @@ class SimSoC(wiring.Component):
         Memory sizes in KiB (powers of two).
     mul_unit : callable, optional
         Multiplier factory passed to :class:`~rvmpq.hw.core.core.Core` (test benches only).
+    simd_impl : {"tree", "words"}
+        Description of the SIMD unit in configurations that have it
+        (:class:`~rvmpq.hw.simd.SimdMulUnit` ``impl``): ``"tree"`` (default, the hardware) or
+        ``"words"`` (word-level, equal results and timing, much faster to simulate; see
+        docs/runner.md). Ignored by configurations without the SIMD unit and when
+        ``mul_unit`` is given.
 
     Members
     -------
@@ -95,8 +103,13 @@ class SimSoC(wiring.Component):
     """
 
     def __init__(self, config: str = "mpq", imem_kib: int = 64, dmem_kib: int = 64,
-                 mul_unit=None):
+                 mul_unit=None, simd_impl: str = "tree"):
         self.core_config = get_config(config)
+        if simd_impl not in SimdMulUnit.IMPLS:
+            raise ValueError(f"simd_impl = {simd_impl!r}; choose one of {SimdMulUnit.IMPLS}")
+        if mul_unit is None and simd_impl != "tree" and self.core_config.mul_impl == "simd":
+            mul_unit = functools.partial(SimdMulUnit, impl=simd_impl)
+        self.simd_impl = simd_impl
         for name, kib in (("imem_kib", imem_kib), ("dmem_kib", dmem_kib)):
             if not isinstance(kib, int) or kib <= 0 or kib & (kib - 1):
                 raise ValueError(f"{name} = {kib!r} must be a power of two (e.g. 16, 64)")
@@ -210,14 +223,15 @@ def soc_memory_map(soc: "SimSoC | str" = "mpq", imem_kib: int = 64, dmem_kib: in
 
 
 def write_soc_verilog(out_dir: "str | Path", config: str = "mpq", imem_kib: int = 64,
-                      dmem_kib: int = 64) -> tuple[Path, Path]:
+                      dmem_kib: int = 64, simd_impl: str = "tree") -> tuple[Path, Path]:
     """Write ``rvmpq_soc_<config>.v`` and ``rvmpq_soc_<config>.json`` (memory map) to ``out_dir``.
 
-    Files are rewritten only when their content changed. Returns both paths.
+    ``simd_impl`` picks the SIMD unit's description (:class:`SimSoC`). Files are rewritten
+    only when their content changed. Returns both paths.
     """
     from amaranth.back import verilog
 
-    soc = SimSoC(config, imem_kib=imem_kib, dmem_kib=dmem_kib)
+    soc = SimSoC(config, imem_kib=imem_kib, dmem_kib=dmem_kib, simd_impl=simd_impl)
     text = verilog.convert(soc, name=TOP_NAME, emit_src=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

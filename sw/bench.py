@@ -14,6 +14,15 @@ Sections (``--only`` picks one; default: all that are available):
     MPQ kernels): cycles, speedup, MACs/cycle against the unit's peak and the inner loop's share
     of peak, every output checked bit for bit (:mod:`rvmpq.sw.kernels.bench`; ``--quick``: the
     Edge-MPQ conv layer only). Writes ``<out>/kernels.json`` and ``<out>/kernels.md``.
+``runner``
+    Speed of ``rvmpq run``: ``verif/programs/bench_mix.c`` (an integer matrix product and a
+    CRC, ~4.9 M cycles) on ``baseline`` and on ``mpq`` with each description of the SIMD unit
+    (``--unit words`` / ``tree``), as simulated cycles per second of the whole
+    :func:`~rvmpq.sw.runtime.runner.run_elf` call (ELF load, image file, the model process,
+    result parsing; the model is built before timing, so build time is excluded and reported
+    apart) and of the ``rvmpq run`` command (Python start-up included), against the target of
+    :data:`RUNNER_TARGET` cycles/s. Also checks that both units give the same cycles, instret
+    and signature. Writes ``<out>/runner.json`` and ``<out>/runner.md``.
 
 Library use::
 
@@ -40,8 +49,8 @@ import numpy as np
 from rvmpq.sw import golden
 from rvmpq.sw.tools import build_root
 
-__all__ = ["UnitModeResult", "UnitReport", "bench_unit", "golden_throughput", "SECTIONS",
-           "add_arguments", "main"]
+__all__ = ["UnitModeResult", "UnitReport", "bench_unit", "golden_throughput", "RunnerRow",
+           "RunnerReport", "bench_runner", "RUNNER_TARGET", "SECTIONS", "add_arguments", "main"]
 
 TOP = "simd_mul_unit"
 
@@ -322,6 +331,139 @@ def bench_unit(n_ops: int = 20_000, seed: int = 1, quiet: bool = True,
                       verilator_model=str(exe), seed=seed)
 
 
+# ---- runner speed ---------------------------------------------------------------------------
+
+#: Target of the runner benchmark: simulated cycles per second of ``rvmpq run`` on the mpq SoC.
+RUNNER_TARGET = 1_000_000
+#: The benchmark program and the (config, unit) pairs measured.
+RUNNER_PROGRAM = Path(__file__).resolve().parents[1] / "verif" / "programs" / "bench_mix.c"
+RUNNER_CASES = (("baseline", "words"), ("mpq", "words"), ("mpq", "tree"))
+
+
+@dataclasses.dataclass
+class RunnerRow:
+    """One (config, unit) of the runner benchmark.
+
+    ``run_s`` are the wall times of the timed :func:`run_elf` calls; ``mcps_*`` are simulated
+    millions of cycles per second (best and median of those calls, and of one ``rvmpq run``
+    command including Python start-up); ``build_s`` is the time this run took to get the model
+    ready, before any timing: elaborating the SoC to Verilog unless cached for the current
+    ``hw/`` sources, and verilating it unless a model of that Verilog is cached.
+    """
+
+    config: str
+    unit: str
+    cycles: int
+    instret: int
+    exit_code: int | None
+    signature: list
+    build_s: float
+    run_s: list
+    cli_s: float
+    mcps_best: float
+    mcps_median: float
+    mcps_cli: float
+
+
+@dataclasses.dataclass
+class RunnerReport:
+    """The ``runner`` section."""
+
+    program: str
+    rows: list[RunnerRow]
+    target_cycles_per_s: int
+    load_before: list
+    load_after: list
+    cpus: int
+
+    @property
+    def ok(self) -> bool:
+        """Every run exited 0, and both units gave the same cycles, instret and signature."""
+        mpq = [r for r in self.rows if r.config == "mpq"]
+        same = all((r.cycles, r.instret, r.signature) == (mpq[0].cycles, mpq[0].instret,
+                                                          mpq[0].signature) for r in mpq)
+        return same and all(r.exit_code == 0 for r in self.rows)
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self) | {"ok": self.ok}
+
+    def markdown(self) -> str:
+        """A Markdown table: one row per (config, unit), with the ratio to the target."""
+        t = self.target_cycles_per_s / 1e6
+        lines = ["## Runner speed (`rvmpq run`, Verilator C++ main loop)", "",
+                 f"Program `{self.program}`; model made ready beforehand (elaboration and "
+                 f"Verilator build excluded from the speeds; their time in this run is shown "
+                 f"as model prep, small when cached); {self.cpus} CPUs, load average "
+                 f"{self.load_before[0]:.2f} before, {self.load_after[0]:.2f} after. "
+                 f"Target: {t:g} M cycles/s on mpq.", "",
+                 "| config | unit | cycles | instret | runs | M cycles/s best | median | "
+                 "`rvmpq run` (with Python start-up) | vs target | model prep (s) |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in self.rows:
+            lines.append(f"| {r.config} | {r.unit if r.config == 'mpq' else '-'} | {r.cycles} | "
+                         f"{r.instret} | {len(r.run_s)} | {r.mcps_best:.2f} | "
+                         f"{r.mcps_median:.2f} | {r.mcps_cli:.2f} | "
+                         f"{f'{r.mcps_best / t:.2f}x' if r.config == 'mpq' else '-'} | "
+                         f"{r.build_s:.1f} |")
+        lines += ["", "Both units give the same cycles, instret and signature: "
+                  f"{'yes' if self.ok else 'NO'}."]
+        return "\n".join(lines) + "\n"
+
+
+def bench_runner(repeat: int = 3, cases=RUNNER_CASES, quiet: bool = True) -> RunnerReport:
+    """Measure the simulated cycles per second of ``rvmpq run`` on ``bench_mix.c``.
+
+    Parameters
+    ----------
+    repeat : int
+        Timed :func:`run_elf` calls per case (best and median are reported).
+    cases : iterable of (config, unit)
+    quiet : bool
+        No progress messages on stderr.
+    """
+    import statistics  # noqa: PLC0415
+
+    from rvmpq.sw.runtime.cc import compile_program  # noqa: PLC0415
+    from rvmpq.sw.runtime.runner import build_model, run_elf  # noqa: PLC0415
+
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    if not RUNNER_PROGRAM.exists():
+        raise NotImplementedError(f"{RUNNER_PROGRAM} is not in this installation (it ships with "
+                                  "the source tree's verif/)")
+    note = (lambda *_: None) if quiet else (lambda msg: print(f"bench runner: {msg}",
+                                                                file=sys.stderr, flush=True))
+    load_before = list(os.getloadavg())
+    rows = []
+    for config, unit in cases:
+        elf = compile_program([RUNNER_PROGRAM],
+                              build_root() / "bench" / "runner" / f"bench_mix-{config}.elf",
+                              opt="-O2", config=config)
+        t0 = time.perf_counter()
+        build_model(config, unit=unit, quiet=quiet)
+        build_s = time.perf_counter() - t0
+        times, res = [], None
+        for i in range(repeat):
+            t0 = time.perf_counter()
+            res = run_elf(elf, config=config, unit=unit, max_cycles=200_000_000, signature=True)
+            times.append(time.perf_counter() - t0)
+            note(f"{config}/{unit} run {i + 1}/{repeat}: {res.cycles} cycles in {times[-1]:.2f} s")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "rvmpq.sw.cli", "run", str(elf), "--config",
+                        config, "--unit", unit], check=False, capture_output=True)
+        cli_s = time.perf_counter() - t0
+        rows.append(RunnerRow(config=config, unit=unit, cycles=res.cycles, instret=res.instret,
+                              exit_code=res.exit_code, signature=res.signature,
+                              build_s=round(build_s, 1), run_s=[round(t, 3) for t in times],
+                              cli_s=round(cli_s, 3), mcps_best=res.cycles / min(times) / 1e6,
+                              mcps_median=res.cycles / statistics.median(times) / 1e6,
+                              mcps_cli=res.cycles / cli_s / 1e6))
+    return RunnerReport(program=str(RUNNER_PROGRAM.relative_to(RUNNER_PROGRAM.parents[2])),
+                        rows=rows, target_cycles_per_s=RUNNER_TARGET, load_before=load_before,
+                        load_after=list(os.getloadavg()), cpus=os.cpu_count() or 0)
+
+
 # ---- sections and CLI -----------------------------------------------------------------------
 
 def _section_unit(args) -> tuple[dict, str, bool]:
@@ -340,8 +482,13 @@ def _section_kernels(args) -> tuple[dict, str, bool]:
     return result, md, True
 
 
+def _section_runner(args) -> tuple[dict, str, bool]:
+    rep = bench_runner(repeat=args.repeat, quiet=args.quiet)
+    return rep.to_json(), rep.markdown(), rep.ok
+
+
 #: section name -> function(args) -> (json dict, markdown, ok). Add kernels here.
-SECTIONS = {"unit": _section_unit, "kernels": _section_kernels}
+SECTIONS = {"unit": _section_unit, "kernels": _section_kernels, "runner": _section_runner}
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -363,12 +510,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     parser.add_argument("--quick", action="store_true",
                         help="kernel benchmark on the Edge-MPQ conv layer only")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed runs per case in the runner benchmark (default 3)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the selected sections; write ``<out>/<section>.json`` and ``.md``; print the tables.
 
-    Returns 0 when every result matched the golden model, 1 otherwise.
+    Returns 0 when every result matched the golden model (runner: every run exited 0 and both
+    SIMD-unit descriptions gave the same cycles, instret and signature), 1 otherwise.
     """
     out = args.out or (build_root() / "bench")
     out.mkdir(parents=True, exist_ok=True)
@@ -388,6 +538,8 @@ def main(args: argparse.Namespace) -> int:
         print(md)
         print(f"(written: {out / (name + '.json')}, {out / (name + '.md')})")
         if not ok:
-            print(f"rvmpq bench: {name}: results differ from the golden model", file=sys.stderr)
+            what = ("the SIMD-unit descriptions disagree or a run failed" if name == "runner"
+                    else "results differ from the golden model")
+            print(f"rvmpq bench: {name}: {what}", file=sys.stderr)
             status = 1
     return status

@@ -1,7 +1,9 @@
 """pytest runners of the SimdMulUnit cocotb testbench (verif/tb_simd.py) on Verilator.
 
-One test per DUT configuration (``CONFIGS``) and seed; each configuration is verilated once
-(``build/sim/simd-<config>-<hash>/``) and reused by every seed and by later runs. The full
+One test per DUT configuration (``CONFIGS``), description (``impl``: ``tree``, the synthesized
+brick array, and ``words``, the word-level one the program runner simulates; docs/runner.md)
+and seed; each configuration is verilated once (``build/sim/simd-<config>-<impl>-<hash>/``) and
+reused by every seed and by later runs. The full
 configuration runs every cocotb test of ``tb_simd``; the reduced ones run the cheaper tests
 plus the check that operations they were not built for return 0.
 
@@ -31,21 +33,27 @@ CONFIGS: dict[str, tuple[dict, str | None]] = {
 TOP = "simd_mul_unit"
 
 
-def simd_build(name: str):
-    """Verilator build of ``SimdMulUnit(**CONFIGS[name][0])`` (cached) and its tb config."""
+#: The descriptions of the unit (``SimdMulUnit(impl=...)``); both must pass every test.
+IMPLS = ("tree", "words")
+
+
+def simd_build(name: str, impl: str = "tree"):
+    """Verilator build of ``SimdMulUnit(**CONFIGS[name][0], impl=impl)`` (cached) and its tb
+    config."""
     simd = pytest.importorskip("rvmpq.hw.simd", reason="rvmpq.hw.simd is not available yet")
     from rvmpq.hw.verilog import verilog_text  # noqa: PLC0415
 
     kwargs = CONFIGS[name][0]
-    dut = simd.SimdMulUnit(**kwargs)
-    sim = verilator_build(f"simd-{name}", verilog_text(dut, TOP, None), TOP)
+    dut = simd.SimdMulUnit(**kwargs, impl=impl)
+    sim = verilator_build(f"simd-{name}-{impl}", verilog_text(dut, TOP, None), TOP)
     cfg = {"latency": dut.LATENCY, "widths": list(dut.widths),
            "mul": bool(kwargs.get("with_rv32m", True))}
     return sim, cfg
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_simd(config, seed):
-    sim, cfg = simd_build(config)
+def test_simd(config, impl, seed):
+    sim, cfg = simd_build(config, impl)
     run_cocotb(sim, "tb_simd", testcase=CONFIGS[config][1], seed=seed,
                extra_env={"RVMPQ_SIMD_CONFIG": json.dumps(cfg)})

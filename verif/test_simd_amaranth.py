@@ -1,7 +1,9 @@
 """Amaranth-simulator tests of :class:`rvmpq.hw.simd.SimdMulUnit` (fast tier, no Verilator).
 
 The expected values come from a small reference written here with Python integers, independent
-of the RTL's recursive structure. Random tests print their seed; replay one with
+of the RTL's recursive structure. Every test that simulates runs on both descriptions of the unit
+(``impl``: ``tree``, the synthesized brick array, and ``words``, the word-level one the program
+runner simulates; docs/runner.md). Random tests print their seed; replay one with
 ``RVMPQ_SEED=<seed> pytest verif/test_simd_amaranth.py -k <test>``.
 """
 
@@ -17,6 +19,12 @@ from rvmpq.hw.modes import WIDTHS, MulMode, MulOp, check_mode
 from rvmpq.hw.simd import SimdMulUnit
 
 MASK32 = 0xFFFF_FFFF
+
+
+@pytest.fixture(params=SimdMulUnit.IMPLS)
+def impl(request):
+    """The description of the unit under test (``SimdMulUnit(impl=...)``)."""
+    return request.param
 
 
 # -- reference (plain Python ints) ---------------------------------------------------------
@@ -119,7 +127,7 @@ def test_reference_self_check():
     assert ref("MULLO", 32, True, True, 0x1234_5678, 0x10, 0) == 0x2345_6780
 
 
-def test_directed_corners():
+def test_directed_corners(impl):
     """Extreme lane values in every mode and signedness, one operation per cycle."""
     ops = []
     for op in ("DOT", "MULLO", "MULHI"):
@@ -129,26 +137,26 @@ def test_directed_corners():
                     for a in (0, MASK32, 0x8000_0000, 0x7FFF_FFFF, 0xAAAA_AAAA, 0x5555_5555):
                         for b in (MASK32, 0x8888_8888, 0x7777_7777, 0x8000_8000):
                             ops.append((op, w, sa, sb, a, b, 0xDEAD_BEEF))
-    run_ops(SimdMulUnit(), ops, random.Random(0))
+    run_ops(SimdMulUnit(impl=impl), ops, random.Random(0))
 
 
-def test_random_back_to_back():
+def test_random_back_to_back(impl):
     """Random operations, mode changing every cycle, no idle cycles, no backpressure."""
     rng = random.Random(_seed())
     ops = [random_op(rng) for _ in range(600)]
-    run_ops(SimdMulUnit(), ops, rng)
+    run_ops(SimdMulUnit(impl=impl), ops, rng)
 
 
-def test_random_backpressure():
+def test_random_backpressure(impl):
     """Random operations with idle input cycles and ``o.ready`` backpressure."""
     rng = random.Random(_seed())
     ops = [random_op(rng) for _ in range(300)]
-    run_ops(SimdMulUnit(), ops, rng, p_valid=0.7, p_ready=0.5)
+    run_ops(SimdMulUnit(impl=impl), ops, rng, p_valid=0.7, p_ready=0.5)
 
 
-def test_latency():
+def test_latency(impl):
     """``o.valid`` rises exactly LATENCY cycles after the accepted transfer."""
-    dut = SimdMulUnit()
+    dut = SimdMulUnit(impl=impl)
     seen = {}
 
     async def bench(ctx):
@@ -174,10 +182,10 @@ def test_latency():
 
 @pytest.mark.parametrize("widths,rv32m", [((8, 16), True), ((2, 4), False), ((4,), True),
                                           ((16,), False)])
-def test_feature_flags(widths, rv32m):
+def test_feature_flags(widths, rv32m, impl):
     """Reduced configurations: supported modes are exact, unsupported modes give 0."""
     rng = random.Random(_seed())
-    dut = SimdMulUnit(widths=widths, with_rv32m=rv32m)
+    dut = SimdMulUnit(widths=widths, with_rv32m=rv32m, impl=impl)
     ops = [random_op(rng, WIDTHS, True) for _ in range(200)]
 
     def expect(o):
@@ -192,6 +200,7 @@ def test_feature_flags(widths, rv32m):
     ({"widths": ()}, "non-empty"),
     ({"widths": "x"}, "subset"),
     ({"with_rv32m": 1}, "True or False"),
+    ({"impl": "fast"}, r"impl must be one of \('tree', 'words'\)"),
 ])
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):

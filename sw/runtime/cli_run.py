@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from rvmpq.sw.runtime.elf import ElfError
-from rvmpq.sw.runtime.runner import CONFIGS, RunnerError, run_elf
+from rvmpq.sw.runtime.runner import CONFIGS, DEFAULT_UNIT, UNITS, RunnerError, run_elf
 
 __all__ = ["add_arguments", "main", "TIMEOUT_STATUS"]
 
@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="mpq", choices=CONFIGS)
     parser.add_argument("--signature", metavar="FILE",
                         help="write begin_signature..end_signature, one hex word per line")
+    parser.add_argument("--unit", default=DEFAULT_UNIT, choices=UNITS,
+                        help="description of the SIMD unit to simulate: words (default, "
+                        "word-level, faster) or tree (the synthesized brick array); results and "
+                        "cycle counts are identical (docs/runner.md)")
     parser.add_argument("--max-cycles", type=int, default=100_000_000, metavar="N")
     parser.add_argument("--trace", metavar="FILE", help="retired-instruction trace")
     parser.add_argument("--waves", metavar="FILE", help="waveform, .fst or .vcd by the suffix (separate, slower model; "
@@ -36,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         res = run_elf(args.elf, config=args.config, max_cycles=args.max_cycles,
                       signature=args.signature or False, trace=args.trace or False,
-                      waves=args.waves, echo=True)
+                      waves=args.waves, echo=True, unit=args.unit)
     except (FileNotFoundError, ElfError, ValueError) as exc:
         print(f"rvmpq run: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,16 @@
 """Run programs on the Verilator model of the SoC RTL, fast (a C++ main loop, no Python per cycle).
 
 The model (``harness.cpp`` + the Verilog of ``rvmpq.hw.soc.SimSoC(config)``) is built once per
-configuration and cached under ``build/rtl/<config>-<hash>/`` where the hash covers the generated
-Verilog, the harness and the build flags; a file lock keeps parallel pytest workers from building
+configuration and SIMD-unit description (``unit``, below) and cached under
+``build/rtl/<config>[-<unit>]-<hash>/`` where the hash covers the generated Verilog, the harness
+and the build flags; a file lock keeps parallel pytest workers from building
 the same model twice. A waveform build (``--trace-vcd`` / ``--trace-fst``) is a separate cached
 model. The model top is ``run_top.v`` (``rvmpq_run``), which registers the SoC's host-side inputs.
+
+``unit`` picks the description of the SIMD unit in the configurations that have one (``mpq``):
+``"words"`` (default: word-level arithmetic, ~4x faster to simulate) or ``"tree"`` (the brick
+array that is synthesized). Both give identical results and cycle counts (docs/runner.md says
+why both exist and how they are kept equal).
 
 >>> res = run_elf("prog.elf", config="mpq", signature=True)      # doctest: +SKIP
 >>> res.exit_code, res.cycles, res.instret, res.signature[:2]      # doctest: +SKIP
@@ -27,6 +33,8 @@ from rvmpq.sw.tools import VERILATOR_MAKE_FIXES, build_root, verilator_build_cac
 
 __all__ = [
     "CONFIGS",
+    "UNITS",
+    "DEFAULT_UNIT",
     "VERILATOR_LINT_FLAGS",
     "RunResult",
     "RunnerError",
@@ -36,6 +44,12 @@ __all__ = [
 ]
 
 CONFIGS = ("mpq", "baseline")
+#: Descriptions of the SIMD unit the runner can simulate (``SimdMulUnit(impl=...)``).
+UNITS = ("words", "tree")
+#: The default: the word-level description simulates several times faster and is proven equal to
+#: the tree (verif/test_simd_lockstep.py, verif/test_runner_units.py); ``unit="tree"`` runs the
+#: synthesized description.
+DEFAULT_UNIT = "words"
 
 #: Lint relaxations Amaranth-generated Verilog needs (DESIGN.md); the one place they live for
 #: the runner.
@@ -104,6 +118,23 @@ def check_config(config: str) -> str:
     return config
 
 
+def check_unit(unit: str) -> str:
+    """Return ``unit`` if known, else raise ValueError naming the allowed values."""
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; allowed: {', '.join(UNITS)}")
+    return unit
+
+
+def model_tag(config: str, unit: str = DEFAULT_UNIT) -> str:
+    """Name of a configuration's model in file names: ``<config>-<unit>`` when the
+    configuration has the SIMD unit, else ``<config>`` (``unit`` changes nothing there)."""
+    from rvmpq.hw.core.config import get_config  # noqa: PLC0415
+
+    check_config(config)
+    check_unit(unit)
+    return f"{config}-{unit}" if get_config(config).mul_impl == "simd" else config
+
+
 _VERILOG_CACHE: dict[str, str] = {}
 _ELABORATED_HASH: dict[str, str] = {}
 
@@ -118,25 +149,25 @@ def hw_source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def soc_verilog(config: str = "mpq") -> str:
-    """Verilog text of ``rvmpq.hw.soc.SimSoC(config)`` (top module ``rvmpq_soc``), from
-    ``rvmpq.hw.soc.write_soc_verilog``.
+def soc_verilog(config: str = "mpq", unit: str = DEFAULT_UNIT) -> str:
+    """Verilog text of ``rvmpq.hw.soc.SimSoC(config, simd_impl=unit)`` (top module
+    ``rvmpq_soc``), from ``rvmpq.hw.soc.write_soc_verilog``.
 
-    Cached per process and on disk (``build/rtl/verilog/<config>-<hw_source_hash()>.v``:
-    elaborating the SoC takes seconds, and a changed file under ``hw/`` changes the name).
-    Raises :class:`RunnerError` when the SoC generator is not available.
+    Cached per process and on disk (``build/rtl/verilog/<tag>-<hw_source_hash()>.v``, tag
+    from :func:`model_tag`: elaborating the SoC takes seconds, and a changed file under ``hw/``
+    changes the name). Raises :class:`RunnerError` when the SoC generator is not available.
     """
-    check_config(config)
-    if config in _VERILOG_CACHE:
-        return _VERILOG_CACHE[config]
+    tag = model_tag(config, unit)
+    if tag in _VERILOG_CACHE:
+        return _VERILOG_CACHE[tag]
     # the name is the hash of hw/ when this process first elaborated (or read) a SoC: a
     # long-running process whose hw modules were imported before the files changed must not
     # file its (old) Verilog under the new hash
     _ELABORATED_HASH.setdefault("hash", hw_source_hash())
-    cached = build_root() / "rtl" / "verilog" / f"{config}-{_ELABORATED_HASH['hash']}.v"
+    cached = build_root() / "rtl" / "verilog" / f"{tag}-{_ELABORATED_HASH['hash']}.v"
     if cached.exists():
-        _VERILOG_CACHE[config] = cached.read_text()
-        return _VERILOG_CACHE[config]
+        _VERILOG_CACHE[tag] = cached.read_text()
+        return _VERILOG_CACHE[tag]
     try:
         from rvmpq.hw.soc import write_soc_verilog  # noqa: PLC0415
     except ImportError as exc:
@@ -145,16 +176,16 @@ def soc_verilog(config: str = "mpq") -> str:
     # a private folder per process: parallel pytest workers must not share temporary files
     (build_root() / "rtl").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".verilog-", dir=build_root() / "rtl") as td:
-        vpath, _ = write_soc_verilog(td, config)
+        vpath, _ = write_soc_verilog(td, config, simd_impl=unit)
         text = vpath.read_text()
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(td) / "cache.v"
         tmp.write_text(text)
         os.replace(tmp, cached)           # atomic: parallel workers never read half a file
-        for old in cached.parent.glob(f"{config}-*.v"):
-            if old != cached:
+        for old in cached.parent.glob(f"{tag}-*.v"):
+            if old != cached and len(old.name) == len(cached.name):
                 old.unlink(missing_ok=True)
-    _VERILOG_CACHE[config] = text
+    _VERILOG_CACHE[tag] = text
     return text
 
 
@@ -188,7 +219,7 @@ def _remove_stale(rtl: Path, keep: Path) -> None:
 
 
 def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str | None = None,
-                quiet: bool = True) -> Path:
+                quiet: bool = True, unit: str = DEFAULT_UNIT) -> Path:
     """Build (or reuse) the Verilator runner model of a configuration.
 
     Parameters
@@ -201,21 +232,24 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
         Verilog text to use instead of generating the SoC (tests, other tops named rvmpq_soc).
     quiet : bool
         Do not print the "building" note on stderr.
+    unit : {"words", "tree"}
+        Description of the SIMD unit (module docstring); part of the model's name and, through
+        the Verilog, of its cache key.
 
     Returns
     -------
     Path
         The model executable.
     """
-    check_config(config)
+    tag = model_tag(config, unit)
     if waves is True:
         waves = "fst"
     if waves and waves not in WAVE_FORMATS:
         raise ValueError(f"waves={waves!r}; allowed: False, {', '.join(WAVE_FORMATS)}")
-    text = verilog if verilog is not None else soc_verilog(config)
+    text = verilog if verilog is not None else soc_verilog(config, unit)
     key = _model_key(text, waves)
     rtl = build_root() / "rtl"
-    d = rtl / f"{config}{'-' + waves if waves else ''}-{key}"
+    d = rtl / f"{tag}{'-' + waves if waves else ''}-{key}"
     exe = d / "obj" / f"V{MODEL_TOP}"
     if exe.exists():
         return exe
@@ -223,7 +257,7 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
     try:
         verilator_build_cached(d, {"run_top.v": RUN_TOP, f"{TOP}.v": text, "harness.cpp": HARNESS},
                                args, f"V{MODEL_TOP}",
-                               None if quiet else f"runner: building the {config} model in {d} ...")
+                               None if quiet else f"runner: building the {tag} model in {d} ...")
     except RuntimeError as exc:
         hint = ""
         if "lz4.h" in str(exc):
@@ -236,7 +270,7 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
 
 def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=False,
             trace=False, waves=None, echo: bool = False, verilog: str | None = None,
-            read_latency: int = 2) -> RunResult:
+            read_latency: int = 2, unit: str = DEFAULT_UNIT) -> RunResult:
     """Run a program on the RTL model.
 
     Parameters
@@ -260,6 +294,10 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
     read_latency : int
         Host-port read latency in cycles as the harness sees it (the SoC's 1 plus 1 for the
         input registers of run_top.v).
+    unit : {"words", "tree"}
+        Description of the SIMD unit to simulate (module docstring): ``"words"`` (default,
+        faster) or ``"tree"`` (the synthesized one); results and cycle counts are identical.
+        Ignored by ``baseline``, which has no SIMD unit.
 
     Returns
     -------
@@ -270,7 +308,7 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
     FileNotFoundError, ElfError
         Missing or invalid ELF.
     ValueError
-        Unknown config, a program without signature symbols when a signature is requested,
+        Unknown config or unit, a program without signature symbols when a signature is requested,
         or an entry point that is not the reset address.
     RunnerError
         The model could not be built or crashed.
@@ -278,7 +316,7 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
     from rvmpq.sw.iss import parse_trace_line  # noqa: PLC0415
     from rvmpq.sw.runtime.cc import memory_map  # noqa: PLC0415
 
-    check_config(config)
+    model_tag(config, unit)     # checks both
     if max_cycles <= 0:
         raise ValueError(f"max_cycles must be positive, got {max_cycles}")
     mm = memory_map(config)
@@ -293,7 +331,7 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
             raise ValueError(f"{img.path}: no begin_signature/end_signature symbols; "
                              "define them around the data to dump")
     exe = build_model(config, waves=waves_format(waves) if waves else False, verilog=verilog,
-                      quiet=False)
+                      quiet=False, unit=unit)
     with tempfile.TemporaryDirectory(prefix="rvmpq-run-") as td:
         t = Path(td)
         write_image(img, t / "image.hex")

@@ -142,9 +142,7 @@ class SimdMulUnit(wiring.Component):
         supported = frozenset([w.bit_length() - 1 for w in self.widths]
                               + ([5] if self.with_rv32m else []))
 
-        # -- handshake: global stall ------------------------------------------------------
-        adv = Signal()
-        m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
+        adv = self._handshake(m)
         xm_valid = Signal()
 
         # -- stage X: decode the mode ------------------------------------------------------
@@ -266,14 +264,25 @@ class SimdMulUnit(wiring.Component):
         hi = m_sum[32:64] if self.with_rv32m else Const(0, 32)
         m.d.comb += m_result.eq(Mux(xm_ok, Mux(xm_hi, hi, m_sum[:32]), 0))
 
-        # -- mw register = output ----------------------------------------------------------
+        self._output(m, adv, xm_valid, m_result, hi)
+        return m
+
+    def _handshake(self, m: Module) -> Signal:
+        """The global stall both descriptions share: every register advances on ``adv`` =
+        ``~o.valid | o.ready``, which is also ``i.ready``. Returns ``adv``."""
+        adv = Signal()
+        m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
+        return adv
+
+    def _output(self, m: Module, adv, valid, result, hi) -> None:
+        """The output register (stage ``mw``) both descriptions share: ``o`` loads ``valid``,
+        ``result`` and ``hi`` on ``adv``."""
         with m.If(adv):
             m.d.sync += [
-                self.o.valid.eq(xm_valid),
-                self.o.payload.result.eq(m_result),
+                self.o.valid.eq(valid),
+                self.o.payload.result.eq(result),
                 self.o.payload.hi.eq(hi),
             ]
-        return m
 
     def _elaborate_words(self):
         """The word-level description (``impl="words"``): same ports, timing and results.
@@ -290,9 +299,7 @@ class SimdMulUnit(wiring.Component):
         """
         m = Module()
 
-        # -- handshake: global stall (as the tree) ----------------------------------------
-        adv = Signal()
-        m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
+        adv = self._handshake(m)
 
         # -- stage X: decode, register the operation ----------------------------------------
         p = self.i.payload
@@ -360,11 +367,5 @@ class SimdMulUnit(wiring.Component):
         else:
             m.d.comb += m_result.eq(m_dot)
 
-        # -- mw register = output ----------------------------------------------------------
-        with m.If(adv):
-            m.d.sync += [
-                self.o.valid.eq(xm_valid),
-                self.o.payload.result.eq(m_result),
-                self.o.payload.hi.eq(hi),
-            ]
+        self._output(m, adv, xm_valid, m_result, hi)
         return m

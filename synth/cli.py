@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="synthesize every available design and print the comparison table")
     what.add_argument("--design", action="append", metavar="NAME",
                       help="synthesize this design (repeatable); see --list")
+    what.add_argument("--config", action="append", metavar="NAME",
+                      help="synthesize this core configuration (repeatable: baseline, mpq), "
+                           "i.e. the design core-NAME; two give the side-by-side table")
     what.add_argument("--list", action="store_true", help="list the available designs")
     what.add_argument("--formal", action="store_true",
                       help="prove every mode of the SIMD unit equal to its reference "
@@ -108,8 +111,18 @@ def main(args: argparse.Namespace) -> int:
         from rvmpq.synth.formal import run_cli
         return run_cli("simd", args.proof, args.fast, args.method, args.formal_timeout,
                        args.jobs, args.out or build_root() / "synth", "rvmpq synth --formal")
+    configs = getattr(args, "config", None) or []
+    if configs:
+        from rvmpq.hw.core.config import CONFIGS
+        bad = [c for c in configs if c not in CONFIGS]
+        if bad:
+            print(f"rvmpq synth: unknown core configuration {bad[0]!r}; choose one of "
+                  f"{sorted(CONFIGS)}", file=sys.stderr)
+            return 2
+        args.design = [f"core-{c}" for c in configs]
     if not args.compare and not args.design:
-        print("rvmpq synth: give --compare, --design NAME, --formal or --list", file=sys.stderr)
+        print("rvmpq synth: give --compare, --design NAME, --config NAME, --formal or --list",
+              file=sys.stderr)
         return 2
     out = args.out or build_root() / "synth"
     names = None if args.compare else args.design

@@ -83,6 +83,21 @@ def test_cli_design_generic(tmp_path, capsys):
     assert synth_cli.main(args) == 2
 
 
+def test_cli_config_names_core_designs(tmp_path, capsys):
+    """``--config NAME`` is the design ``core-NAME``; an unknown configuration is refused."""
+    import argparse
+    p = argparse.ArgumentParser()
+    synth_cli.add_arguments(p)
+    args = p.parse_args(["--config", "nope", "-o", str(tmp_path)])
+    assert synth_cli.main(args) == 2
+    assert "unknown core configuration 'nope'" in capsys.readouterr().err
+    args = p.parse_args(["--config", "baseline", "--target", "generic", "-o", str(tmp_path)])
+    assert synth_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| core-baseline |" in out
+    assert (tmp_path / "core-baseline.json").exists()
+
+
 def test_markdown_marks_failures():
     from rvmpq.synth.flow import SynthResult
     md = markdown_table([SynthResult("x", "x", errors={"generic": "SynthError: boom"})])

@@ -166,9 +166,9 @@ def plan_counts(pl) -> dict[str, float]:
     loads), ``dots`` (``mpq.ldot``), ``wbases`` (weight base pointers formed per pixel: the
     ``ldot`` offset reaches 8 input words), ``krow_groups`` (those bases, formed once),
     ``requant`` (``mpq.rqpa``), ``raw_out`` (int32 outputs of a logits layer), ``out_words``
-    (output words stored), ``cmult`` (pixels x non-zero constant multipliers of a one-block
-    layer: the compiler folds them into immediates and re-materialises them per pixel when
-    they do not fit in registers), ``px_multi`` (pixels of a multi-block layer, whose
+    (output words stored), ``cmult`` (pixels x live multipliers of a one-block layer: its
+    loop's register allocation differs; since kernel generator k7 the multipliers are read
+    through an opaque pointer, so their values no longer change the code), ``px_multi`` (pixels of a multi-block layer, whose
     multipliers live in registers), ``wo2`` / ``wo2_regs`` (pixels of a two-pixel row, and
     those x live multipliers: the compiler turns that loop into a flag-driven one and
     recomputes addresses in it).

@@ -34,8 +34,9 @@ Layout and blocking (``mpq`` kernels, written against the generated ``rvmpq_isa.
 Baseline kernels: the same layers in plain C, int8 storage (int16 at 16 bits), 2 output pixels
 x 4 output channels register-blocked (8 accumulators; depthwise: one channel at a time), the requantization of contracts.md 3 in C (64-bit product).
 
-The program: data arrays (``.rodata`` in DMEM), the kernel, and ``main`` that writes the CSR,
-reads ``rdcycle``/``rdinstret`` around the kernel call and leaves ``[cycles, instret, output...]``
+The program: data arrays (``.rodata`` in DMEM), the kernel, and ``main`` that reads
+``rdcycle``/``rdinstret`` around the kernel call (the kernel writes the CSR) and leaves
+``[cycles, instret, output...]``
 between ``begin_signature``/``end_signature``.
 
 Several layers in one C file: :func:`emit_layer`
@@ -48,9 +49,13 @@ data arrays (``{prefix}wt``, ``{prefix}bias``, ``{prefix}mult``), its kernel fun
 padded input: ``pl.act_words`` words for ``mpq``, ``pl.hp*pl.wp*pl.cin`` elements of the
 baseline ``act_t`` for ``baseline``) and its output buffer (``pl.out_words`` words / baseline
 ``out_t`` elements, see :func:`decode_output`). The caller declares both and fills the input's
-halo (``zp_in``) and padded lanes. :attr:`LayerSource.setup` holds the statements to run before
-:attr:`LayerSource.call` (the ``mpq_rq`` CSR write of this layer; empty for logits and the
-baseline). :func:`emit_program` (one layer + ``main``) is built on it: one code path.
+halo (``zp_in``) and padded lanes. The kernel function is never inlined and writes its own
+``mpq_rq`` CSR; the ``mpq.ldot`` kernels also hide their buffer pointers and multipliers from
+the compiler (an empty asm), so a kernel's code is the same in every program and does not
+depend on the multipliers' values (:attr:`LayerSource.setup` is empty, kept for callers).
+:func:`emit_program` (one layer + ``main``) is built on it: one code path, and its timed
+window (``rdcycle``, stamp store, call, ``rdcycle``) is the one of
+:func:`rvmpq.sw.deploy.emit_network`, so a layer's cycles are the same in both.
 
 How the bodies stay simple: the body emitters (``_emit_mpq_gemm``, ``_emit_mpq_depthwise``,
 ``_emit_baseline``) keep writing the plain names ``act``, ``out``, ``wt``, ``bias``, ``mult``,
@@ -84,7 +89,7 @@ __all__ = ["IMPLS", "KernelPlan", "plan_layer", "pack_mpq", "emit_layer", "Layer
 #: (plain RV32IM C, runs on config ``baseline``).
 IMPLS = ("mpq", "baseline")
 #: Bumped whenever the generated code changes (part of the cost-cache key).
-GENERATOR_VERSION = "k6"
+GENERATOR_VERSION = "k7"
 #: How the ``mpq`` conv / pointwise / linear kernels compute: ``"ldot"`` (memory-operand
 #: ``mpq.ldot`` into the core's accumulators, :func:`_emit_mpq_ldot`) or ``"dot"`` (the
 #: register-blocked ``mpq.dot`` kernel of generator version k5, kept for the ablation in the
@@ -96,6 +101,10 @@ LDOT_NB = 16
 #: saves the loop's branch and pointer updates; larger rows keep the loop for IMEM space).
 LDOT_UNROLL_BYTES = 6144
 
+#: Attribute of every kernel function: never inlined, so that its code is the same in the
+#: one-layer program of the cost table (:func:`emit_program`) and in a whole network
+#: (:func:`rvmpq.sw.deploy.emit_network`), whatever the caller keeps in registers.
+KERNEL_ATTR = "__attribute__((noinline))"
 #: Output pixels register-blocked by the baseline kernel (x 4 output channels).
 BASELINE_PIXELS = 2
 #: Bytes of DMEM kept for the stack and the runtime.
@@ -310,27 +319,51 @@ _SIG_ASM = """__asm__(".section .data.rvmpq_sig,\\"aw\\",@progbits\\n"
 extern volatile uint32_t rvmpq_sig[];
 """
 
+#: ``rd_cycle()``: the ``rdcycle`` stamp of every timed window, here and in
+#: :func:`rvmpq.sw.deploy.emit_network` (one definition: the same code around each kernel call).
+RDCYCLE_C = ("static inline uint32_t rd_cycle(void) { uint32_t v; "
+             "__asm__ volatile (\"rdcycle %0\" : \"=r\"(v) : : \"memory\"); return v; }")
+
 _MAIN = """
-static inline uint32_t rd_cycle(void) {{ uint32_t v; __asm__ volatile ("rdcycle %0" : "=r"(v)); return v; }}
-static inline uint32_t rd_instret(void) {{ uint32_t v; __asm__ volatile ("rdinstret %0" : "=r"(v)); return v; }}
+{rdcycle}
+static inline uint32_t rd_instret(void) {{
+    uint32_t v; __asm__ volatile ("rdinstret %0" : "=r"(v) : : "memory"); return v; }}
 
 int main(void) {{
-{setup}    uint32_t c0 = rd_cycle(), i0 = rd_instret();
-    {call}
-    uint32_t c1 = rd_cycle(), i1 = rd_instret();
-    rvmpq_sig[0] = c1 - c0;
-    rvmpq_sig[1] = i1 - i0;
+    rvmpq_in = (const void *)act_in;
+    rvmpq_out = (void *)&rvmpq_sig[2];
+    uint32_t *rec = (uint32_t *)rvmpq_sig;
+    /* the timed window as deploy's: stamp (the stamp pointer already in a register), the
+       kernel call, stamp */
+    __asm__ volatile ("" : "+r"(rec));
+    uint32_t i0 = rd_instret();
+    rec[0] = rd_cycle();
+    {setup}{call}
+    uint32_t c1 = rd_cycle();
+    uint32_t i1 = rd_instret();
+    rec[0] = c1 - rec[0];
+    rec[1] = i1 - i0;
     return 0;
 }}
 """
+
+
+def _kernel_open(ap, layer: QLayer, pl: KernelPlan) -> None:
+    """The kernel function's first line and, for an ``mpq`` layer that requantizes, its write
+    of CSR ``mpq_rq`` (inside the kernel, so the code timed around a kernel call is the same
+    ``rdcycle``, stamp store, ``call``, ``rdcycle`` in every program)."""
+    ap(f"static void {KERNEL_ATTR} kernel(void) {{")
+    if pl.impl == "mpq" and layer.out_bits != 32:
+        ap(f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(layer.shift)}, {int(layer.zp_out)}, "
+           f"{int(layer.out_bits)}, {int(bool(layer.out_signed))}));")
 
 
 def _dot_name(pl: KernelPlan, a_signed: bool) -> str:
     return f"mpq_dot_w{pl.bits}_{'s' if a_signed else 'u'}s"
 
 
-def _ldot_head(ap, pl: KernelPlan, var: str, nblocks: int, wstride: int, nb: int, raw: bool,
-               ar_extra: str) -> None:
+def _ldot_head(ap, layer: QLayer, pl: KernelPlan, var: str, nblocks: int, wstride: int,
+               nb: int, raw: bool, ar_extra: str) -> None:
     """The opening both ``mpq.ldot`` kernels share: the ``LDW`` asm load, the kernel function,
     the block loop over ``var`` (``nblocks`` blocks of ``nb`` accumulators, ``wstride`` weight
     words each) with its ``mpq.accld`` of the biases and, unless ``raw``, the multipliers in
@@ -340,8 +373,17 @@ def _ldot_head(ap, pl: KernelPlan, var: str, nblocks: int, wstride: int, nb: int
     # program): the kernel's loads are asm, so a compiler barrier orders them after those
     ap("#define LDW(x, off, base) __asm__ volatile (\"lw %0, %1(%2)\" : \"=r\"(x) : "
        "\"i\"(off), \"r\"(base))")
-    ap("static void kernel(void) {")
-    ap("    __asm__ volatile (\"\" ::: \"memory\");")
+    # The kernel's code must not depend on where it is called from or on the values of its
+    # data (the cost table measures it alone, deploy runs it inside a network): it is a
+    # function of its own (KERNEL_ATTR: never inlined into the caller), its input / output
+    # pointers and its multipliers pass through an empty asm, so the compiler neither folds
+    # the buffers' addresses nor the multipliers' values (it would re-materialise constant
+    # multipliers per pixel in a value-dependent way).
+    _kernel_open(ap, layer, pl)
+    ap("    const uint32_t *act_r = act;")
+    ap("    uint32_t *out_r = out;")
+    ap("    const int32_t *mult_r = mult;")
+    ap("    __asm__ volatile (\"\" : \"+r\"(act_r), \"+r\"(out_r), \"+r\"(mult_r) :: \"memory\");")
     ap(f"    for (int {var} = 0; {var} < {nblocks}; {var}++) {{")
     ap(f"        const uint32_t *wb = wt + {var} * {wstride};")
     ap(f"        const int32_t *bb = bias + {var} * {nb};")
@@ -349,10 +391,10 @@ def _ldot_head(ap, pl: KernelPlan, var: str, nblocks: int, wstride: int, nb: int
         ap(f"        mpq_accld({j}, bb, {j});")
     if not raw:
         for j in range(nb):
-            ap(f"        const int32_t m{j} = mult[{var} * {nb} + {j}];")
+            ap(f"        const int32_t m{j} = mult_r[{var} * {nb} + {j}];")
     ap(f"        for (int oy = 0; oy < {pl.ho}; oy++) {{")
     ap(f"          for (int ox = 0; ox < {pl.wo}; ox++) {{")
-    ap(f"            const uint32_t *ar = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
+    ap(f"            const uint32_t *ar = act_r + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * "
        f"{pl.cw}{ar_extra};")
 
 
@@ -361,7 +403,7 @@ def _ldot_tail(ap, pl: KernelPlan, var: str, nb: int, raw: bool) -> None:
     int32 (``raw``, ``mpq.accrd``) or requantized and packed ``pl.lo`` per word
     (``mpq.rqpa``, which re-arms each accumulator with its bias), then the loops' ends."""
     words = nb if raw else nb // pl.lo
-    ap(f"            uint32_t *op = out + (oy * {pl.wo} + ox) * {pl.ocw} + {var} * {words};")
+    ap(f"            uint32_t *op = out_r + (oy * {pl.wo} + ox) * {pl.ocw} + {var} * {words};")
     if raw:
         for j in range(nb):
             ap(f"            op[{j}] = mpq_accrd({j});")
@@ -401,7 +443,7 @@ def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
     ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
     L = []
     ap = L.append
-    _ldot_head(ap, pl, "cb", pl.cout_pad // nb, pl.kh * krow * nb, nb, raw, "")
+    _ldot_head(ap, layer, pl, "cb", pl.cout_pad // nb, pl.kh * krow * nb, nb, raw, "")
     ap("            const uint32_t *wp = wb;")
     unroll = pl.kh * krow * (nb + 1) * 4 <= LDOT_UNROLL_BYTES
     rows = range(pl.kh) if unroll else [None]
@@ -547,7 +589,7 @@ def _emit_mpq_gemm(layer: QLayer, pl: KernelPlan) -> str:
                     ap(f"{indent}    op[{q} * OCW + cb * {wpb} + {k}] = pk{q}_{k};")
             ap(f"{indent}}}")
 
-    ap("static void kernel(void) {")
+    _kernel_open(ap, layer, pl)
     ap(f"    for (int oy = 0; oy < {pl.ho}; oy++) {{")
     main_w = pl.wo - pl.wo % pl.p
     if main_w:
@@ -578,7 +620,7 @@ def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
     ldot = f"mpq_ldot_w{pl.bits}_{'s' if layer.a_signed else 'u'}s"
     L = []
     ap = L.append
-    _ldot_head(ap, pl, "c", pl.cw, la * taps, la, raw, " + c")
+    _ldot_head(ap, layer, pl, "c", pl.cw, la * taps, la, raw, " + c")
     ap("            uint32_t x0, x1;")
     tap_list = [(ky, kx) for ky in range(pl.kh) for kx in range(pl.kw)]
 
@@ -611,7 +653,7 @@ def _emit_mpq_depthwise(layer: QLayer, pl: KernelPlan) -> str:
     raw = pl.out_bits == 32
     L = []
     ap = L.append
-    ap("static void kernel(void) {")
+    _kernel_open(ap, layer, pl)
     ap(f"    for (int oy = 0; oy < {pl.ho}; oy++) {{")
     ap(f"      for (int ox = 0; ox < {pl.wo}; ox++) {{")
     ap(f"        const uint32_t *arow = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * {pl.cw};")
@@ -699,7 +741,7 @@ def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
         ap(f"    int32_t y = (int32_t)r + ({int(layer.zp_out)});")
         ap(f"    return y < {lo_} ? {lo_} : (y > {hi_} ? {hi_} : y);")
         ap("}")
-    ap("static void kernel(void) {")
+    _kernel_open(ap, layer, pl)
     if pl.variant == "depthwise":
         taps = pl.kh * pl.kw
         ap(f"    for (int oy = 0; oy < {pl.ho}; oy++)")
@@ -781,7 +823,8 @@ class LayerSource:
     text : str
         File-scope C: typedefs, data arrays, helpers and the kernel function (all prefixed).
     setup : str
-        Statements to run before the kernel (the ``mpq_rq`` CSR write; may be empty).
+        Statements to run before the kernel: empty since generator version k7 (the kernel
+        writes its own ``mpq_rq`` CSR, so a timed call is the call alone); kept for callers.
     call : str
         The statement that runs the kernel (``{prefix}kernel();``).
     plan : KernelPlan
@@ -821,10 +864,6 @@ def emit_layer(layer: QLayer, pl: KernelPlan, prefix: str, in_sym: str,
                 else _emit_mpq_gemm(layer, pl))
         act_expr = f"((const uint32_t *)({in_sym}))"
         out_expr = f"((uint32_t *)({out_sym}))"
-        setup = ""
-        if layer.out_bits != 32:
-            setup = (f"mpq_rq_config_write(MPQ_RQ_CONFIG({int(layer.shift)}, "
-                     f"{int(layer.zp_out)}, {int(layer.out_bits)}, {int(bool(layer.out_signed))}));")
     else:
         d = pack_baseline(layer, None, pl)
         types = _baseline_types(pl, layer)
@@ -832,7 +871,6 @@ def emit_layer(layer: QLayer, pl: KernelPlan, prefix: str, in_sym: str,
         body = _emit_baseline(layer, pl)
         act_expr = f"((const {prefix}act_t *)({in_sym}))"
         out_expr = f"(({prefix}out_t *)({out_sym}))"
-        setup = ""
     arrays.append(_c_array("int32_t", f"{prefix}bias", d["bias"]))
     arrays.append(_c_array("int32_t", f"{prefix}mult", d["mult"]))
     names = list(LAYER_SYMBOLS)
@@ -853,7 +891,7 @@ def emit_layer(layer: QLayer, pl: KernelPlan, prefix: str, in_sym: str,
     undef = list(symbols) + ["act", "out"]
     undef += [m for m in dict.fromkeys(_DEFINE.findall(body)) if m not in undef]
     L += [f"#undef {n}" for n in undef]
-    return LayerSource(text="\n".join(L) + "\n", setup=setup,
+    return LayerSource(text="\n".join(L) + "\n", setup="",
                        call=f"{symbols['kernel']}();", plan=pl, symbols=symbols)
 
 
@@ -878,10 +916,12 @@ def emit_program(layer: QLayer, a: np.ndarray, impl: str = "mpq") -> tuple[str, 
         osz = {"int32_t": 4, "int16_t": 2, "uint16_t": 2}.get(ot, 1)
         nsig = 2 + _ceil(osz * pl.ho * pl.wo * pl.cout_pad, 4)
     L.append(_SIG_ASM.format(nbytes=4 * nsig))
-    src = emit_layer(layer, pl, "l0_", "act_in", "&rvmpq_sig[2]")
+    # the buffers' addresses in pointer variables, as in a deployed network (emit_network)
+    L.append("static const void *rvmpq_in;\nstatic void *rvmpq_out;")
+    src = emit_layer(layer, pl, "l0_", "rvmpq_in", "rvmpq_out")
     L.append(src.text)
-    setup = f"    {src.setup}\n" if src.setup else ""
-    L.append(_MAIN.format(setup=setup, call=src.call))
+    setup = src.setup + " " if src.setup else ""
+    L.append(_MAIN.format(rdcycle=RDCYCLE_C, setup=setup, call=src.call))
     return "\n".join(L), pl
 
 

@@ -7,10 +7,10 @@ Pipeline::
     f_pc ──▶ ff ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM     IMEM      regfile rd       fwd from M, W       trap/mret          retire port
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
-                                 div (stall)         registered (lw)    SimdMulUnit issue
-                                                                        (ldot, accld)
-                                                          unit stages ──▶ ACC[k] (+=)
+                       ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
+                                        div (stall)         registered (lw)    SimdMulUnit issue
+                                                                               (ldot, accld)
+                                                                 unit stages ──▶ ACC[k] (+=)
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc`` in F; its (registered) output is
   the word of ``ff`` in F2, which is registered into ``fd`` for D (for Fmax: the block RAM's
@@ -385,12 +385,12 @@ class Core(wiring.Component):
             with m.Default():
                 m.d.comb += illegal.eq(1)
 
-    def _decode(self, m, insn, d, illegal_out=None):
+    def _decode(self, m, insn, d, illegal_out):
         """Drive the :data:`Decoded` view ``d`` from instruction word ``insn``.
 
-        With ``illegal_out`` the decoder does not override ``d`` for an illegal word; it drives
-        ``illegal_out`` instead and the caller applies :meth:`_squash` later (for Fmax: the
-        override is then off the path from the instruction memory to the ``dx`` register)."""
+        The decoder does not override ``d`` for an illegal word; it drives ``illegal_out`` and
+        the caller applies :meth:`_squash` later (for Fmax: the override is then off the path
+        from the instruction memory to the ``dx`` register)."""
         cfg = self.config
         opcode = insn[0:7]
         f3 = insn[12:15]
@@ -506,11 +506,7 @@ class Core(wiring.Component):
             with m.Default():
                 m.d.comb += illegal.eq(1)
 
-        if illegal_out is not None:
-            m.d.comb += illegal_out.eq(illegal)
-        else:
-            with m.If(illegal):
-                self._squash(m, d, Cause.ILLEGAL)
+        m.d.comb += illegal_out.eq(illegal)
 
     @staticmethod
     def _squash(m, d, cause):

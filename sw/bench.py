@@ -16,7 +16,7 @@ Sections (``--only`` picks one; default: all that are available):
     Edge-MPQ conv layer only). Writes ``<out>/kernels.json`` and ``<out>/kernels.md``.
 ``runner``
     Speed of ``rvmpq run``: ``verif/programs/bench_mix.c`` (an integer matrix product and a
-    CRC, ~4.9 M cycles) on ``baseline`` and on ``mpq`` with each description of the SIMD unit
+    CRC, ~5.2 M cycles) on ``baseline`` and on ``mpq`` with each description of the SIMD unit
     (``--unit words`` / ``tree``), as simulated cycles per second of the whole
     :func:`~rvmpq.sw.runtime.runner.run_elf` call (ELF load, image file, the model process,
     result parsing; the model is built before timing, so build time is excluded and reported
@@ -436,10 +436,13 @@ def bench_runner(repeat: int = 3, cases=RUNNER_CASES, quiet: bool = True) -> Run
                                                                 file=sys.stderr, flush=True))
     load_before = list(os.getloadavg())
     rows = []
+    elfs = {}     # one compile per configuration (the two units run the same ELF)
     for config, unit in cases:
-        elf = compile_program([RUNNER_PROGRAM],
-                              build_root() / "bench" / "runner" / f"bench_mix-{config}.elf",
-                              opt="-O2", config=config)
+        if config not in elfs:
+            elfs[config] = compile_program(
+                [RUNNER_PROGRAM], build_root() / "bench" / "runner" / f"bench_mix-{config}.elf",
+                opt="-O2", config=config)
+        elf = elfs[config]
         t0 = time.perf_counter()
         build_model(config, unit=unit, quiet=quiet)
         build_s = time.perf_counter() - t0

@@ -8,7 +8,7 @@ the same model twice. A waveform build (``--trace-vcd`` / ``--trace-fst``) is a 
 model. The model top is ``run_top.v`` (``rvmpq_run``), which registers the SoC's host-side inputs.
 
 ``unit`` picks the description of the SIMD unit in the configurations that have one (``mpq``):
-``"words"`` (default: word-level arithmetic, ~4x faster to simulate) or ``"tree"`` (the brick
+``"words"`` (default: word-level arithmetic, about 10x faster to simulate) or ``"tree"`` (the brick
 array that is synthesized). Both give identical results and cycle counts (docs/runner.md says
 why both exist and how they are kept equal).
 

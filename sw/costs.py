@@ -64,10 +64,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rvmpq.sw.search.costs_api import BITS, LayerCost, LayerShape, check_bits
+from rvmpq.sw.search.costs_api import BITS, LayerCost, LayerLink, LayerShape, check_bits
 from rvmpq.sw.tools import build_root
 
-__all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "Measurement", "RtlCostModel",
+__all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
+           "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
            "fit_shapes", "held_out_shapes", "validation_report", "model_shapes",
            "default_cost_model", "fitted_cost_model", "Progress", "add_arguments", "main"]
@@ -86,6 +87,9 @@ VARIANTS = ("conv", "pointwise", "depthwise", "linear")
 SHAPE_SEED = 20240
 #: Shapes per variant in the fit set and in the held-out set.
 N_FIT, N_HELD = 40, 15
+#: Output precision the kernel-side costs are referred to: a layer's output-side work at
+#: another precision is measured as a delta against it (:meth:`RtlCostModel.out_delta`).
+REF_OUT_BITS = 8
 #: Largest number of INT16 dot instructions of a generated fit/validation shape (keeps each
 #: RTL run under about a second).
 MAX_DOTS = 60_000
@@ -104,25 +108,41 @@ def shape_variant(shape: LayerShape) -> str:
                      "conv (groups 1, any KxK), depthwise (groups == cin == cout), linear")
 
 
-def _random_layer(shape: LayerShape, bits: int, rng):
+def _out_bits(shape: LayerShape, bits: int, out_bits: int | None) -> int:
+    """The output bits a measurement of ``shape`` uses: 32 for logits, else ``out_bits`` (default
+    the layer's own ``bits``)."""
+    if shape.logits:
+        if out_bits not in (None, 32):
+            raise ValueError(f"{shape.key()}: a logits layer outputs int32, not out_bits="
+                             f"{out_bits}")
+        return 32
+    return bits if out_bits is None else check_bits(out_bits, "out_bits")
+
+
+def _random_layer(shape: LayerShape, bits: int, rng, out_bits: int | None = None):
     from rvmpq.sw.kernels.layer import random_layer
 
     return random_layer(shape_variant(shape), bits, shape.cin, shape.cout, shape.h_in,
                         shape.w_in, (shape.kh, shape.kw), shape.stride, shape.padding, rng=rng,
-                        out_bits=32 if shape.logits else bits, a_signed=False,
+                        out_bits=_out_bits(shape, bits, out_bits), a_signed=False,
                         relu=not shape.logits)
 
 
-def shape_layer(shape: LayerShape, bits: int, seed: int = 0):
+def shape_layer(shape: LayerShape, bits: int, seed: int = 0, out_bits: int | None = None):
     """A random :class:`~rvmpq.sw.search.qnn.QLayer` of ``shape`` at ``bits`` and its input.
 
-    ReLU output requantized to ``bits``, or the raw int32 logits for a ``logits`` shape.
+    ReLU output requantized to ``out_bits`` (default ``bits``), or the raw int32 logits for a
+    ``logits`` shape.
     """
     from rvmpq.sw.kernels.layer import random_input
 
     check_bits(bits)
-    rng = np.random.default_rng([seed, bits, zlib.crc32(shape.key().encode())])
-    layer = _random_layer(shape, bits, rng)
+    ob = _out_bits(shape, bits, out_bits)
+    key = [seed, bits, zlib.crc32(shape.key().encode())]
+    if not shape.logits and ob != bits:          # the default keeps its historical seed
+        key.append(ob)
+    rng = np.random.default_rng(key)
+    layer = _random_layer(shape, bits, rng, ob)
     return layer, random_input(layer, rng)
 
 
@@ -243,6 +263,113 @@ class Measurement:
     exact: bool
 
 
+@dataclasses.dataclass
+class GlueMeasurement:
+    """One RTL measurement of the glue in front of a layer (a cache entry): ``link`` is the
+    :meth:`~rvmpq.sw.search.costs_api.LayerLink.key`, ``bits`` the consumer's input precision,
+    ``glue`` what deploy emits (``copy``: a glue function, ``alias``: none, 0 cycles)."""
+
+    link: str
+    bits: int
+    cycles: int
+    glue: str
+    exact: bool
+
+
+@functools.lru_cache(maxsize=1)
+def glue_hash() -> str:
+    """Hash of the deploy program generator (``sw/deploy.py``: the glue code), part of the
+    glue cache folder name so that a change of the glue re-measures it."""
+    import hashlib
+
+    return hashlib.sha256((Path(__file__).parent / "deploy.py").read_bytes()).hexdigest()[:12]
+
+
+def glue_network(link: LayerLink, bits: int, seed: int = 0):
+    """The smallest network whose deploy program has ``link``'s glue, at ``bits``, and an
+    input: ``(QNetwork, xq)`` with ``xq`` an ``(1, H, W, C)`` integer batch.
+
+    A producer with the same output layout as ``link.producer`` (channels, output map, channel
+    padding of its kernel variant: a 1x1 conv / depthwise / linear from a minimal input),
+    its ReLU output requantized to ``bits``, the max pooling, a flatten before a linear
+    consumer, and the consumer with the same input geometry as ``link.consumer`` (channels,
+    map, padding) but a single output channel (depthwise: all of them) as the logits layer.
+    The glue depends only on the two layouts, so it is the same code as in the network.
+    """
+    from rvmpq.sw.kernels.layer import random_input, random_layer
+    from rvmpq.sw.search.qnn import QLayer, QNetwork
+
+    check_bits(bits)
+    p, c = link.producer, link.consumer
+    rng = np.random.default_rng([seed, bits, zlib.crc32(link.key().encode())])
+    pv = shape_variant(p)
+    ho, wo, ch = p.h_out, p.w_out, p.cout
+    if pv == "linear":
+        l0 = random_layer("linear", bits, 1, ch, rng=rng, out_bits=bits, a_signed=False,
+                          relu=True)
+    elif pv == "depthwise":
+        l0 = random_layer("depthwise", bits, ch, ch, ho, wo, 1, 1, 0, rng=rng, out_bits=bits,
+                          a_signed=False, relu=True)
+    else:
+        l0 = random_layer("pointwise", bits, 1, ch, ho, wo, rng=rng, out_bits=bits,
+                          a_signed=False, relu=True)
+    layers = [l0]
+    kh, kw = link.pool
+    if (kh, kw) != (1, 1):
+        layers.append(QLayer("maxpool", "pool", (ho, wo, ch), (ho // kh, wo // kw, ch),
+                             kernel=(kh, kw), stride=(kh, kw)))
+    cv = shape_variant(c)
+    if cv == "linear":
+        if l0.kind != "linear":
+            n = (ho // kh) * (wo // kw) * ch
+            layers.append(QLayer("flatten", "flat", (ho // kh, wo // kw, ch), (1, 1, n)))
+        l1 = random_layer("linear", bits, c.cin, 1, rng=rng, out_bits=32, a_signed=False)
+    else:
+        cout = c.cout if cv == "depthwise" else 1
+        l1 = random_layer("depthwise" if cv == "depthwise" else "conv", bits, c.cin, cout,
+                          c.h_in, c.w_in, (c.kh, c.kw), c.stride, c.padding, rng=rng,
+                          out_bits=32, a_signed=False)
+    l0.name, l1.name = "producer", "consumer"
+    layers.append(l1)
+    net = QNetwork(1.0, 0, bits, False, layers)
+    return net, random_input(l0, rng)[None]
+
+
+def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int]) -> dict:
+    """The cycles a cost model predicts for a whole network at per-layer kernel precisions
+    ``bits`` (what the search sums), also split as the deploy program's stages.
+
+    Returns ``{"layers": [cycles charged to each layer], "kernels": [predicted kernel stage
+    cycles: the layer at its bits, output at the next layer's], "glue": [predicted glue in
+    front of each layer], "terms": [in_network_terms per layer], "total", "kernel_total",
+    "glue_total"}``. A model without :meth:`RtlCostModel.in_network_terms` gives the layers
+    alone (no glue, outputs at their own bits).
+    """
+    n = len(shapes)
+    if not (len(links) == len(bits) == n):
+        raise ValueError(f"{n} shapes, {len(links)} links, {len(bits)} bits: give one per layer")
+    if not hasattr(cm, "in_network_terms"):
+        ks = [float(cm.layer_cost(s, b, b).cycles) for s, b in zip(shapes, bits)]
+        return {"layers": ks, "kernels": ks, "glue": [0.0] * n, "terms": [], "total": sum(ks),
+                "kernel_total": sum(ks), "glue_total": 0.0}
+    terms = [cm.in_network_terms(s, b, ln) for s, b, ln in zip(shapes, bits, links)]
+    layers = [float(sum(t.values())) for t in terms]
+    kernels = [t["kernel"] + t["own_out"] + (terms[i + 1]["producer_out"] if i + 1 < n else 0.0)
+               for i, t in enumerate(terms)]
+    glue = [t["glue"] for t in terms]
+    return {"layers": layers, "kernels": kernels, "glue": glue, "terms": terms,
+            "total": float(sum(layers)), "kernel_total": float(sum(kernels)),
+            "glue_total": float(sum(glue))}
+
+
+def _write_json(p: Path, d: dict) -> None:
+    """Write a cache entry atomically (threads and processes may measure at once)."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(d))
+    os.replace(tmp, p)
+
+
 def _n_dot(pl) -> int:
     """Dot instructions of a plan's kernel (``plan_counts(pl)["dots"]`` for the ldot kernels;
     this form also holds for the register-blocked ``mpq.dot`` ones): one per output pixel,
@@ -341,12 +468,16 @@ class RtlCostModel:
         self.coef_instret: dict[str, np.ndarray] = {}
 
     # ---- measurement ------------------------------------------------------------------
-    def _path(self, shape: LayerShape, bits: int) -> Path:
-        return self.dir / f"{shape.key().replace(':', '_')}-b{bits}.json"
+    def _path(self, shape: LayerShape, bits: int, out_bits: int | None = None) -> Path:
+        ob = _out_bits(shape, bits, out_bits)
+        tail = "" if shape.logits or ob == bits else f"-o{ob}"
+        return self.dir / f"{shape.key().replace(':', '_')}-b{bits}{tail}.json"
 
-    def cached(self, shape: LayerShape, bits: int) -> Measurement | None:
-        """The cached measurement, or None."""
-        p = self._path(shape, bits)
+    def cached(self, shape: LayerShape, bits: int,
+               out_bits: int | None = None) -> Measurement | None:
+        """The cached measurement (of ``shape`` at ``bits``, output requantized to ``out_bits``,
+        default ``bits``), or None."""
+        p = self._path(shape, bits, out_bits)
         if p.exists():
             try:
                 return Measurement(**json.loads(p.read_text()))
@@ -354,17 +485,19 @@ class RtlCostModel:
                 return None    # a corrupt entry is measured again
         return None
 
-    def measure(self, shape: LayerShape, bits: int) -> Measurement:
-        """Measure ``shape`` at ``bits`` on the RTL (cached). Raises ``KernelLayerError`` for a
-        layer that does not fit memory, ``KernelRunError`` for a run that fails or overruns."""
+    def measure(self, shape: LayerShape, bits: int, out_bits: int | None = None) -> Measurement:
+        """Measure ``shape`` at ``bits`` on the RTL (cached), its output requantized to
+        ``out_bits`` (default ``bits``; a logits shape always outputs int32). Raises
+        ``KernelLayerError`` for a layer that does not fit memory, ``KernelRunError`` for a run
+        that fails or overruns."""
         from rvmpq.sw.kernels.layer import reference_output
         from rvmpq.sw.kernels.run import run_layer
 
         check_bits(bits)
-        m = self.cached(shape, bits)
+        m = self.cached(shape, bits, out_bits)
         if m is not None:
             return m
-        layer, a = shape_layer(shape, bits)
+        layer, a = shape_layer(shape, bits, out_bits=out_bits)
         self._check_version()
         r = run_layer(layer, a, "mpq", max_cycles=self.max_cycles)
         self._check_version()     # the RTL / kernels used must be the ones of the cache key
@@ -376,11 +509,7 @@ class RtlCostModel:
         m = Measurement(shape=shape.key(), bits=bits, cycles=r.cycles, instret=r.instret,
                         n_dot=_n_dot(r.plan), weight_bytes=wb, act_bytes=ab, out_bytes=ob,
                         exact=exact)
-        p = self._path(shape, bits)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(m)))
-        os.replace(tmp, p)
+        _write_json(self._path(shape, bits, out_bits), dataclasses.asdict(m))
         return m
 
     def _check_version(self) -> None:
@@ -393,23 +522,149 @@ class RtlCostModel:
                                f"{self.version}, now {now}); refusing to mix versions: start "
                                "again when hw/ and sw/kernels/ are stable")
 
-    def measure_many(self, items: list[tuple[LayerShape, int]]) -> list[Measurement]:
-        """Measure many (shape, bits) pairs; cache misses run ``jobs`` at a time behind a
-        progress bar. Returns the measurements in ``items`` order."""
+    def measure_many(self, items: list[tuple]) -> list:
+        """Measure many items; cache misses run ``jobs`` at a time behind a progress bar.
+        Returns the measurements in ``items`` order.
+
+        An item is ``(shape, bits)``, ``(shape, bits, out_bits)`` (:meth:`measure`) or
+        ``(link, bits)`` with a :class:`~rvmpq.sw.search.costs_api.LayerLink` (the glue in
+        front of a layer, :meth:`measure_glue`)."""
         from rvmpq.sw.kernels.run import soc_verilog_cached
 
-        todo = list(dict.fromkeys((s, b) for s, b in items if self.cached(s, b) is None))
+        def one(it, cached: bool):
+            if isinstance(it[0], LayerLink):
+                return (self.cached_glue if cached else self.measure_glue)(*it)
+            return (self.cached if cached else self.measure)(*it)
+
+        todo = list(dict.fromkeys(it for it in items if one(it, True) is None))
         if todo:
             soc_verilog_cached("mpq")
             bar = Progress(len(todo), f"costs (RTL, {self.jobs} jobs)", self.verbose)
 
-            def work(sb):
-                m = self.measure(*sb)
-                bar.step(f"{sb[0].key()} INT{sb[1]}: {m.cycles} cycles")
+            def work(it):
+                m = one(it, False)
+                what = ("glue -> " + it[0].consumer.key() if isinstance(it[0], LayerLink)
+                        else it[0].key()) + f" INT{it[1]}" + (
+                        f" -> INT{it[2]}" if len(it) > 2 else "")
+                bar.step(f"{what}: {m.cycles} cycles")
                 return m
             with ThreadPoolExecutor(max_workers=self.jobs) as ex:
                 list(ex.map(work, todo))
-        return [self.measure(s, b) for s, b in items]
+        return [one(it, False) for it in items]
+
+    # ---- whole-program terms (a layer inside a deployed network) -----------------------
+    def _glue_path(self, link: LayerLink, bits: int) -> Path:
+        name = link.key().replace(":", "_").replace("|", "__")
+        return self.dir / f"glue-{glue_hash()}" / f"{name}-b{bits}.json"
+
+    def cached_glue(self, link: LayerLink, bits: int) -> GlueMeasurement | None:
+        """The cached glue measurement of ``link`` at ``bits``, or None."""
+        p = self._glue_path(link, check_bits(bits))
+        if p.exists():
+            try:
+                return GlueMeasurement(**json.loads(p.read_text()))
+            except (ValueError, TypeError):
+                return None
+        return None
+
+    def measure_glue(self, link: LayerLink, bits: int) -> GlueMeasurement:
+        """Measure the glue in front of ``link.consumer`` (max pooling, copy into its padded
+        input buffer) with the consumer's input at ``bits`` (cached): :func:`glue_network`
+        run by :func:`rvmpq.sw.deploy.run_network`, i.e. the deploy program's own glue code
+        and timed window; zero cycles where deploy needs no glue (the consumer reads the
+        producer's output in place)."""
+        import tempfile
+
+        from rvmpq.sw.deploy import plan_network, run_network
+        from rvmpq.sw.search.qnn import int_forward
+
+        m = self.cached_glue(link, bits)
+        if m is not None:
+            return m
+        net, xq = glue_network(link, bits)
+        kinds = [st.glue for st in plan_network(net, "mpq")]
+        if kinds[1] != "copy":
+            m = GlueMeasurement(link.key(), bits, 0, kinds[1], True)
+        else:
+            self._check_version()
+            with tempfile.TemporaryDirectory(prefix="rvmpq-glue-") as d:
+                run = run_network(net, xq, "mpq", d, "glue", self.max_cycles)
+            self._check_version()
+            ref = int_forward(net, xq.transpose(0, 3, 1, 2).astype(np.float64), exact="int64")
+            if not np.array_equal(run.logits, ref):
+                raise RuntimeError(f"glue harness of {link.key()} INT{bits}: the network's "
+                                   "output differs from the integer model; refusing to record "
+                                   "its cost")
+            m = GlueMeasurement(link.key(), bits, int(round(run.glue_cycles)), "copy", True)
+        _write_json(self._glue_path(link, bits), dataclasses.asdict(m))
+        return m
+
+    def _cycles(self, shape: LayerShape, bits: int, out_bits: int | None = None) -> float | None:
+        m = self.cached(shape, bits, out_bits)
+        if m is None and self.measure_missing:
+            m = self.measure(shape, bits, out_bits)
+        return None if m is None else float(m.cycles)
+
+    def out_delta(self, shape: LayerShape, out_bits: int) -> float:
+        """``R(out_bits)``: cycles ``shape``'s kernel spends more when its output is requantized
+        to ``out_bits`` than to :data:`REF_OUT_BITS`, measured with the kernel at
+        :data:`REF_OUT_BITS` (``T(8, out_bits) - T(8, 8)``). The output side of the ``mpq.ldot``
+        kernels (16 ``mpq.rqpa`` per pixel and block, ``16 / lanes`` packed stores) does not
+        depend on the input precision, so this delta holds at any kernel precision (measured on
+        the built-in models' layers: within 0.1 % of the layer's cycles, docs/costs.md). 0 for a logits layer (always int32 out) and for a shape that is
+        neither cached nor measurable (``measure_missing=False``)."""
+        if shape.logits or check_bits(out_bits, "out_bits") == REF_OUT_BITS:
+            return 0.0
+        a = self._cycles(shape, REF_OUT_BITS, out_bits)
+        b = self._cycles(shape, REF_OUT_BITS)
+        return 0.0 if a is None or b is None else a - b
+
+    def glue_cycles(self, link: LayerLink | None, bits: int) -> float:
+        """Measured glue cycles in front of ``link.consumer`` at ``bits`` (0 without a link, or
+        when neither cached nor measurable)."""
+        if link is None:
+            return 0.0
+        m = self.cached_glue(link, bits)
+        if m is None and self.measure_missing:
+            m = self.measure_glue(link, bits)
+        return 0.0 if m is None else float(m.cycles)
+
+    def in_network_terms(self, shape: LayerShape, bits: int,
+                         link: LayerLink | None) -> dict[str, float]:
+        """The terms of :meth:`in_network_cycles` at kernel precision ``bits``: ``kernel``
+        (the layer alone, output at its own bits: :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
+        its own output-side work taken out, the consumer pays it), ``producer_out`` (the
+        producer's ``R(bits)``: its output requantized to this layer's bits) and ``glue``."""
+        return {"kernel": float(self.layer_cost(shape, bits, bits).cycles),
+                "own_out": -self.out_delta(shape, bits),
+                "producer_out": self.out_delta(link.producer, bits) if link else 0.0,
+                "glue": self.glue_cycles(link, bits)}
+
+    def in_network_cycles(self, shape: LayerShape, w_bits: int, a_bits: int,
+                          link: LayerLink | None) -> float:
+        """Cycles of ``shape`` at ``w_bits`` / ``a_bits`` inside a deployed network, with the
+        work in front of it charged to it (the search's cost; see the module docstring):
+        ``T(b, b) - R_self(b) + R_producer(b) + glue(b)``. Summed over a network this is the
+        whole program: ``sum T_K(b_K, b_K+1) + glue``, exact where the producer runs at
+        :data:`REF_OUT_BITS` or at its consumer's bits, else up to the kernels' separability
+        error."""
+        bits = max(check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits"))
+        return float(sum(self.in_network_terms(shape, bits, link).values()))
+
+    def network_items(self, shapes: list[LayerShape], links: list,
+                      bits_options: list[int]) -> list[tuple]:
+        """The measurement items (:meth:`measure_many`) the whole-program terms of a network
+        need at these kernel precisions."""
+        items = []
+        for s, ln in zip(shapes, links):
+            for b in bits_options:
+                items.append((s, b))
+                if not s.logits:
+                    items += [(s, REF_OUT_BITS), (s, REF_OUT_BITS, b)]
+                if ln is not None:
+                    items += [(ln.producer, REF_OUT_BITS), (ln.producer, REF_OUT_BITS, b),
+                              (ln, b)]
+        return list(dict.fromkeys(items))
 
     # ---- analytic model ---------------------------------------------------------------
     def fit(self, shapes: list[LayerShape]) -> dict:
@@ -475,13 +730,19 @@ class RtlCostModel:
         return dict(summary(rows), per_variant=per, rows=rows)
 
     # ---- CostModel protocol ------------------------------------------------------------
-    def prefetch(self, shapes: list[LayerShape], options: list[tuple[int, int]]) -> None:
+    def prefetch(self, shapes: list[LayerShape], options: list[tuple[int, int]],
+                 links: list | None = None) -> None:
         """Measure every (shape, option) not cached yet, in parallel with a progress bar (the
-        search calls this before building its cost table)."""
+        search calls this before building its cost table); with ``links`` (one
+        :class:`~rvmpq.sw.search.costs_api.LayerLink` or None per shape) also the
+        whole-program terms of :meth:`in_network_cycles`."""
         if self.measure_missing:
-            self.measure_many(list(dict.fromkeys(
-                (s, max(check_bits(w, "w_bits"), check_bits(a, "a_bits")))
-                for s in shapes for w, a in options)))
+            bits = list(dict.fromkeys(max(check_bits(w, "w_bits"), check_bits(a, "a_bits"))
+                                      for w, a in options))
+            items = [(s, b) for s in shapes for b in bits]
+            if links is not None:
+                items += self.network_items(shapes, links, bits)
+            self.measure_many(list(dict.fromkeys(items)))
 
     def layer_cost(self, shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost:
         """Cost of ``shape`` at ``w_bits`` / ``a_bits`` (the kernel runs at the wider one)."""

@@ -333,9 +333,12 @@ def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[s
     else:
         ut = _elem_type(pp.out_bits, bool(prev.layer.out_signed))
         mx = None
-    L = [f"static void {name}(void) {{",
+    L = [f"__attribute__((noinline)) static void {name}(void) {{",
          f"    const {ut} *s = (const {ut} *)({src});",
          f"    {ut} *d = ({ut} *)({dst});",
+         "    /* addresses opaque to the compiler (as in the kernels): the code depends on the",
+         "       layouts only, not on where the buffers lie (the cost table's glue harness) */",
+         "    __asm__ volatile (\"\" : \"+r\"(s), \"+r\"(d));",
          f"    for (int y = 0; y < {ho}; y++) {{",
          f"        for (int x = 0; x < {wo}; x++) {{",
          f"            const {ut} *sp = s + ((y * {kh}) * {pp.wo} + x * {kw}) * {us};",
@@ -575,6 +578,8 @@ class NetworkRun:
     elf : Path
     imem_bytes, dmem_bytes : int
         Code size; DMEM used by data, buffers and signature (the stack comes on top).
+    stage_kinds : list of str
+        ``kernel`` or ``glue`` per entry of ``stage_cycles``.
     """
 
     impl: str
@@ -587,6 +592,7 @@ class NetworkRun:
     elf: Path
     imem_bytes: int = 0
     dmem_bytes: int = 0
+    stage_kinds: list = dataclasses.field(default_factory=list)
 
     @property
     def cycles_per_inference(self) -> float:
@@ -643,7 +649,7 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
     kern = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "kernel"))
     glue = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "glue"))
     return NetworkRun(impl, logits, d.sum(axis=1), stage_cycles, kern, glue, int(res.cycles),
-                      Path(out_dir) / f"{name}.elf", *sizes)
+                      Path(out_dir) / f"{name}.elf", *sizes, stage_kinds=list(prog.stage_kinds))
 
 
 # ---- cost prediction ----------------------------------------------------------------------
@@ -662,15 +668,25 @@ def _layer_shape(l: QLayer, last: bool):
     return LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), **extra)
 
 
-def predicted_cycles(net: QNetwork, cost_model=None) -> list[float]:
-    """Per compute layer, the cost model's cycles (default :class:`rvmpq.sw.costs.RtlCostModel`,
-    measuring on the RTL what its cache lacks)."""
+def predicted_cycles(net: QNetwork, cost_model=None) -> dict:
+    """The whole-program cycles the cost model (default :class:`rvmpq.sw.costs.RtlCostModel`,
+    measuring on the RTL what its cache lacks) predicts for ``net``: what the search sums for
+    this configuration (:func:`rvmpq.sw.costs.network_prediction`: per layer its kernel with
+    the output at the next layer's bits, plus the glue in front of it).
+
+    Returns the dict of :func:`~rvmpq.sw.costs.network_prediction` (``layers``, ``kernels``,
+    ``glue``, ``total``, ...)."""
+    from rvmpq.sw.costs import network_prediction
+    from rvmpq.sw.search.costs_api import network_shapes
+
     if cost_model is None:
         from rvmpq.sw.costs import RtlCostModel
         cost_model = RtlCostModel(verbose=False)
-    comp = net.compute_layers
-    return [float(cost_model.layer_cost(_layer_shape(l, i == len(comp) - 1), l.w_bits,
-                                        l.a_bits).cycles) for i, l in enumerate(comp)]
+    shapes, links = network_shapes(net)
+    bits = [max(w, a) for w, a in net.bits()]
+    if hasattr(cost_model, "prefetch"):
+        cost_model.prefetch(shapes, [(b, b) for b in dict.fromkeys(bits)], links)
+    return network_prediction(cost_model, shapes, links, bits)
 
 
 # ---- the command --------------------------------------------------------------------------
@@ -759,11 +775,23 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: list | None) -> dict:
          "accuracy_rtl": acc_rtl, "accuracy_numpy": acc_np, "bits": net.bits(),
          "elf": str(run.elf.name), "imem_bytes": run.imem_bytes, "dmem_bytes": run.dmem_bytes}
     if pred is not None:
-        tot = float(sum(pred))
-        d["predicted_layer_cycles"] = pred
+        tot, kt, gt = pred["total"], pred["kernel_total"], pred["glue_total"]
+        stages, k = {}, 0
+        for nm, kind in zip(run.stage_cycles, run.stage_kinds):
+            if kind == "kernel":
+                stages[nm] = pred["kernels"][k]
+                k += 1
+            else:                        # the glue in front of compute layer k
+                stages[nm] = pred["glue"][k]
+        d["predicted_layer_cycles"] = pred["layers"]
+        d["predicted_stage_cycles"] = stages
         d["predicted_cycles"] = tot
+        d["predicted_kernel_cycles"] = kt
+        d["predicted_glue_cycles"] = gt
         d["prediction_error_pct"] = 100.0 * (tot - run.cycles_per_inference) / run.cycles_per_inference
-        d["kernel_prediction_error_pct"] = 100.0 * (tot - run.kernel_cycles) / run.kernel_cycles
+        d["kernel_prediction_error_pct"] = 100.0 * (kt - run.kernel_cycles) / run.kernel_cycles
+        d["glue_prediction_error_pct"] = (100.0 * (gt - run.glue_cycles) / run.glue_cycles
+                                          if run.glue_cycles else None)
     return d
 
 
@@ -777,29 +805,40 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"{cfg.get('predicted_cycles', float('nan')):.0f}  ",
          f"cost-model prediction below: {res.cost_source}  ",
          f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}", "",
-         "| program | core | cycles / inference | kernels | glue | predicted (sum of layers) | "
-         "error | bit-exact | acc RTL | acc numpy |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| program | core | cycles / inference | kernels | glue | predicted | whole-program "
+         "error | kernels predicted / error | glue predicted / error | bit-exact | acc RTL | "
+         "acc numpy |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def err(v, key):
+        e = v.get(key)
+        return "-" if e is None else f"{e:+.1f}%"
     for k, v in r.items():
-        pe = v.get("prediction_error_pct")
         pc = f"{v['predicted_cycles']:.0f}" if "predicted_cycles" in v else "-"
+        pk = (f"{v['predicted_kernel_cycles']:.0f} / {err(v, 'kernel_prediction_error_pct')}"
+              if "predicted_kernel_cycles" in v else "-")
+        pg = (f"{v['predicted_glue_cycles']:.0f} / {err(v, 'glue_prediction_error_pct')}"
+              if "predicted_glue_cycles" in v else "-")
         L.append(f"| {k} | {'mpq' if k.startswith('mpq') else 'baseline'} | "
                  f"{v['cycles_per_inference']:.0f} | {v['kernel_cycles']:.0f} | "
-                 f"{v['glue_cycles']:.0f} | {pc} | "
-                 f"{'-' if pe is None else f'{pe:+.1f}%'} | {'yes' if v['bit_exact'] else 'NO'} | "
+                 f"{v['glue_cycles']:.0f} | {pc} | {err(v, 'prediction_error_pct')} | {pk} | "
+                 f"{pg} | {'yes' if v['bit_exact'] else 'NO'} | "
                  f"{v['accuracy_rtl']:.2f}% | {v['accuracy_numpy']:.2f}% |")
     L += ["", "Speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in res.speedups.items()), "",
-          "The prediction is the per-layer cost model summed over the compute layers; it does "
-          "not include the glue (max pooling, the copy into the next layer's padded input) nor "
-          "the loop around the layers, which the `glue` column measures.", ""]
+          "The prediction is what the search sums for this configuration (docs/costs.md, "
+          "\"Whole-program cost\"): per compute layer its kernel measured alone, corrected for "
+          "the precision its output is requantized to (the next layer's), plus the glue in front "
+          "of it (max pooling, the copy into its padded input buffer) measured with the deploy "
+          "glue code; every term measured on the RTL. The error is against the whole program "
+          "(cycles / inference, every stage's timed window).", ""]
     for k, v in r.items():
         L += [f"## {k}: cycles per stage (mean per inference)", "",
               f"`{v['elf']}`: {v.get('imem_bytes', 0)} B code (IMEM), {v.get('dmem_bytes', 0)} B "
               f"data (DMEM, {res.n} inputs and their signature included)", "",
               "| stage | cycles | predicted |", "|---|---|---|"]
-        pred = list(v.get("predicted_layer_cycles") or [])
+        pred = v.get("predicted_stage_cycles") or {}
         for nm, c in v["stage_cycles"].items():
-            p = f"{pred.pop(0):.0f}" if nm.startswith("kernel") and pred else ""
+            p = f"{pred[nm]:.0f}" if nm in pred else ""
             L.append(f"| {nm} | {c:.0f} | {p} |")
         L.append("")
     return "\n".join(L)

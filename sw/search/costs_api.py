@@ -16,6 +16,17 @@ A cost model is anything with
     ``"stand-in"`` or ``"rtl-measured"`` (the search only calls a result final for the latter).
 ``layer_cost(shape: LayerShape, w_bits: int, a_bits: int) -> LayerCost``
     the cost of one layer at one precision.
+
+and optionally
+
+``in_network_cycles(shape, w_bits, a_bits, link: LayerLink | None) -> float``
+    the cycles a layer costs *inside a deployed network*: its kernel, corrected for the
+    precision its output is requantized to, plus the work in front of it that depends only on
+    its own input precision (the producer's requantize-and-pack at that precision, the max
+    pooling and the copy into its padded input buffer). Charging that work to the consumer keeps
+    the search separable: one cost per layer and option, summing to the whole program.
+    :func:`cost_table` uses it when it is given the network's :class:`LayerLink` list
+    (:func:`network_shapes`); ``rvmpq.sw.costs.RtlCostModel`` measures every term on the RTL.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ __all__ = [
     "BITS",
     "LayerShape",
     "LayerCost",
+    "LayerLink",
+    "network_shapes",
     "CostModel",
     "AnalyticStandIn",
     "check_bits",
@@ -161,6 +174,70 @@ class LayerCost:
         return (self.cycles, self.weight_bytes, self.act_bytes, self.energy)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerLink:
+    """How a compute layer gets its input in a deployed network (``rvmpq deploy``): the
+    previous compute layer (``producer``), the max pooling between them and the layer itself
+    (``consumer``).
+
+    The producer's output is requantized to the consumer's activation bits, and the glue code
+    (max pooling on the packed lanes, the copy into the consumer's pre-padded input buffer;
+    none where the consumer can read the producer's output in place) moves it at those bits:
+    so both depend on the consumer's precision only, and a cost model charges them to the
+    consumer (see the module docstring).
+
+    Attributes
+    ----------
+    producer, consumer : LayerShape
+        The two compute layers (a ``flatten`` between them is implied by a ``linear`` consumer).
+    pool : tuple of int
+        Max-pool window (height, width) applied to the producer's output; ``(1, 1)``: none.
+    """
+
+    producer: LayerShape
+    consumer: LayerShape
+    pool: tuple[int, int] = (1, 1)
+
+    def __post_init__(self):
+        object.__setattr__(self, "pool", tuple(int(v) for v in self.pool))
+
+    def key(self) -> str:
+        """A stable string naming the link (for caches)."""
+        return f"{self.producer.key()}|pool{self.pool[0]}x{self.pool[1]}|{self.consumer.key()}"
+
+
+def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
+    """The compute-layer shapes of an integer network (:class:`rvmpq.sw.search.qnn.QNetwork`,
+    HWC shapes) and the :class:`LayerLink` in front of each (``None`` for the first layer, and
+    for a layer whose input is not the previous compute layer's output through max pooling /
+    flatten only, e.g. after a residual ``add``). The last compute layer is marked ``logits``.
+    """
+    comp = [l for l in net.layers if l.kind in ("conv", "linear")]
+    shapes, links = [], []
+    prev, pool, plain = None, [1, 1], True
+    for l in net.layers:
+        if l.kind == "maxpool":
+            pool = [pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])]
+            continue
+        if l.kind == "flatten":
+            continue
+        if l.kind not in ("conv", "linear"):
+            plain = False
+            continue
+        last = l is comp[-1]
+        if l.kind == "conv":
+            h, w, c = l.in_shape
+            s = LayerShape("conv", int(c), int(l.weight.shape[0]), int(h), int(w),
+                           int(l.kernel[0]), int(l.kernel[1]), tuple(l.stride), tuple(l.padding),
+                           int(l.groups), logits=last)
+        else:
+            s = LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), logits=last)
+        links.append(LayerLink(prev, s, tuple(pool)) if prev is not None and plain else None)
+        shapes.append(s)
+        prev, pool, plain = s, [1, 1], True
+    return shapes, links
+
+
 @runtime_checkable
 class CostModel(Protocol):
     """What the search needs from a cost source (see module docstring)."""
@@ -209,8 +286,14 @@ class AnalyticStandIn:
         return LayerCost(float(cycles), float(wbytes), float(abytes), float(energy))
 
 
-def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[int, int]]):
+def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[int, int]],
+               links: list | None = None):
     """Costs of every layer at every option as a numpy array.
+
+    With ``links`` (one :class:`LayerLink` or ``None`` per layer, :func:`network_shapes`) and a
+    model that has ``in_network_cycles``, the cycles are the layer's cycles inside the deployed
+    network (kernel corrected for its output precision, plus the work in front of it charged
+    to it); the other metrics stay the layer's own.
 
     Parameters
     ----------
@@ -220,6 +303,8 @@ def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[i
         One per compute layer.
     options : list of (w_bits, a_bits)
         The precision options (same for every layer).
+    links : list of LayerLink or None, optional
+        The network context of each layer (see above).
 
     Returns
     -------
@@ -230,10 +315,16 @@ def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[i
 
     if not isinstance(model, CostModel):
         raise TypeError(f"{model!r} is not a CostModel (needs .source and .layer_cost())")
+    if links is not None and len(links) != len(shapes):
+        raise ValueError(f"{len(links)} links for {len(shapes)} layers; give one per layer "
+                         "(None where there is none)")
+    net = links is not None and hasattr(model, "in_network_cycles")
     out = np.zeros((len(shapes), len(options), len(COST_METRICS)))
     for i, s in enumerate(shapes):
         for j, (wb, ab) in enumerate(options):
             out[i, j] = model.layer_cost(s, wb, ab).as_tuple()
+            if net:
+                out[i, j, 0] = model.in_network_cycles(s, wb, ab, links[i])
     return out
 
 

@@ -46,6 +46,28 @@ relative error. The fit set and the held-out validation set (:func:`fit_shapes`,
 
 Mixed widths (``w_bits != a_bits``): ``mpq.dot`` needs equal lane widths, so the kernel runs at
 ``max(w_bits, a_bits)`` and stores both operands at that width; the cost says so.
+
+Whole-program cost (:meth:`RtlCostModel.in_network_cycles`)
+-----------------------------------------------------------
+In a deployed network (``rvmpq deploy``) layer ``K`` requantizes to layer ``K+1``'s activation
+bits, not to its own, and *glue* code (max pooling on the packed lanes, the copy into the next
+layer's pre-padded input buffer) runs between layers. Both depend only on the consumer's
+precision, so they are charged to the consumer and the search stays separable. With
+``T(b, o)`` a layer's measured cycles at kernel precision ``b`` and output precision ``o``,
+``R(o) = T(8, o) - T(8, 8)`` its output-side delta (:data:`REF_OUT_BITS` = 8) and ``G(b)`` the
+glue in front of a layer at its bits, layer ``K`` is charged::
+
+    T_K(b_K, b_K) - R_K(b_K) + R_{K-1}(b_K) + G_K(b_K)
+
+which sums over the network to ``sum_K T_K(b_K, b_{K+1}) + G_K(b_K)``: exact where ``T`` is
+additive in ``b`` and ``o`` (the ``mpq.ldot`` kernels' output side, 16 ``mpq.rqpa`` and
+``16 / lanes`` stores per pixel and block, does not depend on ``b``), and exactly so for uniform
+configurations (the ``R`` terms cancel) and producers at INT8. ``G`` is measured by running
+deploy's own program on :func:`glue_network` (a minimal producer with the same output layout,
+the pooling, a consumer with the same input layout), cached under
+``<cache>/glue-<deploy hash>/``; ``T(8, o)`` like any layer (``-o<bits>`` in the file name).
+A linear layer behind a conv is costed as deploy runs it (:func:`deployed_shape`: it reads the
+producer's padded channels). Nothing here is a constant: every term is an RTL measurement.
 """
 
 from __future__ import annotations
@@ -70,7 +92,7 @@ from rvmpq.sw.tools import build_root
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
            "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
-           "fit_shapes", "held_out_shapes", "validation_report", "model_shapes",
+           "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network", "deployed_shape",
            "default_cost_model", "fitted_cost_model", "Progress", "add_arguments", "main"]
 
 #: Energy of one mpq.dot per precision, relative to INT16 (active partial-product bits).
@@ -333,6 +355,27 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
     layers.append(l1)
     net = QNetwork(1.0, 0, bits, False, layers)
     return net, random_input(l0, rng)[None]
+
+
+def deployed_shape(shape: LayerShape, link: LayerLink | None, bits: int) -> LayerShape:
+    """The shape ``rvmpq deploy`` runs for ``shape`` behind ``link`` at ``bits``.
+
+    A linear layer behind a conv reads the conv's (pooled) packed output as it is
+    (:func:`rvmpq.sw.deploy.plan_network` folds the flatten into its weights): each pixel
+    contributes all of the producer's *padded* output channels (zero weights for the padding),
+    so its input features are pooled pixels x padded channels: ``Cout`` rounded up to the
+    GEMM kernel's 16-channel blocks, or for a depthwise producer to whole words of lanes at
+    ``bits`` (exact when the producer runs at ``bits`` too). Every other layer runs as it is.
+    """
+    if link is None or shape.kind != "linear" or link.producer.kind != "conv":
+        return shape
+    from rvmpq.sw.kernels.gen import LDOT_NB
+
+    p = link.producer
+    lanes = LDOT_NB if shape_variant(p) != "depthwise" else 32 // check_bits(bits)
+    per = -(-p.cout // lanes) * lanes
+    cin = (p.h_out // link.pool[0]) * (p.w_out // link.pool[1]) * per
+    return shape if cin == shape.cin else dataclasses.replace(shape, cin=cin)
 
 
 def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int]) -> dict:
@@ -632,10 +675,12 @@ class RtlCostModel:
     def in_network_terms(self, shape: LayerShape, bits: int,
                          link: LayerLink | None) -> dict[str, float]:
         """The terms of :meth:`in_network_cycles` at kernel precision ``bits``: ``kernel``
-        (the layer alone, output at its own bits: :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
+        (the layer alone as deploy runs it, :func:`deployed_shape`, output at its own bits:
+        :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
         its own output-side work taken out, the consumer pays it), ``producer_out`` (the
         producer's ``R(bits)``: its output requantized to this layer's bits) and ``glue``."""
-        return {"kernel": float(self.layer_cost(shape, bits, bits).cycles),
+        return {"kernel": float(self.layer_cost(deployed_shape(shape, link, bits), bits,
+                                                bits).cycles),
                 "own_out": -self.out_delta(shape, bits),
                 "producer_out": self.out_delta(link.producer, bits) if link else 0.0,
                 "glue": self.glue_cycles(link, bits)}
@@ -658,7 +703,7 @@ class RtlCostModel:
         items = []
         for s, ln in zip(shapes, links):
             for b in bits_options:
-                items.append((s, b))
+                items.append((deployed_shape(s, ln, b), b))
                 if not s.logits:
                     items += [(s, REF_OUT_BITS), (s, REF_OUT_BITS, b)]
                 if ln is not None:
@@ -918,28 +963,42 @@ def _atomic(path: Path, text: str) -> None:
 def model_shapes(name: str) -> list[LayerShape]:
     """Compute-layer shapes of a built-in model (``digits-cnn`` | ``mnist1d-cnn``); the last
     one is marked ``logits``."""
+    return model_network(name)[0]
+
+
+def model_network(name: str) -> tuple[list[LayerShape], list]:
+    """Compute-layer shapes of a built-in model and the
+    :class:`~rvmpq.sw.search.costs_api.LayerLink` in front of each (None for the first): the
+    same as :func:`~rvmpq.sw.search.costs_api.network_shapes` of its integer export."""
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; allowed values: {sorted(MODEL_INPUTS)}")
     from rvmpq.sw.search.models import build_model, trace_model
 
     c, h, w = MODEL_INPUTS[name]
-    out = []
+    out, links, pool = [], [], [1, 1]
     for l in trace_model(build_model(name)):
         if l.kind == "conv":
             cout = l.weight.shape[0]
             s = LayerShape("conv", c, cout, h, w, l.kernel[0], l.kernel[1], l.stride, l.padding,
                            l.groups)
-            out.append(s)
             c, h, w = cout, s.h_out, s.w_out
         elif l.kind == "maxpool":
             h, w = h // l.kernel[0], w // l.kernel[1]
+            pool = [pool[0] * l.kernel[0], pool[1] * l.kernel[1]]
+            continue
         elif l.kind == "flatten":
             c, h, w = c * h * w, 1, 1
+            continue
         elif l.kind == "linear":
-            out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0]))
+            s = LayerShape("linear", l.weight.shape[1], l.weight.shape[0])
             c, h, w = l.weight.shape[0], 1, 1
+        else:
+            continue
+        out.append(s)
+        links.append(tuple(pool))
+        pool = [1, 1]
     out[-1] = dataclasses.replace(out[-1], logits=True)
-    return out
+    return out, [None] + [LayerLink(p, q, pl) for p, q, pl in zip(out, out[1:], links[1:])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -977,18 +1036,27 @@ def main(args: argparse.Namespace) -> int:
         if not args.model:
             return 0
     try:
-        shapes = model_shapes(args.model)
+        shapes, links = model_network(args.model)
         cm = RtlCostModel(jobs=args.jobs)
-        cm.measure_many([(s, b) for s in shapes for b in BITS])
+        cm.measure_many([(s, b) for s in shapes for b in BITS]
+                        + cm.network_items(shapes, links, list(BITS)))
     except (ValueError, KernelLayerError) as exc:
         print(f"rvmpq costs: {exc}", file=sys.stderr)
         return 1
     opts = [(w, a) for w in BITS for a in BITS]
-    print(f"{'layer':<56} " + " ".join(f"{'INT' + str(b):>9}" for b in BITS))
+    head = f"{'layer':<56} " + " ".join(f"{'INT' + str(b):>9}" for b in BITS)
+    print("alone (the layer's own program, output at its own bits):")
+    print(head)
     for s in shapes:
         print(f"{s.key():<56} " + " ".join(f"{cm.layer_cost(s, b, b).cycles:>9.0f}" for b in BITS))
+    print("\nin the network (what the search charges: output-side work at the next layer's bits "
+          "and the glue in front of the layer charged to it):")
+    print(head)
+    for s, ln in zip(shapes, links):
+        print(f"{s.key():<56} " + " ".join(f"{cm.in_network_cycles(s, b, b, ln):>9.0f}"
+                                           for b in BITS))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        JsonCostTable.write(args.json_out, cm, shapes, opts)
+        JsonCostTable.write(args.json_out, cm, shapes, opts, links)
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0

@@ -221,7 +221,7 @@ def summary_lines(doc: dict) -> list[str]:
         out.append(f"deploy: {r.get('cycles_per_inference', 0):,.0f} cycles/inference on mpq, "
                    f"bit-exact {r.get('bit_exact')}, accuracy RTL {r.get('accuracy_rtl', 0):.2f}% "
                    f"= numpy {r.get('accuracy_numpy', 0):.2f}%"
-                   + (f", cost-model error {err:+.1f}%" if err is not None else "")
+                   + (f", whole-program prediction error {err:+.1f}%" if err is not None else "")
                    + (f", {sp:.1f}x over baseline INT8" if sp else ""))
     k = doc.get("kernels")
     if k:

@@ -217,3 +217,117 @@ def test_cli_json(tmp_path):
     shapes = costs.model_shapes("digits-cnn")
     cyc = [t.layer_cost(shapes[1], b, b).cycles for b in (16, 8, 4, 2)]
     assert np.all(np.diff(cyc) < 0), cyc
+
+
+# ---- whole-program terms: output precision and glue, charged to the consumer --------------
+
+def test_output_bits_measured_and_cached_apart(cm):
+    """A layer measured with its output requantized to another precision is its own cache
+    entry; the logits layer has no other output precision."""
+    s = LayerShape("conv", 8, 16, 4, 4, 3, 3, (1, 1), (1, 1))
+    own, to2 = cm.measure(s, 8), cm.measure(s, 8, 2)
+    assert own == cm.measure(s, 8, 8)          # out_bits == bits is the default entry
+    assert costs.shape_layer(s, 8, out_bits=2)[0].out_bits == 2
+    assert len(list(cm.dir.glob("*-b8.json"))) == 1 and len(list(cm.dir.glob("*-b8-o2.json"))) == 1
+    assert to2.exact and own.cycles != to2.cycles
+    assert cm.out_delta(s, 2) == to2.cycles - own.cycles
+    assert cm.out_delta(s, costs.REF_OUT_BITS) == 0.0
+    logits = LayerShape("linear", 16, 4, logits=True)
+    assert cm.out_delta(logits, 2) == 0.0
+    with pytest.raises(ValueError, match="int32"):
+        cm.measure(logits, 8, 2)
+
+
+def test_glue_measured_with_the_deploy_glue_code(cm):
+    """The glue harness is deploy's own program (a producer, pooling, the consumer): cached
+    per link and bits under glue-<deploy hash>/; a consumer that reads the producer's output
+    in place has no glue (0 cycles, nothing run)."""
+    from rvmpq.sw.search.costs_api import LayerLink
+
+    conv = LayerShape("conv", 3, 20, 8, 8, 3, 3, (1, 1), (1, 1))
+    nxt = LayerShape("conv", 20, 8, 4, 4, 3, 3, (1, 1), (1, 1))
+    pooled = LayerLink(conv, nxt, (2, 2))
+    g8, g2 = cm.measure_glue(pooled, 8), cm.measure_glue(pooled, 2)
+    assert g8.glue == g2.glue == "copy" and g8.cycles > g2.cycles > 0   # 4x more words at INT8
+    assert len(list((cm.dir / f"glue-{costs.glue_hash()}").glob("*.json"))) == 2
+    again = costs.RtlCostModel(cache_dir=cm.root, measure_missing=False, verbose=False)
+    assert again.glue_cycles(pooled, 8) == g8.cycles
+    assert again.glue_cycles(LayerLink(conv, nxt, (2, 2)), 4) == 0.0   # not cached, not measured
+    pw = LayerShape("conv", 4, 8, 2, 3, 1, 1)
+    alias = LayerLink(pw, LayerShape("linear", 48, 5, logits=True))
+    m = cm.measure_glue(alias, 8)
+    assert (m.glue, m.cycles) == ("alias", 0)
+
+
+def test_in_network_terms_cancel_at_uniform_bits(cm):
+    """Summed over a chain at one precision the output-precision terms cancel: the prediction
+    is then the layers alone plus the glue (each term its own measurement)."""
+    from rvmpq.sw.search.costs_api import LayerLink
+
+    a = LayerShape("conv", 3, 16, 6, 6, 3, 3, (1, 1), (1, 1))
+    b = LayerShape("conv", 16, 16, 3, 3, 3, 3, (1, 1), (1, 1))
+    c = LayerShape("linear", 144, 4, logits=True)
+    shapes, links = [a, b, c], [None, LayerLink(a, b, (2, 2)), LayerLink(b, c)]
+    for bits in (4, 16):
+        terms = [cm.in_network_terms(s, bits, ln) for s, ln in zip(shapes, links)]
+        assert terms[1]["producer_out"] == -terms[0]["own_out"] != 0
+        assert terms[2]["producer_out"] == -terms[1]["own_out"]
+        total = sum(cm.in_network_cycles(s, bits, bits, ln) for s, ln in zip(shapes, links))
+        alone = sum(cm.measure(s, bits).cycles for s in shapes)
+        glue = sum(cm.measure_glue(ln, bits).cycles for ln in links[1:])
+        assert total == pytest.approx(alone + glue)
+        p = costs.network_prediction(cm, shapes, links, [bits] * 3)
+        assert p["total"] == pytest.approx(total) and p["glue_total"] == glue
+
+
+def test_deployed_shape_of_a_linear_after_a_conv():
+    """deploy folds the flatten into the linear layer, which then reads the producer's padded
+    output channels (16-channel blocks; depthwise: words of lanes)."""
+    from rvmpq.sw.search.costs_api import LayerLink
+
+    lin = LayerShape("linear", 2 * 2 * 20, 10, logits=True)
+    conv = LayerShape("conv", 3, 20, 4, 4, 3, 3, (1, 1), (1, 1))
+    assert costs.deployed_shape(lin, LayerLink(conv, lin, (2, 2)), 8).cin == 2 * 2 * 32
+    conv32 = LayerShape("conv", 3, 32, 4, 4, 3, 3, (1, 1), (1, 1))
+    lin32 = LayerShape("linear", 2 * 2 * 32, 10, logits=True)
+    assert costs.deployed_shape(lin32, LayerLink(conv32, lin32, (2, 2)), 8) == lin32
+    dw = LayerShape("conv", 6, 6, 2, 2, 3, 3, (1, 1), (1, 1), groups=6)
+    lin6 = LayerShape("linear", 24, 10, logits=True)
+    assert costs.deployed_shape(lin6, LayerLink(dw, lin6), 8).cin == 4 * 8     # 4 lanes
+    assert costs.deployed_shape(lin6, LayerLink(dw, lin6), 4).cin == 4 * 8     # 8 lanes
+    assert costs.deployed_shape(lin6, LayerLink(dw, lin6), 16).cin == 4 * 6    # 2 lanes
+    assert costs.deployed_shape(lin6, None, 8) == lin6
+
+
+def test_model_network_matches_the_integer_export():
+    """The links of `rvmpq costs --model` are those the search builds from the export."""
+    import torch
+
+    from rvmpq.sw.search.costs_api import network_shapes
+    from rvmpq.sw.search.models import build_model, load_dataset, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    for name, data in (("digits-cnn", "digits"), ("mnist1d-cnn", "mnist1d")):
+        torch.manual_seed(0)
+        qz = Quantizer(trace_model(build_model(name)), load_dataset(data).x_val[:32])
+        shapes, links = network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
+        ms, ml = costs.model_network(name)
+        assert [s.key() for s in shapes] == [s.key() for s in ms]
+        assert [l and l.key() for l in links] == [l and l.key() for l in ml]
+        assert links[0] is None and all(l is not None for l in links[1:])
+    assert [l.pool for l in ml[1:]] == [(1, 1), (1, 2), (1, 2)]      # mnist1d-cnn
+
+
+def test_json_table_keeps_in_network_cycles(cm, tmp_path):
+    from rvmpq.sw.search.costs_api import LayerLink, cost_table
+
+    a = LayerShape("conv", 3, 16, 6, 6, 3, 3, (1, 1), (1, 1))
+    c = LayerShape("linear", 144, 4, logits=True)
+    shapes, links, opts = [a, c], [None, LayerLink(a, c, (2, 2))], [(8, 8), (2, 2)]
+    JsonCostTable.write(tmp_path / "t.json", cm, shapes, opts, links)
+    t = JsonCostTable(tmp_path / "t.json")
+    assert (cost_table(t, shapes, opts, links) == cost_table(cm, shapes, opts, links)).all()
+    assert cost_table(cm, shapes, opts, links)[1, 1, 0] != cm.layer_cost(c, 2, 2).cycles
+    JsonCostTable.write(tmp_path / "alone.json", cm, shapes, opts)     # no network section
+    t = JsonCostTable(tmp_path / "alone.json")
+    assert (cost_table(t, shapes, opts, links) == cost_table(cm, shapes, opts)).all()

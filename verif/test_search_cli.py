@@ -3,6 +3,7 @@
 
 import json
 
+import pytest
 
 from rvmpq.sw.cli import main
 
@@ -76,9 +77,16 @@ def test_search_default_costs_are_rtl(tmp_path, capsys):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["cost_source"] == "rtl-measured" and cfg["final"] is True
     assert cfg["cycles_vs_int8"] <= 0.7 + 1e-9
-    # the predicted cycles are the sum of the cached RTL measurements of the chosen bits
+    # the predicted cycles are the whole program's, from cached RTL measurements of the chosen
+    # bits: each layer's kernel (output at its own bits) corrected for the precision its output
+    # really gets, and the glue in front of each layer, charged to the consumer
     cm = costs.RtlCostModel(measure_missing=False, verbose=False)
-    shapes = costs.model_shapes("digits-cnn")
+    shapes, links = costs.model_network("digits-cnn")
     assert shapes[-1].logits and all(cm.cached(s, b) for s in shapes for b in BITS)
-    total = sum(cm.cached(s, l["w_bits"]).cycles for s, l in zip(shapes, cfg["layers"]))
-    assert cfg["predicted_cycles"] == total
+    bits = [l["w_bits"] for l in cfg["layers"]]
+    assert all(cm.cached_glue(ln, b) for ln, b in zip(links[1:], bits[1:]))
+    total = sum(cm.in_network_cycles(s, b, b, ln) for s, b, ln in zip(shapes, bits, links))
+    assert cfg["predicted_cycles"] == pytest.approx(total)
+    alone = sum(cm.cached(s, b).cycles for s, b in zip(shapes, bits))
+    glue = sum(cm.cached_glue(ln, b).cycles for ln, b in zip(links[1:], bits[1:]))
+    assert glue > 0 and total != alone

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .costs_api import BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table
+from .costs_api import (BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table,
+                        network_shapes)
 from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, load_dataset,
                      torch_accuracy, trace_model)
 from .qnn import int_accuracy
@@ -32,7 +33,7 @@ from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic, s
                       solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
-           "train_and_score", "search", "METHODS", "BUDGET_ALIASES", "layer_shapes"]
+           "train_and_score", "search", "METHODS", "BUDGET_ALIASES", "layer_shapes", "layer_links"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
 METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local")
@@ -92,18 +93,14 @@ class SearchSetup:
 def layer_shapes(qz: Quantizer) -> list[LayerShape]:
     """:class:`LayerShape` of every compute layer (from an INT8 export's HWC shapes); the last
     one is marked ``logits`` (int32 output)."""
-    net = qz.export([8] * qz.n_compute, [8] * qz.n_compute)
-    out = []
-    last = net.compute_layers[-1]
-    for l in net.compute_layers:
-        h, w, c = l.in_shape
-        if l.kind == "conv":
-            out.append(LayerShape("conv", c, l.weight.shape[0], h, w, l.kernel[0], l.kernel[1],
-                                  l.stride, l.padding, l.groups, logits=l is last))
-        else:
-            out.append(LayerShape("linear", l.weight.shape[1], l.weight.shape[0],
-                                  logits=l is last))
-    return out
+    return layer_links(qz)[0]
+
+
+def layer_links(qz: Quantizer) -> tuple[list[LayerShape], list]:
+    """The compute-layer shapes and the :class:`~rvmpq.sw.search.costs_api.LayerLink` in front
+    of each (None for the first), from an INT8 export
+    (:func:`~rvmpq.sw.search.costs_api.network_shapes`)."""
+    return network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
 
 
 def _load_model(spec: str, data_name: str | None, log, cache_dir="build/models", recipe=None):
@@ -137,7 +134,10 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     cost_model : CostModel, optional
         Default :class:`AnalyticStandIn` (a stand-in; results are not final); the CLI passes
         the RTL-measured :class:`rvmpq.sw.costs.RtlCostModel`. A model with a
-        ``prefetch(shapes, options)`` method gets the whole table requested at once first.
+        ``prefetch(shapes, options, links)`` method gets the whole table requested at once
+        first. With a model that has ``in_network_cycles`` (the RTL one) the cycles are the
+        whole program's: each layer is charged the glue and the output-precision work in front
+        of it (docs/costs.md, "Whole-program cost").
     metric : str
         Sensitivity metric that drives the solvers: one of ``noise, hessian, probe, mqe`` or
         ``auto`` (the one with the highest Spearman correlation on random configurations).
@@ -160,11 +160,13 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     qz = Quantizer(layers, ds.x_val, act_method, w_method)
     ev = Evaluator(qz, ds.x_val, ds.y_val)
     options = [(b, b) for b in sorted(BITS, reverse=True)]
-    shapes = layer_shapes(qz)
+    shapes, links = layer_links(qz)
     if hasattr(cost_model, "prefetch"):   # RTL costs: measure the misses in parallel first
-        log(f"cost table: {len(shapes)} layers x {len(options)} precisions ({cost_model.source})")
-        cost_model.prefetch(shapes, options)
-    costs = cost_table(cost_model, shapes, options)
+        log(f"cost table: {len(shapes)} layers x {len(options)} precisions ({cost_model.source}"
+            + (", whole program: glue and output precision charged to the consumer"
+               if hasattr(cost_model, "in_network_cycles") else "") + ")")
+        cost_model.prefetch(shapes, options, links)
+    costs = cost_table(cost_model, shapes, options, links)
     bits = [w for w, _ in options]
     tables = all_metrics(qz, ev, bits, seed=seed, log=log)
     log(f"correlation study: {n_configs} random configurations on the integer model")

@@ -29,6 +29,9 @@ SHAPES = {
     "conv-s2": ("conv", 3, 9, 6, 5, 3, 2, None),
     "pointwise": ("pointwise", 20, 10, 3, 5, 1, 1, None),
     "depthwise": ("depthwise", 8, 8, 5, 4, 3, 1, None),
+    # outputs narrower than the inputs (a packed output word spans channel words: the
+    # mpq.dot kernel, not ldot, below INT2 inputs)
+    "depthwise-out2": ("depthwise", 16, 16, 4, 4, 3, 1, 2),
     "linear-logits": ("linear", 37, 10, 1, 1, 1, 1, 32),
 }
 

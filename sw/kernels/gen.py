@@ -648,7 +648,7 @@ def _emit_mpq_depthwise(layer: QLayer, pl: KernelPlan) -> str:
     if MPQ_GEMM == "ldot" and (pl.out_bits == 32 or pl.la >= pl.lo):
         return _emit_mpq_depthwise_ldot(layer, pl)
     dot = _dot_name(pl, layer.a_signed)
-    la = pl.la
+    la, lo = pl.la, pl.lo
     taps = pl.kh * pl.kw
     raw = pl.out_bits == 32
     L = []

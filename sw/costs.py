@@ -54,7 +54,7 @@ bits, not to its own, and *glue* code (max pooling on the packed lanes, the copy
 layer's pre-padded input buffer) runs between layers. Both depend only on the consumer's
 precision, so they are charged to the consumer and the search stays separable. With
 ``T(b, o)`` a layer's measured cycles at kernel precision ``b`` and output precision ``o``,
-``R(o) = T(8, o) - T(8, 8)`` its output-side delta (:data:`REF_OUT_BITS` = 8) and ``G(b)`` the
+``R(o) = T(2, o) - T(2, 2)`` its output-side delta (:data:`REF_OUT_BITS` = 2) and ``G(b)`` the
 glue in front of a layer at its bits, layer ``K`` is charged::
 
     T_K(b_K, b_K) - R_K(b_K) + R_{K-1}(b_K) + G_K(b_K)
@@ -62,10 +62,12 @@ glue in front of a layer at its bits, layer ``K`` is charged::
 which sums over the network to ``sum_K T_K(b_K, b_{K+1}) + G_K(b_K)``: exact where ``T`` is
 additive in ``b`` and ``o`` (the ``mpq.ldot`` kernels' output side, 16 ``mpq.rqpa`` and
 ``16 / lanes`` stores per pixel and block, does not depend on ``b``), and exactly so for uniform
-configurations (the ``R`` terms cancel) and producers at INT8. ``G`` is measured by running
+configurations (the ``R`` terms cancel) and producers at INT2. ``G`` is measured by running
 deploy's own program on :func:`glue_network` (a minimal producer with the same output layout,
 the pooling, a consumer with the same input layout), cached under
-``<cache>/glue-<deploy hash>/``; ``T(8, o)`` like any layer (``-o<bits>`` in the file name).
+``<cache>/glue-<deploy hash>/``; ``T(2, o)`` like any layer (``-o<bits>`` in the file name).
+The one place the split is far off: a depthwise layer whose output is narrower than its input
+runs another kernel (``mpq.dot``, 1.5-2.6x slower), which no per-layer cost can see coming.
 A linear layer behind a conv is costed as deploy runs it (:func:`deployed_shape`: it reads the
 producer's padded channels). Nothing here is a constant: every term is an RTL measurement.
 """
@@ -109,9 +111,12 @@ VARIANTS = ("conv", "pointwise", "depthwise", "linear")
 SHAPE_SEED = 20240
 #: Shapes per variant in the fit set and in the held-out set.
 N_FIT, N_HELD = 40, 15
-#: Output precision the kernel-side costs are referred to: a layer's output-side work at
-#: another precision is measured as a delta against it (:meth:`RtlCostModel.out_delta`).
-REF_OUT_BITS = 8
+#: Kernel precision at which a layer's output-side work is measured, as a delta between output
+#: precisions (:meth:`RtlCostModel.out_delta`). INT2 inputs have the most lanes, so every
+#: output precision runs the ``mpq.ldot`` kernel there (depthwise too, which at wider inputs
+#: switches kernels for narrower outputs); measured on 60 held-out shapes this reference
+#: predicts ``T(b, o)`` better than INT8 or INT16 (docs/costs.md).
+REF_OUT_BITS = 2
 #: Largest number of INT16 dot instructions of a generated fit/validation shape (keeps each
 #: RTL run under about a second).
 MAX_DOTS = 60_000
@@ -651,11 +656,12 @@ class RtlCostModel:
     def out_delta(self, shape: LayerShape, out_bits: int) -> float:
         """``R(out_bits)``: cycles ``shape``'s kernel spends more when its output is requantized
         to ``out_bits`` than to :data:`REF_OUT_BITS`, measured with the kernel at
-        :data:`REF_OUT_BITS` (``T(8, out_bits) - T(8, 8)``). The output side of the ``mpq.ldot``
+        :data:`REF_OUT_BITS` (``T(2, out_bits) - T(2, 2)``). The output side of the ``mpq.ldot``
         kernels (16 ``mpq.rqpa`` per pixel and block, ``16 / lanes`` packed stores) does not
-        depend on the input precision, so this delta holds at any kernel precision (measured on
-        the built-in models' layers: within 0.1 % of the layer's cycles, docs/costs.md). 0 for a logits layer (always int32 out) and for a shape that is
-        neither cached nor measurable (``measure_missing=False``)."""
+        depend on the input precision, so this delta holds at other kernel precisions too (up
+        to about 1 % of a layer's cycles, docs/costs.md). 0 for a logits layer (always int32
+        out) and for a shape that is neither cached nor measurable (``measure_missing=False``).
+        """
         if shape.logits or check_bits(out_bits, "out_bits") == REF_OUT_BITS:
             return 0.0
         a = self._cycles(shape, REF_OUT_BITS, out_bits)

@@ -295,9 +295,8 @@ def _pooled_net(rng, bits, cin=3, hw=8, c1=20, c2=12, classes=5):
 
 #: Whole-program tolerance of the cost model (relative to the measured cycles / inference): the
 #: target of the whole-program terms (docs/costs.md). What is left after them is the kernels'
-#: separability: a layer's output-side cycles measured at the INT8 reference apply at its own
-#: precision up to ~2 % of a small layer (seen: a 20 -> 12 channel 3x3 conv on a 3x3 map at
-#: INT16, +300 of 14600 cycles with INT2 outputs); on the built-in models' layers < 0.1 %.
+#: separability: a layer's output-side cycles, measured as a delta at the INT2 reference, apply
+#: at its own precision up to ~1.4 % of a conv / linear layer (60 held-out shapes, docs/costs.md).
 WHOLE_PROGRAM_TOL = 0.03
 
 

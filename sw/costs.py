@@ -67,7 +67,7 @@ deploy's own program on :func:`glue_network` (a minimal producer with the same o
 the pooling, a consumer with the same input layout), cached under
 ``<cache>/glue-<deploy hash>/``; ``T(2, o)`` like any layer (``-o<bits>`` in the file name).
 The one place the split is far off: a depthwise layer whose output is narrower than its input
-runs another kernel (``mpq.dot``, 1.5-2.6x slower), which no per-layer cost can see coming.
+runs another kernel (``mpq.dot``, 1.3-2.7x slower), which no per-layer cost can see coming.
 A linear layer behind a conv is costed as deploy runs it (:func:`deployed_shape`: it reads the
 producer's padded channels). Nothing here is a constant: every term is an RTL measurement.
 """

@@ -10,7 +10,8 @@ model of the RTL over a batch of test inputs, and checks every logit bit for bit
 numpy integer model (:func:`rvmpq.sw.search.qnn.int_forward`). It also builds the same network
 at uniform INT8 (re-exported from the model) on ``mpq`` and in plain RV32IM software on
 ``baseline`` (the baseline kernels of :mod:`rvmpq.sw.kernels.gen`, int8 storage), and reports
-cycles per inference, their ratio, the per-layer cost-model prediction and its error.
+cycles per inference, their ratio, and the cost model's whole-program prediction (what the
+search sums for the configuration: kernels, output precisions and glue) with its error.
 
 The program
 -----------
@@ -25,7 +26,9 @@ The program
   layer reads. A ``flatten`` before a ``linear`` costs nothing: the linear weights are
   re-indexed on the host to read the packed HWC output as it is (padded channels get zero
   weights). Where the glue would be a plain identical copy, the next layer reads the previous
-  output buffer directly (no glue).
+  output buffer directly (no glue). Glue functions are never inlined and see their buffers
+  through opaque pointers, so their code depends only on the layouts (the cost model measures
+  them in a program of their own: :func:`rvmpq.sw.costs.glue_network`).
 * The N test inputs sit in DMEM already packed in the first layer's padded input layout.
   ``rdcycle`` is read before the first stage and after every stage (kernel or glue) of each
   inference; the stamps and the int32 logits of every inference are the signature
@@ -654,20 +657,6 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
 
 # ---- cost prediction ----------------------------------------------------------------------
 
-def _layer_shape(l: QLayer, last: bool):
-    from rvmpq.sw.search.costs_api import LayerShape
-
-    extra = {}
-    if last and "logits" in {f.name for f in dataclasses.fields(LayerShape)}:
-        extra["logits"] = True
-    if l.kind == "conv":
-        h, w, c = l.in_shape
-        return LayerShape("conv", int(c), int(l.weight.shape[0]), int(h), int(w),
-                          int(l.kernel[0]), int(l.kernel[1]), tuple(l.stride),
-                          tuple(l.padding), int(l.groups), **extra)
-    return LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), **extra)
-
-
 def predicted_cycles(net: QNetwork, cost_model=None) -> dict:
     """The whole-program cycles the cost model (default :class:`rvmpq.sw.costs.RtlCostModel`,
     measuring on the RTL what its cache lacks) predicts for ``net``: what the search sums for
@@ -978,7 +967,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-compare", action="store_true",
                         help="skip the uniform-INT8 mpq and baseline programs")
     parser.add_argument("--costs", choices=["rtl", "none"], default="rtl",
-                        help="cost-model prediction: RTL-measured per-layer costs, or none")
+                        help="cost-model prediction: RTL-measured whole-program costs (what "
+                             "the search sums), or none")
     parser.add_argument("--costs-cache", metavar="DIR", default=None,
                         help="cache folder of the RTL cost measurements (default build/costs)")
     parser.add_argument("--data", choices=["digits", "mnist1d"],

@@ -143,13 +143,13 @@ def _dot_latency() -> int:
 
 #: Latency (see :attr:`InstrDesc.latency`) of a dot product on the core.
 DOT_LATENCY = _dot_latency()
-#: Latency of a requantization for a dependent that reads ``rd`` through ``rs1``/``rs2``: the
-#: 32x32 product comes from the shared SIMD unit (issued in X, taken in W like a multiply) and the
-#: rounding shift, clamp and pack happen in W, so no stage forwards the result into ``rs1``/
-#: ``rs2`` (for Fmax): such a dependent waits 3 cycles and reads it from the register file (a
-#: ``mpq.dot`` that reads it as its accumulator ``rd`` gets it from W: latency 3). A following
-#: ``mpq.rqp``/``mpq.rqpa`` into the same ``rd`` does not wait (its packing operand is forwarded
-#: into M and W): one requantization per cycle. Checked against the RTL by verif/tb_core.py.
+#: Latency of a requantization for a dependent that reads ``rd`` through ``rs1``/``rs2`` or as
+#: the accumulator of a ``mpq.dot``: the 32x32 product comes from the shared SIMD unit (issued in
+#: X, taken in W like a multiply), the rounding shift and zero point happen in W and the clamp
+#: and pack in R, the register-write stage after W (for Fmax), so the result is forwarded only
+#: from R into D: such a dependent waits 3 cycles. A following ``mpq.rqp``/``mpq.rqpa`` into the
+#: same ``rd`` does not wait (its packing operand is forwarded from R into M and W): one
+#: requantization per cycle. Checked against the RTL by verif/tb_core.py.
 RQ_LATENCY = 4
 #: Latency of ``mpq.ldot``/``mpq.accld`` for a following ``mpq.rqpa``/``mpq.accrd`` of the same
 #: accumulator (memory read in M, the word registered for issue from W, the SIMD unit's stages,

@@ -592,6 +592,13 @@ async def test_mpq_timing(dut):
         p1 = a.accrd("t4", 5)
         pairs.append((row, p0, p1))
         a.nop(); a.nop(); a.nop()
+    # mpq.rq, its result used at once as the accumulator of a dot product (the same latency)
+    p0 = a.nop()
+    a.nop(); a.nop()
+    a.custom("mpq.rq", "t3", "t1", "t2")
+    p1 = a.custom("mpq.dot.w8.ss", "t3", "t1", "t2")
+    pairs.append((isa.BY_NAME["mpq.rq"], p0, p1))
+    a.nop(); a.nop(); a.nop()
     # mpq.rqpa, its result used at once
     p0 = a.nop()
     a.nop(); a.nop()

@@ -1,5 +1,6 @@
 """The rvmpq core: RV32IM + Zicsr + Zicntr + the MPQ extension, in-order pipeline: the five
-classic stages with fetch split in two (F, F2).
+classic stages with fetch split in two (F, F2), and, with the pipelined requantization (the
+``mpq`` configuration), a register-write stage R after W.
 
 Pipeline::
 
@@ -7,10 +8,16 @@ Pipeline::
     f_pc ──▶ ff ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM     IMEM      regfile rd       fwd from M, W       trap/mret          retire port
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                       ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
-                                        div (stall)         registered (lw)    SimdMulUnit issue
+                       ACC[k] read      (mul, dot, rq*)     ldot/accld word    rounding shift and
+                       fwd from M, W    div (stall)         registered (lw)    zero point of rq*
+                       (and R)                                                 SimdMulUnit issue
                                                                                (ldot, accld)
                                                                  unit stages ──▶ ACC[k] (+=)
+
+    with R (mpq):  ... W ──▶ wr ──▶ regfile and retire port in R; clamp/pack of rq* in R
+
+Without R (``baseline``, or a unit of ``LATENCY == 1``) the register file and the retire port
+are in W. With R they are in R, where every result is written one cycle after W.
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc`` in F; its (registered) output is
   the word of ``ff`` in F2, which is registered into ``fd`` for D (for Fmax: the block RAM's
@@ -21,7 +28,8 @@ Pipeline::
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
   flushes F, F2 and D and redirects through a register, so it costs 3 bubbles.
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
-  pipelined requantization's result, which only reaches the packing operand, see below);
+  pipelined requantization's result, which is finished in R, see below); D takes them from W
+  and, with R, from R;
   the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
@@ -36,17 +44,21 @@ Pipeline::
   :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product) instead.
 * **Requantization** (``mpq.rq``/``mpq.rqp``/``mpq.rqpa``) is pipelined, one per cycle: the
   product ``acc * mult`` issues to the SIMD unit from X as a signed MULLO whose full 64 bits
-  come back (``o.payload.hi``) in W, where the rounding shift, zero point, clamp and pack
-  happen (:func:`~rvmpq.hw.core.requant.requant_comb`, reading ``mpq_rq`` there, after any
-  older CSR write). The result is never forwarded to X (that path would run through the
-  requantization), nor to D: a dependent through ``rs1``/``rs2`` waits in D until the producer
-  has left W and reads the register file (``dep_m``, ``dep_w``; latency 4); ``rd`` as a source
-  (the packing operand, the dot accumulator) is forwarded from W into D with it. The packing
-  operand (old ``rd``) travels with the instruction and is forwarded into X (from M,
-  ``x_pack``, for results ready there) and into M (from W, and from ``wp``, the result that
-  left W one cycle earlier, which covers X's view of W), so a chain of ``mpq.rqp``/``mpq.rqpa``
-  into one ``rd`` runs one per cycle. ``mpq_rq``'s shift compares are kept in a register written with the CSR.
-  With a unit of ``LATENCY == 1`` the digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
+  come back (``o.payload.hi``) in W, where the rounding shift, saturation and zero point
+  happen (:func:`~rvmpq.hw.core.requant.requant_round`, reading ``mpq_rq`` there, after any
+  older CSR write); the clamp and pack (:func:`~rvmpq.hw.core.requant.clamp_pack`) happen in
+  R, from the registered sum and the output width and signedness registered beside it (for
+  Fmax: the requantization ends in a register instead of the register-file write and the
+  forwarding). The result is never forwarded to X, nor from W: a dependent (through
+  ``rs1``/``rs2``, or ``rd`` as a dot accumulator) waits in D while the producer is in X, M or
+  W (``dep``, ``dep_m``, ``dep_w``) and takes it from R (latency 4, ``isa.RQ_LATENCY``). The
+  packing operand (old ``rd``) travels with the instruction and is completed on the way: in D
+  from the register file, R and W (W's value without the requantization), in M from R and
+  from ``rp`` (the result that left R one cycle earlier: the instruction three ahead, which D
+  saw unfinished in W), and into ``wr`` from R (the instruction just ahead), so a chain of
+  ``mpq.rqp``/``mpq.rqpa`` into one ``rd`` runs one per cycle. ``mpq_rq``'s shift compares
+  are kept in a register written with the CSR. With a unit of ``LATENCY == 1`` the
+  digit-serial :class:`~rvmpq.hw.core.requant.RequantUnit` is used instead (it freezes X).
 * **Accumulators** (``mpq.ldot``, ``mpq.accld``, ``mpq.rqpa``, ``mpq.accrd``): 16 x 32-bit
   ``ACC`` and bias copies ``ACCB`` (LUT memories). ``ldot``/``accld`` compute their address in
   X like ``lw`` (same checks and causes), read DMEM in M, and issue to the SIMD unit from W
@@ -82,7 +94,7 @@ from .. import isa
 from ..modes import ElemWidth, MulMode, MulOp
 from .config import CoreConfig, get_config
 from .divider import Divider
-from .requant import RequantUnit, requant_above, requant_comb
+from .requant import RequantUnit, clamp_pack, requant_above, requant_round
 
 __all__ = ["Core", "Unit", "AluOp", "Cause", "CSR_ADDRS", "MemMap", "Rv32mMulUnit",
            "TAKEN_BRANCH_BUBBLES"]
@@ -647,6 +659,11 @@ class Core(wiring.Component):
         w_rd = Signal(5)
         w_result = Signal(32)
         w_fwd = Signal(32)
+        # with the pipelined requantization the register file is written one stage after W, in
+        # R (``wr``), where the clamp and pack of a requantization happen: R's write
+        r_we = Signal()
+        r_rd = Signal(5)
+        r_result = Signal(32)
         # the read addresses are the raw instruction fields, not the decoder's (IMEM -> decode
         # -> register read is the long path): where the decoder zeroes a field (mpq.rqpa /
         # mpq.accld / mpq.accrd) the value read is unused or replaced by ACC[k] below, and X
@@ -679,12 +696,17 @@ class Core(wiring.Component):
             m.d.comb += acc_r_d.addr.eq(d_acc_k)
         for i, (port, reg, val) in enumerate(zip(rf_r, d_regs, d_vals)):
             m.d.comb += port.addr.eq(reg)
-            # rs1/rs2 from W without the requantization (``w_fwd``): a source produced by a
-            # pipelined requantization in W waits in D (``dep_w``), so rq/clamp/pack never feeds
-            # the ``a``/``b`` operands of the SIMD unit or the ALU combinationally; the third
-            # operand (the packing register, the dot accumulator) takes it into ``dx.r3`` (a
-            # short path, like the packing forward into X)
-            v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
+            # a pipelined requantization never feeds the ``a``/``b`` operands of the SIMD unit or
+            # the ALU combinationally from its rounding shift
+            if rq_pipe:
+                # from R (any result, requantized ones too: R's clamp/pack is a short path into
+                # ``dx``) and from W without the requantization (``w_fwd``: a requantization in W
+                # is not finished; its dependents wait, ``dep_w``, except a packing operand,
+                # which M takes from ``rp`` later)
+                v = Mux(r_we & (r_rd == reg), r_result, port.data)
+                v = Mux(w_we & (w_rd == reg), w_fwd, v)
+            else:
+                v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
             v = Mux(reg == 0, 0, v)
@@ -730,9 +752,11 @@ class Core(wiring.Component):
                 (raw_custom & ~raw_pack & (raw_rd == xm.rd))))
         dep_w = Const(0, 1)
         if rq_pipe:
-            # ... nor forwarded to rs1/rs2 in D: such a source waits one more cycle while the
-            # producer is in W (rd as a source is forwarded from W with the requantized value)
-            dep_w = w_we & mw.rq & ((raw_rs1 == mw.rd) | (raw_rs2_used & (raw_rs2 == mw.rd)))
+            # ... and it is finished in R, one stage after W: a source (rs1, rs2, or rd as the
+            # dot accumulator) waits while the producer is in W and is forwarded from R; only
+            # the packing operand does not wait (R forwards it into W and M, see ``rp``)
+            dep_w = w_we & mw.rq & ((raw_rs1 == mw.rd) | (raw_rs2_used & (raw_rs2 == mw.rd)) |
+                                    (raw_custom & ~raw_pack & (raw_rd == mw.rd)))
         # the digit-serial requantization reads mpq_rq in X: wait for CSR instructions ahead of
         # it (the pipelined one reads it in W, after any older CSR write)
         raw_rq = Const(0, 1)
@@ -979,11 +1003,10 @@ class Core(wiring.Component):
         x_result = Mux(d.link, dx.pc + 4,
                        Mux(d.unit.as_value().matches(*long_units), long_result, alu))
         if rq_pipe:
-            # pipelined requantization: carry the packing operand (old rd) to W. A value in W
-            # now is not forwarded here (for Fmax: W's requantization would feed X); M takes it
-            # from ``wp`` (W's previous result) next cycle instead
-            x_pack = Mux(x_from_m[2], xm.result, dx.r3)
-            x_result = Mux(d.unit == Unit.RQ, x_pack, x_result)
+            # pipelined requantization: carry the packing operand (old rd) to R. Nothing is
+            # forwarded into it here: the results of the three instructions ahead, which D did
+            # not see finished, are taken from R (and ``rp``) in M and W
+            x_result = Mux(d.unit == Unit.RQ, dx.r3, x_result)
 
         with m.If(~freeze):
             m.d.sync += [
@@ -1122,16 +1145,18 @@ class Core(wiring.Component):
                           ~((xm.unit == Unit.MUL) & ~mul_at_m) & ~m_rq),
         ]
         if rq_pipe:
-            # the packing operand of a requantization, forwarded from W (the instruction just
-            # ahead, e.g. the previous mpq.rqp of a chain into the same rd), else from ``wp``
-            # (the one two ahead, which was in W while this one was in X: X does not forward
-            # from W into the packing operand). The whole pipeline moves or holds together, so
-            # ``wp`` is always the instruction that left W when this one left X.
-            wp = Signal(data.StructLayout({"we": 1, "rd": 5, "result": 32}), name="wp")
+            # the packing operand of a requantization, forwarded from R (the instruction two
+            # ahead), else from ``rp`` (the one three ahead, which was in R while this one was
+            # in X, and in W while this one was in D, where D took W's value without the
+            # requantization). The whole pipeline moves or holds together, so ``rp`` is always
+            # the instruction that left R when this one left X. The instruction just ahead
+            # (e.g. the previous mpq.rqp of a chain into the same rd) is forwarded from R into
+            # ``wr`` when this one is in W.
+            rp = Signal(data.StructLayout({"we": 1, "rd": 5, "result": 32}), name="rp")
             with m.If(~freeze):
-                m.d.sync += [wp.we.eq(w_we), wp.rd.eq(w_rd), wp.result.eq(w_result)]
-            m_result = Mux(m_rq & w_we & (w_rd == xm.rd), w_result,
-                           Mux(m_rq & wp.we & (wp.rd == xm.rd), wp.result, m_result))
+                m.d.sync += [rp.we.eq(r_we), rp.rd.eq(r_rd), rp.result.eq(r_result)]
+            m_result = Mux(m_rq & r_we & (r_rd == xm.rd), r_result,
+                           Mux(m_rq & rp.we & (rp.rd == xm.rd), rp.result, m_result))
         with m.If(~freeze):
             m.d.sync += [
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
@@ -1144,25 +1169,47 @@ class Core(wiring.Component):
 
         # =============================== W ===============================
         m.d.comb += w_fwd.eq(Mux(mw.mul, mul.o.payload.result, mw.result))
+        m.d.comb += [w_result.eq(w_fwd), w_we.eq(mw.wen), w_rd.eq(mw.rd)]
         if rq_pipe:
-            # requantization of the unit's 64-bit product (round, shift, clamp, pack) in W;
-            # mpq_rq is read here, after every older CSR write
-            rq_res = requant_comb(m, Cat(mul.o.payload.result, mul.o.payload.hi), mpq_rq,
-                                  mw.result, mw.rq_pack, name="w_rq", above=rq_above)
-            w_res = Mux(mw.rq, rq_res, w_fwd)
+            # requantization of the unit's 64-bit product: the rounding shift, saturation and
+            # zero point here (mpq_rq is read here, after every older CSR write), registered in
+            # ``wr``; the clamp and pack in R, with the output width and signedness registered
+            # beside it
+            w_s = requant_round(m, Cat(mul.o.payload.result, mul.o.payload.hi), mpq_rq,
+                                name="w_rq", above=rq_above)
+            wr = Signal(data.StructLayout({
+                "valid": 1, "pc": 32, "insn": 32, "trap": 1, "wen": 1, "rd": 5, "rq": 1,
+                "rq_pack": 1, "value": 32, "rdold": 32, "bits": ElemWidth, "out_signed": 1,
+            }), name="wr")
+            with m.If(~freeze):
+                m.d.sync += [
+                    wr.valid.eq(mw.valid), wr.pc.eq(mw.pc), wr.insn.eq(mw.insn),
+                    wr.trap.eq(mw.trap), wr.wen.eq(mw.wen), wr.rd.eq(mw.rd), wr.rq.eq(mw.rq),
+                    wr.rq_pack.eq(mw.rq_pack), wr.value.eq(Mux(mw.rq, w_s, w_fwd)),
+                    # the packing operand, with the result of the instruction just ahead (in R)
+                    wr.rdold.eq(Mux(r_we & (r_rd == mw.rd), r_result, mw.result)),
+                    wr.bits.eq(mpq_rq.bits), wr.out_signed.eq(mpq_rq.out_signed),
+                ]
+            # =============================== R ===============================
+            r_rq = clamp_pack(m, wr.value[:24].as_signed(), wr.bits, wr.out_signed, wr.rdold,
+                              wr.rq_pack, name="r_rq")
+            m.d.comb += [r_result.eq(Mux(wr.rq, r_rq, wr.value)), r_we.eq(wr.wen),
+                         r_rd.eq(wr.rd)]
+            # the register file write and the retire port are in R
+            fin_valid, fin_pc, fin_insn, fin_trap = wr.valid, wr.pc, wr.insn, wr.trap
+            fin_we, fin_rd, fin_result = r_we, r_rd, r_result
         else:
-            w_res = w_fwd
+            fin_valid, fin_pc, fin_insn, fin_trap = mw.valid, mw.pc, mw.insn, mw.trap
+            fin_we, fin_rd, fin_result = w_we, mw.rd, w_result
         m.d.comb += [
-            w_result.eq(w_res),
-            w_we.eq(mw.wen),
-            w_rd.eq(mw.rd),
-            rf_w.addr.eq(mw.rd), rf_w.data.eq(w_result), rf_w.en.eq(w_we & ~freeze),
+            rf_w.addr.eq(fin_rd), rf_w.data.eq(fin_result), rf_w.en.eq(fin_we & ~freeze),
         ]
         m.d.comb += [
-            self.retire_valid.eq(mw.valid & ~freeze),
-            self.retire_pc.eq(mw.pc), self.retire_insn.eq(mw.insn),
-            self.retire_rd.eq(Mux(w_we, mw.rd, 0)), self.retire_wdata.eq(Mux(w_we, w_result, 0)),
-            self.retire_trap.eq(mw.trap),
+            self.retire_valid.eq(fin_valid & ~freeze),
+            self.retire_pc.eq(fin_pc), self.retire_insn.eq(fin_insn),
+            self.retire_rd.eq(Mux(fin_we, fin_rd, 0)),
+            self.retire_wdata.eq(Mux(fin_we, fin_result, 0)),
+            self.retire_trap.eq(fin_trap),
         ]
 
         # multiplier result hand-off and the freeze

@@ -13,6 +13,10 @@ lies within +-2**16 and ``|zp| < 2**15``. ``mpq.rq`` returns ``y`` sign-extended
 
 The multiply is digit-serial (a 32x9 signed multiplier used :attr:`MUL_STEPS` times) to keep the
 unit small; the rounding shift takes one cycle and round/clamp/pack another (for Fmax).
+
+The core's pipelined requantization (the product from the SIMD unit) uses the same arithmetic in
+two pieces: :func:`requant_round` (rounding shift, saturation, zero point) in W and
+:func:`clamp_pack` in the stage after it; :func:`requant_comb` is the two in one cycle.
 """
 
 
@@ -23,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from ..isa import RqConfigLayout
 from ..modes import ElemWidth
 
-__all__ = ["RequantUnit", "requant_comb", "requant_above"]
+__all__ = ["RequantUnit", "requant_comb", "requant_round", "clamp_pack", "requant_above"]
 
 
 def requant_above(shift):
@@ -45,9 +49,57 @@ def requant_above(shift):
     return Cat(*[shift <= i - 21 for i in range(21, 63)])
 
 
+def requant_round(m: Module, p, cfg, name: str = "rq", above=None):
+    """The first half of :func:`requant_comb`: the rounding shift of a 64-bit product,
+    saturated, plus the zero point (``s = r' + zp``, before the clamp).
+
+    A pipelined core registers ``s`` here and finishes with :func:`clamp_pack` one stage later.
+
+    Parameters
+    ----------
+    m : Module
+        Where the logic goes.
+    p : Value
+        ``acc * mult``, 64 bits, two's complement.
+    cfg : View of :data:`~rvmpq.hw.isa.RqConfigLayout`
+        The ``mpq_rq`` CSR (``shift`` and ``zp`` are read).
+    name : str
+        Prefix of the signal names.
+    above : Value(42), optional
+        :func:`requant_above` of ``cfg.shift``, e.g. from a register (default: computed here).
+
+    Returns
+    -------
+    Signal(signed(24))
+        ``s``, the input of :func:`clamp_pack`.
+    """
+    # Organised for a short path: q = (p << 1) >> shift is p >> (shift - 1) for shift >= 1 and
+    # p << 1 for shift == 0, and only its low 23 bits are needed; whether q fits 23 bits (every
+    # bit of p from shift + 21 up equals the sign) is found from p and a thermometer mask of
+    # shift, beside the shifter instead of after it; the rounding increment rides on the
+    # zero-point adder's carry: s = (q >> 1) + zp + q[0].
+    ps = Signal(signed(64), name=f"{name}_p")
+    m.d.comb += ps.eq(p)
+    shift = cfg.shift
+    q = Signal(23, name=f"{name}_q")
+    m.d.comb += q.eq(((ps << 1) >> shift)[:23])
+    differs = ps[:63] ^ ps[63].replicate(63)           # bit i differs from the sign
+    if above is None:
+        above = requant_above(shift)      # bit i - 21: i >= shift + 21
+    fits = ~(differs[21:] & above).any()
+    qs = Signal(signed(23), name=f"{name}_qs")
+    m.d.comb += qs.eq(Mux(fits, q.as_signed(), Mux(ps[63], -(1 << 22), (1 << 22) - 1)))
+    s = Signal(signed(24), name=f"{name}_s")
+    two_a1 = Cat(Const(1, 1), qs[1:]).as_signed()      # 2 * (qs >> 1) + 1
+    two_bc = Cat(qs[0], cfg.zp).as_signed()            # 2 * zp + qs[0]
+    m.d.comb += s.eq((two_a1 + two_bc) >> 1)
+    return s
+
+
 def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq", above=None):
     """Combinational requantize-and-pack of a 64-bit product (the same arithmetic as
-    :class:`RequantUnit` after its multiply, in one cycle).
+    :class:`RequantUnit` after its multiply, in one cycle): :func:`requant_round` then
+    :func:`clamp_pack`.
 
     Parameters
     ----------
@@ -69,33 +121,29 @@ def requant_comb(m: Module, p, cfg, rd, pack, name: str = "rq", above=None):
     Signal(32)
         The result.
     """
-    # Organised for a short path (it ends a pipeline stage): q = (p << 1) >> shift is
-    # p >> (shift - 1) for shift >= 1 and p << 1 for shift == 0, and only its low 23 bits are
-    # needed; whether q fits 23 bits (every bit of p from shift + 21 up equals the sign) is
-    # found from p and a thermometer mask of shift, beside the shifter instead of after it; the
-    # rounding increment rides on the zero-point adder's carry: s = (q >> 1) + zp + q[0].
-    ps = Signal(signed(64), name=f"{name}_p")
-    m.d.comb += ps.eq(p)
-    shift = cfg.shift
-    q = Signal(23, name=f"{name}_q")
-    m.d.comb += q.eq(((ps << 1) >> shift)[:23])
-    differs = ps[:63] ^ ps[63].replicate(63)           # bit i differs from the sign
-    if above is None:
-        above = requant_above(shift)      # bit i - 21: i >= shift + 21
-    fits = ~(differs[21:] & above).any()
-    qs = Signal(signed(23), name=f"{name}_qs")
-    m.d.comb += qs.eq(Mux(fits, q.as_signed(), Mux(ps[63], -(1 << 22), (1 << 22) - 1)))
-    s = Signal(signed(24), name=f"{name}_s")
-    two_a1 = Cat(Const(1, 1), qs[1:]).as_signed()      # 2 * (qs >> 1) + 1
-    two_bc = Cat(qs[0], cfg.zp).as_signed()            # 2 * zp + qs[0]
-    m.d.comb += s.eq((two_a1 + two_bc) >> 1)
-    return _clamp_pack(m, s, cfg, rd, pack, name)
+    s = requant_round(m, p, cfg, name, above)
+    return clamp_pack(m, s, cfg.bits, cfg.out_signed, rd, pack, name)
 
 
-def _clamp_pack(m: Module, s, cfg, rd, pack, name: str):
+def clamp_pack(m: Module, s, bits, out_signed, rd, pack, name: str = "rq"):
     """The tail shared by :func:`requant_comb` and :class:`RequantUnit`: clamp the signed value
-    ``s`` (zero point added) to ``cfg.bits`` signed or unsigned, then either pack it into
-    ``rd`` (``pack`` = 1: ``(rd >> bits) | (y << (32 - bits))``) or sign-extend it.
+    ``s`` (zero point added) to ``bits`` signed or unsigned, then either pack it into ``rd``
+    (``pack`` = 1: ``(rd >> bits) | (y << (32 - bits))``) or sign-extend it.
+
+    Parameters
+    ----------
+    m : Module
+        Where the logic goes.
+    s : Value
+        The value to clamp, signed, at most 24 bits (:func:`requant_round`).
+    bits : Value of :class:`~rvmpq.hw.modes.ElemWidth`
+        The output width (``mpq_rq.bits``).
+    out_signed : Value(1)
+        Signed output range (``mpq_rq.out_signed``).
+    rd, pack : Value
+        As in :func:`requant_comb`.
+    name : str
+        Prefix of the signal names.
 
     Returns
     -------
@@ -106,12 +154,12 @@ def _clamp_pack(m: Module, s, cfg, rd, pack, name: str):
     hi = Signal(signed(18), name=f"{name}_hi")
     packed = Signal(32, name=f"{name}_packed")
     y = Signal(signed(18), name=f"{name}_y")
-    with m.Switch(cfg.bits):
+    with m.Switch(bits):
         for w in ElemWidth:
             with m.Case(w):
                 m.d.comb += [
-                    lo.eq(Mux(cfg.out_signed, -(1 << (w.bits - 1)), 0)),
-                    hi.eq(Mux(cfg.out_signed, (1 << (w.bits - 1)) - 1, (1 << w.bits) - 1)),
+                    lo.eq(Mux(out_signed, -(1 << (w.bits - 1)), 0)),
+                    hi.eq(Mux(out_signed, (1 << (w.bits - 1)) - 1, (1 << w.bits) - 1)),
                     packed.eq(Cat(rd[w.bits:], y[:w.bits])),
                 ]
     m.d.comb += y.eq(Mux(s < lo, lo, Mux(s > hi, hi, s[:18].as_signed())))
@@ -202,7 +250,7 @@ class RequantUnit(wiring.Component):
         m.d.comb += r.eq((qs >> 1) + qs[0])
         s = Signal(signed(24))
         m.d.comb += s.eq(r + cfg.zp)
-        final = _clamp_pack(m, s, cfg, rd, pack, "rq")
+        final = clamp_pack(m, s, cfg.bits, cfg.out_signed, rd, pack, "rq")
 
         with m.If(self.x_abort):
             m.d.sync += [busy.eq(0), done.eq(0)]

@@ -15,6 +15,40 @@
     li x7, result;  \
     bne x14, x7, fail
 
+/* an mpq.rq result (0x11 = 0x22 >> 1 with shift 1, so not the product's low word) used `gap`
+ * instructions later: by addi (rs1), by mul (rs2, the operand that goes to the SIMD unit
+ * straight from D) and as an mpq.dot accumulator (rd; 0x11 + 2 * 1) */
+#define RQ_USE(n, gap) \
+    li TESTNUM, n;  \
+    li x14, 0;      \
+    MPQ_RQ(x14, x13, x2); \
+    .rept gap; nop; .endr; \
+    addi x15, x14, 1; \
+    li x7, 0x12;    \
+    bne x15, x7, fail; \
+    li x14, 0;      \
+    MPQ_RQ(x14, x13, x2); \
+    .rept gap; nop; .endr; \
+    mul x15, x12, x14; \
+    li x7, 0x22;    \
+    bne x15, x7, fail; \
+    li x14, 0;      \
+    MPQ_RQ(x14, x13, x2); \
+    .rept gap; nop; .endr; \
+    MPQ_DOT_W8_SS(x14, x12, x2); \
+    li x7, 0x13;    \
+    bne x14, x7, fail
+
+/* a packing chain into x14 with `gap` instructions between the two mpq.rqp */
+#define RQP_GAP(n, gap) \
+    li TESTNUM, n;  \
+    li x14, 0;      \
+    MPQ_RQP(x14, x1, x2); \
+    .rept gap; nop; .endr; \
+    MPQ_RQP(x14, x9, x2); \
+    li x7, 0x22110000; \
+    bne x14, x7, fail
+
 #define PUSH(acc, mult) \
     li x1, acc;     \
     li x2, mult;    \
@@ -151,5 +185,42 @@ TEST_BEGIN
     addi x14, x0, 0x550                             /* two behind the next rqp's W */
     MPQ_RQP(x14, x9, x2)                            /* (0x550 >> 8) | 0x22 << 24 */
     li x7, 0x22000005
+    bne x14, x7, fail
+    /* every distance from 1 to 5 between a requantization and its user: the result is
+     * finished one stage after W and forwarded from there (D, M, W), or waited for */
+    li x12, 2
+    li x13, 0x22
+    SET_RQ(1, 0, 8, 1)
+    RQ_USE(60, 0)
+    RQ_USE(61, 1)
+    RQ_USE(62, 2)
+    RQ_USE(63, 3)
+    RQ_USE(64, 4)
+    SET_RQ(0, 0, 8, 1)
+    RQP_GAP(65, 0)
+    RQP_GAP(66, 1)
+    RQP_GAP(67, 2)
+    RQP_GAP(68, 3)
+    RQP_GAP(69, 4)
+    li TESTNUM, 70                                  /* plain writes of rd 2 and 3 ahead */
+    MPQ_RQP(x14, x1, x2)
+    addi x14, x0, 0x550
+    nop
+    MPQ_RQP(x14, x9, x2)                            /* (0x550 >> 8) | 0x22 << 24 */
+    li x7, 0x22000005
+    bne x14, x7, fail
+    li TESTNUM, 71
+    MPQ_RQP(x14, x1, x2)
+    addi x14, x0, 0x550
+    nop
+    nop
+    MPQ_RQP(x14, x9, x2)
+    li x7, 0x22000005
+    bne x14, x7, fail
+    li TESTNUM, 72                                  /* a plain write, then a chain */
+    addi x14, x0, 0x660
+    MPQ_RQP(x14, x1, x2)                            /* 0x11000006 */
+    MPQ_RQP(x14, x9, x2)                            /* 0x22110000 */
+    li x7, 0x22110000
     bne x14, x7, fail
 TEST_END

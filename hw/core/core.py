@@ -223,10 +223,16 @@ class Rv32mMulUnit(wiring.Component):
     """RV32M-only multiplier with the :class:`~rvmpq.hw.simd.SimdMulUnit` interface, for
     configurations without the MPQ extension.
 
-    A plain 33x33 signed product (operands sign- or zero-extended per ``a_signed`` /
-    ``b_signed``) that synthesis maps onto DSP blocks (4 MULT18X18D on ECP5). Stage 1 registers
-    the extended operands, stage 2 multiplies into the output register. DOT and the reserved op
-    return 0 (contracts.md section 1: an operation the unit was not built for).
+    A 33x33 signed product (operands sign- or zero-extended per ``a_signed`` / ``b_signed``)
+    as four partial products, which synthesis maps onto DSP blocks (4 MULT18X18D on ECP5).
+    Stage 1 multiplies the operands as they arrive and registers the partial products; stage 2
+    adds them into the output register (for Fmax: the DSP blocks and the adders behind them
+    are in different cycles). DOT and the reserved op return 0 (contracts.md section 1: an
+    operation the unit was not built for). ::
+
+        a = a_hi * 2**17 + a_lo       a_hi = a[17:33] (signed 16), a_lo = a[0:17] (unsigned 17)
+        a * b = ll + (lh + hl) * 2**17 + hh * 2**34
+              = Cat(ll, hh) + (lh + hl) * 2**17   (ll < 2**34: the two do not overlap)
 
     Attributes
     ----------
@@ -254,18 +260,26 @@ class Rv32mMulUnit(wiring.Component):
         adv = Signal()
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
         p = self.i.payload
+        a = Cat(p.a, p.mode.a_signed & p.a[31]).as_signed()    # 33 bits
+        b = Cat(p.b, p.mode.b_signed & p.b[31]).as_signed()
+        a_lo, a_hi = a[:17], a[17:].as_signed()
+        b_lo, b_hi = b[:17], b[17:].as_signed()
         s1_valid = Signal()
-        s1_a = Signal(signed(33))
-        s1_b = Signal(signed(33))
+        s1_ll = Signal(34)              # a_lo * b_lo
+        s1_lh = Signal(signed(33))      # a_lo * b_hi
+        s1_hl = Signal(signed(33))      # a_hi * b_lo
+        s1_hh = Signal(signed(32))      # a_hi * b_hi
         s1_hi = Signal()
         s1_ok = Signal()
-        prod = Signal(signed(66))
-        m.d.comb += prod.eq(s1_a * s1_b)
+        mid = Signal(signed(34))
+        prod = Signal(66)
+        m.d.comb += [mid.eq(s1_lh + s1_hl),
+                     prod.eq(Cat(s1_ll, s1_hh) + (mid.as_signed() << 17))]
         with m.If(adv):
             m.d.sync += [
                 s1_valid.eq(self.i.valid),
-                s1_a.eq(Cat(p.a, p.mode.a_signed & p.a[31])),
-                s1_b.eq(Cat(p.b, p.mode.b_signed & p.b[31])),
+                s1_ll.eq(a_lo * b_lo), s1_lh.eq(a_lo * b_hi), s1_hl.eq(a_hi * b_lo),
+                s1_hh.eq(a_hi * b_hi),
                 s1_hi.eq(p.mode.op == MulOp.MULHI),
                 s1_ok.eq(p.mode.op.as_value().matches(MulOp.MULLO, MulOp.MULHI)),
                 self.o.valid.eq(s1_valid),
@@ -553,14 +567,14 @@ class Core(wiring.Component):
                                        "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
-            "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
+            "valid": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
             "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
-            "mul": 1, "rq": 1, "rq_pack": 1,
+            "mul": 1, "rq": 1, "rq_pack": 1, "lb": 1, "lh": 1,
         }), name="mw")
 
         # mpq.ldot / mpq.accld in W: the memory word read in M, registered (for Fmax: the block
@@ -602,6 +616,8 @@ class Core(wiring.Component):
         x_redirect = Signal()      # X resolves a taken branch/jump (raw)
         x_target = Signal(32)
         redirect_take = Signal()   # a redirect happens at this clock edge
+        x_fwd_next = Signal()      # X's instruction, in M next, forwards its result from there
+        m_wen_next = Signal()      # M's instruction, in W next, writes rd != 0
         redirect_pc = Signal(32)
 
         m.d.comb += [
@@ -613,22 +629,37 @@ class Core(wiring.Component):
         f_adv = Signal()
         m.d.comb += [
             f_adv.eq(~freeze & ~stall_d),
-            self.f_imem_addr.eq(f_pc),
             self.f_imem_en.eq(f_adv),
         ]
         # two fetch stages that move together: F addresses the IMEM, F2 (``ff``) has its output,
         # which is registered into ``fd`` (for Fmax: the block RAM's slow clock-to-output does
         # not reach the decoder and the hazard logic)
+        #
+        # A redirect is registered (``f_redir``, ``f_redir_pc``) and F fetches from it in the next
+        # cycle: for Fmax the late branch decision (``redirect_take``) only clears the valid bits
+        # and sets ``f_redir``, instead of selecting and enabling the 32 ``f_pc`` flops. The
+        # target is fetched in the cycle after the redirect, as before (3 bubbles). No redirect
+        # can happen while ``f_redir`` is set: the redirect emptied X (and M, for a trap), and
+        # the branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc``
+        # holds until F takes it.
+        f_redir = Signal()
+        f_redir_pc = Signal(32)
+        f_pc_now = Signal(32)      # the address fetched in this cycle
+        m.d.comb += f_pc_now.eq(Mux(f_redir, f_redir_pc, f_pc))
+        m.d.comb += self.f_imem_addr.eq(f_pc_now)
+        with m.If(~f_redir):
+            m.d.sync += f_redir_pc.eq(redirect_pc)
         with m.If(redirect_take):
-            m.d.sync += [f_pc.eq(redirect_pc), ff.valid.eq(0), fd.valid.eq(0)]
+            m.d.sync += [f_redir.eq(1), ff.valid.eq(0), fd.valid.eq(0)]
         with m.Elif(f_adv):
-            m.d.sync += [
-                f_pc.eq(f_pc + 4), ff.valid.eq(1), ff.pc.eq(f_pc),
-                ff.fault.eq(~MemMap.in_range(f_pc, mm.imem_base, mm.imem_size)),
-                fd.valid.eq(ff.valid),
-            ]
+            m.d.sync += [f_redir.eq(0), ff.valid.eq(1), fd.valid.eq(ff.valid)]
+        # the payload loads whenever fetch advances (only ``valid`` sees the redirect)
         with m.If(f_adv):
-            m.d.sync += [fd.pc.eq(ff.pc), fd.fault.eq(ff.fault), fd.insn.eq(self.d_imem_data)]
+            m.d.sync += [
+                f_pc.eq(f_pc_now + 4), ff.pc.eq(f_pc_now),
+                ff.fault.eq(~MemMap.in_range(f_pc_now, mm.imem_base, mm.imem_size)),
+                fd.pc.eq(ff.pc), fd.fault.eq(ff.fault), fd.insn.eq(self.d_imem_data),
+            ]
 
         # =============================== D ===============================
         d_insn = fd.insn
@@ -646,7 +677,8 @@ class Core(wiring.Component):
         w_we = Signal()
         w_rd = Signal(5)
         w_result = Signal(32)
-        w_fwd = Signal(32)
+        w_fwd = Signal(32)     # W's result for X: no requantization, no lb/lh sign extension
+        w_fwd_d = Signal(32)   # ... for D: with the sign extension
         # the read addresses are the raw instruction fields, not the decoder's (IMEM -> decode
         # -> register read is the long path): where the decoder zeroes a field (mpq.rqpa /
         # mpq.accld / mpq.accrd) the value read is unused or replaced by ACC[k] below, and X
@@ -684,7 +716,7 @@ class Core(wiring.Component):
             # the ``a``/``b`` operands of the SIMD unit or the ALU combinationally; the third
             # operand (the packing register, the dot accumulator) takes it into ``dx.r3`` (a
             # short path, like the packing forward into X)
-            v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
+            v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd_d, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
             v = Mux(reg == 0, 0, v)
@@ -780,8 +812,16 @@ class Core(wiring.Component):
             m.d.comb += pend_vec.eq(Cat(*[Cat(*[c & (kk == j) for c, kk in pend]).any()
                                           for j in range(isa.NUM_ACC)]))
             acc_hazard = acc_hazard | (d_acc_rd & pend_vec.bit_select(d_acc_k, 1))
-        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | csr_hazard | mul_hazard |
-                                           acc_hazard))
+        # lb/lh are sign-extended in W only (for Fmax), and X does not forward that: a source
+        # produced by one in M waits in D and takes the extended value from W (one more bubble
+        # than a word load; lbu/lhu/lw are ready in M). The rd field counts where rd is a source.
+        dep_ld = Signal()
+        m.d.comb += dep_ld.eq(xm.valid & (xm.unit == Unit.LOAD) & ~xm.f3[1] & ~xm.f3[2] &
+                              (xm.rd != 0) & ((raw_rs1 == xm.rd) |
+                                              (raw_rs2_used & (raw_rs2 == xm.rd)) |
+                                              (raw_custom & (raw_rd == xm.rd))))
+        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | dep_ld | csr_hazard |
+                                           mul_hazard | acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
@@ -790,22 +830,24 @@ class Core(wiring.Component):
                          dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.illegal.eq(d_illegal),
                          dx.fault.eq(fd.fault), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
-            # X's forwarding selects, decided here (for Fmax: X only ANDs them with the valid
-            # bits ``xm.fwd`` / ``w_we``). The whole pipeline moves or holds together
-            # (``freeze``), so the instruction now in X is in M when this one is in X, and the
-            # one now in M is in W. Decoded fields: where the decoder zeroes a field (its value
-            # unused, or replaced by ACC[k]) nothing is forwarded into it.
+            # X's forwarding selects, decided here and registered whole (for Fmax: each is one
+            # flop in X, with the valid and write-enable bits that ``xm`` / ``mw`` receive at
+            # this same edge). The whole pipeline moves or holds together (``freeze``), so the
+            # instruction now in X is in M when this one is in X, and the one now in M is in W.
+            # Decoded fields: where the decoder zeroes a field (its value unused, or replaced by
+            # ACC[k]) nothing is forwarded into it.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
-            m.d.sync += [dx.fm.eq(Cat(*[dxd.rd == r for r in d_srcs])),
-                         dx.fw.eq(Cat(*[xm.rd == r for r in d_srcs]))]
+            m.d.sync += [dx.fm.eq(Cat(*[x_fwd_next & (dxd.rd == r) for r in d_srcs])),
+                         dx.fw.eq(Cat(*[m_wen_next & (xm.rd == r) for r in d_srcs]))]
 
         # =============================== X ===============================
         d = dxd
 
-        # the forwarding selects of operand i (rs1, rs2, rd): the register compares were made
-        # in D (``dx.fm``/``dx.fw``); ``xm.fwd``: valid, writes rd != 0, result ready in X
-        x_from_m = [xm.fwd & dx.fm[i] for i in range(3)]
-        x_from_w = [w_we & dx.fw[i] for i in range(3)]
+        # the forwarding selects of operand i (rs1, rs2, rd), registered in D (``dx.fm``: the
+        # instruction in M is valid, writes rd != 0 with a result ready in X, and rd matches;
+        # ``dx.fw``: the same for W's register write)
+        x_from_m = [dx.fm[i] for i in range(3)]
+        x_from_w = [dx.fw[i] for i in range(3)]
 
         def forward(i, val):
             # w_fwd: W's result without the requantization (never forwarded to X, see dep_m)
@@ -825,8 +867,9 @@ class Core(wiring.Component):
         alu = Signal(32)
         shamt = b[0:5]
         op = d.alu_op.as_value()
-        # one adder for ADD/SUB/SLT/SLTU and the branch comparisons (a = rs1, b = rs2 there)
-        sub = d.branch | op.matches(AluOp.SUB, AluOp.SLT, AluOp.SLTU)
+        # one adder for ADD/SUB/SLT/SLTU and the load/store address (the branch comparisons
+        # have their own carry chain, below)
+        sub = op.matches(AluOp.SUB, AluOp.SLT, AluOp.SLTU)
         sum_ = Signal(33)
         m.d.comb += sum_.eq(a + (b ^ sub.replicate(32)) + sub)
         ltu = ~sum_[32]
@@ -854,22 +897,16 @@ class Core(wiring.Component):
             with m.Default():
                 m.d.comb += alu.eq(shr)
 
-        # branches (static not-taken, resolved here)
+        # branches (static not-taken, resolved here). A comparator of their own beside the ALU
+        # adder (for Fmax: the forwarded operands go straight into its carry chain, without the
+        # ALU's operand muxes). Signed compares flip the sign bits and compare unsigned; the
+        # borrow out of rs1 - rs2 is "less than". funct3: BEQ 0, BNE 1, BLT 4, BGE 5, BLTU 6,
+        # BGEU 7 (bit 0 inverts, bit 2 picks less-than over equal); 2 and 3 are illegal.
+        br_flip = Cat(Const(0, 31), ~d.f3[1])
+        br_diff = Signal(33)
+        m.d.comb += br_diff.eq(Cat(x_r1 ^ br_flip, Const(0, 1)) - Cat(x_r2 ^ br_flip, Const(0, 1)))
         eq = x_r1 == x_r2
-        cond = Signal()
-        with m.Switch(d.f3):
-            with m.Case(0):
-                m.d.comb += cond.eq(eq)
-            with m.Case(1):
-                m.d.comb += cond.eq(~eq)
-            with m.Case(4):
-                m.d.comb += cond.eq(lt)
-            with m.Case(5):
-                m.d.comb += cond.eq(~lt)
-            with m.Case(6):
-                m.d.comb += cond.eq(ltu)
-            with m.Case(7):
-                m.d.comb += cond.eq(~ltu)
+        cond = Mux(d.f3[2], br_diff[32], eq) ^ d.f3[0]
         taken = ~d.exc & (d.jal | d.jalr | (d.branch & cond))
         m.d.comb += x_target.eq(Mux(d.jalr, (x_r1 + d.imm) & ~1, dx.pc + d.imm))
         x_target_bad = taken & x_target[1]
@@ -976,6 +1013,7 @@ class Core(wiring.Component):
             long_result = Mux(d.unit == Unit.RQ, rqu.x_result, div.x_result)
         m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
 
+        m.d.comb += x_fwd_next.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0))
         x_result = Mux(d.link, dx.pc + 4,
                        Mux(d.unit.as_value().matches(*long_units), long_result, alu))
         if rq_pipe:
@@ -988,7 +1026,6 @@ class Core(wiring.Component):
         with m.If(~freeze):
             m.d.sync += [
                     xm.valid.eq(dx.valid & ~x_kill),
-                    xm.fwd.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0)),
                     xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
                     xm.rd.eq(d.rd), xm.we.eq(d.we), xm.result.eq(x_result),
                     xm.late.eq(dx_late), xm.f3.eq(d.f3), xm.addr.eq(addr),
@@ -1003,6 +1040,7 @@ class Core(wiring.Component):
 
         # =============================== M ===============================
         m_exc = xm.valid & xm.exc
+        m.d.comb += m_wen_next.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0))
         m.d.comb += [
             m_redirect.eq(xm.valid & (xm.exc | xm.mret)),
             m_redirect_pc.eq(Mux(xm.exc, Cat(Const(0, 2), mtvec[2:]), mepc)),
@@ -1015,20 +1053,20 @@ class Core(wiring.Component):
             self.m_dmem_wmask.eq(Mux(xm.valid & ~xm.exc & ~freeze, xm.smask, 0)),
         ]
 
-        # load alignment
+        # load alignment, zero-extended: lb/lh are sign-extended in W (for Fmax: the sign bit
+        # of the block RAM output does not fan out to 24 result bits here), so their result is
+        # not forwarded from M or from W into X; a dependent waits in D (``dep_ld``)
         lword = self.m_dmem_rdata >> Cat(Const(0, 3), xm.addr[0:2])
         ldata = Signal(32)
-        with m.Switch(xm.f3):
+        with m.Switch(xm.f3[0:2]):
             with m.Case(0):
-                m.d.comb += ldata.eq(lword[0:8].as_signed())
-            with m.Case(1):
-                m.d.comb += ldata.eq(lword[0:16].as_signed())
-            with m.Case(4):
                 m.d.comb += ldata.eq(lword[0:8])
-            with m.Case(5):
+            with m.Case(1):
                 m.d.comb += ldata.eq(lword[0:16])
             with m.Default():
                 m.d.comb += ldata.eq(lword)
+        m_lb = (xm.unit == Unit.LOAD) & (xm.f3 == 0)
+        m_lh = (xm.unit == Unit.LOAD) & (xm.f3 == 1)
 
         # CSR read / modify / write
         csr_r = Signal(32)
@@ -1137,21 +1175,24 @@ class Core(wiring.Component):
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
                 mw.result.eq(m_result), mw.trap.eq(m_exc),
                 # W's register write, decided here (for Fmax: one flop drives X's forwarding)
-                mw.wen.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0)),
+                mw.wen.eq(m_wen_next),
                 mw.mul.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m),
-                mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack),
+                mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack), mw.lb.eq(m_lb), mw.lh.eq(m_lh),
             ]
 
         # =============================== W ===============================
         m.d.comb += w_fwd.eq(Mux(mw.mul, mul.o.payload.result, mw.result))
+        # lb/lh: the sign extension (their result is never forwarded to X from here, see dep_ld)
+        m.d.comb += w_fwd_d.eq(Mux(mw.lb, mw.result[:8].as_signed(),
+                                   Mux(mw.lh, mw.result[:16].as_signed(), w_fwd)))
         if rq_pipe:
             # requantization of the unit's 64-bit product (round, shift, clamp, pack) in W;
             # mpq_rq is read here, after every older CSR write
             rq_res = requant_comb(m, Cat(mul.o.payload.result, mul.o.payload.hi), mpq_rq,
                                   mw.result, mw.rq_pack, name="w_rq", above=rq_above)
-            w_res = Mux(mw.rq, rq_res, w_fwd)
+            w_res = Mux(mw.rq, rq_res, w_fwd_d)
         else:
-            w_res = w_fwd
+            w_res = w_fwd_d
         m.d.comb += [
             w_result.eq(w_res),
             w_we.eq(mw.wen),

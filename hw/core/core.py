@@ -190,7 +190,7 @@ Decoded = data.StructLayout({
     "a_zero": 1,        # operand a = 0 (LUI)
     "b_imm": 1,         # operand b = imm
     "imm": 32,
-    "link": 1,          # result = pc + 4 (JAL/JALR)
+    "link": 1,          # result = pc + 4 (JAL/JALR; on the ALU adder: a = pc, b = 4)
     "branch": 1,
     "jal": 1,
     "jalr": 1,
@@ -434,9 +434,11 @@ class Core(wiring.Component):
             with m.Case(0b0010111):  # AUIPC
                 m.d.comb += [d.a_pc.eq(1), d.b_imm.eq(1), d.imm.eq(imm_u), d.we.eq(1)]
             with m.Case(0b1101111):  # JAL
-                m.d.comb += [d.jal.eq(1), d.link.eq(1), d.imm.eq(imm_j), d.we.eq(1)]
+                m.d.comb += [d.jal.eq(1), d.link.eq(1), d.a_pc.eq(1), d.imm.eq(imm_j),
+                             d.we.eq(1)]
             with m.Case(0b1100111):  # JALR
-                m.d.comb += [d.jalr.eq(1), d.link.eq(1), d.imm.eq(imm_i), d.we.eq(1),
+                m.d.comb += [d.jalr.eq(1), d.link.eq(1), d.a_pc.eq(1), d.imm.eq(imm_i),
+                             d.we.eq(1),
                              d.use_rs1.eq(1), illegal.eq(f3 != 0)]
             with m.Case(0b1100011):  # branches
                 m.d.comb += [d.branch.eq(1), d.imm.eq(imm_b), d.use_rs1.eq(1), d.use_rs2.eq(1),
@@ -553,6 +555,9 @@ class Core(wiring.Component):
         # pipelined requantization: the product on the SIMD unit, taken in W (needs the unit's
         # ``hi`` output and a result in W); a unit of LATENCY 1 keeps the digit-serial unit
         rq_pipe = cfg.with_mpq and not mul_at_m
+        # units that hold X until done and give X's result (the divider; the digit-serial
+        # requantization)
+        long_units = [Unit.DIV] + ([Unit.RQ] if cfg.with_mpq and not rq_pipe else [])
 
         m.submodules.div = div = Divider()
         if cfg.with_mpq and not rq_pipe:
@@ -564,6 +569,8 @@ class Core(wiring.Component):
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1, "insn": 32}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
+                                       "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
+                                       "rsel": 9,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
@@ -618,6 +625,7 @@ class Core(wiring.Component):
         redirect_take = Signal()   # a redirect happens at this clock edge
         x_fwd_next = Signal()      # X's instruction, in M next, forwards its result from there
         m_wen_next = Signal()      # M's instruction, in W next, writes rd != 0
+        m_mul_next = Signal()      # ... with a result from the multiplier (``mw.mul``)
         redirect_pc = Signal(32)
 
         m.d.comb += [
@@ -836,34 +844,60 @@ class Core(wiring.Component):
             # instruction now in X is in M when this one is in X, and the one now in M is in W.
             # Decoded fields: where the decoder zeroes a field (its value unused, or replaced by
             # ACC[k]) nothing is forwarded into it.
+            # One-hot per operand: ``fm`` (M's result), ``fw`` (W's ``mw.result``), ``fwm`` (W's
+            # result from the multiplier), ``frf`` (the value read here), so that X selects
+            # with an AND-OR of flops; the ALU operands ``a``/``b`` get their own one-hot
+            # selects with pc and the immediate folded in (``sa``, ``sb``: M, W, W multiplier,
+            # read value, pc or immediate, 4 for a link; none for a = 0). ``rsel``: X's result
+            # (adder, slt, sltu, xor, or, and, sll, srl/sra, long operation), one-hot.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
-            m.d.sync += [dx.fm.eq(Cat(*[x_fwd_next & (dxd.rd == r) for r in d_srcs])),
-                         dx.fw.eq(Cat(*[m_wen_next & (xm.rd == r) for r in d_srcs]))]
+            fm = [x_fwd_next & (dxd.rd == r) for r in d_srcs]
+            fw = [~fm[i] & m_wen_next & (xm.rd == r) for i, r in enumerate(d_srcs)]
+            fwr = [f & ~m_mul_next for f in fw]
+            fwm = [f & m_mul_next for f in fw]
+            frf = [~fm[i] & ~fw[i] for i in range(3)]
+            a_op = ~d_dec.a_pc & ~d_dec.a_zero
+            b_op = ~d_dec.b_imm & ~d_dec.link
+            aop = d_dec.alu_op.as_value()
+            d_long = d_dec.unit.as_value().matches(*long_units)
+            rsel = [aop.matches(AluOp.ADD, AluOp.SUB)] + [
+                aop == o for o in (AluOp.SLT, AluOp.SLTU, AluOp.XOR, AluOp.OR, AluOp.AND,
+                                   AluOp.SLL)] + [aop.matches(AluOp.SRL, AluOp.SRA)]
+            m.d.sync += [dx.fm.eq(Cat(*fm)), dx.fw.eq(Cat(*fwr)), dx.fwm.eq(Cat(*fwm)),
+                         dx.frf.eq(Cat(*frf)),
+                         dx.sa.eq(Cat(fm[0] & a_op, fwr[0] & a_op, fwm[0] & a_op,
+                                      frf[0] & a_op, d_dec.a_pc)),
+                         dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
+                                      frf[1] & b_op, d_dec.b_imm, d_dec.link)),
+                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long))]
 
         # =============================== X ===============================
         d = dxd
 
-        # the forwarding selects of operand i (rs1, rs2, rd), registered in D (``dx.fm``: the
-        # instruction in M is valid, writes rd != 0 with a result ready in X, and rd matches;
-        # ``dx.fw``: the same for W's register write)
+        # the forwarding selects of operand i (rs1, rs2, rd), registered in D, one-hot (``dx.fm``:
+        # the instruction in M is valid, writes rd != 0 with a result ready in X, and rd
+        # matches; ``dx.fw`` / ``dx.fwm``: the same for W's register write, without the
+        # requantization (never forwarded to X, see dep_m) or the lb/lh sign extension (see
+        # dep_ld); ``dx.frf``: none of them)
         x_from_m = [dx.fm[i] for i in range(3)]
-        x_from_w = [dx.fw[i] for i in range(3)]
 
-        def forward(i, val):
-            # w_fwd: W's result without the requantization (never forwarded to X, see dep_m)
-            return Mux(x_from_m[i], xm.result, Mux(x_from_w[i], w_fwd, val))
+        def onehot(sel, vals):
+            # the OR of the values whose select bit is set (narrower values are zero-extended)
+            return Cat(*[Cat(*[s & v[j] for s, v in zip(sel, vals) if j < len(v)]).any()
+                         for j in range(32)])
 
+        w_srcs = [xm.result, mw.result, mul.o.payload.result]
         x_r1 = Signal(32)
         x_r2 = Signal(32)
         x_r3 = Signal(32)
-        m.d.comb += [x_r1.eq(forward(0, dx.r1)), x_r2.eq(forward(1, dx.r2)),
-                     x_r3.eq(forward(2, dx.r3))]
+        for i, (x_r, r) in enumerate(zip([x_r1, x_r2, x_r3], [dx.r1, dx.r2, dx.r3])):
+            m.d.comb += x_r.eq(onehot([dx.fm[i], dx.fw[i], dx.fwm[i], dx.frf[i]], w_srcs + [r]))
 
         # ALU
         a = Signal(32)
         b = Signal(32)
-        m.d.comb += [a.eq(Mux(d.a_pc, dx.pc, Mux(d.a_zero, 0, x_r1))),
-                     b.eq(Mux(d.b_imm, d.imm, x_r2))]
+        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.r1, dx.pc])),
+                     b.eq(onehot(dx.sb, w_srcs + [dx.r2, dx.d.imm, Const(4, 32)]))]
         alu = Signal(32)
         shamt = b[0:5]
         op = d.alu_op.as_value()
@@ -874,28 +908,11 @@ class Core(wiring.Component):
         m.d.comb += sum_.eq(a + (b ^ sub.replicate(32)) + sub)
         ltu = ~sum_[32]
         lt = Mux(a[31] == b[31], sum_[31], a[31])
-        # one right shifter for SRL/SRA/SLL (SLL = reversed SRL of the reversed operand)
-        sh_left = op == AluOp.SLL
-        sh_in = Mux(sh_left, a[::-1], a)
+        # a left and a right shifter (for Fmax: no operand and result reversal for SLL)
+        shl = Signal(32)
         shr = Signal(32)
-        m.d.comb += shr.eq(Cat(sh_in, (op == AluOp.SRA) & a[31]).as_signed() >> shamt)
-        with m.Switch(op):
-            with m.Case(AluOp.ADD, AluOp.SUB):
-                m.d.comb += alu.eq(sum_[:32])
-            with m.Case(AluOp.SLT):
-                m.d.comb += alu.eq(lt)
-            with m.Case(AluOp.SLTU):
-                m.d.comb += alu.eq(ltu)
-            with m.Case(AluOp.XOR):
-                m.d.comb += alu.eq(a ^ b)
-            with m.Case(AluOp.OR):
-                m.d.comb += alu.eq(a | b)
-            with m.Case(AluOp.AND):
-                m.d.comb += alu.eq(a & b)
-            with m.Case(AluOp.SLL):
-                m.d.comb += alu.eq(shr[::-1])
-            with m.Default():
-                m.d.comb += alu.eq(shr)
+        m.d.comb += [shl.eq(a << shamt),
+                     shr.eq(Cat(a, (op == AluOp.SRA) & a[31]).as_signed() >> shamt)]
 
         # branches (static not-taken, resolved here). A comparator of their own beside the ALU
         # adder (for Fmax: the forwarded operands go straight into its carry chain, without the
@@ -909,7 +926,10 @@ class Core(wiring.Component):
         cond = Mux(d.f3[2], br_diff[32], eq) ^ d.f3[0]
         taken = ~d.exc & (d.jal | d.jalr | (d.branch & cond))
         m.d.comb += x_target.eq(Mux(d.jalr, (x_r1 + d.imm) & ~1, dx.pc + d.imm))
-        x_target_bad = taken & x_target[1]
+        # a misaligned target (bit 1 set), from the low two bits only (for Fmax: not through the
+        # target adders): jalr (rs1 + imm) & ~1, else pc + imm
+        t_bit1 = Mux(d.jalr, x_r1[1] ^ d.imm[1] ^ (x_r1[0] & d.imm[0]), dx.pc[1] ^ d.imm[1])
+        x_target_bad = taken & t_bit1
 
         # memory address checks
         addr = sum_[:32]  # rs1 + imm for loads and stores (the adder, not the ALU result mux)
@@ -999,9 +1019,7 @@ class Core(wiring.Component):
         ]
         long_busy = (d.unit == Unit.DIV) & ~div.x_done
         long_result = div.x_result
-        long_units = [Unit.DIV]
         if cfg.with_mpq and not rq_pipe:
-            long_units.append(Unit.RQ)
             m.d.comb += [
                 rqu.x_start.eq(dx.valid & (d.unit == Unit.RQ) & ~x_kill),
                 rqu.x_pack.eq(d.rq_pack),
@@ -1014,8 +1032,10 @@ class Core(wiring.Component):
         m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
 
         m.d.comb += x_fwd_next.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0))
-        x_result = Mux(d.link, dx.pc + 4,
-                       Mux(d.unit.as_value().matches(*long_units), long_result, alu))
+        # X's result, selected one-hot (``dx.rsel``, decided in D); a link (pc + 4) is the sum
+        m.d.comb += alu.eq(onehot(dx.rsel, [sum_[:32], lt, ltu, a ^ b, a | b, a & b, shl, shr,
+                                            long_result]))
+        x_result = alu
         if rq_pipe:
             # pipelined requantization: carry the packing operand (old rd) to W. A value in W
             # now is not forwarded here (for Fmax: W's requantization would feed X); M takes it
@@ -1150,6 +1170,7 @@ class Core(wiring.Component):
             m.d.sync += [mstatus_mie.eq(mstatus_mpie), mstatus_mpie.eq(1)]
 
         m_rq = (xm.unit == Unit.RQ) if rq_pipe else Const(0, 1)
+        m.d.comb += m_mul_next.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m)
         m_result = Mux(xm.unit == Unit.LOAD, ldata,
                        Mux(xm.unit == Unit.CSR, csr_r,
                            Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
@@ -1176,7 +1197,7 @@ class Core(wiring.Component):
                 mw.result.eq(m_result), mw.trap.eq(m_exc),
                 # W's register write, decided here (for Fmax: one flop drives X's forwarding)
                 mw.wen.eq(m_wen_next),
-                mw.mul.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m),
+                mw.mul.eq(m_mul_next),
                 mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack), mw.lb.eq(m_lb), mw.lh.eq(m_lh),
             ]
 

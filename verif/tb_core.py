@@ -93,6 +93,8 @@ class Asm:
     def remu(self, rd, a, b): return self._rr(0x33, 7, 1, rd, a, b)
     def lw(self, rd, rs1, imm): return self._i(0x03, 2, rd, rs1, imm)
     def lb(self, rd, rs1, imm): return self._i(0x03, 0, rd, rs1, imm)
+    def lh(self, rd, rs1, imm): return self._i(0x03, 1, rd, rs1, imm)
+    def lbu(self, rd, rs1, imm): return self._i(0x03, 4, rd, rs1, imm)
     def lhu(self, rd, rs1, imm): return self._i(0x03, 5, rd, rs1, imm)
     def sw(self, rs2, rs1, imm): return self._s(2, rs2, rs1, imm)
     def sh(self, rs2, rs1, imm): return self._s(1, rs2, rs1, imm)
@@ -299,7 +301,8 @@ async def test_exit_mmio(dut):
 
 @cocotb.test()
 async def test_load_use_one_bubble(dut):
-    """A load followed by a dependent instruction costs exactly one bubble; forwarding works."""
+    """A word load followed by a dependent instruction costs exactly one bubble, a byte load
+    (sign-extended in W) two; forwarding works."""
     tb = await _tb(dut)
     a = Asm()
     a.li("s0", DMEM)
@@ -311,7 +314,7 @@ async def test_load_use_one_bubble(dut):
     p_ld2 = a.lw("t3", "s0", 8)
     p_ind = a.add("t4", "t0", "t0")        # independent: no bubble
     p_ld3 = a.lb("t5", "s0", 11)
-    p_acc = a.add("t6", "t5", "t5")        # dependent through a byte load
+    p_acc = a.add("t6", "t5", "t5")        # dependent through a byte load: two bubbles
     a.lhu("a1", "s0", 10)
     a.exit("zero")
     await tb.run(a.assemble())
@@ -325,7 +328,67 @@ async def test_load_use_one_bubble(dut):
     (c3,), (ca,) = tb.cycle_of(p_ld3), tb.cycle_of(p_acc)
     assert cu - c1 == 2, f"dependent add retired {cu - c1} cycles after the load (want 2)"
     assert ci - c2 == 1, f"independent add retired {ci - c2} cycles after the load (want 1)"
-    assert ca - c3 == 2
+    assert ca - c3 == 3, f"dependent of lb retired {ca - c3} cycles after it (want 3)"
+
+
+@cocotb.test()
+async def test_subword_load_use(dut):
+    """lb/lh are sign-extended in W, so their dependents wait until then: the extended value
+    reaches every source (rs1, rs2, store data, branch operands, jalr base) with any gap;
+    lbu/lhu results are ready in M (one bubble, as lw)."""
+    tb = await _tb(dut)
+    a = Asm()
+    a.li("s0", DMEM)
+    a.li("t0", 0x80F1_82F3)           # bytes F3 82 F1 80: every byte and half negative
+    a.sw("t0", "s0", 12)
+    a.nop(); a.nop()
+    p_lb = a.lb("t1", "s0", 12)
+    p_d0 = a.add("t2", "t1", "zero")     # gap 0 through rs1: two bubbles
+    p_lh = a.lh("t3", "s0", 14)
+    a.addi("a2", 0, 5)                   # independent
+    p_d1 = a.sub("t4", "zero", "t3")     # gap 1 through rs2: one bubble
+    a.lb("t5", "s0", 13)
+    a.nop(); a.nop()
+    a.add("t6", "zero", "t5")            # gap 2: no bubble
+    a.lh("a3", "s0", 12)
+    a.sw("zero", "s0", 20)
+    a.sh("a3", "s0", 20)                 # store data from lh
+    a.lw("a4", "s0", 20)
+    a.lh("a5", "s0", 20)
+    a.li("s1", 0)
+    a.lb("a1", "s0", 15)
+    a.branch("blt", "a1", "zero", "neg")  # taken only on the sign-extended value
+    a.addi("s1", 0, 1)
+    a.label("neg")
+    p_lbu = a.lbu("a6", "s0", 13)
+    p_d2 = a.add("s6", "a6", "zero")     # lbu: one bubble
+    a.lhu("s2", "s0", 14)
+    a.add("s3", "s2", "s2")
+    a.lh("s4", "s0", 14)
+    a.branch("bne", "s4", "t3", "bad")
+    a.li("s5", 7)
+    a.jal(0, "end")
+    a.label("bad")
+    a.li("s5", 1)
+    a.label("end")
+    a.exit("zero")
+    await tb.run(a.assemble())
+    regs = tb.regs()
+    assert regs[7] == 0xFFFF_FFF3, f"lb -> rs1, gap 0: {regs[7]:#x}"
+    assert regs[29] == 0x0000_7F0F, f"lh -> rs2, gap 1: {regs[29]:#x}"
+    assert regs[31] == 0xFFFF_FF82, f"lb -> rs2, gap 2: {regs[31]:#x}"
+    assert regs[14] == 0x0000_82F3 and regs[15] == 0xFFFF_82F3, \
+        f"lh -> store data: {regs[14]:#x} {regs[15]:#x}"
+    assert regs[9] == 0, "blt on a sign-extended lb result was not taken"
+    assert regs[22] == 0x82 and regs[19] == 0x1_01E2, f"lbu/lhu: {regs[22]:#x} {regs[19]:#x}"
+    assert regs[21] == 7, "lh result differs between two loads of the same half"
+    (c0,), (d0,) = tb.cycle_of(p_lb), tb.cycle_of(p_d0)
+    (c1,), (d1,) = tb.cycle_of(p_lh), tb.cycle_of(p_d1)
+    (c2,), (d2,) = tb.cycle_of(p_lbu), tb.cycle_of(p_d2)
+    assert d0 - c0 == 3, f"dependent of lb retired {d0 - c0} cycles after it (want 3)"
+    assert d1 - c1 == 3, f"dependent of lh, one instruction between, retired {d1 - c1} cycles " \
+        "after it (want 3)"
+    assert d2 - c2 == 2, f"dependent of lbu retired {d2 - c2} cycles after it (want 2)"
 
 
 @cocotb.test()

@@ -202,7 +202,7 @@ Decoded = data.StructLayout({
     "a_zero": 1,        # operand a = 0 (LUI)
     "b_imm": 1,         # operand b = imm
     "imm": 32,
-    "link": 1,          # result = pc + 4 (JAL/JALR)
+    "link": 1,          # result = pc + 4 (JAL/JALR; on the ALU adder: a = pc, b = 4)
     "branch": 1,
     "jal": 1,
     "jalr": 1,
@@ -235,10 +235,16 @@ class Rv32mMulUnit(wiring.Component):
     """RV32M-only multiplier with the :class:`~rvmpq.hw.simd.SimdMulUnit` interface, for
     configurations without the MPQ extension.
 
-    A plain 33x33 signed product (operands sign- or zero-extended per ``a_signed`` /
-    ``b_signed``) that synthesis maps onto DSP blocks (4 MULT18X18D on ECP5). Stage 1 registers
-    the extended operands, stage 2 multiplies into the output register. DOT and the reserved op
-    return 0 (contracts.md section 1: an operation the unit was not built for).
+    A 33x33 signed product (operands sign- or zero-extended per ``a_signed`` / ``b_signed``)
+    as four partial products, which synthesis maps onto DSP blocks (4 MULT18X18D on ECP5).
+    Stage 1 multiplies the operands as they arrive and registers the partial products; stage 2
+    adds them into the output register (for Fmax: the DSP blocks and the adders behind them
+    are in different cycles). DOT and the reserved op return 0 (contracts.md section 1: an
+    operation the unit was not built for). ::
+
+        a = a_hi * 2**17 + a_lo       a_hi = a[17:33] (signed 16), a_lo = a[0:17] (unsigned 17)
+        a * b = ll + (lh + hl) * 2**17 + hh * 2**34
+              = Cat(ll, hh) + (lh + hl) * 2**17   (ll < 2**34: the two do not overlap)
 
     Attributes
     ----------
@@ -266,18 +272,26 @@ class Rv32mMulUnit(wiring.Component):
         adv = Signal()
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
         p = self.i.payload
+        a = Cat(p.a, p.mode.a_signed & p.a[31]).as_signed()    # 33 bits
+        b = Cat(p.b, p.mode.b_signed & p.b[31]).as_signed()
+        a_lo, a_hi = a[:17], a[17:].as_signed()
+        b_lo, b_hi = b[:17], b[17:].as_signed()
         s1_valid = Signal()
-        s1_a = Signal(signed(33))
-        s1_b = Signal(signed(33))
+        s1_ll = Signal(34)              # a_lo * b_lo
+        s1_lh = Signal(signed(33))      # a_lo * b_hi
+        s1_hl = Signal(signed(33))      # a_hi * b_lo
+        s1_hh = Signal(signed(32))      # a_hi * b_hi
         s1_hi = Signal()
         s1_ok = Signal()
-        prod = Signal(signed(66))
-        m.d.comb += prod.eq(s1_a * s1_b)
+        mid = Signal(signed(34))
+        prod = Signal(66)
+        m.d.comb += [mid.eq(s1_lh + s1_hl),
+                     prod.eq(Cat(s1_ll, s1_hh) + (mid.as_signed() << 17))]
         with m.If(adv):
             m.d.sync += [
                 s1_valid.eq(self.i.valid),
-                s1_a.eq(Cat(p.a, p.mode.a_signed & p.a[31])),
-                s1_b.eq(Cat(p.b, p.mode.b_signed & p.b[31])),
+                s1_ll.eq(a_lo * b_lo), s1_lh.eq(a_lo * b_hi), s1_hl.eq(a_hi * b_lo),
+                s1_hh.eq(a_hi * b_hi),
                 s1_hi.eq(p.mode.op == MulOp.MULHI),
                 s1_ok.eq(p.mode.op.as_value().matches(MulOp.MULLO, MulOp.MULHI)),
                 self.o.valid.eq(s1_valid),
@@ -432,9 +446,11 @@ class Core(wiring.Component):
             with m.Case(0b0010111):  # AUIPC
                 m.d.comb += [d.a_pc.eq(1), d.b_imm.eq(1), d.imm.eq(imm_u), d.we.eq(1)]
             with m.Case(0b1101111):  # JAL
-                m.d.comb += [d.jal.eq(1), d.link.eq(1), d.imm.eq(imm_j), d.we.eq(1)]
+                m.d.comb += [d.jal.eq(1), d.link.eq(1), d.a_pc.eq(1), d.imm.eq(imm_j),
+                             d.we.eq(1)]
             with m.Case(0b1100111):  # JALR
-                m.d.comb += [d.jalr.eq(1), d.link.eq(1), d.imm.eq(imm_i), d.we.eq(1),
+                m.d.comb += [d.jalr.eq(1), d.link.eq(1), d.a_pc.eq(1), d.imm.eq(imm_i),
+                             d.we.eq(1),
                              d.use_rs1.eq(1), illegal.eq(f3 != 0)]
             with m.Case(0b1100011):  # branches
                 m.d.comb += [d.branch.eq(1), d.imm.eq(imm_b), d.use_rs1.eq(1), d.use_rs2.eq(1),
@@ -551,6 +567,9 @@ class Core(wiring.Component):
         # pipelined requantization: the product on the SIMD unit, taken in W (needs the unit's
         # ``hi`` output and a result in W); a unit of LATENCY 1 keeps the digit-serial unit
         rq_pipe = cfg.with_mpq and not mul_at_m
+        # units that hold X until done and give X's result (the divider; the digit-serial
+        # requantization)
+        long_units = [Unit.DIV] + ([Unit.RQ] if cfg.with_mpq and not rq_pipe else [])
 
         m.submodules.div = div = Divider()
         if cfg.with_mpq and not rq_pipe:
@@ -562,17 +581,19 @@ class Core(wiring.Component):
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1, "insn": 32}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
+                                       "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
+                                       "rsel": 9,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
-            "valid": 1, "fwd": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
+            "valid": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
             "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
-            "mul": 1, "rq": 1, "rq_pack": 1,
+            "mul": 1, "rq": 1, "rq_pack": 1, "lb": 1, "lh": 1,
         }), name="mw")
 
         # mpq.ldot / mpq.accld in W: the memory word read in M, registered (for Fmax: the block
@@ -614,6 +635,9 @@ class Core(wiring.Component):
         x_redirect = Signal()      # X resolves a taken branch/jump (raw)
         x_target = Signal(32)
         redirect_take = Signal()   # a redirect happens at this clock edge
+        x_fwd_next = Signal()      # X's instruction, in M next, forwards its result from there
+        m_wen_next = Signal()      # M's instruction, in W next, writes rd != 0
+        m_mul_next = Signal()      # ... with a result from the multiplier (``mw.mul``)
         redirect_pc = Signal(32)
 
         m.d.comb += [
@@ -625,22 +649,37 @@ class Core(wiring.Component):
         f_adv = Signal()
         m.d.comb += [
             f_adv.eq(~freeze & ~stall_d),
-            self.f_imem_addr.eq(f_pc),
             self.f_imem_en.eq(f_adv),
         ]
         # two fetch stages that move together: F addresses the IMEM, F2 (``ff``) has its output,
         # which is registered into ``fd`` (for Fmax: the block RAM's slow clock-to-output does
         # not reach the decoder and the hazard logic)
+        #
+        # A redirect is registered (``f_redir``, ``f_redir_pc``) and F fetches from it in the next
+        # cycle: for Fmax the late branch decision (``redirect_take``) only clears the valid bits
+        # and sets ``f_redir``, instead of selecting and enabling the 32 ``f_pc`` flops. The
+        # target is fetched in the cycle after the redirect, as before (3 bubbles). No redirect
+        # can happen while ``f_redir`` is set: the redirect emptied X (and M, for a trap), and
+        # the branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc``
+        # holds until F takes it.
+        f_redir = Signal()
+        f_redir_pc = Signal(32)
+        f_pc_now = Signal(32)      # the address fetched in this cycle
+        m.d.comb += f_pc_now.eq(Mux(f_redir, f_redir_pc, f_pc))
+        m.d.comb += self.f_imem_addr.eq(f_pc_now)
+        with m.If(~f_redir):
+            m.d.sync += f_redir_pc.eq(redirect_pc)
         with m.If(redirect_take):
-            m.d.sync += [f_pc.eq(redirect_pc), ff.valid.eq(0), fd.valid.eq(0)]
+            m.d.sync += [f_redir.eq(1), ff.valid.eq(0), fd.valid.eq(0)]
         with m.Elif(f_adv):
-            m.d.sync += [
-                f_pc.eq(f_pc + 4), ff.valid.eq(1), ff.pc.eq(f_pc),
-                ff.fault.eq(~MemMap.in_range(f_pc, mm.imem_base, mm.imem_size)),
-                fd.valid.eq(ff.valid),
-            ]
+            m.d.sync += [f_redir.eq(0), ff.valid.eq(1), fd.valid.eq(ff.valid)]
+        # the payload loads whenever fetch advances (only ``valid`` sees the redirect)
         with m.If(f_adv):
-            m.d.sync += [fd.pc.eq(ff.pc), fd.fault.eq(ff.fault), fd.insn.eq(self.d_imem_data)]
+            m.d.sync += [
+                f_pc.eq(f_pc_now + 4), ff.pc.eq(f_pc_now),
+                ff.fault.eq(~MemMap.in_range(f_pc_now, mm.imem_base, mm.imem_size)),
+                fd.pc.eq(ff.pc), fd.fault.eq(ff.fault), fd.insn.eq(self.d_imem_data),
+            ]
 
         # =============================== D ===============================
         d_insn = fd.insn
@@ -658,7 +697,8 @@ class Core(wiring.Component):
         w_we = Signal()
         w_rd = Signal(5)
         w_result = Signal(32)
-        w_fwd = Signal(32)
+        w_fwd = Signal(32)     # W's result for X: no requantization, no lb/lh sign extension
+        w_fwd_d = Signal(32)   # ... for D (and R): with the sign extension
         # with the pipelined requantization the register file is written one stage after W, in
         # R (``wr``), where the clamp and pack of a requantization happen: R's write
         r_we = Signal()
@@ -700,13 +740,13 @@ class Core(wiring.Component):
             # the ALU combinationally from its rounding shift
             if rq_pipe:
                 # from R (any result, requantized ones too: R's clamp/pack is a short path into
-                # ``dx``) and from W without the requantization (``w_fwd``: a requantization in W
-                # is not finished; its dependents wait, ``dep_w``, except a packing operand,
+                # ``dx``) and from W without the requantization (``w_fwd_d``: a requantization in
+                # W is not finished; its dependents wait, ``dep_w``, except a packing operand,
                 # which M takes from ``rp`` later)
                 v = Mux(r_we & (r_rd == reg), r_result, port.data)
-                v = Mux(w_we & (w_rd == reg), w_fwd, v)
+                v = Mux(w_we & (w_rd == reg), w_fwd_d, v)
             else:
-                v = Mux(w_we & (w_rd == reg), w_result if i == 2 else w_fwd, port.data)
+                v = Mux(w_we & (w_rd == reg), w_fwd_d, port.data)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
             v = Mux(reg == 0, 0, v)
@@ -804,8 +844,16 @@ class Core(wiring.Component):
             m.d.comb += pend_vec.eq(Cat(*[Cat(*[c & (kk == j) for c, kk in pend]).any()
                                           for j in range(isa.NUM_ACC)]))
             acc_hazard = acc_hazard | (d_acc_rd & pend_vec.bit_select(d_acc_k, 1))
-        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | csr_hazard | mul_hazard |
-                                           acc_hazard))
+        # lb/lh are sign-extended in W only (for Fmax), and X does not forward that: a source
+        # produced by one in M waits in D and takes the extended value from W (one more bubble
+        # than a word load; lbu/lhu/lw are ready in M). The rd field counts where rd is a source.
+        dep_ld = Signal()
+        m.d.comb += dep_ld.eq(xm.valid & (xm.unit == Unit.LOAD) & ~xm.f3[1] & ~xm.f3[2] &
+                              (xm.rd != 0) & ((raw_rs1 == xm.rd) |
+                                              (raw_rs2_used & (raw_rs2 == xm.rd)) |
+                                              (raw_custom & (raw_rd == xm.rd))))
+        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | dep_ld | csr_hazard |
+                                           mul_hazard | acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
@@ -814,89 +862,98 @@ class Core(wiring.Component):
                          dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.illegal.eq(d_illegal),
                          dx.fault.eq(fd.fault), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
-            # X's forwarding selects, decided here (for Fmax: X only ANDs them with the valid
-            # bits ``xm.fwd`` / ``w_we``). The whole pipeline moves or holds together
-            # (``freeze``), so the instruction now in X is in M when this one is in X, and the
-            # one now in M is in W. Decoded fields: where the decoder zeroes a field (its value
-            # unused, or replaced by ACC[k]) nothing is forwarded into it.
+            # X's forwarding selects, decided here and registered whole (for Fmax: each is one
+            # flop in X, with the valid and write-enable bits that ``xm`` / ``mw`` receive at
+            # this same edge). The whole pipeline moves or holds together (``freeze``), so the
+            # instruction now in X is in M when this one is in X, and the one now in M is in W.
+            # Decoded fields: where the decoder zeroes a field (its value unused, or replaced by
+            # ACC[k]) nothing is forwarded into it.
+            # One-hot per operand: ``fm`` (M's result), ``fw`` (W's ``mw.result``), ``fwm`` (W's
+            # result from the multiplier), ``frf`` (the value read here), so that X selects
+            # with an AND-OR of flops; the ALU operands ``a``/``b`` get their own one-hot
+            # selects with pc and the immediate folded in (``sa``, ``sb``: M, W, W multiplier,
+            # read value, pc or immediate, 4 for a link; none for a = 0). ``rsel``: X's result
+            # (adder, slt, sltu, xor, or, and, sll, srl/sra, long operation), one-hot.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
-            m.d.sync += [dx.fm.eq(Cat(*[dxd.rd == r for r in d_srcs])),
-                         dx.fw.eq(Cat(*[xm.rd == r for r in d_srcs]))]
+            fm = [x_fwd_next & (dxd.rd == r) for r in d_srcs]
+            fw = [~fm[i] & m_wen_next & (xm.rd == r) for i, r in enumerate(d_srcs)]
+            fwr = [f & ~m_mul_next for f in fw]
+            fwm = [f & m_mul_next for f in fw]
+            frf = [~fm[i] & ~fw[i] for i in range(3)]
+            a_op = ~d_dec.a_pc & ~d_dec.a_zero
+            b_op = ~d_dec.b_imm & ~d_dec.link
+            aop = d_dec.alu_op.as_value()
+            d_long = d_dec.unit.as_value().matches(*long_units)
+            rsel = [aop.matches(AluOp.ADD, AluOp.SUB)] + [
+                aop == o for o in (AluOp.SLT, AluOp.SLTU, AluOp.XOR, AluOp.OR, AluOp.AND,
+                                   AluOp.SLL)] + [aop.matches(AluOp.SRL, AluOp.SRA)]
+            m.d.sync += [dx.fm.eq(Cat(*fm)), dx.fw.eq(Cat(*fwr)), dx.fwm.eq(Cat(*fwm)),
+                         dx.frf.eq(Cat(*frf)),
+                         dx.sa.eq(Cat(fm[0] & a_op, fwr[0] & a_op, fwm[0] & a_op,
+                                      frf[0] & a_op, d_dec.a_pc)),
+                         dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
+                                      frf[1] & b_op, d_dec.b_imm, d_dec.link)),
+                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long))]
 
         # =============================== X ===============================
         d = dxd
 
-        # the forwarding selects of operand i (rs1, rs2, rd): the register compares were made
-        # in D (``dx.fm``/``dx.fw``); ``xm.fwd``: valid, writes rd != 0, result ready in X
-        x_from_m = [xm.fwd & dx.fm[i] for i in range(3)]
-        x_from_w = [w_we & dx.fw[i] for i in range(3)]
+        # the forwarding selects of operand i (rs1, rs2, rd), registered in D, one-hot (``dx.fm``:
+        # the instruction in M is valid, writes rd != 0 with a result ready in X, and rd
+        # matches; ``dx.fw`` / ``dx.fwm``: the same for W's register write, without the
+        # requantization (never forwarded to X, see dep_m) or the lb/lh sign extension (see
+        # dep_ld); ``dx.frf``: none of them)
+        x_from_m = [dx.fm[i] for i in range(3)]
 
-        def forward(i, val):
-            # w_fwd: W's result without the requantization (never forwarded to X, see dep_m)
-            return Mux(x_from_m[i], xm.result, Mux(x_from_w[i], w_fwd, val))
+        def onehot(sel, vals):
+            # the OR of the values whose select bit is set (narrower values are zero-extended)
+            return Cat(*[Cat(*[s & v[j] for s, v in zip(sel, vals) if j < len(v)]).any()
+                         for j in range(32)])
 
+        w_srcs = [xm.result, mw.result, mul.o.payload.result]
         x_r1 = Signal(32)
         x_r2 = Signal(32)
         x_r3 = Signal(32)
-        m.d.comb += [x_r1.eq(forward(0, dx.r1)), x_r2.eq(forward(1, dx.r2)),
-                     x_r3.eq(forward(2, dx.r3))]
+        for i, (x_r, r) in enumerate(zip([x_r1, x_r2, x_r3], [dx.r1, dx.r2, dx.r3])):
+            m.d.comb += x_r.eq(onehot([dx.fm[i], dx.fw[i], dx.fwm[i], dx.frf[i]], w_srcs + [r]))
 
         # ALU
         a = Signal(32)
         b = Signal(32)
-        m.d.comb += [a.eq(Mux(d.a_pc, dx.pc, Mux(d.a_zero, 0, x_r1))),
-                     b.eq(Mux(d.b_imm, d.imm, x_r2))]
+        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.r1, dx.pc])),
+                     b.eq(onehot(dx.sb, w_srcs + [dx.r2, dx.d.imm, Const(4, 32)]))]
         alu = Signal(32)
         shamt = b[0:5]
         op = d.alu_op.as_value()
-        # one adder for ADD/SUB/SLT/SLTU and the branch comparisons (a = rs1, b = rs2 there)
-        sub = d.branch | op.matches(AluOp.SUB, AluOp.SLT, AluOp.SLTU)
+        # one adder for ADD/SUB/SLT/SLTU and the load/store address (the branch comparisons
+        # have their own carry chain, below)
+        sub = op.matches(AluOp.SUB, AluOp.SLT, AluOp.SLTU)
         sum_ = Signal(33)
         m.d.comb += sum_.eq(a + (b ^ sub.replicate(32)) + sub)
         ltu = ~sum_[32]
         lt = Mux(a[31] == b[31], sum_[31], a[31])
-        # one right shifter for SRL/SRA/SLL (SLL = reversed SRL of the reversed operand)
-        sh_left = op == AluOp.SLL
-        sh_in = Mux(sh_left, a[::-1], a)
+        # a left and a right shifter (for Fmax: no operand and result reversal for SLL)
+        shl = Signal(32)
         shr = Signal(32)
-        m.d.comb += shr.eq(Cat(sh_in, (op == AluOp.SRA) & a[31]).as_signed() >> shamt)
-        with m.Switch(op):
-            with m.Case(AluOp.ADD, AluOp.SUB):
-                m.d.comb += alu.eq(sum_[:32])
-            with m.Case(AluOp.SLT):
-                m.d.comb += alu.eq(lt)
-            with m.Case(AluOp.SLTU):
-                m.d.comb += alu.eq(ltu)
-            with m.Case(AluOp.XOR):
-                m.d.comb += alu.eq(a ^ b)
-            with m.Case(AluOp.OR):
-                m.d.comb += alu.eq(a | b)
-            with m.Case(AluOp.AND):
-                m.d.comb += alu.eq(a & b)
-            with m.Case(AluOp.SLL):
-                m.d.comb += alu.eq(shr[::-1])
-            with m.Default():
-                m.d.comb += alu.eq(shr)
+        m.d.comb += [shl.eq(a << shamt),
+                     shr.eq(Cat(a, (op == AluOp.SRA) & a[31]).as_signed() >> shamt)]
 
-        # branches (static not-taken, resolved here)
+        # branches (static not-taken, resolved here). A comparator of their own beside the ALU
+        # adder (for Fmax: the forwarded operands go straight into its carry chain, without the
+        # ALU's operand muxes). Signed compares flip the sign bits and compare unsigned; the
+        # borrow out of rs1 - rs2 is "less than". funct3: BEQ 0, BNE 1, BLT 4, BGE 5, BLTU 6,
+        # BGEU 7 (bit 0 inverts, bit 2 picks less-than over equal); 2 and 3 are illegal.
+        br_flip = Cat(Const(0, 31), ~d.f3[1])
+        br_diff = Signal(33)
+        m.d.comb += br_diff.eq(Cat(x_r1 ^ br_flip, Const(0, 1)) - Cat(x_r2 ^ br_flip, Const(0, 1)))
         eq = x_r1 == x_r2
-        cond = Signal()
-        with m.Switch(d.f3):
-            with m.Case(0):
-                m.d.comb += cond.eq(eq)
-            with m.Case(1):
-                m.d.comb += cond.eq(~eq)
-            with m.Case(4):
-                m.d.comb += cond.eq(lt)
-            with m.Case(5):
-                m.d.comb += cond.eq(~lt)
-            with m.Case(6):
-                m.d.comb += cond.eq(ltu)
-            with m.Case(7):
-                m.d.comb += cond.eq(~ltu)
+        cond = Mux(d.f3[2], br_diff[32], eq) ^ d.f3[0]
         taken = ~d.exc & (d.jal | d.jalr | (d.branch & cond))
         m.d.comb += x_target.eq(Mux(d.jalr, (x_r1 + d.imm) & ~1, dx.pc + d.imm))
-        x_target_bad = taken & x_target[1]
+        # a misaligned target (bit 1 set), from the low two bits only (for Fmax: not through the
+        # target adders): jalr (rs1 + imm) & ~1, else pc + imm
+        t_bit1 = Mux(d.jalr, x_r1[1] ^ d.imm[1] ^ (x_r1[0] & d.imm[0]), dx.pc[1] ^ d.imm[1])
+        x_target_bad = taken & t_bit1
 
         # memory address checks
         addr = sum_[:32]  # rs1 + imm for loads and stores (the adder, not the ALU result mux)
@@ -986,9 +1043,7 @@ class Core(wiring.Component):
         ]
         long_busy = (d.unit == Unit.DIV) & ~div.x_done
         long_result = div.x_result
-        long_units = [Unit.DIV]
         if cfg.with_mpq and not rq_pipe:
-            long_units.append(Unit.RQ)
             m.d.comb += [
                 rqu.x_start.eq(dx.valid & (d.unit == Unit.RQ) & ~x_kill),
                 rqu.x_pack.eq(d.rq_pack),
@@ -1000,8 +1055,11 @@ class Core(wiring.Component):
             long_result = Mux(d.unit == Unit.RQ, rqu.x_result, div.x_result)
         m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
 
-        x_result = Mux(d.link, dx.pc + 4,
-                       Mux(d.unit.as_value().matches(*long_units), long_result, alu))
+        m.d.comb += x_fwd_next.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0))
+        # X's result, selected one-hot (``dx.rsel``, decided in D); a link (pc + 4) is the sum
+        m.d.comb += alu.eq(onehot(dx.rsel, [sum_[:32], lt, ltu, a ^ b, a | b, a & b, shl, shr,
+                                            long_result]))
+        x_result = alu
         if rq_pipe:
             # pipelined requantization: carry the packing operand (old rd) to R. Nothing is
             # forwarded into it here: the results of the three instructions ahead, which D did
@@ -1011,7 +1069,6 @@ class Core(wiring.Component):
         with m.If(~freeze):
             m.d.sync += [
                     xm.valid.eq(dx.valid & ~x_kill),
-                    xm.fwd.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0)),
                     xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
                     xm.rd.eq(d.rd), xm.we.eq(d.we), xm.result.eq(x_result),
                     xm.late.eq(dx_late), xm.f3.eq(d.f3), xm.addr.eq(addr),
@@ -1026,6 +1083,7 @@ class Core(wiring.Component):
 
         # =============================== M ===============================
         m_exc = xm.valid & xm.exc
+        m.d.comb += m_wen_next.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0))
         m.d.comb += [
             m_redirect.eq(xm.valid & (xm.exc | xm.mret)),
             m_redirect_pc.eq(Mux(xm.exc, Cat(Const(0, 2), mtvec[2:]), mepc)),
@@ -1038,20 +1096,20 @@ class Core(wiring.Component):
             self.m_dmem_wmask.eq(Mux(xm.valid & ~xm.exc & ~freeze, xm.smask, 0)),
         ]
 
-        # load alignment
+        # load alignment, zero-extended: lb/lh are sign-extended in W (for Fmax: the sign bit
+        # of the block RAM output does not fan out to 24 result bits here), so their result is
+        # not forwarded from M or from W into X; a dependent waits in D (``dep_ld``)
         lword = self.m_dmem_rdata >> Cat(Const(0, 3), xm.addr[0:2])
         ldata = Signal(32)
-        with m.Switch(xm.f3):
+        with m.Switch(xm.f3[0:2]):
             with m.Case(0):
-                m.d.comb += ldata.eq(lword[0:8].as_signed())
-            with m.Case(1):
-                m.d.comb += ldata.eq(lword[0:16].as_signed())
-            with m.Case(4):
                 m.d.comb += ldata.eq(lword[0:8])
-            with m.Case(5):
+            with m.Case(1):
                 m.d.comb += ldata.eq(lword[0:16])
             with m.Default():
                 m.d.comb += ldata.eq(lword)
+        m_lb = (xm.unit == Unit.LOAD) & (xm.f3 == 0)
+        m_lh = (xm.unit == Unit.LOAD) & (xm.f3 == 1)
 
         # CSR read / modify / write
         csr_r = Signal(32)
@@ -1135,6 +1193,7 @@ class Core(wiring.Component):
             m.d.sync += [mstatus_mie.eq(mstatus_mpie), mstatus_mpie.eq(1)]
 
         m_rq = (xm.unit == Unit.RQ) if rq_pipe else Const(0, 1)
+        m.d.comb += m_mul_next.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m)
         m_result = Mux(xm.unit == Unit.LOAD, ldata,
                        Mux(xm.unit == Unit.CSR, csr_r,
                            Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
@@ -1162,14 +1221,17 @@ class Core(wiring.Component):
                 mw.valid.eq(xm.valid), mw.pc.eq(xm.pc), mw.insn.eq(xm.insn), mw.rd.eq(xm.rd),
                 mw.result.eq(m_result), mw.trap.eq(m_exc),
                 # W's register write, decided here (for Fmax: one flop drives X's forwarding)
-                mw.wen.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0)),
-                mw.mul.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m),
-                mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack),
+                mw.wen.eq(m_wen_next),
+                mw.mul.eq(m_mul_next),
+                mw.rq.eq(m_rq), mw.rq_pack.eq(xm.rq_pack), mw.lb.eq(m_lb), mw.lh.eq(m_lh),
             ]
 
         # =============================== W ===============================
         m.d.comb += w_fwd.eq(Mux(mw.mul, mul.o.payload.result, mw.result))
-        m.d.comb += [w_result.eq(w_fwd), w_we.eq(mw.wen), w_rd.eq(mw.rd)]
+        # lb/lh: the sign extension (their result is never forwarded to X from here, see dep_ld)
+        m.d.comb += w_fwd_d.eq(Mux(mw.lb, mw.result[:8].as_signed(),
+                                   Mux(mw.lh, mw.result[:16].as_signed(), w_fwd)))
+        m.d.comb += [w_result.eq(w_fwd_d), w_we.eq(mw.wen), w_rd.eq(mw.rd)]
         if rq_pipe:
             # requantization of the unit's 64-bit product: the rounding shift, saturation and
             # zero point here (mpq_rq is read here, after every older CSR write), registered in
@@ -1185,7 +1247,7 @@ class Core(wiring.Component):
                 m.d.sync += [
                     wr.valid.eq(mw.valid), wr.pc.eq(mw.pc), wr.insn.eq(mw.insn),
                     wr.trap.eq(mw.trap), wr.wen.eq(mw.wen), wr.rd.eq(mw.rd), wr.rq.eq(mw.rq),
-                    wr.rq_pack.eq(mw.rq_pack), wr.value.eq(Mux(mw.rq, w_s, w_fwd)),
+                    wr.rq_pack.eq(mw.rq_pack), wr.value.eq(Mux(mw.rq, w_s, w_fwd_d)),
                     # the packing operand, with the result of the instruction just ahead (in R)
                     wr.rdold.eq(Mux(r_we & (r_rd == mw.rd), r_result, mw.result)),
                     wr.bits.eq(mpq_rq.bits), wr.out_signed.eq(mpq_rq.out_signed),

@@ -7,9 +7,10 @@ Pipeline::
     f_pc ──▶ ff ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM     IMEM      regfile rd       fwd from M, W       trap/mret          retire port
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                       ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
-                                        div (stall)         registered (lw)    SimdMulUnit issue
-                                                                               (ldot, accld)
+    (f_redir           ACC[k] read      (mul, dot, rq*)     ldot/accld word    requant/pack of rq*
+     after a           X's selects      div (stall)         registered (lw)    SimdMulUnit issue
+     redirect)         (one-hot)                            lb/lh zero-ext.    (ldot, accld)
+                                                                               lb/lh sign ext.
                                                                  unit stages ──▶ ACC[k] (+=)
 
 * **Fetch**: the IMEM read port is addressed with ``f_pc`` in F; its (registered) output is
@@ -18,14 +19,22 @@ Pipeline::
 * **Decode**: D registers the decoded fields as decoded, plus two flags: an illegal word and a
   fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
   so the override is off the path from the instruction memory through the decoder.
-* **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
-  flushes F, F2 and D and redirects through a register, so it costs 3 bubbles.
+* **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X, with a
+  comparator of their own beside the ALU adder; a taken one flushes F, F2 and D and is
+  registered (``f_redir``, ``f_redir_pc``; F fetches the target in the next cycle), so it costs
+  3 bubbles and the late branch decision only reaches the valid bits, not the ``f_pc`` flops.
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
-  pipelined requantization's result, which only reaches the packing operand, see below);
-  the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
+  pipelined requantization's result, which only reaches the packing operand, see below, and
+  the sign extension of ``lb``/``lh``). The selects are decided in D and registered one-hot
+  (``dx.fm``/``fw``/``fwm``/``frf``: M, W, W's multiplier result, the value read in D), so X
+  selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``, with pc, the immediate
+  and 4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too.
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
-  cycle (the load-use interlock: exactly one bubble). The check compares the raw rs1/rs2
+  cycle (the load-use interlock: exactly one bubble). ``lb``/``lh`` are zero-extended in M and
+  sign-extended in W, for Fmax, and not forwarded into X: their dependent waits in D while they
+  are in M too (``dep_ld``: two bubbles right behind, one with one instruction between;
+  ``lbu``/``lhu``/``lw`` as any load). The checks compare the raw rs1/rs2
   fields (and rd in the custom opcodes) without decoding, for Fmax: an I-type immediate that
   happens to match costs a needless bubble, never a wrong result.
 * **Multiplier**: MUL* and ``mpq.dot.*`` issue to the shared :class:`~rvmpq.hw.simd.SimdMulUnit`
@@ -33,7 +42,8 @@ Pipeline::
   ``o.valid`` if ``LATENCY > 2``). With the SIMD unit its ``a``/``b`` operands come from
   the ``dx`` register, forwarded in D (no muxes in front of the array): a multiply in D waits
   while a source is produced in X, or by a multiply in M. ``baseline`` uses
-  :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product) instead.
+  :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product, four partial products registered in its
+  first stage and added in its second) instead, fed from X's forwarded operands.
 * **Requantization** (``mpq.rq``/``mpq.rqp``/``mpq.rqpa``) is pipelined, one per cycle: the
   product ``acc * mult`` issues to the SIMD unit from X as a signed MULLO whose full 64 bits
   come back (``o.payload.hi``) in W, where the rounding shift, zero point, clamp and pack

@@ -580,7 +580,7 @@ class Core(wiring.Component):
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
                                        "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
-                                       "rsel": 9,
+                                       "rsel": 9, "long": 1,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
@@ -879,7 +879,10 @@ class Core(wiring.Component):
                                       frf[0] & a_op, d_dec.a_pc)),
                          dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
                                       frf[1] & b_op, d_dec.b_imm, d_dec.link)),
-                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long))]
+                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long)),
+                         # a long operation that will not trap (for Fmax: X's hold, ``freeze``,
+                         # starts from flops: this one, the unit's done flag and M's trap)
+                         dx.long.eq(d_long & ~d_illegal & ~fd.fault)]
 
         # =============================== X ===============================
         d = dxd
@@ -1027,7 +1030,7 @@ class Core(wiring.Component):
             div.x_a.eq(x_r1), div.x_b.eq(x_r2),
             div.x_ack.eq(~freeze), div.x_abort.eq(x_kill & ~freeze),
         ]
-        long_busy = (d.unit == Unit.DIV) & ~div.x_done
+        long_busy = ~div.x_done
         long_result = div.x_result
         if cfg.with_mpq and not rq_pipe:
             m.d.comb += [
@@ -1037,9 +1040,9 @@ class Core(wiring.Component):
                 rqu.x_cfg.eq(mpq_rq),
                 rqu.x_ack.eq(~freeze), rqu.x_abort.eq(x_kill & ~freeze),
             ]
-            long_busy = long_busy | ((d.unit == Unit.RQ) & ~rqu.x_done)
+            long_busy = Mux(dx.d.unit == Unit.RQ, ~rqu.x_done, ~div.x_done)
             long_result = Mux(d.unit == Unit.RQ, rqu.x_result, div.x_result)
-        m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
+        m.d.comb += x_long_busy.eq(dx.valid & dx.long & long_busy & ~x_kill)
 
         m.d.comb += x_fwd_next.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0))
         # X's result, selected one-hot (``dx.rsel``, decided in D); a link (pc + 4) is the sum

@@ -398,6 +398,7 @@ async def test_branch_flush(dut):
     a = Asm()
     a.addi("t0", 0, 1)
     a.nop(); a.nop()
+    a.word(a._b_enc(1, "zero", "zero", 6))   # not taken, misaligned target: no trap
     p_nt = a.branch("beq", "t0", "zero", "never")
     p_nt_next = a.addi("t1", 0, 7)
     p_tk = a.branch("bne", "t0", "zero", "target")
@@ -415,6 +416,7 @@ async def test_branch_flush(dut):
     await tb.run(a.assemble())
     regs = tb.regs()
     assert regs[9] == regs[18] == regs[19] == regs[20] == 0, "a flushed instruction retired"
+    assert not any(r[5] for r in tb.retired[:-1]), "a not-taken branch trapped"
     assert regs[6] == 7 and regs[7] == 9 and regs[28] == p_j + 4
     (cn,), (cnn,) = tb.cycle_of(p_nt), tb.cycle_of(p_nt_next)
     (ct,), (ctg,) = tb.cycle_of(p_tk), tb.cycle_of(p_tgt)
@@ -450,6 +452,11 @@ async def test_traps(dut):
         ("store misaligned", lambda a: a.sh("t1", "s0", 1), 6, lambda pc: DMEM + 1),
         ("store access", lambda a: a.sw("t1", "zero", 0), 7, lambda pc: 0),
         ("fetch misaligned", lambda a: a.jalr("t1", "s1", 2), 0, lambda pc: 0x102),
+        # bit 1 of the target from a carry out of bit 0 (0x5555 + 1)
+        ("jalr carry misaligned", lambda a: a.jalr("t1", "t1", 1), 0, lambda pc: 0x5556),
+        ("branch misaligned", lambda a: a.word(a._b_enc(0, "zero", "zero", 6)), 0,
+         lambda pc: pc + 6),
+        ("jal misaligned", lambda a: a.word(a._j_enc(0, 6)), 0, lambda pc: pc + 6),
         ("bad csr", lambda a: a.csrw(0xC00, "t0"), 2, None),
     ]
     tb = await _tb(dut)

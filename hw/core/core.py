@@ -8,10 +8,11 @@ Pipeline::
     f_pc ──▶ ff ──▶ fd ──▶ decode ──▶ dx ──▶ ALU/branch ──▶ xm ──▶ load/CSR ──▶ mw ──▶ regfile
     IMEM     IMEM      regfile rd       fwd from M, W       trap/mret          retire port
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
-                       ACC[k] read      (mul, dot, rq*)     ldot/accld word    rounding shift and
-                       fwd from M, W    div (stall)         registered (lw)    zero point of rq*
-                       (and R)                                                 SimdMulUnit issue
-                                                                               (ldot, accld)
+    (f_redir           ACC[k] read      (mul, dot, rq*)     ldot/accld word    rounding shift and
+     after a           fwd from M, W    div (stall)         registered (lw)    zero point of rq*
+     redirect)         (and R)                              lb/lh zero-ext.    SimdMulUnit issue
+                       X's selects                                             (ldot, accld)
+                       (one-hot)                                               lb/lh sign ext.
                                                                  unit stages ──▶ ACC[k] (+=)
 
     with R (mpq):  ... W ──▶ wr ──▶ regfile and retire port in R; clamp/pack of rq* in R
@@ -25,15 +26,22 @@ are in W. With R they are in R, where every result is written one cycle after W.
 * **Decode**: D registers the decoded fields as decoded, plus two flags: an illegal word and a
   fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
   so the override is off the path from the instruction memory through the decoder.
-* **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X; a taken one
-  flushes F, F2 and D and redirects through a register, so it costs 3 bubbles.
+* **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X, with a
+  comparator of their own beside the ALU adder; a taken one flushes F, F2 and D and is
+  registered (``f_redir``, ``f_redir_pc``; F fetches the target in the next cycle), so it costs
+  3 bubbles and the late branch decision only reaches the valid bits, not the ``f_pc`` flops.
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
-  pipelined requantization's result, which is finished in R, see below); D takes them from W
-  and, with R, from R;
-  the register compares behind its selects are made in D and registered (``dx.fm``/``dx.fw``).
+  pipelined requantization's result, which is finished in R, see below, and the sign extension
+  of ``lb``/``lh``); D takes them from W and, with R, from R. X's selects are decided in D and
+  registered one-hot (``dx.fm``/``fw``/``fwm``/``frf``: M, W, W's multiplier result, the value
+  read in D), so X selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``, with pc,
+  the immediate and 4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too.
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
-  cycle (the load-use interlock: exactly one bubble). The check compares the raw rs1/rs2
+  cycle (the load-use interlock: exactly one bubble). ``lb``/``lh`` are zero-extended in M and
+  sign-extended in W, for Fmax, and not forwarded into X: their dependent waits in D while they
+  are in M too (``dep_ld``: two bubbles right behind, one with one instruction between;
+  ``lbu``/``lhu``/``lw`` as any load). The checks compare the raw rs1/rs2
   fields (and rd in the custom opcodes) without decoding, for Fmax: an I-type immediate that
   happens to match costs a needless bubble, never a wrong result.
 * **Multiplier**: MUL* and ``mpq.dot.*`` issue to the shared :class:`~rvmpq.hw.simd.SimdMulUnit`
@@ -41,7 +49,8 @@ are in W. With R they are in R, where every result is written one cycle after W.
   ``o.valid`` if ``LATENCY > 2``). With the SIMD unit its ``a``/``b`` operands come from
   the ``dx`` register, forwarded in D (no muxes in front of the array): a multiply in D waits
   while a source is produced in X, or by a multiply in M. ``baseline`` uses
-  :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product) instead.
+  :class:`Rv32mMulUnit` (a DSP-mapped 33x33 product, four partial products registered in its
+  first stage and added in its second) instead, fed from X's forwarded operands.
 * **Requantization** (``mpq.rq``/``mpq.rqp``/``mpq.rqpa``) is pipelined, one per cycle: the
   product ``acc * mult`` issues to the SIMD unit from X as a signed MULLO whose full 64 bits
   come back (``o.payload.hi``) in W, where the rounding shift, saturation and zero point
@@ -582,7 +591,7 @@ class Core(wiring.Component):
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
                                        "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
-                                       "rsel": 9,
+                                       "rsel": 9, "long": 1,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
         xm = Signal(data.StructLayout({
@@ -893,7 +902,10 @@ class Core(wiring.Component):
                                       frf[0] & a_op, d_dec.a_pc)),
                          dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
                                       frf[1] & b_op, d_dec.b_imm, d_dec.link)),
-                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long))]
+                         dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long)),
+                         # a long operation that will not trap (for Fmax: X's hold, ``freeze``,
+                         # starts from flops: this one, the unit's done flag and M's trap)
+                         dx.long.eq(d_long & ~d_illegal & ~fd.fault)]
 
         # =============================== X ===============================
         d = dxd
@@ -1041,7 +1053,7 @@ class Core(wiring.Component):
             div.x_a.eq(x_r1), div.x_b.eq(x_r2),
             div.x_ack.eq(~freeze), div.x_abort.eq(x_kill & ~freeze),
         ]
-        long_busy = (d.unit == Unit.DIV) & ~div.x_done
+        long_busy = ~div.x_done
         long_result = div.x_result
         if cfg.with_mpq and not rq_pipe:
             m.d.comb += [
@@ -1051,9 +1063,9 @@ class Core(wiring.Component):
                 rqu.x_cfg.eq(mpq_rq),
                 rqu.x_ack.eq(~freeze), rqu.x_abort.eq(x_kill & ~freeze),
             ]
-            long_busy = long_busy | ((d.unit == Unit.RQ) & ~rqu.x_done)
+            long_busy = Mux(dx.d.unit == Unit.RQ, ~rqu.x_done, ~div.x_done)
             long_result = Mux(d.unit == Unit.RQ, rqu.x_result, div.x_result)
-        m.d.comb += x_long_busy.eq(dx.valid & ~d.exc & long_busy & ~x_kill)
+        m.d.comb += x_long_busy.eq(dx.valid & dx.long & long_busy & ~x_kill)
 
         m.d.comb += x_fwd_next.eq(dx.valid & ~x_kill & d.we & ~dx_late & (d.rd != 0))
         # X's result, selected one-hot (``dx.rsel``, decided in D); a link (pc + 4) is the sum

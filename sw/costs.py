@@ -88,7 +88,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rvmpq.sw.search.costs_api import BITS, LayerCost, LayerLink, LayerShape, check_bits
+from rvmpq.sw.search.costs_api import (BITS, LayerCost, LayerLink, LayerShape, check_bits,
+                                       consumer_linked)
 from rvmpq.sw.tools import build_root
 
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
@@ -400,7 +401,8 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
         ks = [float(cm.layer_cost(s, b, b).cycles) for s, b in zip(shapes, bits)]
         return {"layers": ks, "kernels": ks, "glue": [0.0] * n, "terms": [], "total": sum(ks),
                 "kernel_total": sum(ks), "glue_total": 0.0}
-    terms = [cm.in_network_terms(s, b, ln) for s, b, ln in zip(shapes, bits, links)]
+    terms = [cm.in_network_terms(s, b, ln, consumer_linked(links, i))
+             for i, (s, b, ln) in enumerate(zip(shapes, bits, links))]
     layers = [float(sum(t.values())) for t in terms]
     kernels = [t["kernel"] + t["own_out"] + (terms[i + 1]["producer_out"] if i + 1 < n else 0.0)
                for i, t in enumerate(terms)]
@@ -678,29 +680,31 @@ class RtlCostModel:
             m = self.measure_glue(link, bits)
         return 0.0 if m is None else float(m.cycles)
 
-    def in_network_terms(self, shape: LayerShape, bits: int,
-                         link: LayerLink | None) -> dict[str, float]:
+    def in_network_terms(self, shape: LayerShape, bits: int, link: LayerLink | None,
+                         consumer_linked: bool = True) -> dict[str, float]:
         """The terms of :meth:`in_network_cycles` at kernel precision ``bits``: ``kernel``
         (the layer alone as deploy runs it, :func:`deployed_shape`, output at its own bits:
         :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
-        its own output-side work taken out, the consumer pays it), ``producer_out`` (the
-        producer's ``R(bits)``: its output requantized to this layer's bits) and ``glue``."""
+        its own output-side work taken out, the consumer pays it; 0 when ``consumer_linked`` is
+        false, i.e. the next layer has no link (behind a residual add) and so does not pay it),
+        ``producer_out`` (the producer's ``R(bits)``: its output requantized to this layer's
+        bits) and ``glue``."""
         return {"kernel": float(self.layer_cost(deployed_shape(shape, link, bits), bits,
                                                 bits).cycles),
-                "own_out": -self.out_delta(shape, bits),
+                "own_out": -self.out_delta(shape, bits) if consumer_linked else 0.0,
                 "producer_out": self.out_delta(link.producer, bits) if link else 0.0,
                 "glue": self.glue_cycles(link, bits)}
 
     def in_network_cycles(self, shape: LayerShape, w_bits: int, a_bits: int,
-                          link: LayerLink | None) -> float:
+                          link: LayerLink | None, consumer_linked: bool = True) -> float:
         """Cycles of ``shape`` at ``w_bits`` / ``a_bits`` inside a deployed network, with the
         work in front of it charged to it (the search's cost; see the module docstring):
         ``T(b, b) - R_self(b) + R_producer(b) + glue(b)``. Summed over a network this is the
         whole program: ``sum T_K(b_K, b_K+1) + glue``, exact where the producer runs at
         :data:`REF_OUT_BITS` or at its consumer's bits, else up to the kernels' separability
-        error."""
+        error. ``consumer_linked``: see :meth:`in_network_terms`."""
         bits = max(check_bits(w_bits, "w_bits"), check_bits(a_bits, "a_bits"))
-        return float(sum(self.in_network_terms(shape, bits, link).values()))
+        return float(sum(self.in_network_terms(shape, bits, link, consumer_linked).values()))
 
     def network_items(self, shapes: list[LayerShape], links: list,
                       bits_options: list[int]) -> list[tuple]:
@@ -1058,8 +1062,9 @@ def main(args: argparse.Namespace) -> int:
     print("\nin the network (what the search charges: output-side work at the next layer's bits "
           "and the glue in front of the layer charged to it):")
     print(head)
-    for s, ln in zip(shapes, links):
-        print(f"{s.key():<56} " + " ".join(f"{cm.in_network_cycles(s, b, b, ln):>9.0f}"
+    for i, (s, ln) in enumerate(zip(shapes, links)):
+        c = consumer_linked(links, i)
+        print(f"{s.key():<56} " + " ".join(f"{cm.in_network_cycles(s, b, b, ln, c):>9.0f}"
                                            for b in BITS))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

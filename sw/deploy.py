@@ -747,7 +747,7 @@ def _int8_network(model: str, data: str | None, ds, log):
     return qz.export([8] * qz.n_compute, [8] * qz.n_compute, meta={"model": model})
 
 
-def _summary(run: NetworkRun, net: QNetwork, x, y, pred: list | None) -> dict:
+def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
     from rvmpq.sw.search.qnn import int_forward
 
     ref = int_forward(net, x)

@@ -1,5 +1,6 @@
-"""The core's one-cycle requantization (:func:`rvmpq.hw.core.requant.requant_comb`, used in W by
-the pipelined ``mpq.rq``/``mpq.rqp``/``mpq.rqpa``) against the golden model, in the Amaranth
+"""The core's requantization arithmetic (:func:`rvmpq.hw.core.requant.requant_comb`: the
+``requant_round`` that the pipelined ``mpq.rq``/``mpq.rqp``/``mpq.rqpa`` use in W followed by
+the ``clamp_pack`` they use in R) against the golden model, in the Amaranth
 simulator: random and corner products, every shift 0..63, every output width, zero points,
 signed and unsigned outputs, pack and no pack (seeded)."""
 

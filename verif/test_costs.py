@@ -280,6 +280,12 @@ def test_in_network_terms_cancel_at_uniform_bits(cm):
         assert total == pytest.approx(alone + glue)
         p = costs.network_prediction(cm, shapes, links, [bits] * 3)
         assert p["total"] == pytest.approx(total) and p["glue_total"] == glue
+        # b behind a residual add (no link): b pays nothing for a, so a keeps its own
+        # output-side cycles instead of handing them to a consumer that does not take them
+        cut = [None, None, links[2]]
+        p = costs.network_prediction(cm, shapes, cut, [bits] * 3)
+        assert p["terms"][0]["own_out"] == 0 and p["terms"][1]["producer_out"] == 0
+        assert p["total"] == pytest.approx(alone + cm.measure_glue(links[2], bits).cycles)
 
 
 def test_deployed_shape_of_a_linear_after_a_conv():

@@ -304,7 +304,7 @@ def test_whole_program_prediction_matches_deploy(seed, tmp_path):
     """The cycles the search sums for a network (every layer's kernel with its output at the
     next layer's bits, plus the glue in front of it, all measured on the RTL by
     :class:`rvmpq.sw.costs.RtlCostModel` in its own harnesses) match the deployed program's
-    cycles per inference within :data:`WHOLE_PROGRAM_TOL` (1 %); per stage too. The tolerance
+    cycles per inference within :data:`WHOLE_PROGRAM_TOL` (3 %); per stage too. The tolerance
     can fail: the same prediction without the glue term, or with each kernel at its own output
     bits (the cost table before the whole-program terms), is off by more. Bits are random
     (seeded); the first layer's output is requantized to a different precision than its own."""
@@ -331,6 +331,9 @@ def test_whole_program_prediction_matches_deploy(seed, tmp_path):
     assert abs(err) <= WHOLE_PROGRAM_TOL, (p, run.stage_cycles)
     assert abs(p["total"] - p["glue_total"] - meas) > WHOLE_PROGRAM_TOL * meas
     assert abs(alone - meas) > abs(p["total"] - meas)
+    # the output-precision term alone (glue kept): the first layer's output is requantized to
+    # another precision than its own, so leaving that term out is further off
+    assert abs(alone + p["glue_total"] - meas) > abs(p["total"] - meas)
     # stage by stage: kernels (at the next layer's bits) and the glue in front of each layer
     # (the linear reads the second conv's output in place: no glue stage, predicted 0)
     assert run.stage_kinds == ["kernel", "glue", "kernel", "kernel"]

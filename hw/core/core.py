@@ -88,8 +88,8 @@ are in W. With R they are in R, where every result is written one cycle after W.
   frozen meanwhile (``freeze``).
 * **Traps** are precise and taken in M: the instruction in M does not commit, younger ones in
   F/D/X are flushed, ``mepc``/``mcause``/``mtval`` are written and fetch restarts at ``mtvec``
-  (direct mode). The trapping instruction goes on to W as a bubble and appears on the retire
-  port with ``retire_trap``. ``mret`` redirects from M to ``mepc``.
+  (direct mode). The trapping instruction goes on to W (and R, in the ``mpq`` configuration) as a
+  bubble and appears on the retire port with ``retire_trap``. ``mret`` redirects from M to ``mepc``.
 """
 
 from __future__ import annotations
@@ -1125,9 +1125,9 @@ class Core(wiring.Component):
 
         # CSR read / modify / write
         csr_r = Signal(32)
-        # an instruction retires in W (not a trap), without ``freeze`` (late): a CSR read is
-        # discarded when frozen and the increment below is enabled by ~freeze, so the 64-bit
-        # sum starts from early signals
+        # an instruction is counted in W (not a trap; the retire port is in R where there is
+        # one), without ``freeze`` (late): a CSR read is discarded when frozen and the
+        # increment below is enabled by ~freeze, so the 64-bit sum starts from early signals
         w_retire_raw = Signal()
         m.d.comb += w_retire_raw.eq(mw.valid & ~mw.trap)
         instret_now = Signal(64)

@@ -44,6 +44,7 @@ __all__ = [
     "CostModel",
     "AnalyticStandIn",
     "check_bits",
+    "consumer_linked",
     "cost_table",
     "COST_METRICS",
     "JsonCostTable",
@@ -55,6 +56,14 @@ BITS: tuple[int, ...] = (2, 4, 8, 16)
 
 #: the cost metrics a budget can name (LayerCost field names)
 COST_METRICS: tuple[str, ...] = ("cycles", "weight_bytes", "act_bytes", "energy")
+
+
+def consumer_linked(links: list, i: int) -> bool:
+    """Whether layer ``i``'s output goes straight into the next layer, which then pays its
+    output-side work (``links[i + 1]`` is not None); true for the last layer (logits, nothing
+    to pay). A layer behind a residual add has no link, so its producer keeps its own
+    output-side cycles."""
+    return i + 1 >= len(links) or links[i + 1] is not None
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
@@ -325,7 +334,8 @@ def cost_table(model: CostModel, shapes: list[LayerShape], options: list[tuple[i
         for j, (wb, ab) in enumerate(options):
             out[i, j] = model.layer_cost(s, wb, ab).as_tuple()
             if net:
-                out[i, j, 0] = model.in_network_cycles(s, wb, ab, links[i])
+                out[i, j, 0] = model.in_network_cycles(s, wb, ab, links[i],
+                                                       consumer_linked(links, i))
     return out
 
 
@@ -376,10 +386,12 @@ class JsonCostTable:
         return self._t[key]
 
     def in_network_cycles(self, shape: LayerShape, w_bits: int, a_bits: int,
-                          link: LayerLink | None) -> float:
+                          link: LayerLink | None, consumer_linked: bool = True) -> float:
         """The layer's cycles inside the network from the table's ``network`` section
         (``KeyError`` if that layer / link / precision is not in it); a table without that
-        section gives the layer alone (:meth:`layer_cost`)."""
+        section gives the layer alone (:meth:`layer_cost`). ``consumer_linked`` is accepted for
+        the interface: the section already holds each layer's value for its own network
+        (:meth:`write` passes it)."""
         if not self._net:
             return self.layer_cost(shape, w_bits, a_bits).cycles
         key = (shape.key(), link.key() if link is not None else None,
@@ -407,8 +419,10 @@ class JsonCostTable:
         if links is not None and hasattr(model, "in_network_cycles"):
             d["network"] = [dict(shape=s.key(), link=ln.key() if ln is not None else None,
                                  w_bits=wb, a_bits=ab,
-                                 in_network_cycles=model.in_network_cycles(s, wb, ab, ln))
-                            for s, ln in zip(shapes, links) for wb, ab in options]
+                                 in_network_cycles=model.in_network_cycles(
+                                     s, wb, ab, ln, consumer_linked(links, i)))
+                            for i, (s, ln) in enumerate(zip(shapes, links))
+                            for wb, ab in options]
         Path(path).write_text(json.dumps(d, indent=1))
 
 

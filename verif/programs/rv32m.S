@@ -70,4 +70,32 @@ TEST_BEGIN
     mul x3, x1, x2
     div x14, x3, x2
     bne x14, x1, fail
+    /* a signed sub-word load feeding a multiply: right behind it (rs1, rs2) and one apart; the
+       load is sign-extended in W, so the multiply waits for it there (dep_ld), not in M */
+    li TESTNUM, 82
+    la x5, mdat
+    li x2, 3
+    lb x1, 0(x5)        /* 0x85: -123 */
+    mul x14, x1, x2
+    li x7, -369
+    bne x14, x7, fail
+    li TESTNUM, 83
+    lh x1, 2(x5)        /* 0x80f0: -32528 */
+    mul x14, x2, x1
+    li x7, -97584
+    bne x14, x7, fail
+    li TESTNUM, 84
+    lb x1, 1(x5)        /* 0xff: -1 */
+    addi x0, x0, 0
+    mul x14, x1, x2
+    li x7, -3
+    bne x14, x7, fail
+    li TESTNUM, 85
+    lh x1, 0(x5)        /* 0xff85: -123 */
+    mulh x14, x1, x1    /* (-123)^2 >> 32 = 0 */
+    bne x14, x0, fail
 TEST_END
+
+    .data
+    .balign 4
+mdat: .word 0x80f0ff85

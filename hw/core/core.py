@@ -918,9 +918,13 @@ class Core(wiring.Component):
         x_from_m = [dx.fm[i] for i in range(3)]
 
         def onehot(sel, vals):
-            # the OR of the values whose select bit is set (narrower values are zero-extended)
-            return Cat(*[Cat(*[s & v[j] for s, v in zip(sel, vals) if j < len(v)]).any()
-                         for j in range(32)])
+            # the OR of the values whose select bit is set (narrower values are zero-extended),
+            # written on whole words: the same AND-OR for synthesis, and word operations (not
+            # 32 one-bit reductions) for Verilator, which runs it about 2x faster
+            out = Const(0, 32)
+            for s, v in zip(sel, vals):
+                out = out | (s.replicate(32) & v.as_unsigned())
+            return out
 
         w_srcs = [xm.result, mw.result, mul.o.payload.result]
         x_r1 = Signal(32)

@@ -705,9 +705,8 @@ class Core(wiring.Component):
         rf_r = [rf.read_port(domain="comb") for _ in range(3)]
         w_we = Signal()
         w_rd = Signal(5)
-        w_result = Signal(32)
         w_fwd = Signal(32)     # W's result for X: no requantization, no lb/lh sign extension
-        w_fwd_d = Signal(32)   # ... for D (and R): with the sign extension
+        w_result = Signal(32)  # ... for D (and R): with the sign extension
         # with the pipelined requantization the register file is written one stage after W, in
         # R (``wr``), where the clamp and pack of a requantization happen: R's write
         r_we = Signal()
@@ -747,15 +746,14 @@ class Core(wiring.Component):
             m.d.comb += port.addr.eq(reg)
             # a pipelined requantization never feeds the ``a``/``b`` operands of the SIMD unit or
             # the ALU combinationally from its rounding shift
+            # from R (any result, requantized ones too: R's clamp/pack is a short path into
+            # ``dx``) and from W without the requantization (``w_result``: a requantization in W
+            # is not finished; its dependents wait, ``dep_w``, except a packing operand, which M
+            # takes from ``rp`` later)
+            v = port.data
             if rq_pipe:
-                # from R (any result, requantized ones too: R's clamp/pack is a short path into
-                # ``dx``) and from W without the requantization (``w_fwd_d``: a requantization in
-                # W is not finished; its dependents wait, ``dep_w``, except a packing operand,
-                # which M takes from ``rp`` later)
-                v = Mux(r_we & (r_rd == reg), r_result, port.data)
-                v = Mux(w_we & (w_rd == reg), w_fwd_d, v)
-            else:
-                v = Mux(w_we & (w_rd == reg), w_fwd_d, port.data)
+                v = Mux(r_we & (r_rd == reg), r_result, v)
+            v = Mux(w_we & (w_rd == reg), w_result, v)
             if early_mul and i < 2:
                 v = Mux(m_value_ok & (xm.rd == reg), m_value, v)
             v = Mux(reg == 0, 0, v)
@@ -915,8 +913,6 @@ class Core(wiring.Component):
         # matches; ``dx.fw`` / ``dx.fwm``: the same for W's register write, without the
         # requantization (never forwarded to X, see dep_m) or the lb/lh sign extension (see
         # dep_ld); ``dx.frf``: none of them)
-        x_from_m = [dx.fm[i] for i in range(3)]
-
         def onehot(sel, vals):
             # the OR of the values whose select bit is set (narrower values are zero-extended),
             # written on whole words: the same AND-OR for synthesis, and word operations (not
@@ -1245,9 +1241,9 @@ class Core(wiring.Component):
         # =============================== W ===============================
         m.d.comb += w_fwd.eq(Mux(mw.mul, mul.o.payload.result, mw.result))
         # lb/lh: the sign extension (their result is never forwarded to X from here, see dep_ld)
-        m.d.comb += w_fwd_d.eq(Mux(mw.lb, mw.result[:8].as_signed(),
-                                   Mux(mw.lh, mw.result[:16].as_signed(), w_fwd)))
-        m.d.comb += [w_result.eq(w_fwd_d), w_we.eq(mw.wen), w_rd.eq(mw.rd)]
+        m.d.comb += [w_result.eq(Mux(mw.lb, mw.result[:8].as_signed(),
+                                     Mux(mw.lh, mw.result[:16].as_signed(), w_fwd))),
+                     w_we.eq(mw.wen), w_rd.eq(mw.rd)]
         if rq_pipe:
             # requantization of the unit's 64-bit product: the rounding shift, saturation and
             # zero point here (mpq_rq is read here, after every older CSR write), registered in
@@ -1263,7 +1259,7 @@ class Core(wiring.Component):
                 m.d.sync += [
                     wr.valid.eq(mw.valid), wr.pc.eq(mw.pc), wr.insn.eq(mw.insn),
                     wr.trap.eq(mw.trap), wr.wen.eq(mw.wen), wr.rd.eq(mw.rd), wr.rq.eq(mw.rq),
-                    wr.rq_pack.eq(mw.rq_pack), wr.value.eq(Mux(mw.rq, w_s, w_fwd_d)),
+                    wr.rq_pack.eq(mw.rq_pack), wr.value.eq(Mux(mw.rq, w_s, w_result)),
                     # the packing operand, with the result of the instruction just ahead (in R)
                     wr.rdold.eq(Mux(r_we & (r_rd == mw.rd), r_result, mw.result)),
                     wr.bits.eq(mpq_rq.bits), wr.out_signed.eq(mpq_rq.out_signed),

@@ -95,7 +95,8 @@ from rvmpq.sw.tools import build_root
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
            "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
-           "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network", "deployed_shape",
+           "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network",
+           "deployed_shape",
            "default_cost_model", "fitted_cost_model", "Progress", "add_arguments", "main"]
 
 #: Energy of one mpq.dot per precision, relative to INT16 (active partial-product bits).
@@ -412,6 +413,17 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
             "glue_total": float(sum(glue))}
 
 
+def _read_entry(p: Path, cls):
+    """A cache entry read back as ``cls`` (:class:`Measurement`, :class:`GlueMeasurement`), or
+    None when it is missing or corrupt (it is then measured again)."""
+    if not p.exists():
+        return None
+    try:
+        return cls(**json.loads(p.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
 def _write_json(p: Path, d: dict) -> None:
     """Write a cache entry atomically (threads and processes may measure at once)."""
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -527,13 +539,7 @@ class RtlCostModel:
                out_bits: int | None = None) -> Measurement | None:
         """The cached measurement (of ``shape`` at ``bits``, output requantized to ``out_bits``,
         default ``bits``), or None."""
-        p = self._path(shape, bits, out_bits)
-        if p.exists():
-            try:
-                return Measurement(**json.loads(p.read_text()))
-            except (ValueError, TypeError):
-                return None    # a corrupt entry is measured again
-        return None
+        return _read_entry(self._path(shape, bits, out_bits), Measurement)
 
     def measure(self, shape: LayerShape, bits: int, out_bits: int | None = None) -> Measurement:
         """Measure ``shape`` at ``bits`` on the RTL (cached), its output requantized to
@@ -609,13 +615,7 @@ class RtlCostModel:
 
     def cached_glue(self, link: LayerLink, bits: int) -> GlueMeasurement | None:
         """The cached glue measurement of ``link`` at ``bits``, or None."""
-        p = self._glue_path(link, check_bits(bits))
-        if p.exists():
-            try:
-                return GlueMeasurement(**json.loads(p.read_text()))
-            except (ValueError, TypeError):
-                return None
-        return None
+        return _read_entry(self._glue_path(link, check_bits(bits)), GlueMeasurement)
 
     def measure_glue(self, link: LayerLink, bits: int) -> GlueMeasurement:
         """Measure the glue in front of ``link.consumer`` (max pooling, copy into its padded

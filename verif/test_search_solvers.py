@@ -13,8 +13,8 @@ import pytest
 from rvmpq.sw.search.costs_api import (COST_METRICS, AnalyticStandIn, cost_table,
                                        mobilenetv2_shapes)
 from rvmpq.sw.search.solvers import (InfeasibleBudget, Problem, freebits_heuristic,
-                                     prefer_free_precision, solve, solve_bruteforce, solve_dp, solve_greedy, solve_ilp,
-                                     solve_random, solve_uniform)
+                                     prefer_free_precision, solve, solve_bruteforce, solve_dp,
+                                     solve_greedy, solve_ilp, solve_random, solve_uniform)
 
 SEED = int(os.environ.get("RVMPQ_SEED", random.randrange(1 << 30)))
 OPTS = [(16, 16), (8, 8), (4, 4), (2, 2)]

@@ -106,7 +106,8 @@ E_INSTR = 0.25
 #: Energy per byte of weights / activations moved.
 E_BYTE = 0.05
 #: Input shapes (C, H, W) of the built-in models.
-MODEL_INPUTS = {"digits-cnn": (1, 8, 8), "mnist1d-cnn": (1, 1, 40)}
+MODEL_INPUTS = {"digits-cnn": (1, 8, 8), "mnist1d-cnn": (1, 1, 40),
+                "mnist1d-cnn-l": (1, 1, 40)}
 #: Kernel variants, each with its own fitted model.
 VARIANTS = ("conv", "pointwise", "depthwise", "linear")
 #: Seed of the fit / held-out shape sets (fixed: the validation is reproducible).
@@ -971,7 +972,7 @@ def _atomic(path: Path, text: str) -> None:
 
 
 def model_shapes(name: str) -> list[LayerShape]:
-    """Compute-layer shapes of a built-in model (``digits-cnn`` | ``mnist1d-cnn``); the last
+    """Compute-layer shapes of a built-in model (a key of :data:`MODEL_INPUTS`); the last
     one is marked ``logits``."""
     return model_network(name)[0]
 

@@ -204,6 +204,14 @@ def test_model_shapes():
     assert s[2].cin == 32 * 4 * 4
     m = costs.model_shapes("mnist1d-cnn")
     assert (m[0].kh, m[0].kw, m[0].w_in) == (1, 5, 40) and m[-1].cin == 320
+    # mnist1d-cnn-l, from its architecture: 1x40 input, pools (1, 2) after conv 3 and 5
+    big = costs.model_shapes("mnist1d-cnn-l")
+    assert [(x.kind, x.cin, x.cout, x.h_in, x.w_in, x.kh, x.kw) for x in big] == [
+        ("conv", 1, 32, 1, 40, 1, 5), ("conv", 32, 32, 1, 40, 1, 3),
+        ("conv", 32, 32, 1, 40, 1, 3), ("conv", 32, 64, 1, 20, 1, 3),
+        ("conv", 64, 64, 1, 20, 1, 3), ("conv", 64, 64, 1, 10, 1, 3),
+        ("linear", 640, 10, 1, 1, 1, 1)]
+    assert [x.logits for x in big] == [False] * 6 + [True]
 
 
 def test_cli_json(tmp_path):
@@ -315,7 +323,9 @@ def test_model_network_matches_the_integer_export():
     from rvmpq.sw.search.models import build_model, load_dataset, trace_model
     from rvmpq.sw.search.quantizer import Quantizer
 
-    for name, data in (("digits-cnn", "digits"), ("mnist1d-cnn", "mnist1d")):
+    pools = {}
+    for name, data in (("digits-cnn", "digits"), ("mnist1d-cnn", "mnist1d"),
+                       ("mnist1d-cnn-l", "mnist1d")):
         torch.manual_seed(0)
         qz = Quantizer(trace_model(build_model(name)), load_dataset(data).x_val[:32])
         shapes, links = network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
@@ -323,7 +333,9 @@ def test_model_network_matches_the_integer_export():
         assert [s.key() for s in shapes] == [s.key() for s in ms]
         assert [l and l.key() for l in links] == [l and l.key() for l in ml]
         assert links[0] is None and all(l is not None for l in links[1:])
-    assert [l.pool for l in ml[1:]] == [(1, 1), (1, 2), (1, 2)]      # mnist1d-cnn
+        pools[name] = [l.pool for l in ml[1:]]
+    assert pools["mnist1d-cnn"] == [(1, 1), (1, 2), (1, 2)]
+    assert pools["mnist1d-cnn-l"] == [(1, 1), (1, 1), (1, 2), (1, 1), (1, 2), (1, 1)]
 
 
 def test_json_table_keeps_in_network_cycles(cm, tmp_path):

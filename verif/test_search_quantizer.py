@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from rvmpq.sw.search.costs_api import (AnalyticStandIn, CostModel, LayerCost, LayerShape,
                                        check_bits, cost_table)
-from rvmpq.sw.search.models import (UnsupportedModelError, float_forward, get_trained_model,
+from rvmpq.sw.search.models import (BUILTIN_MODELS, RECIPES, UnsupportedModelError,
+                                    build_model, check_trace, float_forward, get_trained_model,
                                     trace_model)
 from rvmpq.sw.search.qnn import int_accuracy, int_forward
 from rvmpq.sw.search.quantizer import (Quantizer, clip_value, headroom_qmax, needs_qat,
@@ -133,6 +134,35 @@ def test_trace_folds_batchnorm_and_fuses_relu():
     with torch.no_grad():
         ref = m(x).numpy()
     assert np.allclose(float_forward(layers, x.numpy()), ref, atol=1e-5)
+
+
+def test_mnist1d_cnn_l_builds_and_traces():
+    """The 7-compute-layer built-in model: its traced layers are the architecture of the
+    issue-5 experiment (shapes written from the spec, not read off the code), and they
+    reproduce the torch forward with BatchNorm statistics that are not the identity."""
+    assert "mnist1d-cnn-l" in BUILTIN_MODELS and "mnist1d-cnn-l" in RECIPES
+    torch.manual_seed(SEED % 1000)
+    print(f"seed {SEED % 1000}")
+    m = build_model("mnist1d-cnn-l")
+    for bn in (x for x in m if isinstance(x, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+    layers = trace_model(m)
+    assert [l.kind for l in layers] == ["conv", "conv", "conv", "maxpool", "conv", "conv",
+                                        "maxpool", "conv", "flatten", "linear"]
+    comp = [l for l in layers if l.is_compute]
+    # conv1x5(1->32), conv1x3(32->32) x2, conv1x3(32->64), conv1x3(64->64) x2, fc(640->10)
+    assert [l.weight.shape for l in comp] == [(32, 1, 1, 5), (32, 32, 1, 3), (32, 32, 1, 3),
+                                              (64, 32, 1, 3), (64, 64, 1, 3), (64, 64, 1, 3),
+                                              (10, 640)]
+    assert [l.padding for l in comp[:-1]] == [(0, 2)] + [(0, 1)] * 5
+    assert all(l.stride == (1, 1) and l.groups == 1 for l in comp[:-1])
+    assert [l.relu for l in comp] == [True] * 6 + [False]
+    assert [l.kernel for l in layers if l.kind == "maxpool"] == [(1, 2), (1, 2)]
+    x = np.random.default_rng(SEED).standard_normal((6, 1, 1, 40)).astype(np.float32)
+    check_trace(m, layers, x)           # raises unless the layers reproduce model(x)
+    assert float_forward(layers, x).shape == (6, 10)
 
 
 @pytest.mark.parametrize("mod, msg", [

@@ -12,9 +12,9 @@ import pytest
 
 from rvmpq.sw.search.costs_api import (COST_METRICS, AnalyticStandIn, cost_table,
                                        mobilenetv2_shapes)
-from rvmpq.sw.search.solvers import (InfeasibleBudget, Problem, freebits_heuristic, solve,
-                                     solve_bruteforce, solve_dp, solve_greedy, solve_ilp,
-                                     solve_random, solve_uniform)
+from rvmpq.sw.search.solvers import (InfeasibleBudget, Problem, freebits_heuristic,
+                                     prefer_free_precision, solve, solve_bruteforce, solve_dp,
+                                     solve_greedy, solve_ilp, solve_random, solve_uniform)
 
 SEED = int(os.environ.get("RVMPQ_SEED", random.randrange(1 << 30)))
 OPTS = [(16, 16), (8, 8), (4, 4), (2, 2)]
@@ -63,6 +63,33 @@ def test_no_budget_picks_lowest_impact():
         assert f(p).choice == [0, 1]
     # greedy only lowers precision while a budget is violated: with none it keeps the top option
     assert solve_greedy(p).choice == [0, 0]
+
+
+def test_prefer_free_precision_widens_only_free_layers():
+    """A layer with zero impact and the same cost at every option (a blind spot of the
+    objective) is moved to its widest option; a layer where wider costs more is not; the
+    result stays within budget and its objective does not grow."""
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}")
+    for _ in range(50):
+        p = random_problem(rng, int(rng.integers(1, 4)))
+        k = int(rng.integers(p.n_layers))
+        p.impact[k] = 0.0
+        p.costs[k] = p.costs[k, -1]                      # flat: INT2's cost at every option
+        try:
+            s = solve_ilp(p)
+        except InfeasibleBudget:
+            continue
+        ch = list(s.choice)
+        ch[k] = len(OPTS) - 1                            # what an indifferent solver may return
+        out = prefer_free_precision(p, ch)
+        assert out[k] == 0                               # (16, 16): free, and widest
+        t = p.evaluate(out)
+        assert t.feasible and t.impact <= p.evaluate(ch).impact + 1e-12
+        idx, _ = p.budget_vector()
+        for l in range(p.n_layers):                      # every layer only moves to a free option
+            assert p.impact[l, out[l]] <= p.impact[l, ch[l]] + 1e-12
+            assert np.all(p.costs[l, out[l], idx] <= p.costs[l, ch[l], idx])
 
 
 def test_infeasible_budget_names_closest_config():

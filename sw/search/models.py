@@ -10,6 +10,12 @@ Built-in models (weights cached under ``build/models/``; nothing is downloaded):
     modelled as an image of height 1 so the 2-D kernels run it:
     conv1x5(1->32)-BN-ReLU - conv1x3(32->32)-BN-ReLU - maxpool1x2 - conv1x3(32->32)-BN-ReLU -
     maxpool1x2 - fc(320->10).
+``mnist1d-cnn-l``
+    The same data, a deeper network (7 compute layers; issue 5 target (b) needs more layers
+    than the 3-4 above for a search to have room to beat a Hessian ILP):
+    conv1x5(1->32)-BN-ReLU - conv1x3(32->32)-BN-ReLU - conv1x3(32->32)-BN-ReLU - maxpool1x2 -
+    conv1x3(32->64)-BN-ReLU - conv1x3(64->64)-BN-ReLU - maxpool1x2 - conv1x3(64->64)-BN-ReLU -
+    flatten - fc(640->10). Architecture fixed before any search result was seen.
 
 Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (``nn.Sequential``
 nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
@@ -56,7 +62,7 @@ __all__ = [
     "train",
 ]
 
-BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn")
+BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l")
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d",
                      "Flatten", "Dropout", "Identity")
 
@@ -138,12 +144,24 @@ def build_model(name: str):
             nn.MaxPool2d((1, 2)),
             nn.Conv2d(32, 32, (1, 3), padding=(0, 1)), nn.BatchNorm2d(32), nn.ReLU(),
             nn.MaxPool2d((1, 2)), nn.Flatten(), nn.Linear(32 * 10, 10))
+    if name == "mnist1d-cnn-l":
+        def block(cin, cout, k):
+            return [nn.Conv2d(cin, cout, (1, k), padding=(0, k // 2)), nn.BatchNorm2d(cout),
+                    nn.ReLU()]
+
+        return nn.Sequential(
+            *block(1, 32, 5), *block(32, 32, 3), *block(32, 32, 3), nn.MaxPool2d((1, 2)),
+            *block(32, 64, 3), *block(64, 64, 3), nn.MaxPool2d((1, 2)), *block(64, 64, 3),
+            nn.Flatten(), nn.Linear(64 * 10, 10))
     raise ValueError(f"unknown built-in model {name!r}; allowed values: {list(BUILTIN_MODELS)}")
 
 
-#: training recipes (epochs, lr, batch) - chosen to stay well under a minute on 2 cores
+#: training recipes (epochs, lr, batch) - chosen to stay well under a minute on 2 cores.
+#: mnist1d-cnn-l: picked by float validation accuracy (seed 0, batch 100, 1 thread) among
+#: 40 / 60 epochs x lr 3e-3 / 1e-3: 99.0 / 98.2 / 98.8 / 98.2 % (about 22 s to train).
 RECIPES = {"digits-cnn": dict(epochs=30, lr=2e-3, batch=64),
-           "mnist1d-cnn": dict(epochs=40, lr=3e-3, batch=100)}
+           "mnist1d-cnn": dict(epochs=40, lr=3e-3, batch=100),
+           "mnist1d-cnn-l": dict(epochs=40, lr=3e-3, batch=100)}
 
 
 def _set_deterministic(seed: int):

@@ -28,9 +28,9 @@ from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, lo
 from .qnn import int_accuracy
 from .quantizer import Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
-from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic, solve_dp,
-                      solve_greedy, solve_ilp, solve_ilp_kbest, solve_random, solve_scored,
-                      solve_uniform)
+from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic,
+                      prefer_free_precision, solve_dp, solve_greedy, solve_ilp, solve_ilp_kbest,
+                      solve_random, solve_scored, solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
            "train_and_score", "search", "METHODS", "BUDGET_ALIASES", "layer_shapes", "layer_links"]
@@ -230,8 +230,14 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))
     if method == "hawq-ilp":
-        s = solve_ilp(make_problem(setup, budgets, "hessian"))
-        s.method = "hawq-ilp"
+        # A layer whose Hutchinson trace estimate is <= 0 gets impact 0 at every precision
+        # (sensitivity.metric_hessian clips it); where that layer also costs the same at every
+        # precision (a 1-channel first conv) the ILP is indifferent and could return INT2 for
+        # nothing, which HAWQ-V3 (positive traces) never would: such a layer is moved to the
+        # widest option that costs no more (prefer_free_precision).
+        p = make_problem(setup, budgets, "hessian")
+        s = solve_ilp(p)
+        s = p.evaluate(prefer_free_precision(p, s.choice), "hawq-ilp", s.seconds)
         s.impact = float(make_problem(setup, budgets).evaluate(s.choice).impact)
         return s
     p = make_problem(setup, budgets)

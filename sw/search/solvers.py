@@ -25,7 +25,8 @@ import numpy as np
 
 __all__ = ["Problem", "Solution", "InfeasibleBudget", "solve", "solve_greedy", "solve_dp",
            "solve_ilp", "solve_bruteforce", "solve_random", "solve_uniform", "freebits_heuristic",
-           "closest_feasible", "solve_ilp_kbest", "solve_scored", "feasible_configs", "SOLVERS"]
+           "closest_feasible", "solve_ilp_kbest", "solve_scored", "feasible_configs",
+           "prefer_free_precision", "SOLVERS"]
 
 
 class InfeasibleBudget(ValueError):
@@ -119,6 +120,24 @@ def _timed(method):
         wrapper.__doc__ = fn.__doc__
         return wrapper
     return deco
+
+
+def prefer_free_precision(problem: Problem, choice) -> list:
+    """Per layer, move ``choice`` to the widest option that is free: predicted impact no
+    larger than the chosen option's and every *budgeted* cost no larger either (so the
+    configuration stays within budget and its objective does not grow). Options are ordered by
+    ``sum(options[o])`` (``w_bits + a_bits``). Used where an objective is blind to a layer:
+    an impact of 0 at every precision and the same cost at every precision leave an exact
+    solver indifferent, and it may return the narrowest option for nothing."""
+    idx, _ = problem.budget_vector()
+    out = []
+    for l, c in enumerate(choice):
+        c = int(c)
+        free = [o for o in range(problem.impact.shape[1])
+                if problem.impact[l, o] <= problem.impact[l, c] + 1e-12
+                and np.all(problem.costs[l, o, idx] <= problem.costs[l, c, idx])]
+        out.append(max(free, key=lambda o: (sum(problem.options[o]), o == c)))
+    return out
 
 
 def closest_feasible(problem: Problem) -> Solution:

@@ -598,7 +598,7 @@ class Core(wiring.Component):
             "valid": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
-            "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
+            "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4, "br_exc": 1,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
@@ -965,7 +965,12 @@ class Core(wiring.Component):
         # a misaligned target (bit 1 set), from the low two bits only (for Fmax: not through the
         # target adders): jalr (rs1 + imm) & ~1, else pc + imm
         t_bit1 = Mux(d.jalr, x_r1[1] ^ d.imm[1] ^ (x_r1[0] & d.imm[0]), dx.pc[1] ^ d.imm[1])
-        x_target_bad = taken & t_bit1
+        # a jump with a misaligned target always traps; a conditional branch only when taken,
+        # and that trap has a flop of its own (``xm.br_exc``, for Fmax: the comparator does not
+        # go through the exception logic into ``xm.exc``, nor into the cause, which is
+        # FETCH_MISALIGNED for any branch or jump with a misaligned target)
+        jump_bad = ~d.exc & (d.jal | d.jalr) & t_bit1
+        x_br_exc = ~d.exc & d.branch & t_bit1 & cond
 
         # memory address checks
         addr = sum_[:32]  # rs1 + imm for loads and stores (the adder, not the ALU result mux)
@@ -987,18 +992,18 @@ class Core(wiring.Component):
         x_tval = Signal(32)
         with m.If(d.exc):
             m.d.comb += x_cause.eq(d.cause)
-        with m.Elif(x_target_bad):
+        with m.Elif((d.jal | d.jalr | d.branch) & t_bit1):
             m.d.comb += x_cause.eq(Cause.FETCH_MISALIGNED)
         with m.Else():
             # LOAD_MISALIGNED 4 / LOAD_ACCESS 5 / STORE_MISALIGNED 6 / STORE_ACCESS 7
             m.d.comb += x_cause.eq(Cat(~misaligned, is_store, Const(1, 2)))
         m.d.comb += [
-            x_exc.eq(d.exc | x_target_bad | (is_load & (misaligned | ~in_dmem)) |
+            x_exc.eq(d.exc | jump_bad | (is_load & (misaligned | ~in_dmem)) |
                      (is_store & (misaligned | (~in_dmem & ~in_mmio)))),
             x_tval.eq(Mux(d.unit.as_value().matches(Unit.LOAD, Unit.STORE, Unit.ACC), addr,
                           x_target)),
         ]
-        m.d.comb += x_redirect.eq(taken & ~x_target_bad)
+        m.d.comb += x_redirect.eq(taken & ~t_bit1)
 
         # DMEM read port (registered: the data is there in M)
         m.d.comb += [self.x_dmem_addr.eq(addr), self.x_dmem_en.eq(~freeze)]
@@ -1087,18 +1092,22 @@ class Core(wiring.Component):
                     xm.sdata.eq(sdata), xm.smask.eq(Mux(is_store, smask, 0)),
                     xm.csr_addr.eq(d.csr_addr), xm.csr_write.eq(d.csr_write),
                     xm.csr_src.eq(Mux(d.f3[2], d.rs1, x_r1)),
-                    xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
+                    xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.br_exc.eq(x_br_exc),
+                    xm.cause.eq(x_cause),
                     xm.tval.eq(x_tval), xm.mode.eq(d.mul_mode), xm.acc_init.eq(d.acc_init),
                     xm.rq_pack.eq(d.rq_pack), xm.acc_rd.eq(dx.valid & ~x_kill & d.acc_rd),
                     xm.acc_k.eq(d.acc_k),
                 ]
 
         # =============================== M ===============================
-        m_exc = xm.valid & xm.exc
+        # ``xm.br_exc``: a taken branch with a misaligned target (it writes no register, stores
+        # nothing and reads no CSR, so only the trap itself needs it)
+        m_exc = xm.valid & (xm.exc | xm.br_exc)
         m.d.comb += m_wen_next.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0))
         m.d.comb += [
-            m_redirect.eq(xm.valid & (xm.exc | xm.mret)),
-            m_redirect_pc.eq(Mux(xm.exc, Cat(Const(0, 2), mtvec[2:]), mepc)),
+            m_redirect.eq(xm.valid & (xm.exc | xm.br_exc | xm.mret)),
+            # (an mret never has an exception: the squash in ``dxd`` clears it)
+            m_redirect_pc.eq(Mux(xm.mret, mepc, Cat(Const(0, 2), mtvec[2:]))),
         ]
 
         # stores (DMEM or MMIO), committed when M advances

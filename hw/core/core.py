@@ -648,9 +648,10 @@ class Core(wiring.Component):
         m_wen_next = Signal()      # M's instruction, in W next, writes rd != 0
         m_mul_next = Signal()      # ... with a result from the multiplier (``mw.mul``)
         redirect_pc = Signal(32)
+        f_redir = Signal()         # a redirect happened at the last edge: F fetches its target
 
         m.d.comb += [
-            redirect_take.eq(~freeze & (m_redirect | (x_redirect & dx.valid))),
+            redirect_take.eq(~freeze & (m_redirect | (x_redirect & dx.valid & ~f_redir))),
             redirect_pc.eq(Mux(m_redirect, m_redirect_pc, x_target)),
         ]
 
@@ -665,13 +666,15 @@ class Core(wiring.Component):
         # not reach the decoder and the hazard logic)
         #
         # A redirect is registered (``f_redir``, ``f_redir_pc``) and F fetches from it in the next
-        # cycle: for Fmax the late branch decision (``redirect_take``) only clears the valid bits
-        # and sets ``f_redir``, instead of selecting and enabling the 32 ``f_pc`` flops. The
-        # target is fetched in the cycle after the redirect, as before (3 bubbles). No redirect
-        # can happen while ``f_redir`` is set: the redirect emptied X (and M, for a trap), and
-        # the branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc``
-        # holds until F takes it.
-        f_redir = Signal()
+        # cycle: for Fmax the late branch decision (``redirect_take``) only sets ``f_redir`` (one
+        # flop), instead of selecting and enabling the 32 ``f_pc`` flops or clearing the valid
+        # bits of F2, D and X. The three instructions that enter F2, D and X at the redirect's
+        # edge are flushed in the next cycle by ``f_redir`` itself (``x_kill`` in X, no stall
+        # from D), and their valid bits load as cleared when the pipeline moves on. The target
+        # is fetched in the cycle after the redirect, as before (3 bubbles). No redirect can
+        # happen while ``f_redir`` is set: X is flushed (and M is empty after a trap), and the
+        # branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc`` holds
+        # until F takes it.
         f_redir_pc = Signal(32)
         f_pc_now = Signal(32)      # the address fetched in this cycle
         m.d.comb += f_pc_now.eq(Mux(f_redir, f_redir_pc, f_pc))
@@ -679,9 +682,11 @@ class Core(wiring.Component):
         with m.If(~f_redir):
             m.d.sync += f_redir_pc.eq(redirect_pc)
         with m.If(redirect_take):
-            m.d.sync += [f_redir.eq(1), ff.valid.eq(0), fd.valid.eq(0)]
+            m.d.sync += f_redir.eq(1)
         with m.Elif(f_adv):
-            m.d.sync += [f_redir.eq(0), ff.valid.eq(1), fd.valid.eq(ff.valid)]
+            m.d.sync += f_redir.eq(0)
+        with m.If(f_adv):
+            m.d.sync += [ff.valid.eq(1), fd.valid.eq(ff.valid & ~f_redir)]
         # the payload loads whenever fetch advances (only ``valid`` sees the redirect)
         with m.If(f_adv):
             m.d.sync += [
@@ -859,13 +864,13 @@ class Core(wiring.Component):
                               (xm.rd != 0) & ((raw_rs1 == xm.rd) |
                                               (raw_rs2_used & (raw_rs2 == xm.rd)) |
                                               (raw_custom & (raw_rd == xm.rd))))
-        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | dep_ld | csr_hazard |
+        m.d.comb += stall_d.eq(fd.valid & ~f_redir & (dep | dep_m | dep_w | dep_ld | csr_hazard |
                                            mul_hazard | acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
         with m.If(~freeze):
-            m.d.sync += [dx.valid.eq(fd.valid & ~stall_d & ~redirect_take), dx.pc.eq(fd.pc),
+            m.d.sync += [dx.valid.eq(fd.valid & ~f_redir & ~stall_d), dx.pc.eq(fd.pc),
                          dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.illegal.eq(d_illegal),
                          dx.fault.eq(fd.fault), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
@@ -1025,7 +1030,9 @@ class Core(wiring.Component):
 
         # shared multiplier issue: from X (MUL*, mpq.dot, pipelined mpq.rq*), or from W
         # (mpq.ldot / mpq.accld in ``lw``, whose second operand is the memory word read in M)
-        x_kill = m_redirect  # the instruction in X is flushed by a trap/mret in M
+        # the instruction in X is flushed by a trap/mret in M, or in the cycle after a redirect
+        # (``f_redir``: it entered X at the redirect's edge)
+        x_kill = m_redirect | f_redir
         x_mul_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
         # (mpq.accrd issues too: its re-arm of ACC[k] travels through the unit, in order)
         x_issue = dx.valid & (d.unit.as_value().matches(*x_mul_units) | d.acc_rd) & ~freeze & \

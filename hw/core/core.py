@@ -590,7 +590,8 @@ class Core(wiring.Component):
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1, "insn": 32}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
-                                       "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
+                                       "fwm": 3, "frf": 3, "sa": 4, "sb": 4,
+                                       "ra": 32, "rb": 32,
                                        "rsel": 9, "long": 1,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
@@ -882,10 +883,12 @@ class Core(wiring.Component):
             # ACC[k]) nothing is forwarded into it.
             # One-hot per operand: ``fm`` (M's result), ``fw`` (W's ``mw.result``), ``fwm`` (W's
             # result from the multiplier), ``frf`` (the value read here), so that X selects
-            # with an AND-OR of flops; the ALU operands ``a``/``b`` get their own one-hot
-            # selects with pc and the immediate folded in (``sa``, ``sb``: M, W, W multiplier,
-            # read value, pc or immediate, 4 for a link; none for a = 0). ``rsel``: X's result
-            # (adder, slt, sltu, xor, or, and, sll, srl/sra, long operation), one-hot.
+            # with an AND-OR of flops. The ALU operands ``a``/``b`` get their own one-hot
+            # selects (``sa``, ``sb``: M, W, W multiplier, ``ra``/``rb``) and values of their own
+            # (``ra``: pc, 0 or the value read; ``rb``: the immediate, 4 for a link, or the
+            # value read), chosen here, so that X selects among four sources per operand (for
+            # Fmax). ``rsel``: X's result (adder, slt, sltu, xor, or, and, sll, srl/sra, long
+            # operation), one-hot.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
             fm = [x_fwd_next & (dxd.rd == r) for r in d_srcs]
             fw = [~fm[i] & m_wen_next & (xm.rd == r) for i, r in enumerate(d_srcs)]
@@ -902,9 +905,11 @@ class Core(wiring.Component):
             m.d.sync += [dx.fm.eq(Cat(*fm)), dx.fw.eq(Cat(*fwr)), dx.fwm.eq(Cat(*fwm)),
                          dx.frf.eq(Cat(*frf)),
                          dx.sa.eq(Cat(fm[0] & a_op, fwr[0] & a_op, fwm[0] & a_op,
-                                      frf[0] & a_op, d_dec.a_pc)),
+                                      frf[0] | ~a_op)),
                          dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
-                                      frf[1] & b_op, d_dec.b_imm, d_dec.link)),
+                                      frf[1] | ~b_op)),
+                         dx.ra.eq(Mux(d_dec.a_pc, fd.pc, Mux(d_dec.a_zero, 0, d_vals[0]))),
+                         dx.rb.eq(Mux(d_dec.link, 4, Mux(d_dec.b_imm, d_dec.imm, d_vals[1]))),
                          dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long)),
                          # a long operation that will not trap (for Fmax: X's hold, ``freeze``,
                          # starts from flops: this one, the unit's done flag and M's trap)
@@ -937,8 +942,8 @@ class Core(wiring.Component):
         # ALU
         a = Signal(32)
         b = Signal(32)
-        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.r1, dx.pc])),
-                     b.eq(onehot(dx.sb, w_srcs + [dx.r2, dx.d.imm, Const(4, 32)]))]
+        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.ra])),
+                     b.eq(onehot(dx.sb, w_srcs + [dx.rb]))]
         alu = Signal(32)
         shamt = b[0:5]
         op = d.alu_op.as_value()

@@ -600,6 +600,7 @@ class Core(wiring.Component):
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
             "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4, "br_exc": 1,
+            "msel": 10,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
@@ -1095,8 +1096,24 @@ class Core(wiring.Component):
             # not see finished, are taken from R (and ``rp``) in M and W
             x_result = Mux(d.unit == Unit.RQ, dx.r3, x_result)
 
+        # M's result, selected one-hot there (for Fmax: the block RAM output goes through one
+        # AND-OR into ``mw``); the selects are decided here from the unit, the size and the
+        # two low address bits (early bits of the adder). A load is zero-extended: bits 0-7
+        # from the byte lane of the address (0-3), bits 8-15 from lane 1 (lh/lhu/lw at offset
+        # 0) or lane 3 (lh/lhu at offset 2), bits 16-31 from lanes 2-3 (lw); a misaligned load
+        # traps, so its result does not matter.
+        x_ld = d.unit == Unit.LOAD
+        x_lo = addr[0:2]
+        x_mulm = (d.unit == Unit.MUL) if mul_at_m else Const(0, 1)
+        x_msel = Cat(x_ld & (x_lo == 0), x_ld & (x_lo == 1), x_ld & (x_lo == 2),
+                     x_ld & (x_lo == 3),
+                     x_ld & (d.f3[0:2] != 0) & ~x_lo[1], x_ld & (d.f3[0:2] == 1) & x_lo[1],
+                     x_ld & d.f3[1],
+                     d.unit == Unit.CSR, ~x_ld & (d.unit != Unit.CSR) & ~x_mulm, x_mulm)
+
         with m.If(~freeze):
             m.d.sync += [
+                    xm.msel.eq(x_msel),
                     xm.valid.eq(dx.valid & ~x_kill),
                     xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
                     xm.rd.eq(d.rd), xm.we.eq(d.we), xm.result.eq(x_result),
@@ -1132,15 +1149,7 @@ class Core(wiring.Component):
         # load alignment, zero-extended: lb/lh are sign-extended in W (for Fmax: the sign bit
         # of the block RAM output does not fan out to 24 result bits here), so their result is
         # not forwarded from M or from W into X; a dependent waits in D (``dep_ld``)
-        lword = self.m_dmem_rdata >> Cat(Const(0, 3), xm.addr[0:2])
-        ldata = Signal(32)
-        with m.Switch(xm.f3[0:2]):
-            with m.Case(0):
-                m.d.comb += ldata.eq(lword[0:8])
-            with m.Case(1):
-                m.d.comb += ldata.eq(lword[0:16])
-            with m.Default():
-                m.d.comb += ldata.eq(lword)
+        # (the byte lanes, one-hot by ``xm.msel``, below)
         m_lb = (xm.unit == Unit.LOAD) & (xm.f3 == 0)
         m_lh = (xm.unit == Unit.LOAD) & (xm.f3 == 1)
 
@@ -1227,10 +1236,13 @@ class Core(wiring.Component):
 
         m_rq = (xm.unit == Unit.RQ) if rq_pipe else Const(0, 1)
         m.d.comb += m_mul_next.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m)
-        m_result = Mux(xm.unit == Unit.LOAD, ldata,
-                       Mux(xm.unit == Unit.CSR, csr_r,
-                           Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
-                               xm.result)))
+        rdata, ms = self.m_dmem_rdata, xm.msel
+        m_other = onehot(ms[7:10], [csr_r, xm.result, mul.o.payload.result])
+        m_result = Signal(32)
+        m.d.comb += m_result.eq(m_other | Cat(
+            onehot(ms[0:4], [rdata[0:8], rdata[8:16], rdata[16:24], rdata[24:32]])[:8],
+            onehot(ms[4:6], [rdata[8:16], rdata[24:32]])[:8],
+            onehot(ms[6:7], [rdata[16:32]])[:16]))
         m.d.comb += [
             m_value.eq(m_result),
             m_value_ok.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0) &

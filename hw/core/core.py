@@ -10,8 +10,8 @@ Pipeline::
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
     (f_redir           ACC[k] read      (mul, dot, rq*)     ldot/accld word    rounding shift and
      after a           fwd from M, W    div (stall)         registered (lw)    zero point of rq*
-     redirect)         (and R)                              lb/lh zero-ext.    SimdMulUnit issue
-                       X's selects                                             (ldot, accld)
+     redirect)         (and R)          M's result selects  lb/lh zero-ext.    SimdMulUnit issue
+                       X's selects      (one-hot)           (one-hot)          (ldot, accld)
                        (one-hot)                                               lb/lh sign ext.
                                                                  unit stages ──▶ ACC[k] (+=)
 
@@ -27,15 +27,21 @@ are in W. With R they are in R, where every result is written one cycle after W.
   fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
   so the override is off the path from the instruction memory through the decoder.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X, with a
-  comparator of their own beside the ALU adder; a taken one flushes F, F2 and D and is
-  registered (``f_redir``, ``f_redir_pc``; F fetches the target in the next cycle), so it costs
-  3 bubbles and the late branch decision only reaches the valid bits, not the ``f_pc`` flops.
+  comparator of their own beside the ALU adder; a taken one is registered (``f_redir``,
+  ``f_redir_pc``; F fetches the target in the next cycle) and costs 3 bubbles. For Fmax the
+  late branch decision reaches one flop, ``f_redir``: not the ``f_pc`` flops, not the valid
+  bits, not the exception flag. The three younger instructions enter F2, D and X at the
+  redirect's edge and are flushed in the next cycle by ``f_redir`` (``x_kill`` in X; D does not
+  stall; their valid bits load as cleared). A taken branch with a misaligned target traps
+  through a flop of its own (``xm.br_exc``).
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
   pipelined requantization's result, which is finished in R, see below, and the sign extension
   of ``lb``/``lh``); D takes them from W and, with R, from R. X's selects are decided in D and
   registered one-hot (``dx.fm``/``fw``/``fwm``/``frf``: M, W, W's multiplier result, the value
-  read in D), so X selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``, with pc,
-  the immediate and 4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too.
+  read in D), so X selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``: M, W,
+  W's multiplier result, or a value chosen in D, ``dx.ra``/``rb``, with pc, 0, the immediate and
+  4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too, and so has M's
+  result (``xm.msel``, decided in X: the DMEM byte lanes of a load, the CSR read, X's result).
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
   cycle (the load-use interlock: exactly one bubble). ``lb``/``lh`` are zero-extended in M and
@@ -995,9 +1001,10 @@ class Core(wiring.Component):
         is_store = d.unit == Unit.STORE
 
         # Exceptions found in X. For Fmax nothing wide depends on them here: only ``x_exc``
-        # (one flop) and the cause; ``mtval`` is chosen in M from the cause (the instruction, its
-        # pc, or ``xm.tval`` = the jump target / the memory address); the instruction's side
-        # effects (rd write, store, mret) are suppressed in M by ``xm.exc``.
+        # (one flop; ``xm.br_exc`` for a taken branch, above) and the cause; ``mtval`` is chosen
+        # in M from the cause (the instruction, its pc, or ``xm.tval`` = the jump target / the
+        # memory address); the instruction's side effects (rd write, store, mret) are
+        # suppressed in M by ``xm.exc``.
         x_exc = Signal()
         x_cause = Signal(Cause)
         x_tval = Signal(32)

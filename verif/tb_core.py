@@ -467,6 +467,13 @@ async def test_branch_shadow_no_effect(dut):
     a.ecall()
     a.label("t_3")
     pairs.append(("mul / beq / ecall", p_b, a.addi("a3", 0, 3)))
+    # shadow 4: a jump right behind (in X in the cycle after the redirect)
+    p_b = a.branch("bge", "t0", "zero", "t_4")
+    a.jal(0, "bad")
+    a.jal(0, "bad")
+    a.jal(0, "bad")
+    a.label("t_4")
+    pairs.append(("jal / jal / jal", p_b, a.addi("a4", 0, 4)))
     a.mul("s5", "t2", "t1")              # the next multiply gets its own product
     a.lw("s6", "s0", 16)
     a.csrr("s7", 0x340)
@@ -482,7 +489,7 @@ async def test_branch_shadow_no_effect(dut):
     assert regs[21] == 3 * 0x1234, f"mul after a flushed mul: {regs[21]:#x}"
     assert regs[22] == 0x1234, "a flushed store wrote memory"
     assert regs[23] == 0x1234, "a flushed CSR write happened"
-    assert regs[11] == 1 and regs[12] == 2 and regs[13] == 3
+    assert regs[11] == 1 and regs[12] == 2 and regs[13] == 3 and regs[14] == 4
     assert not any(r[5] for r in tb.retired[:-1]), "a flushed instruction trapped"
     for what, p_b, p_t in pairs:
         (cb,), (ct,) = tb.cycle_of(p_b), tb.cycle_of(p_t)

@@ -427,6 +427,76 @@ async def test_branch_flush(dut):
     assert TAKEN_BRANCH_BUBBLES == 3, "the documented penalty differs from the measured one"
 
 
+@cocotb.test()
+async def test_branch_shadow_no_effect(dut):
+    """The three instructions behind a taken branch or jump are still in F2, D and X in the
+    cycle after the redirect and are flushed then (``f_redir``): none of them retires, starts
+    the divider, issues to the multiplier, stores, writes a CSR, traps, redirects or stalls
+    fetch; the target still retires 4 cycles after the branch."""
+    tb = await _tb(dut)
+    a = Asm()
+    a.li("s0", DMEM)
+    a.addi("t0", 0, 1)
+    a.li("t1", 0x1234)
+    a.sw("t1", "s0", 16)
+    a.csrw(0x340, "t1")                  # mscratch
+    a.addi("t2", 0, 3)
+    a.nop(); a.nop(); a.nop()
+    pairs = []
+    # shadow 1: a load in X and a dependent of it in D (a stall there would delay the target
+    # fetch), then a store
+    p_b = a.branch("bne", "t0", "zero", "t_1")
+    a.lw("s1", "s0", 16)
+    a.add("s2", "s1", "s1")
+    a.sw("t0", "s0", 16)
+    a.label("t_1")
+    pairs.append(("load / dependent / store", p_b, a.addi("a1", 0, 1)))
+    # shadow 2: a divide (would freeze the pipeline), a jump, a CSR write
+    p_b = a.jal("ra", "t_2")
+    a.div("s3", "t2", "t0")
+    a.jal(0, "bad")
+    a.csrw(0x340, "t0")
+    a.label("t_2")
+    pairs.append(("div / jal / csrw", p_b, a.addi("a2", 0, 2)))
+    # shadow 3: a multiply (its result would be handed to the next one), a taken branch, ecall
+    a.la("t3", "t_3")
+    a.nop(); a.nop()
+    p_b = a.jalr(0, "t3", 0)
+    a.mul("s4", "t2", "t2")
+    a.branch("beq", "zero", "zero", "bad")
+    a.ecall()
+    a.label("t_3")
+    pairs.append(("mul / beq / ecall", p_b, a.addi("a3", 0, 3)))
+    # shadow 4: a jump right behind (in X in the cycle after the redirect)
+    p_b = a.branch("bge", "t0", "zero", "t_4")
+    a.jal(0, "bad")
+    a.jal(0, "bad")
+    a.jal(0, "bad")
+    a.label("t_4")
+    pairs.append(("jal / jal / jal", p_b, a.addi("a4", 0, 4)))
+    a.mul("s5", "t2", "t1")              # the next multiply gets its own product
+    a.lw("s6", "s0", 16)
+    a.csrr("s7", 0x340)
+    a.jal(0, "end")
+    a.label("bad")
+    a.addi("s8", 0, 1)
+    a.label("end")
+    a.exit("zero")
+    await tb.run(a.assemble())
+    regs = tb.regs()
+    assert regs[9] == regs[18] == regs[19] == regs[20] == 0, "a flushed instruction retired"
+    assert regs[24] == 0, "a flushed jump or branch redirected"
+    assert regs[21] == 3 * 0x1234, f"mul after a flushed mul: {regs[21]:#x}"
+    assert regs[22] == 0x1234, "a flushed store wrote memory"
+    assert regs[23] == 0x1234, "a flushed CSR write happened"
+    assert regs[11] == 1 and regs[12] == 2 and regs[13] == 3 and regs[14] == 4
+    assert not any(r[5] for r in tb.retired[:-1]), "a flushed instruction trapped"
+    for what, p_b, p_t in pairs:
+        (cb,), (ct,) = tb.cycle_of(p_b), tb.cycle_of(p_t)
+        assert ct - cb == 1 + TAKEN_BRANCH_BUBBLES, (
+            f"shadow {what}: the target retired {ct - cb} cycles after the branch (want 4)")
+
+
 def _handler(a):
     """Trap handler at label 'handler': s-regs <- mcause/mepc/mtval, mepc += 4, mret."""
     a.label("handler")

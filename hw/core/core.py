@@ -10,8 +10,8 @@ Pipeline::
     address  word      (3 ports)        SimdMulUnit issue   store, mul (L=1)   mul result (L>=2)
     (f_redir           ACC[k] read      (mul, dot, rq*)     ldot/accld word    rounding shift and
      after a           fwd from M, W    div (stall)         registered (lw)    zero point of rq*
-     redirect)         (and R)                              lb/lh zero-ext.    SimdMulUnit issue
-                       X's selects                                             (ldot, accld)
+     redirect)         (and R)          M's result selects  lb/lh zero-ext.    SimdMulUnit issue
+                       X's selects      (one-hot)           (one-hot)          (ldot, accld)
                        (one-hot)                                               lb/lh sign ext.
                                                                  unit stages ──▶ ACC[k] (+=)
 
@@ -27,15 +27,21 @@ are in W. With R they are in R, where every result is written one cycle after W.
   fetch fault. X's view ``dxd`` turns a flagged instruction into a trap with no side effects,
   so the override is off the path from the instruction memory through the decoder.
 * **Branches**: static not-taken. Branches and jumps (JAL included) resolve in X, with a
-  comparator of their own beside the ALU adder; a taken one flushes F, F2 and D and is
-  registered (``f_redir``, ``f_redir_pc``; F fetches the target in the next cycle), so it costs
-  3 bubbles and the late branch decision only reaches the valid bits, not the ``f_pc`` flops.
+  comparator of their own beside the ALU adder; a taken one is registered (``f_redir``,
+  ``f_redir_pc``; F fetches the target in the next cycle) and costs 3 bubbles. For Fmax the
+  late branch decision reaches one flop, ``f_redir``: not the ``f_pc`` flops, not the valid
+  bits, not the exception flag. The three younger instructions enter F2, D and X at the
+  redirect's edge and are flushed in the next cycle by ``f_redir`` (``x_kill`` in X; D does not
+  stall; their valid bits load as cleared). A taken branch with a misaligned target traps
+  through a flop of its own (``xm.br_exc``).
 * **Forwarding**: X takes operands from M (ALU/divider results) and W (everything but a
   pipelined requantization's result, which is finished in R, see below, and the sign extension
   of ``lb``/``lh``); D takes them from W and, with R, from R. X's selects are decided in D and
   registered one-hot (``dx.fm``/``fw``/``fwm``/``frf``: M, W, W's multiplier result, the value
-  read in D), so X selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``, with pc,
-  the immediate and 4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too.
+  read in D), so X selects with an AND-OR of flops; the ALU operands (``dx.sa``/``sb``: M, W,
+  W's multiplier result, or a value chosen in D, ``dx.ra``/``rb``, with pc, 0, the immediate and
+  4 for a link folded in) and X's result (``dx.rsel``) have one-hot selects too, and so has M's
+  result (``xm.msel``, decided in X: the DMEM byte lanes of a load, the CSR read, X's result).
   Results that appear only in M (loads, CSR reads, multiplies/dot products) cannot be forwarded
   from M: an instruction in D that needs such a result from the instruction in X waits one
   cycle (the load-use interlock: exactly one bubble). ``lb``/``lh`` are zero-extended in M and
@@ -590,7 +596,8 @@ class Core(wiring.Component):
         fd = Signal(data.StructLayout({"valid": 1, "pc": 32, "fault": 1, "insn": 32}), name="fd")
         dx = Signal(data.StructLayout({"valid": 1, "pc": 32, "insn": 32, "d": Decoded,
                                        "r1": 32, "r2": 32, "r3": 32, "fm": 3, "fw": 3,
-                                       "fwm": 3, "frf": 3, "sa": 5, "sb": 6,
+                                       "fwm": 3, "frf": 3, "sa": 4, "sb": 4,
+                                       "ra": 32, "rb": 32,
                                        "rsel": 9, "long": 1,
                                        "illegal": 1, "fault": 1}),
                     name="dx")
@@ -598,7 +605,8 @@ class Core(wiring.Component):
             "valid": 1, "pc": 32, "insn": 32, "unit": Unit, "rd": 5, "we": 1,
             "result": 32, "late": 1, "f3": 3, "addr": 32, "sdata": 32, "smask": 4, "csr_addr": 12,
             "csr_write": 1, "csr_src": 32, "mret": 1, "exc": 1, "cause": Cause, "tval": 32,
-            "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4,
+            "mode": MulMode, "acc_init": 1, "rq_pack": 1, "acc_rd": 1, "acc_k": 4, "br_exc": 1,
+            "msel": 10,
         }), name="xm")
         mw = Signal(data.StructLayout({
             "valid": 1, "pc": 32, "insn": 32, "rd": 5, "wen": 1, "result": 32, "trap": 1,
@@ -648,9 +656,10 @@ class Core(wiring.Component):
         m_wen_next = Signal()      # M's instruction, in W next, writes rd != 0
         m_mul_next = Signal()      # ... with a result from the multiplier (``mw.mul``)
         redirect_pc = Signal(32)
+        f_redir = Signal()         # a redirect happened at the last edge: F fetches its target
 
         m.d.comb += [
-            redirect_take.eq(~freeze & (m_redirect | (x_redirect & dx.valid))),
+            redirect_take.eq(~freeze & (m_redirect | (x_redirect & dx.valid & ~f_redir))),
             redirect_pc.eq(Mux(m_redirect, m_redirect_pc, x_target)),
         ]
 
@@ -665,13 +674,15 @@ class Core(wiring.Component):
         # not reach the decoder and the hazard logic)
         #
         # A redirect is registered (``f_redir``, ``f_redir_pc``) and F fetches from it in the next
-        # cycle: for Fmax the late branch decision (``redirect_take``) only clears the valid bits
-        # and sets ``f_redir``, instead of selecting and enabling the 32 ``f_pc`` flops. The
-        # target is fetched in the cycle after the redirect, as before (3 bubbles). No redirect
-        # can happen while ``f_redir`` is set: the redirect emptied X (and M, for a trap), and
-        # the branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc``
-        # holds until F takes it.
-        f_redir = Signal()
+        # cycle: for Fmax the late branch decision (``redirect_take``) only sets ``f_redir`` (one
+        # flop), instead of selecting and enabling the 32 ``f_pc`` flops or clearing the valid
+        # bits of F2, D and X. The three instructions that enter F2, D and X at the redirect's
+        # edge are flushed in the next cycle by ``f_redir`` itself (``x_kill`` in X, no stall
+        # from D), and their valid bits load as cleared when the pipeline moves on. The target
+        # is fetched in the cycle after the redirect, as before (3 bubbles). No redirect can
+        # happen while ``f_redir`` is set: X is flushed (and M is empty after a trap), and the
+        # branch that redirected, now in M, neither traps nor returns, so ``f_redir_pc`` holds
+        # until F takes it.
         f_redir_pc = Signal(32)
         f_pc_now = Signal(32)      # the address fetched in this cycle
         m.d.comb += f_pc_now.eq(Mux(f_redir, f_redir_pc, f_pc))
@@ -679,9 +690,11 @@ class Core(wiring.Component):
         with m.If(~f_redir):
             m.d.sync += f_redir_pc.eq(redirect_pc)
         with m.If(redirect_take):
-            m.d.sync += [f_redir.eq(1), ff.valid.eq(0), fd.valid.eq(0)]
+            m.d.sync += f_redir.eq(1)
         with m.Elif(f_adv):
-            m.d.sync += [f_redir.eq(0), ff.valid.eq(1), fd.valid.eq(ff.valid)]
+            m.d.sync += f_redir.eq(0)
+        with m.If(f_adv):
+            m.d.sync += [ff.valid.eq(1), fd.valid.eq(ff.valid & ~f_redir)]
         # the payload loads whenever fetch advances (only ``valid`` sees the redirect)
         with m.If(f_adv):
             m.d.sync += [
@@ -859,13 +872,13 @@ class Core(wiring.Component):
                               (xm.rd != 0) & ((raw_rs1 == xm.rd) |
                                               (raw_rs2_used & (raw_rs2 == xm.rd)) |
                                               (raw_custom & (raw_rd == xm.rd))))
-        m.d.comb += stall_d.eq(fd.valid & (dep | dep_m | dep_w | dep_ld | csr_hazard |
+        m.d.comb += stall_d.eq(fd.valid & ~f_redir & (dep | dep_m | dep_w | dep_ld | csr_hazard |
                                            mul_hazard | acc_hazard))
 
         # the payload loads whenever the pipeline moves (a bubble carries junk): only ``valid``
         # depends on the late branch/stall decisions, which keeps them off ~200 clock enables
         with m.If(~freeze):
-            m.d.sync += [dx.valid.eq(fd.valid & ~stall_d & ~redirect_take), dx.pc.eq(fd.pc),
+            m.d.sync += [dx.valid.eq(fd.valid & ~f_redir & ~stall_d), dx.pc.eq(fd.pc),
                          dx.insn.eq(d_insn), dx.d.eq(d_dec), dx.illegal.eq(d_illegal),
                          dx.fault.eq(fd.fault), dx.r1.eq(d_vals[0]),
                          dx.r2.eq(d_vals[1]), dx.r3.eq(d_vals[2])]
@@ -877,10 +890,12 @@ class Core(wiring.Component):
             # ACC[k]) nothing is forwarded into it.
             # One-hot per operand: ``fm`` (M's result), ``fw`` (W's ``mw.result``), ``fwm`` (W's
             # result from the multiplier), ``frf`` (the value read here), so that X selects
-            # with an AND-OR of flops; the ALU operands ``a``/``b`` get their own one-hot
-            # selects with pc and the immediate folded in (``sa``, ``sb``: M, W, W multiplier,
-            # read value, pc or immediate, 4 for a link; none for a = 0). ``rsel``: X's result
-            # (adder, slt, sltu, xor, or, and, sll, srl/sra, long operation), one-hot.
+            # with an AND-OR of flops. The ALU operands ``a``/``b`` get their own one-hot
+            # selects (``sa``, ``sb``: M, W, W multiplier, ``ra``/``rb``) and values of their own
+            # (``ra``: pc, 0 or the value read; ``rb``: the immediate, 4 for a link, or the
+            # value read), chosen here, so that X selects among four sources per operand (for
+            # Fmax). ``rsel``: X's result (adder, slt, sltu, xor, or, and, sll, srl/sra, long
+            # operation), one-hot.
             d_srcs = [d_dec.rs1, d_dec.rs2, d_dec.rd]
             fm = [x_fwd_next & (dxd.rd == r) for r in d_srcs]
             fw = [~fm[i] & m_wen_next & (xm.rd == r) for i, r in enumerate(d_srcs)]
@@ -897,9 +912,11 @@ class Core(wiring.Component):
             m.d.sync += [dx.fm.eq(Cat(*fm)), dx.fw.eq(Cat(*fwr)), dx.fwm.eq(Cat(*fwm)),
                          dx.frf.eq(Cat(*frf)),
                          dx.sa.eq(Cat(fm[0] & a_op, fwr[0] & a_op, fwm[0] & a_op,
-                                      frf[0] & a_op, d_dec.a_pc)),
+                                      frf[0] | ~a_op)),
                          dx.sb.eq(Cat(fm[1] & b_op, fwr[1] & b_op, fwm[1] & b_op,
-                                      frf[1] & b_op, d_dec.b_imm, d_dec.link)),
+                                      frf[1] | ~b_op)),
+                         dx.ra.eq(Mux(d_dec.a_pc, fd.pc, Mux(d_dec.a_zero, 0, d_vals[0]))),
+                         dx.rb.eq(Mux(d_dec.link, 4, Mux(d_dec.b_imm, d_dec.imm, d_vals[1]))),
                          dx.rsel.eq(Cat(*[r & ~d_long for r in rsel], d_long)),
                          # a long operation that will not trap (for Fmax: X's hold, ``freeze``,
                          # starts from flops: this one, the unit's done flag and M's trap)
@@ -932,8 +949,8 @@ class Core(wiring.Component):
         # ALU
         a = Signal(32)
         b = Signal(32)
-        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.r1, dx.pc])),
-                     b.eq(onehot(dx.sb, w_srcs + [dx.r2, dx.d.imm, Const(4, 32)]))]
+        m.d.comb += [a.eq(onehot(dx.sa, w_srcs + [dx.ra])),
+                     b.eq(onehot(dx.sb, w_srcs + [dx.rb]))]
         alu = Signal(32)
         shamt = b[0:5]
         op = d.alu_op.as_value()
@@ -965,7 +982,12 @@ class Core(wiring.Component):
         # a misaligned target (bit 1 set), from the low two bits only (for Fmax: not through the
         # target adders): jalr (rs1 + imm) & ~1, else pc + imm
         t_bit1 = Mux(d.jalr, x_r1[1] ^ d.imm[1] ^ (x_r1[0] & d.imm[0]), dx.pc[1] ^ d.imm[1])
-        x_target_bad = taken & t_bit1
+        # a jump with a misaligned target always traps; a conditional branch only when taken,
+        # and that trap has a flop of its own (``xm.br_exc``, for Fmax: the comparator does not
+        # go through the exception logic into ``xm.exc``, nor into the cause, which is
+        # FETCH_MISALIGNED for any branch or jump with a misaligned target)
+        jump_bad = ~d.exc & (d.jal | d.jalr) & t_bit1
+        x_br_exc = ~d.exc & d.branch & t_bit1 & cond
 
         # memory address checks
         addr = sum_[:32]  # rs1 + imm for loads and stores (the adder, not the ALU result mux)
@@ -979,26 +1001,27 @@ class Core(wiring.Component):
         is_store = d.unit == Unit.STORE
 
         # Exceptions found in X. For Fmax nothing wide depends on them here: only ``x_exc``
-        # (one flop) and the cause; ``mtval`` is chosen in M from the cause (the instruction, its
-        # pc, or ``xm.tval`` = the jump target / the memory address); the instruction's side
-        # effects (rd write, store, mret) are suppressed in M by ``xm.exc``.
+        # (one flop; ``xm.br_exc`` for a taken branch, above) and the cause; ``mtval`` is chosen
+        # in M from the cause (the instruction, its pc, or ``xm.tval`` = the jump target / the
+        # memory address); the instruction's side effects (rd write, store, mret) are
+        # suppressed in M by ``xm.exc``.
         x_exc = Signal()
         x_cause = Signal(Cause)
         x_tval = Signal(32)
         with m.If(d.exc):
             m.d.comb += x_cause.eq(d.cause)
-        with m.Elif(x_target_bad):
+        with m.Elif((d.jal | d.jalr | d.branch) & t_bit1):
             m.d.comb += x_cause.eq(Cause.FETCH_MISALIGNED)
         with m.Else():
             # LOAD_MISALIGNED 4 / LOAD_ACCESS 5 / STORE_MISALIGNED 6 / STORE_ACCESS 7
             m.d.comb += x_cause.eq(Cat(~misaligned, is_store, Const(1, 2)))
         m.d.comb += [
-            x_exc.eq(d.exc | x_target_bad | (is_load & (misaligned | ~in_dmem)) |
+            x_exc.eq(d.exc | jump_bad | (is_load & (misaligned | ~in_dmem)) |
                      (is_store & (misaligned | (~in_dmem & ~in_mmio)))),
             x_tval.eq(Mux(d.unit.as_value().matches(Unit.LOAD, Unit.STORE, Unit.ACC), addr,
                           x_target)),
         ]
-        m.d.comb += x_redirect.eq(taken & ~x_target_bad)
+        m.d.comb += x_redirect.eq(taken & ~t_bit1)
 
         # DMEM read port (registered: the data is there in M)
         m.d.comb += [self.x_dmem_addr.eq(addr), self.x_dmem_en.eq(~freeze)]
@@ -1020,7 +1043,9 @@ class Core(wiring.Component):
 
         # shared multiplier issue: from X (MUL*, mpq.dot, pipelined mpq.rq*), or from W
         # (mpq.ldot / mpq.accld in ``lw``, whose second operand is the memory word read in M)
-        x_kill = m_redirect  # the instruction in X is flushed by a trap/mret in M
+        # the instruction in X is flushed by a trap/mret in M, or in the cycle after a redirect
+        # (``f_redir``: it entered X at the redirect's edge)
+        x_kill = m_redirect | f_redir
         x_mul_units = [Unit.MUL] + ([Unit.RQ] if rq_pipe else [])
         # (mpq.accrd issues too: its re-arm of ACC[k] travels through the unit, in order)
         x_issue = dx.valid & (d.unit.as_value().matches(*x_mul_units) | d.acc_rd) & ~freeze & \
@@ -1078,8 +1103,24 @@ class Core(wiring.Component):
             # not see finished, are taken from R (and ``rp``) in M and W
             x_result = Mux(d.unit == Unit.RQ, dx.r3, x_result)
 
+        # M's result, selected one-hot there (for Fmax: the block RAM output goes through one
+        # AND-OR into ``mw``); the selects are decided here from the unit, the size and the
+        # two low address bits (early bits of the adder). A load is zero-extended: bits 0-7
+        # from the byte lane of the address (0-3), bits 8-15 from lane 1 (lh/lhu/lw at offset
+        # 0) or lane 3 (lh/lhu at offset 2), bits 16-31 from lanes 2-3 (lw); a misaligned load
+        # traps, so its result does not matter.
+        x_ld = d.unit == Unit.LOAD
+        x_lo = addr[0:2]
+        x_mulm = (d.unit == Unit.MUL) if mul_at_m else Const(0, 1)
+        x_msel = Cat(x_ld & (x_lo == 0), x_ld & (x_lo == 1), x_ld & (x_lo == 2),
+                     x_ld & (x_lo == 3),
+                     x_ld & (d.f3[0:2] != 0) & ~x_lo[1], x_ld & (d.f3[0:2] == 1) & x_lo[1],
+                     x_ld & d.f3[1],
+                     d.unit == Unit.CSR, ~x_ld & (d.unit != Unit.CSR) & ~x_mulm, x_mulm)
+
         with m.If(~freeze):
             m.d.sync += [
+                    xm.msel.eq(x_msel),
                     xm.valid.eq(dx.valid & ~x_kill),
                     xm.pc.eq(dx.pc), xm.insn.eq(dx.insn), xm.unit.eq(d.unit),
                     xm.rd.eq(d.rd), xm.we.eq(d.we), xm.result.eq(x_result),
@@ -1087,18 +1128,22 @@ class Core(wiring.Component):
                     xm.sdata.eq(sdata), xm.smask.eq(Mux(is_store, smask, 0)),
                     xm.csr_addr.eq(d.csr_addr), xm.csr_write.eq(d.csr_write),
                     xm.csr_src.eq(Mux(d.f3[2], d.rs1, x_r1)),
-                    xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.cause.eq(x_cause),
+                    xm.mret.eq(d.mret), xm.exc.eq(x_exc), xm.br_exc.eq(x_br_exc),
+                    xm.cause.eq(x_cause),
                     xm.tval.eq(x_tval), xm.mode.eq(d.mul_mode), xm.acc_init.eq(d.acc_init),
                     xm.rq_pack.eq(d.rq_pack), xm.acc_rd.eq(dx.valid & ~x_kill & d.acc_rd),
                     xm.acc_k.eq(d.acc_k),
                 ]
 
         # =============================== M ===============================
-        m_exc = xm.valid & xm.exc
+        # ``xm.br_exc``: a taken branch with a misaligned target (it writes no register, stores
+        # nothing and reads no CSR, so only the trap itself needs it)
+        m_exc = xm.valid & (xm.exc | xm.br_exc)
         m.d.comb += m_wen_next.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0))
         m.d.comb += [
-            m_redirect.eq(xm.valid & (xm.exc | xm.mret)),
-            m_redirect_pc.eq(Mux(xm.exc, Cat(Const(0, 2), mtvec[2:]), mepc)),
+            m_redirect.eq(xm.valid & (xm.exc | xm.br_exc | xm.mret)),
+            # (an mret never has an exception: the squash in ``dxd`` clears it)
+            m_redirect_pc.eq(Mux(xm.mret, mepc, Cat(Const(0, 2), mtvec[2:]))),
         ]
 
         # stores (DMEM or MMIO), committed when M advances
@@ -1111,15 +1156,7 @@ class Core(wiring.Component):
         # load alignment, zero-extended: lb/lh are sign-extended in W (for Fmax: the sign bit
         # of the block RAM output does not fan out to 24 result bits here), so their result is
         # not forwarded from M or from W into X; a dependent waits in D (``dep_ld``)
-        lword = self.m_dmem_rdata >> Cat(Const(0, 3), xm.addr[0:2])
-        ldata = Signal(32)
-        with m.Switch(xm.f3[0:2]):
-            with m.Case(0):
-                m.d.comb += ldata.eq(lword[0:8])
-            with m.Case(1):
-                m.d.comb += ldata.eq(lword[0:16])
-            with m.Default():
-                m.d.comb += ldata.eq(lword)
+        # (the byte lanes, one-hot by ``xm.msel``, below)
         m_lb = (xm.unit == Unit.LOAD) & (xm.f3 == 0)
         m_lh = (xm.unit == Unit.LOAD) & (xm.f3 == 1)
 
@@ -1206,10 +1243,13 @@ class Core(wiring.Component):
 
         m_rq = (xm.unit == Unit.RQ) if rq_pipe else Const(0, 1)
         m.d.comb += m_mul_next.eq(((xm.unit == Unit.MUL) | m_rq) & ~mul_at_m)
-        m_result = Mux(xm.unit == Unit.LOAD, ldata,
-                       Mux(xm.unit == Unit.CSR, csr_r,
-                           Mux((xm.unit == Unit.MUL) & mul_at_m, mul.o.payload.result,
-                               xm.result)))
+        rdata, ms = self.m_dmem_rdata, xm.msel
+        m_other = onehot(ms[7:10], [csr_r, xm.result, mul.o.payload.result])
+        m_result = Signal(32)
+        m.d.comb += m_result.eq(m_other | Cat(
+            onehot(ms[0:4], [rdata[0:8], rdata[8:16], rdata[16:24], rdata[24:32]])[:8],
+            onehot(ms[4:6], [rdata[8:16], rdata[24:32]])[:8],
+            onehot(ms[6:7], [rdata[16:32]])[:16]))
         m.d.comb += [
             m_value.eq(m_result),
             m_value_ok.eq(xm.valid & xm.we & ~xm.exc & (xm.rd != 0) &

@@ -98,6 +98,37 @@ def test_local_search_finds_best_validation_config_and_never_reads_test(setup):
     assert q1.choice == q2.choice and q1.feasible
 
 
+def test_local_final_stage_scores_every_metric_pick(setup, monkeypatch):
+    """PTQ accuracy misjudges what the QAT step recovers, so ``local``'s final stage (scored
+    after the PTQ/QAT treatment) gets each sensitivity metric's ILP pick besides the search
+    stage's best PTQ configurations. The final-stage score is stubbed to favour one pick at a
+    time; ``local`` must return it. At this budget some picks rank outside the PTQ stage's
+    finalists (checked), which is what the test is about."""
+    import rvmpq.sw.search.pipeline as pl
+
+    b = {"cycles": 0.6 * setup.int8_totals()["cycles"]}
+    picks = pl.metric_picks(setup, b)
+    p = make_problem(setup, b)
+    for t in picks:
+        assert p.evaluate(list(t)).feasible
+    seen = []
+
+    def stub(favourite):
+        def fake(st, wb, ab, **kw):
+            t = tuple(setup.options.index((w, a)) for w, a in zip(wb, ab))
+            seen.append(t)
+            return {"val_acc": 100.0 if t == favourite else 0.0}
+        return fake
+
+    monkeypatch.setattr(pl, "train_and_score", stub(None))
+    run_method(setup, "local", b)
+    stage1 = seen[:pl.LOCAL_FINALISTS]
+    assert any(t not in stage1 for t in picks), "no metric pick outside the PTQ finalists"
+    for t in picks:
+        monkeypatch.setattr(pl, "train_and_score", stub(t))
+        assert tuple(run_method(setup, "local", b).choice) == t
+
+
 def test_bench_ceiling_bounds_every_method(setup):
     """The benchmark's test ceiling (PTQ only here, for speed) is the best test accuracy of all
     configurations within budget (recomputed here on the integer model), so no method can

@@ -27,8 +27,9 @@ def add_arguments(p):
                    choices=["dp", "ilp", "greedy", "diff", "rerank", "local", "all"],
                    help="solver (rerank: the 8 best ILP configurations re-ranked on the integer "
                         "model, validation split; local: search scored by the integer model on "
-                        "the validation split, its 4 best re-scored after PTQ/QAT); all: every "
-                        "one, the best on the validation split wins")
+                        "the validation split, its 4 best and each metric's ILP pick "
+                        "re-scored after PTQ/QAT); all: every one, the best on the validation "
+                        "split wins")
     p.add_argument("--metric", default="auto", choices=["auto", "noise", "hessian", "probe", "mqe"],
                    help="sensitivity metric driving the solvers (auto: best Spearman)")
     p.add_argument("--no-qat", action="store_true", help="PTQ only (skip the necessity QAT)")

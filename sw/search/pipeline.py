@@ -33,7 +33,8 @@ from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic,
                       solve_random, solve_scored, solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
-           "train_and_score", "search", "METHODS", "BUDGET_ALIASES", "layer_shapes", "layer_links"]
+           "train_and_score", "metric_picks", "search", "METHODS", "BUDGET_ALIASES",
+           "layer_shapes", "layer_links"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
 METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local")
@@ -221,11 +222,13 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
     maximises the integer model's PTQ accuracy on the validation split (cross-entropy as a
     tie-break) under the exact budgets, with at most :data:`LOCAL_EVALS` evaluations
     (exhaustive when the feasible configurations are that few, else a best-first local
-    search started from the ILP and DP solutions); (2) its :data:`LOCAL_FINALISTS` best
-    configurations go through the same PTQ/QAT necessity treatment that :func:`validate`
-    gives every method (:func:`train_and_score`), and the one with the highest
-    validation-split accuracy after it wins (ties: the stage-1 order). The test split is
-    never read. ``qat`` is the setting that :func:`validate` will use (``False``: PTQ only)."""
+    search started from the ILP and DP solutions and the ILP's pick under each sensitivity
+    metric, :func:`metric_picks`); (2) its :data:`LOCAL_FINALISTS` best configurations and
+    every metric's ILP pick (PTQ accuracy misjudges what QAT recovers) go through the same
+    PTQ/QAT necessity treatment that :func:`validate` gives every method
+    (:func:`train_and_score`), and the one with the highest validation-split accuracy after
+    it wins (ties: the stage-1 best first, then the metrics in :data:`METRICS` order). The
+    test split is never read. ``qat`` is the setting that :func:`validate` will use (``False``: PTQ only)."""
     if method.startswith("uniform-"):
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))
@@ -270,9 +273,17 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
                                               [setup.options[c][1] for c in choice])
             return acc - 1e-3 * min(loss, 100.0)
 
-        starts = [solve_ilp(p).choice, solve_dp(p).choice]
+        picks = metric_picks(setup, budgets)
+        starts = [solve_ilp(p).choice, solve_dp(p).choice, *picks]
         cands = solve_scored(p, score, starts=starts, max_evals=LOCAL_EVALS,
                              top=LOCAL_FINALISTS, seed=setup.seed)
+        # PTQ accuracy misjudges what the QAT step recovers (a configuration that loses more
+        # after PTQ can win after QAT), so each metric's ILP pick is a finalist too
+        seen = {tuple(int(c) for c in s.choice) for s in cands}
+        for t in picks:
+            if t not in seen:
+                seen.add(t)
+                cands.append(p.evaluate(list(t), "scored"))
         after = [train_and_score(setup, [o[0] for o in c.options], [o[1] for o in c.options],
                                  qat=qat)["val_acc"] for c in cands]
         best = max(range(len(cands)), key=lambda i: (after[i], -i))
@@ -290,6 +301,20 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
         return s
     raise ValueError(f"unknown method {method!r}; allowed values: "
                      f"{[*METHODS, 'hawq-ilp', 'random', 'uniform-16', 'uniform-8', 'uniform-4', 'uniform-2']}")
+
+
+def metric_picks(setup: SearchSetup, budgets: dict) -> list[tuple]:
+    """The ILP's configuration under each sensitivity metric of :data:`METRICS` (the
+    ``hawq-ilp`` baseline is the ``hessian`` one), as option-index tuples, duplicates removed
+    (first occurrence kept). Where a metric is blind to a layer that costs the same at every
+    precision, the layer gets its free widest option (:func:`prefer_free_precision`)."""
+    out = []
+    for metric in METRICS:
+        pm = make_problem(setup, budgets, metric)
+        t = tuple(int(c) for c in prefer_free_precision(pm, solve_ilp(pm).choice))
+        if t not in out:
+            out.append(t)
+    return out
 
 
 def train_and_score(setup: SearchSetup, wb, ab, *, tau: float = 0.5, qat: bool = True,

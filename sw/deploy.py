@@ -34,12 +34,27 @@ The program
   inference; the stamps and the int32 logits of every inference are the signature
   (``begin_signature`` .. ``end_signature``): per inference ``[t0, t1, ..., tS, logits...]``.
 
+Memory
+------
+Every program runs on the SoC with a ``--dmem-kib`` KiB DMEM (default 64: the SoC of the
+kernels and the cost table, whose cached Verilator models it reuses; another size is a model of
+its own, built once and cached under ``build/rtl/`` by the hash of its Verilog). The linker
+script, the fit check and the run all use that one memory map
+(:func:`rvmpq.sw.runtime.cc.memory_map`). The searched program must fit it: if it does not,
+deploy stops with a :class:`DeployError` that says by how much and which ``--dmem-kib`` would
+do. A *comparison* program (uniform INT8 on ``mpq`` or ``baseline``) that does not fit runs on
+the smallest power-of-two DMEM up to :data:`DMEM_KIB_MAX` KiB that it fits
+(:func:`build_network_fitting`): one log line says so, and ``deploy.json`` (the run's
+``dmem_kib`` and ``dmem_note``) and ``report.md`` record it, e.g. ``program_int8: DMEM 128 KiB
+(does not fit 64)``. Cycle counts do not depend on the memory size (single-cycle memories).
+
 Outputs (written atomically: a temporary folder renamed into place, nothing half-written on
 failure): ``program.c`` / ``program.elf`` (mixed network, ``mpq``), ``program_int8.c`` /
 ``.elf``, ``program_baseline.c`` / ``.elf``, ``deploy.json`` and ``report.md``.
 
 Python API: :func:`deploy` (the command), :func:`run_network` (any :class:`QNetwork` on integer
-inputs), :func:`emit_network` (the C text), :func:`load_config`.
+inputs), :func:`emit_network` (the C text), :func:`build_network` /
+:func:`build_network_fitting` (compile for a DMEM size), :func:`load_config`.
 """
 
 from __future__ import annotations
@@ -59,10 +74,12 @@ import numpy as np
 
 from rvmpq.sw.search.qnn import QLayer, QNetwork
 
-__all__ = ["DeployError", "NotBitExact", "NetworkProgram", "NetworkRun", "DeployResult", "load_config",
-           "plan_network", "emit_network", "build_network", "run_network",
+__all__ = ["DeployError", "ProgramTooLarge", "NotBitExact", "NetworkProgram", "NetworkRun",
+           "DeployResult", "load_config", "plan_network", "emit_network", "build_network",
+           "build_network_fitting", "check_dmem_kib", "dmem_kib_for", "run_network",
            "predicted_cycles", "deploy", "add_arguments", "main", "DEFAULT_N",
-           "DEFAULT_MAX_CYCLES", "SUPPORTED_KINDS"]
+           "DEFAULT_MAX_CYCLES", "DEFAULT_DMEM_KIB", "DMEM_KIB_MIN", "DMEM_KIB_MAX",
+           "SUPPORTED_KINDS"]
 
 #: Test inputs run by default.
 DEFAULT_N = 32
@@ -72,11 +89,37 @@ DEFAULT_MAX_CYCLES = 500_000_000
 SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten")
 #: Bytes of DMEM kept free for the stack.
 STACK_RESERVE = 2048
+#: DMEM of the SoC the programs run on unless ``--dmem-kib`` says otherwise (the SoC of the
+#: kernels and the cost table: its models are the cached default ones).
+DEFAULT_DMEM_KIB = 64
+#: Bounds of ``--dmem-kib`` (a power of two in between) and of the DMEM a comparison program
+#: that does not fit is moved to.
+DMEM_KIB_MIN = 4
+DMEM_KIB_MAX = 1024
 CONFIG_FORMAT = "rvmpq-search-config-1"
 
 
 class DeployError(ValueError):
     """Bad input for deploy (config, network, memory); the message says what and how to fix."""
+
+
+class ProgramTooLarge(DeployError):
+    """A program does not fit a memory of the SoC.
+
+    Attributes
+    ----------
+    region : str
+        ``"IMEM"`` or ``"DMEM"``.
+    size : int
+        Bytes the region has.
+    need : int
+        Bytes the program needs there (for DMEM with the :data:`STACK_RESERVE` stack), as far as
+        the failed check knows: at least this much.
+    """
+
+    def __init__(self, msg: str, region: str, size: int, need: int):
+        super().__init__(msg)
+        self.region, self.size, self.need = region, size, need
 
 
 class NotBitExact(RuntimeError):
@@ -503,54 +546,129 @@ _OVERFLOW = re.compile(r"section '([^']+)' will not fit in region '(\w+)': overf
                        r"bytes")
 
 
-def build_network(prog: NetworkProgram, out_dir, name: str = "program") -> Path:
-    """Compile ``prog`` to ``out_dir/<name>.elf`` (writes ``<name>.c`` too).
+def check_dmem_kib(kib) -> int:
+    """Return ``kib`` if it is a DMEM size deploy can use (a power of two from
+    :data:`DMEM_KIB_MIN` to :data:`DMEM_KIB_MAX` KiB), else raise :class:`DeployError`."""
+    if (isinstance(kib, bool) or not isinstance(kib, int) or not
+            DMEM_KIB_MIN <= kib <= DMEM_KIB_MAX or kib & (kib - 1)):
+        sizes = ", ".join(str(1 << e) for e in range(DMEM_KIB_MIN.bit_length() - 1,
+                                                     DMEM_KIB_MAX.bit_length()))
+        raise DeployError(f"--dmem-kib {kib}: the DMEM size must be a power of two from "
+                          f"{DMEM_KIB_MIN} to {DMEM_KIB_MAX} KiB ({sizes})")
+    return kib
 
-    Raises :class:`DeployError` when the program does not fit IMEM or DMEM (saying by how much).
+
+def dmem_kib_for(need: int, at_least: int = DEFAULT_DMEM_KIB,
+                 at_most: int = DMEM_KIB_MAX) -> int | None:
+    """The smallest power-of-two DMEM size in KiB, ``at_least`` or more, that holds ``need``
+    bytes; None when that is more than ``at_most`` KiB."""
+    kib = 1
+    while kib < at_least or kib << 10 < need:
+        kib <<= 1
+    return kib if kib <= at_most else None
+
+
+def build_network(prog: NetworkProgram, out_dir, name: str = "program",
+                  dmem_kib: int = DEFAULT_DMEM_KIB) -> Path:
+    """Compile ``prog`` to ``out_dir/<name>.elf`` (writes ``<name>.c`` too) for the SoC with a
+    ``dmem_kib`` KiB DMEM (the memory map of :func:`rvmpq.sw.runtime.cc.memory_map`, the one
+    the program then runs on).
+
+    Raises :class:`ProgramTooLarge` (a :class:`DeployError`) when the program does not fit
+    IMEM or DMEM, saying by how much; no ELF is left then.
     """
     from rvmpq.sw.kernels.run import CFLAGS, OPT
     from rvmpq.sw.runtime.cc import CompileError, compile_program, memory_map
 
-    mm = memory_map(prog.impl)
+    mm = memory_map(prog.impl, dmem_kib=dmem_kib)
+    kib = mm.dmem_size >> 10
+
+    def fix(need: int) -> str:
+        larger = dmem_kib_for(need, 2 * kib)
+        return ((f"use a larger DMEM (--dmem-kib {larger}), " if larger else "use ")
+                + "fewer test inputs (--n) or lower precisions")
+
+    out_dir = Path(out_dir)
+    elf = out_dir / f"{name}.elf"
+    elf.unlink(missing_ok=True)        # never leave an ELF linked for another memory map
     need = prog.data_bytes + STACK_RESERVE
     if need > mm.dmem_size:
         per_inf = 4 * prog.record_words
-        raise DeployError(
+        raise ProgramTooLarge(
             f"the {prog.impl} program needs ~{need} bytes of DMEM (weights, {prog.n} inputs, "
-            f"buffers, signature, {STACK_RESERVE} B stack) but DMEM has {mm.dmem_size}: over by "
-            f"{need - mm.dmem_size} bytes; use fewer test inputs (--n) or lower precisions "
-            f"({per_inf} B of signature per input)")
-    out_dir = Path(out_dir)
+            f"buffers, signature, {STACK_RESERVE} B stack) but DMEM has {mm.dmem_size} "
+            f"({kib} KiB): over by {need - mm.dmem_size} bytes; {fix(need)} ({per_inf} B of "
+            "signature per input)", "DMEM", mm.dmem_size, need)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = out_dir / f"{name}.c"
     c.write_text(prog.source)
-    elf = out_dir / f"{name}.elf"
     try:
-        compile_program([c], elf, opt=OPT, config=prog.impl, extra_flags=CFLAGS)
+        compile_program([c], elf, opt=OPT, config=prog.impl, extra_flags=CFLAGS,
+                        memory_map_=mm)
     except CompileError as exc:
         m = _OVERFLOW.search(str(exc))
         if m:
-            size = mm.imem_size if m.group(2) == "IMEM" else mm.dmem_size
-            raise DeployError(f"the {prog.impl} program does not fit {m.group(2)} ({size} "
-                              f"bytes): section {m.group(1)} overflows it by {m.group(3)} "
-                              "bytes; use fewer test inputs (--n), fewer/smaller layers or "
-                              "lower precisions") from None
+            region, over = m.group(2), int(m.group(3))
+            size = mm.imem_size if region == "IMEM" else mm.dmem_size
+            need = size + over + (STACK_RESERVE if region == "DMEM" else 0)
+            how = fix(need) if region == "DMEM" else ("use fewer/smaller layers or lower "
+                                                      "precisions (IMEM holds the code)")
+            raise ProgramTooLarge(
+                f"the {prog.impl} program does not fit {region} ({size} bytes): section "
+                f"{m.group(1)} overflows it by {over} bytes; {how}", region, size,
+                need) from None
         raise
-    _, used = _program_sizes(elf, prog.impl)
+    _, used = _program_sizes(elf, mm)
     if used + STACK_RESERVE > mm.dmem_size:
-        raise DeployError(f"the {prog.impl} program uses {used} bytes of DMEM, leaving less than "
-                          f"{STACK_RESERVE} bytes for the stack (DMEM {mm.dmem_size}): over by "
-                          f"{used + STACK_RESERVE - mm.dmem_size} bytes; use fewer test inputs")
+        elf.unlink(missing_ok=True)
+        raise ProgramTooLarge(
+            f"the {prog.impl} program uses {used} bytes of DMEM, leaving less than "
+            f"{STACK_RESERVE} bytes for the stack (DMEM {mm.dmem_size}): over by "
+            f"{used + STACK_RESERVE - mm.dmem_size} bytes; {fix(used + STACK_RESERVE)}", "DMEM",
+            mm.dmem_size, used + STACK_RESERVE)
     return elf
 
 
-def _program_sizes(elf, config: str) -> tuple[int, int]:
-    """(IMEM bytes, DMEM bytes) of an ELF (DMEM: from its base to the end of the last
-    segment, ``.bss`` included)."""
-    from rvmpq.sw.runtime.cc import memory_map
+def build_network_fitting(prog: NetworkProgram, out_dir, name: str = "program",
+                          dmem_kib: int = DEFAULT_DMEM_KIB, max_dmem_kib: int = DMEM_KIB_MAX,
+                          log=None) -> tuple[Path, int]:
+    """:func:`build_network` on a ``dmem_kib`` KiB DMEM, or, when the program does not fit
+    there, on the smallest power-of-two DMEM up to ``max_dmem_kib`` KiB that it fits (cycle
+    counts do not depend on the memory size: single-cycle memories). ``log`` gets one line
+    when the size changes.
+
+    Returns ``(elf, kib)``: the ELF and the DMEM size in KiB it is linked for (and must run
+    on). Raises :class:`ProgramTooLarge` when it fits no DMEM up to ``max_dmem_kib`` or does
+    not fit IMEM.
+    """
+    kib, first = dmem_kib, None
+    while True:
+        try:
+            elf = build_network(prog, out_dir, name, kib)
+        except ProgramTooLarge as exc:
+            if exc.region != "DMEM":
+                raise
+            first = first or exc
+            nxt = dmem_kib_for(exc.need, 2 * kib, max_dmem_kib)
+            if nxt is None:
+                raise ProgramTooLarge(
+                    f"{name}: the {prog.impl} program needs at least {exc.need} bytes of DMEM, "
+                    f"more than the largest DMEM tried ({max_dmem_kib} KiB); use fewer test "
+                    f"inputs (--n)", "DMEM", max_dmem_kib << 10, exc.need) from None
+            kib = nxt
+            continue
+        if first is not None and log:
+            log(f"{name}: does not fit DMEM {dmem_kib} KiB (needs at least {first.need} B with "
+                f"the stack); running it on a SoC with DMEM {kib} KiB instead (cycle counts do "
+                "not depend on the memory size)")
+        return elf, kib
+
+
+def _program_sizes(elf, mm) -> tuple[int, int]:
+    """(IMEM bytes, DMEM bytes) of an ELF linked for memory map ``mm`` (DMEM: from its base
+    to the end of the last segment, ``.bss`` included)."""
     from rvmpq.sw.runtime.elf import load_elf
 
-    mm = memory_map(config)
     img = load_elf(elf, mm)
     ends = {"i": [0], "d": [0]}
     for sg in img.segments:
@@ -583,6 +701,11 @@ class NetworkRun:
         Code size; DMEM used by data, buffers and signature (the stack comes on top).
     stage_kinds : list of str
         ``kernel`` or ``glue`` per entry of ``stage_cycles``.
+    dmem_kib : int
+        DMEM size (KiB) of the SoC the program was linked for and ran on.
+    requested_dmem_kib : int
+        The DMEM size asked for; smaller than ``dmem_kib`` when the program did not fit it and
+        was moved to a larger DMEM (:func:`build_network_fitting`).
     """
 
     impl: str
@@ -596,6 +719,8 @@ class NetworkRun:
     imem_bytes: int = 0
     dmem_bytes: int = 0
     stage_kinds: list = dataclasses.field(default_factory=list)
+    dmem_kib: int = DEFAULT_DMEM_KIB
+    requested_dmem_kib: int = DEFAULT_DMEM_KIB
 
     @property
     def cycles_per_inference(self) -> float:
@@ -605,14 +730,20 @@ class NetworkRun:
 
 def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
                 name: str = "program", max_cycles: int = DEFAULT_MAX_CYCLES,
-                log=None) -> NetworkRun:
+                log=None, dmem_kib: int = DEFAULT_DMEM_KIB,
+                max_dmem_kib: int | None = None) -> NetworkRun:
     """Generate, compile and run ``net`` on the integer batch ``xq`` on the RTL.
 
-    ``out_dir`` (default a temporary folder) receives ``<name>.c`` and ``<name>.elf``. Raises
+    ``out_dir`` (default a temporary folder) receives ``<name>.c`` and ``<name>.elf``. The SoC
+    has a ``dmem_kib`` KiB DMEM (default 64; another size is a Verilator model of its own,
+    built once and cached); with ``max_dmem_kib``, a program that does not fit it runs on the
+    smallest power-of-two DMEM up to ``max_dmem_kib`` KiB that it fits
+    (:func:`build_network_fitting`; ``NetworkRun.dmem_kib`` says which). Raises
     :class:`DeployError` (does not fit, bad network) or ``KernelRunError`` (trap, timeout).
     """
     from rvmpq.sw.kernels.gen import decode_output
     from rvmpq.sw.kernels.run import KernelRunError, soc_verilog_cached
+    from rvmpq.sw.runtime.cc import memory_map
     from rvmpq.sw.runtime.runner import run_elf
 
     log = log or (lambda *_: None)
@@ -624,11 +755,15 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
     try:
         log(f"{name}: compiling ({impl}, {len(prog.stages)} layers, {prog.n} inputs, "
             f"~{prog.data_bytes} B data)")
-        elf = build_network(prog, out_dir, name)
-        log(f"{name}: running on the RTL ({impl})")
+        if max_dmem_kib is None:
+            elf, kib = build_network(prog, out_dir, name, dmem_kib), dmem_kib
+        else:
+            elf, kib = build_network_fitting(prog, out_dir, name, dmem_kib, max_dmem_kib, log)
+        log(f"{name}: running on the RTL ({impl}"
+            + (f", DMEM {kib} KiB)" if kib != DEFAULT_DMEM_KIB else ")"))
         t0 = time.time()
         res = run_elf(elf, config=impl, max_cycles=max_cycles, signature=True,
-                      verilog=soc_verilog_cached(impl))
+                      verilog=soc_verilog_cached(impl, kib), dmem_kib=kib)
         if res.timed_out:
             raise KernelRunError(f"{name} ({impl}) overran max_cycles={max_cycles}; raise "
                                  "--max-cycles or use fewer inputs (--n)")
@@ -636,7 +771,7 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
             raise KernelRunError(f"{name} ({impl}) exited with code {res.exit_code} ({elf}); "
                                  f"console: {res.console.decode(errors='replace')!r}")
         log(f"{name}: {res.cycles} cycles in {time.time() - t0:.1f} s")
-        sizes = _program_sizes(elf, impl)
+        sizes = _program_sizes(elf, memory_map(impl, dmem_kib=kib))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -652,7 +787,8 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
     kern = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "kernel"))
     glue = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "glue"))
     return NetworkRun(impl, logits, d.sum(axis=1), stage_cycles, kern, glue, int(res.cycles),
-                      Path(out_dir) / f"{name}.elf", *sizes, stage_kinds=list(prog.stage_kinds))
+                      Path(out_dir) / f"{name}.elf", *sizes, stage_kinds=list(prog.stage_kinds),
+                      dmem_kib=kib, requested_dmem_kib=dmem_kib)
 
 
 # ---- cost prediction ----------------------------------------------------------------------
@@ -700,6 +836,10 @@ class DeployResult:
     cost_source : str
     versions : dict
         ``rtl_hash`` / ``kernel_hash`` of the hardware and kernel generator that ran.
+    dmem_kib : int
+        DMEM size (KiB) of the SoC the programs run on (``--dmem-kib``). A comparison program
+        that does not fit it runs on a larger one: its run's ``dmem_kib`` says which, and its
+        ``dmem_note`` why.
     """
 
     model: str
@@ -710,6 +850,7 @@ class DeployResult:
     out: Path
     cost_source: str = ""
     versions: dict = dataclasses.field(default_factory=dict)
+    dmem_kib: int = DEFAULT_DMEM_KIB
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -762,7 +903,11 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
          "bit_exact": exact, "mismatches": int(len(bad)),
          "first_mismatch": None if exact else [int(v) for v in bad[0]],
          "accuracy_rtl": acc_rtl, "accuracy_numpy": acc_np, "bits": net.bits(),
-         "elf": str(run.elf.name), "imem_bytes": run.imem_bytes, "dmem_bytes": run.dmem_bytes}
+         "elf": str(run.elf.name), "imem_bytes": run.imem_bytes, "dmem_bytes": run.dmem_bytes,
+         "dmem_kib": run.dmem_kib}
+    if run.dmem_kib != run.requested_dmem_kib:
+        d["dmem_note"] = (f"{run.elf.stem}: DMEM {run.dmem_kib} KiB (does not fit "
+                          f"{run.requested_dmem_kib})")
     if pred is not None:
         tot, kt, gt = pred["total"], pred["kernel_total"], pred["glue_total"]
         stages, k = {}, 0
@@ -786,6 +931,7 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
 
 def _report_md(res: DeployResult, cfg: dict) -> str:
     r = res.runs
+    notes = [v["dmem_note"] for v in r.values() if v.get("dmem_note")]
     L = [f"# rvmpq deploy: {res.model}", "",
          f"{res.n} test inputs, one program per row, run on the Verilator model of the RTL; "
          "logits compared bit for bit with the numpy integer model (`int_forward`).", "",
@@ -793,7 +939,10 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"search cost source: `{cfg.get('cost_source', '?')}`, search's predicted cycles: "
          f"{cfg.get('predicted_cycles', float('nan')):.0f}  ",
          f"cost-model prediction below: {res.cost_source}  ",
-         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}", "",
+         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}  ",
+         f"SoC DMEM: {res.dmem_kib} KiB" + "".join(f"; {note}" for note in notes)
+         + (" (cycle counts do not depend on the memory size: single-cycle memories)"
+            if notes else ""), "",
          "| program | core | cycles / inference | kernels | glue | predicted | whole-program "
          "error | kernels predicted / error | glue predicted / error | bit-exact | acc RTL | "
          "acc numpy |",
@@ -823,7 +972,8 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
     for k, v in r.items():
         L += [f"## {k}: cycles per stage (mean per inference)", "",
               f"`{v['elf']}`: {v.get('imem_bytes', 0)} B code (IMEM), {v.get('dmem_bytes', 0)} B "
-              f"data (DMEM, {res.n} inputs and their signature included)", "",
+              f"data (DMEM, {res.n} inputs and their signature included), run with DMEM "
+              f"{v.get('dmem_kib', res.dmem_kib)} KiB", "",
               "| stage | cycles | predicted |", "|---|---|---|"]
         pred = v.get("predicted_stage_cycles") or {}
         for nm, c in v["stage_cycles"].items():
@@ -835,7 +985,8 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
 
 def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool = True,
            costs: str = "rtl", costs_cache=None, data: str | None = None,
-           max_cycles: int = DEFAULT_MAX_CYCLES, log=_log_default) -> DeployResult:
+           max_cycles: int = DEFAULT_MAX_CYCLES, dmem_kib: int = DEFAULT_DMEM_KIB,
+           log=_log_default) -> DeployResult:
     """``rvmpq deploy``: run the searched network (and, with ``compare``, uniform INT8 on
     ``mpq`` and on ``baseline``) on the RTL; check bit-exactness and accuracy; write ``out``.
 
@@ -858,11 +1009,18 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
         Data set of a model that is not built in.
     max_cycles : int
         Cycle limit of each program run.
+    dmem_kib : int
+        DMEM size of the SoC in KiB (a power of two from :data:`DMEM_KIB_MIN` to
+        :data:`DMEM_KIB_MAX`; default 64, whose Verilator models are those of the kernels and
+        the cost table). The searched program must fit it; a comparison program that does not
+        runs on the smallest power-of-two DMEM up to :data:`DMEM_KIB_MAX` KiB that it fits
+        (logged, and recorded in ``deploy.json`` and ``report.md``): cycle counts do not
+        depend on the memory size.
 
     Raises
     ------
     DeployError
-        Bad input (config, network, memory).
+        Bad input (config, network, memory size, a searched program that does not fit).
     NotBitExact
         The RTL's logits differ from the integer model (programs kept in ``<out>.failed/``).
     KernelRunError
@@ -870,6 +1028,7 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
     """
     if costs not in ("rtl", "none"):
         raise DeployError(f"costs={costs!r}; allowed values: ['rtl', 'none']")
+    check_dmem_kib(dmem_kib)
     log = log or (lambda *_: None)
     cfg, net = load_config(config_path)
     model = str(cfg.get("model") or net.meta.get("model") or "")
@@ -902,7 +1061,9 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
         files = {"mpq": "program", "mpq-int8": "program_int8", "baseline-int8": "program_baseline"}
         for key, (nt, impl) in nets.items():
             xq = quantize_input(x, nt)
-            run = run_network(nt, xq, impl, tmp, files[key], max_cycles, log)
+            # the searched program never changes size; a comparison program may grow
+            run = run_network(nt, xq, impl, tmp, files[key], max_cycles, log, dmem_kib=dmem_kib,
+                              max_dmem_kib=None if key == "mpq" else DMEM_KIB_MAX)
             pred, why = None, None
             if cm is not None and impl == "mpq":
                 log(f"{files[key]}: cost-model prediction (measuring uncached layers on the RTL)")
@@ -938,7 +1099,7 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
                                f"-> {now}); the programs ran on mixed versions: run again "
                                "when hw/ and sw/kernels/ are stable")
         res = DeployResult(model, n, [list(b) for b in net.bits()], runs, sp, out, cost_source,
-                           versions)
+                           versions, dmem_kib)
         (tmp / "deploy.json").write_text(json.dumps(res.to_dict(), indent=1, default=float) + "\n")
         (tmp / "report.md").write_text(_report_md(res, cfg))
         old = None
@@ -966,6 +1127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cycle limit of each program run")
     parser.add_argument("--no-compare", action="store_true",
                         help="skip the uniform-INT8 mpq and baseline programs")
+    parser.add_argument("--dmem-kib", type=int, default=DEFAULT_DMEM_KIB, metavar="KIB",
+                        help=f"DMEM of the SoC in KiB, a power of two from {DMEM_KIB_MIN} to "
+                             f"{DMEM_KIB_MAX} (default {DEFAULT_DMEM_KIB}); the searched program "
+                             "must fit it, a uniform-INT8 comparison program that does not runs "
+                             "on the smallest power of two that fits (cycles do not depend on "
+                             "the size)")
     parser.add_argument("--costs", choices=["rtl", "none"], default="rtl",
                         help="cost-model prediction: RTL-measured whole-program costs (what "
                              "the search sums), or none")
@@ -984,7 +1151,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         res = deploy(args.config, args.n, args.out, compare=not args.no_compare,
                      costs=args.costs, costs_cache=args.costs_cache, data=args.data,
-                     max_cycles=args.max_cycles)
+                     max_cycles=args.max_cycles, dmem_kib=args.dmem_kib)
     except DeployError as exc:
         print(f"rvmpq deploy: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,11 @@
 * the digits CNN exported at a fixed mixed configuration through ``deploy()`` (config.json +
   qnet.json as ``rvmpq search`` writes them): bit-exact logits, equal accuracy, the files;
 * bad input: corrupt / missing config or network, unsupported layers, a program that does not
-  fit DMEM -- clear errors, exit status 2, nothing written.
+  fit DMEM, a bad ``--dmem-kib`` -- clear errors, exit status 2, nothing written;
+* the DMEM size: a comparison program that does not fit is linked for the smallest
+  power-of-two DMEM that it fits (compile only) and is recorded as such in deploy.json and
+  report.md, the searched program never is; and (slow: a Verilator model of its own) a program
+  on a 128 KiB DMEM runs the same cycles as on 64 KiB.
 """
 
 from __future__ import annotations
@@ -256,9 +260,156 @@ def test_too_big_for_dmem(tmp_path):
     big = random_layer("linear", 16, 2048, 32, rng=rng, out_bits=32, a_signed=True)
     net = QNetwork(1.0, 0, 16, True, [big])
     xq = rng.integers(-5, 5, size=(1, 1, 1, 2048))
-    with pytest.raises(DeployError, match=r"DMEM has 65536: over by \d+ bytes"):
+    with pytest.raises(DeployError, match=r"DMEM has 65536 \(64 KiB\): over by \d+ bytes; "
+                       r"use a larger DMEM \(--dmem-kib 256\)"):
         run_network(net, xq, "mpq", tmp_path, "prog")
     assert not (tmp_path / "prog.elf").exists()
+
+
+# ---- DMEM size: --dmem-kib, and comparison programs moved to a larger DMEM ------------------
+
+def test_dmem_kib_for_and_bounds():
+    """The smallest power-of-two DMEM (KiB) holding a number of bytes, from a lower bound, up
+    to an upper one; the sizes --dmem-kib accepts."""
+    from rvmpq.sw.deploy import DMEM_KIB_MAX, check_dmem_kib, dmem_kib_for
+
+    assert dmem_kib_for(0) == 64 and dmem_kib_for(65536) == 64
+    assert dmem_kib_for(65537) == 128 and dmem_kib_for(131072) == 128
+    assert dmem_kib_for(131073) == 256
+    assert dmem_kib_for(100, at_least=4) == 4 and dmem_kib_for(4097, at_least=4) == 8
+    assert dmem_kib_for(70_000, at_least=256) == 256
+    assert dmem_kib_for(DMEM_KIB_MAX << 10) == DMEM_KIB_MAX
+    assert dmem_kib_for((DMEM_KIB_MAX << 10) + 1) is None
+    assert dmem_kib_for(200_000, at_most=128) is None
+    for kib in (4, 8, 64, 128, 1024):
+        assert check_dmem_kib(kib) == kib
+    for bad in (0, -64, 2, 96, 100, 2048, 64.0, True, "64"):
+        with pytest.raises(DeployError, match=r"--dmem-kib .*power of two from 4 to 1024 KiB"):
+            check_dmem_kib(bad)
+
+
+def test_bad_dmem_kib_exit_2(digits_config, tmp_path, capsys):
+    """``--dmem-kib`` that is not a power of two in [4, 1024]: exit status 2, a message naming
+    the allowed sizes, nothing written."""
+    cfg, _ = digits_config
+    out = tmp_path / "out"
+    for bad in ("100", "0", "2", "2048", "-64"):
+        assert _cli([str(cfg), "-o", str(out), "--costs", "none", "--dmem-kib", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert f"--dmem-kib {bad}: the DMEM size must be a power of two from 4 to 1024" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_searched_program_never_changes_dmem(digits_config, tmp_path, capsys):
+    """The searched program must fit --dmem-kib: at 4 KiB the digits CNN does not, and deploy
+    stops with exit status 2 naming the DMEM size that would do (no RTL run, nothing written);
+    only the comparison programs may move to a larger DMEM."""
+    cfg, _ = digits_config
+    out = tmp_path / "out"
+    with pytest.raises(DeployError, match=r"DMEM has 4096 \(4 KiB\): over by \d+ bytes; use a "
+                       r"larger DMEM \(--dmem-kib (8|16|32|64)\)"):
+        deploy(cfg, n=1, out=out, compare=False, costs="none", dmem_kib=4, log=None)
+    assert _cli([str(cfg), "--n", "1", "-o", str(out), "--costs", "none", "--dmem-kib",
+                 "4"]) == 2
+    assert "--dmem-kib" in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _big_linear_net(rng):
+    """linear 256 -> 256 at INT16 (128 KiB of weights) then linear 256 -> 10 (logits)."""
+    l0 = random_layer("linear", 16, 256, 256, rng=rng, out_bits=8, a_signed=True, relu=True)
+    l1 = random_layer("linear", 8, 256, 10, rng=rng, out_bits=32, a_signed=l0.out_signed)
+    l0.name, l1.name = "L0", "L1"
+    return QNetwork(1.0, 0, 16, True, [l0, l1])
+
+
+def test_comparison_program_fits_smallest_larger_dmem(tmp_path):
+    """build_network_fitting (what deploy does with a uniform-INT8 comparison program): a
+    program of ~139 KB that does not fit 64 KiB is linked for 256 KiB -- not 128, which it does
+    not fit either -- with one log line; its ELF lies inside that DMEM and the stack starts at
+    its top. A program that fits stays at the size asked for. Compile only, no RTL."""
+    from rvmpq.sw.deploy import (ProgramTooLarge, build_network, build_network_fitting,
+                                 emit_network)
+    from rvmpq.sw.runtime.cc import memory_map
+    from rvmpq.sw.runtime.elf import load_elf
+
+    rng = np.random.default_rng(11)
+    net = _big_linear_net(rng)
+    prog = emit_network(net, rng.integers(-5, 5, size=(2, 1, 1, 256)), "mpq")
+    assert 128 << 10 < prog.data_bytes < 256 << 10
+    with pytest.raises(ProgramTooLarge, match=r"--dmem-kib 256\)") as ei:
+        build_network(prog, tmp_path, "prog")           # the searched program: no growth
+    assert ei.value.region == "DMEM" and ei.value.need > 128 << 10
+    assert not (tmp_path / "prog.elf").exists()
+    lines = []
+    elf, kib = build_network_fitting(prog, tmp_path, "prog", 64, 1024, lines.append)
+    assert kib == 256 and elf == tmp_path / "prog.elf" and elf.is_file()
+    assert len(lines) == 1 and "does not fit DMEM 64 KiB" in lines[0] and "DMEM 256 KiB" in lines[0]
+    mm = memory_map("mpq", dmem_kib=256)
+    img = load_elf(elf, mm)                      # every segment inside the 256 KiB map
+    end = max(sg.addr + len(sg.data) for sg in img.segments if sg.addr >= mm.dmem_base)
+    assert 128 << 10 < end - mm.dmem_base <= (256 << 10) - 2048
+    assert img.symbols["__stack_top"] == mm.dmem_base + (256 << 10)
+    with pytest.raises(ProgramTooLarge, match=r"largest DMEM tried \(128 KiB\)"):
+        build_network_fitting(prog, tmp_path, "prog", 64, 128)
+    # a program that fits keeps the size asked for, and no log line
+    net_s = _random_net(rng, [8, 8, 8, 8])
+    small = emit_network(net_s, _inputs(rng, net_s, 1)[0], "mpq")
+    lines.clear()
+    _, kib = build_network_fitting(small, tmp_path, "small", 64, 1024, lines.append)
+    assert kib == 64 and lines == []
+
+
+def test_moved_comparison_program_is_recorded(digits_config):
+    """A run on a larger DMEM than asked for is recorded in its deploy.json entry (``dmem_kib``,
+    ``dmem_note``) and in report.md's header; a run that fits gets no note. No RTL: the runs
+    are made up, with the integer model's logits."""
+    from pathlib import Path
+
+    from rvmpq.sw.deploy import DeployResult, NetworkRun, _report_md, _summary
+    from rvmpq.sw.search.models import load_dataset
+
+    _, net = digits_config
+    ds = load_dataset("digits")
+    x, y = ds.x_test[:2], ds.y_test[:2]
+
+    def run(name, kib):
+        return NetworkRun("mpq", int_forward(net, x), np.array([100, 100]),
+                          {"kernel a": 90.0, "glue b": 10.0}, 90.0, 10.0, 300, Path(name),
+                          stage_kinds=["kernel", "glue"], dmem_kib=kib, requested_dmem_kib=64)
+
+    fits = _summary(run("program.elf", 64), net, x, y, None)
+    moved = _summary(run("program_int8.elf", 128), net, x, y, None)
+    assert fits["dmem_kib"] == 64 and "dmem_note" not in fits
+    assert moved["dmem_kib"] == 128
+    assert moved["dmem_note"] == "program_int8: DMEM 128 KiB (does not fit 64)"
+    res = DeployResult("digits-cnn", 2, net.bits(), {"mpq": fits, "mpq-int8": moved}, {},
+                       Path("out"), dmem_kib=64)
+    md = _report_md(res, {})
+    assert "SoC DMEM: 64 KiB; program_int8: DMEM 128 KiB (does not fit 64) (cycle counts" in md
+    assert "run with DMEM 128 KiB" in md and "run with DMEM 64 KiB" in md
+    doc = json.loads(json.dumps(res.to_dict(), default=float))
+    assert doc["dmem_kib"] == 64 and doc["runs"]["mpq-int8"]["dmem_kib"] == 128
+    res.runs = {"mpq": fits}
+    assert "SoC DMEM: 64 KiB\n" in _report_md(res, {})
+
+
+@pytest.mark.slow
+def test_dmem_size_changes_no_cycles(seed, tmp_path):
+    """The same program linked for and run on a 128 KiB DMEM SoC (its own Verilator model,
+    built once and cached as build/rtl/mpq-words-d128k-*) gives the same logits and the same
+    cycles, stage by stage, as on the default 64 KiB SoC."""
+    from rvmpq.sw.tools import build_root
+
+    rng = np.random.default_rng(seed)
+    net = _random_net(rng, [int(b) for b in rng.choice([2, 4, 8, 16], size=4)])
+    xq, _ = _inputs(rng, net, 2)
+    a = run_network(net, xq, "mpq", tmp_path / "a", "prog")
+    b = run_network(net, xq, "mpq", tmp_path / "b", "prog", dmem_kib=128)
+    assert (a.dmem_kib, b.dmem_kib) == (64, 128)
+    assert np.array_equal(a.logits, b.logits)
+    assert np.array_equal(a.cycles, b.cycles) and a.stage_cycles == b.stage_cycles
+    assert list((build_root() / "rtl").glob("mpq-words-d128k-*/obj/Vrvmpq_run"))
 
 
 @pytest.mark.slow

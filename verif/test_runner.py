@@ -114,6 +114,27 @@ def test_cc_header_is_generated():
     assert "MPQ_DOT_W8_SS" in (inc / "rvmpq_isa_asm.h").read_text()
 
 
+def test_memory_size_names_the_model_and_the_map():
+    """A SoC with another DMEM/IMEM size is a model of its own (its name and memory map); the
+    default 64 KiB sizes keep the names of the cached default models; bad sizes are refused."""
+    from rvmpq.sw.runtime.elf import DEFAULT_MAP
+    from rvmpq.sw.runtime.runner import model_tag
+
+    assert model_tag("mpq", "words") == model_tag("mpq", "words", 64, 64) == "mpq-words"
+    assert model_tag("baseline") == "baseline"
+    assert model_tag("mpq", "words", dmem_kib=128) == "mpq-words-d128k"
+    assert model_tag("baseline", dmem_kib=256, imem_kib=32) == "baseline-i32k-d256k"
+    if tp.have_soc():
+        assert cc.memory_map("mpq") == DEFAULT_MAP
+        mm = cc.memory_map("baseline", dmem_kib=128)
+        assert (mm.dmem_base, mm.dmem_size, mm.imem_size) == (0x1000_0000, 128 << 10, 64 << 10)
+        assert "LENGTH = 0x20000" in cc.linker_script(mm)
+        assert "__stack_top = 0x10020000" in cc.linker_script(mm)
+        for bad in (0, 96, -64, 64.0):
+            with pytest.raises(ValueError, match="power of two"):
+                cc.memory_map("mpq", dmem_kib=bad)
+
+
 def test_run_corrupt_elf(tmp_path):
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"\x7fELF\x01\x01\x01" + bytes(5))

@@ -40,12 +40,13 @@ def rtl_hash() -> str:
     return hw_source_hash()
 
 
-def soc_verilog_cached(config: str) -> str:
-    """The SoC Verilog of ``config`` (:func:`rvmpq.sw.runtime.runner.soc_verilog`: cached per
-    process and on disk by the hash of ``hw/``)."""
+def soc_verilog_cached(config: str, dmem_kib: int = 64) -> str:
+    """The SoC Verilog of ``config`` with a ``dmem_kib`` KiB DMEM (default 64, the SoC every
+    kernel and cost measurement runs on) (:func:`rvmpq.sw.runtime.runner.soc_verilog`: cached
+    per process and on disk by the hash of ``hw/``, one file per memory size)."""
     from rvmpq.sw.runtime.runner import soc_verilog
 
-    return soc_verilog(config)
+    return soc_verilog(config, dmem_kib=dmem_kib)
 
 
 class KernelRunError(RuntimeError):

@@ -62,19 +62,22 @@ def check_config(config: str) -> str:
     return config
 
 
-def memory_map(config: str = "mpq") -> MemoryMap:
-    """Memory map of a SoC configuration.
+def memory_map(config: str = "mpq", imem_kib: int = 64, dmem_kib: int = 64) -> MemoryMap:
+    """Memory map of a SoC configuration with ``imem_kib`` / ``dmem_kib`` KiB memories.
 
-    Taken from ``rvmpq.hw.soc.soc_memory_map(SimSoC(config))`` when the SoC generator is
-    installed, else the contract default
-    (64 KiB IMEM at 0, 64 KiB DMEM at ``0x1000_0000``, MMIO at ``0x2000_0000``).
+    Taken from ``rvmpq.hw.soc.soc_memory_map(SimSoC(config, imem_kib, dmem_kib))`` when the
+    SoC generator is installed, else the contract layout with those sizes (default 64 KiB IMEM
+    at 0, 64 KiB DMEM at ``0x1000_0000``, MMIO at ``0x2000_0000``). Raises ValueError for a
+    size that is not a power of two.
     """
     check_config(config)
     try:
         from rvmpq.hw.soc import SimSoC, soc_memory_map  # noqa: PLC0415
-        m = soc_memory_map(SimSoC(config))
     except ImportError:  # the SoC generator is optional for the compiler
-        return DEFAULT_MAP
+        if (imem_kib, dmem_kib) == (64, 64):
+            return DEFAULT_MAP
+        return MemoryMap(imem_size=imem_kib << 10, dmem_size=dmem_kib << 10)
+    m = soc_memory_map(SimSoC(config, imem_kib=imem_kib, dmem_kib=dmem_kib))
     keys = ("imem_base", "imem_size", "dmem_base", "dmem_size", "mmio_base")
     return MemoryMap(**{k: int(m[k]) for k in keys if k in m})
 

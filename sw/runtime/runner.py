@@ -1,9 +1,10 @@
 """Run programs on the Verilator model of the SoC RTL, fast (a C++ main loop, no Python per cycle).
 
 The model (``harness.cpp`` + the Verilog of ``rvmpq.hw.soc.SimSoC(config)``) is built once per
-configuration and SIMD-unit description (``unit``, below) and cached under
-``build/rtl/<config>[-<unit>]-<hash>/`` where the hash covers the generated Verilog, the harness
-and the build flags; a file lock keeps parallel pytest workers from building
+configuration, SIMD-unit description (``unit``, below) and memory size, and cached under
+``build/rtl/<config>[-<unit>][-i<K>k][-d<K>k]-<hash>/`` (the size parts only for memories other
+than the default 64 KiB, ``imem_kib`` / ``dmem_kib``) where the hash covers the generated
+Verilog, the harness and the build flags; a file lock keeps parallel pytest workers from building
 the same model twice. A waveform build (``--trace-vcd`` / ``--trace-fst``) is a separate cached
 model. The model top is ``run_top.v`` (``rvmpq_run``), which registers the SoC's host-side inputs.
 
@@ -125,14 +126,28 @@ def check_unit(unit: str) -> str:
     return unit
 
 
-def model_tag(config: str, unit: str = DEFAULT_UNIT) -> str:
+#: Memory sizes (KiB) of the SoC the runner simulates unless told otherwise.
+DEFAULT_IMEM_KIB = 64
+DEFAULT_DMEM_KIB = 64
+
+
+def model_tag(config: str, unit: str = DEFAULT_UNIT, imem_kib: int = DEFAULT_IMEM_KIB,
+              dmem_kib: int = DEFAULT_DMEM_KIB) -> str:
     """Name of a configuration's model in file names: ``<config>-<unit>`` when the
-    configuration has the SIMD unit, else ``<config>`` (``unit`` changes nothing there)."""
+    configuration has the SIMD unit, else ``<config>`` (``unit`` changes nothing there),
+    followed by ``-i<K>k`` / ``-d<K>k`` for an IMEM / DMEM other than 64 KiB (the default
+    sizes add nothing, so their names are those of the 64 KiB models). The sizes are checked
+    where the SoC is made (:class:`rvmpq.hw.soc.SimSoC`)."""
     from rvmpq.hw.core.config import get_config  # noqa: PLC0415
 
     check_config(config)
     check_unit(unit)
-    return f"{config}-{unit}" if get_config(config).mul_impl == "simd" else config
+    tag = f"{config}-{unit}" if get_config(config).mul_impl == "simd" else config
+    if imem_kib != DEFAULT_IMEM_KIB:
+        tag += f"-i{imem_kib}k"
+    if dmem_kib != DEFAULT_DMEM_KIB:
+        tag += f"-d{dmem_kib}k"
+    return tag
 
 
 _VERILOG_CACHE: dict[str, str] = {}
@@ -149,15 +164,16 @@ def hw_source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def soc_verilog(config: str = "mpq", unit: str = DEFAULT_UNIT) -> str:
-    """Verilog text of ``rvmpq.hw.soc.SimSoC(config, simd_impl=unit)`` (top module
-    ``rvmpq_soc``), from ``rvmpq.hw.soc.write_soc_verilog``.
+def soc_verilog(config: str = "mpq", unit: str = DEFAULT_UNIT, imem_kib: int = DEFAULT_IMEM_KIB,
+                dmem_kib: int = DEFAULT_DMEM_KIB) -> str:
+    """Verilog text of ``rvmpq.hw.soc.SimSoC(config, imem_kib, dmem_kib, simd_impl=unit)`` (top
+    module ``rvmpq_soc``), from ``rvmpq.hw.soc.write_soc_verilog``.
 
     Cached per process and on disk (``build/rtl/verilog/<tag>-<hw_source_hash()>.v``, tag
     from :func:`model_tag`: elaborating the SoC takes seconds, and a changed file under ``hw/``
     changes the name). Raises :class:`RunnerError` when the SoC generator is not available.
     """
-    tag = model_tag(config, unit)
+    tag = model_tag(config, unit, imem_kib, dmem_kib)
     if tag in _VERILOG_CACHE:
         return _VERILOG_CACHE[tag]
     # the name is the hash of hw/ when this process first elaborated (or read) a SoC: a
@@ -176,7 +192,8 @@ def soc_verilog(config: str = "mpq", unit: str = DEFAULT_UNIT) -> str:
     # a private folder per process: parallel pytest workers must not share temporary files
     (build_root() / "rtl").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".verilog-", dir=build_root() / "rtl") as td:
-        vpath, _ = write_soc_verilog(td, config, simd_impl=unit)
+        vpath, _ = write_soc_verilog(td, config, imem_kib=imem_kib, dmem_kib=dmem_kib,
+                                     simd_impl=unit)
         text = vpath.read_text()
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(td) / "cache.v"
@@ -219,7 +236,8 @@ def _remove_stale(rtl: Path, keep: Path) -> None:
 
 
 def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str | None = None,
-                quiet: bool = True, unit: str = DEFAULT_UNIT) -> Path:
+                quiet: bool = True, unit: str = DEFAULT_UNIT, imem_kib: int = DEFAULT_IMEM_KIB,
+                dmem_kib: int = DEFAULT_DMEM_KIB) -> Path:
     """Build (or reuse) the Verilator runner model of a configuration.
 
     Parameters
@@ -235,18 +253,22 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
     unit : {"words", "tree"}
         Description of the SIMD unit (module docstring); part of the model's name and, through
         the Verilog, of its cache key.
+    imem_kib, dmem_kib : int
+        Memory sizes of the SoC in KiB (powers of two; default 64 each). Part of the model's
+        name and, through the Verilog, of its cache key. With ``verilog`` given they only name
+        the model: the text must be that of a SoC with these sizes.
 
     Returns
     -------
     Path
         The model executable.
     """
-    tag = model_tag(config, unit)
+    tag = model_tag(config, unit, imem_kib, dmem_kib)
     if waves is True:
         waves = "fst"
     if waves and waves not in WAVE_FORMATS:
         raise ValueError(f"waves={waves!r}; allowed: False, {', '.join(WAVE_FORMATS)}")
-    text = verilog if verilog is not None else soc_verilog(config, unit)
+    text = verilog if verilog is not None else soc_verilog(config, unit, imem_kib, dmem_kib)
     key = _model_key(text, waves)
     rtl = build_root() / "rtl"
     d = rtl / f"{tag}{'-' + waves if waves else ''}-{key}"
@@ -270,7 +292,8 @@ def build_model(config: str = "mpq", waves: "bool | str" = False, verilog: str |
 
 def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=False,
             trace=False, waves=None, echo: bool = False, verilog: str | None = None,
-            read_latency: int = 2, unit: str = DEFAULT_UNIT) -> RunResult:
+            read_latency: int = 2, unit: str = DEFAULT_UNIT, imem_kib: int = DEFAULT_IMEM_KIB,
+            dmem_kib: int = DEFAULT_DMEM_KIB) -> RunResult:
     """Run a program on the RTL model.
 
     Parameters
@@ -298,6 +321,11 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
         Description of the SIMD unit to simulate (module docstring): ``"words"`` (default,
         faster) or ``"tree"`` (the synthesized one); results and cycle counts are identical.
         Ignored by ``baseline``, which has no SIMD unit.
+    imem_kib, dmem_kib : int
+        Memory sizes of the simulated SoC in KiB (powers of two; default 64 each): the program
+        must be linked for the same memory map (``rvmpq.sw.runtime.cc.memory_map(config,
+        imem_kib, dmem_kib)``). Cycle counts do not depend on them (single-cycle memories); a
+        size other than 64 is a model of its own, built once and cached.
 
     Returns
     -------
@@ -308,8 +336,9 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
     FileNotFoundError, ElfError
         Missing or invalid ELF.
     ValueError
-        Unknown config or unit, a program without signature symbols when a signature is requested,
-        or an entry point that is not the reset address.
+        Unknown config or unit, a memory size that is not a power of two, a program without
+        signature symbols when a signature is requested, or an entry point that is not the
+        reset address.
     RunnerError
         The model could not be built or crashed.
     """
@@ -319,7 +348,7 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
     model_tag(config, unit)     # checks both
     if max_cycles <= 0:
         raise ValueError(f"max_cycles must be positive, got {max_cycles}")
-    mm = memory_map(config)
+    mm = memory_map(config, imem_kib, dmem_kib)         # checks the sizes
     img = elf if isinstance(elf, ElfImage) else load_elf(elf, mm)
     if img.entry != mm.imem_base:
         raise ValueError(f"{img.path}: entry point 0x{img.entry:08x} is not the reset address "
@@ -331,7 +360,7 @@ def run_elf(elf, config: str = "mpq", max_cycles: int = 10_000_000, signature=Fa
             raise ValueError(f"{img.path}: no begin_signature/end_signature symbols; "
                              "define them around the data to dump")
     exe = build_model(config, waves=waves_format(waves) if waves else False, verilog=verilog,
-                      quiet=False, unit=unit)
+                      quiet=False, unit=unit, imem_kib=imem_kib, dmem_kib=dmem_kib)
     with tempfile.TemporaryDirectory(prefix="rvmpq-run-") as td:
         t = Path(td)
         write_image(img, t / "image.hex")

@@ -19,6 +19,7 @@ help:
 	@echo "make verilog       generate Verilog into $(BUILD)/verilog"
 	@echo "make synth         Yosys/nextpnr comparison table into $(BUILD)/synth"
 	@echo "make bench         benchmarks (JSON + Markdown into $(BUILD)/bench)"
+	@echo "make bench-search  search benchmark of the built-in models ($(BUILD)/bench/search_bench.{json,md})"
 	@echo "make fuzz N=1000   differential random testing of the core against Unicorn"
 	@echo "make clean         remove $(BUILD)/ ; make distclean also removes $(VENV)/"
 

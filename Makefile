@@ -15,10 +15,11 @@ all: help
 help:
 	@echo "make demo          the main job on built-in defaults (writes $(BUILD)/)"
 	@echo "make test          the regression (pytest -n $(JOBS), tests marked slow excluded)"
-	@echo "make test-all      the regression plus slow tests (long formal proofs)"
+	@echo "make test-all      the regression plus tests marked slow (other multiplier latencies, cost-model validation, deploy comparison, waves)"
 	@echo "make verilog       generate Verilog into $(BUILD)/verilog"
 	@echo "make synth         Yosys/nextpnr comparison table into $(BUILD)/synth"
 	@echo "make bench         benchmarks (JSON + Markdown into $(BUILD)/bench)"
+	@echo "make bench-search  search benchmark of the built-in models ($(BUILD)/bench/search_bench.{json,md})"
 	@echo "make fuzz N=1000   differential random testing of the core against Unicorn"
 	@echo "make clean         remove $(BUILD)/ ; make distclean also removes $(VENV)/"
 

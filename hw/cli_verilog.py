@@ -1,9 +1,10 @@
 """``rvmpq verilog``: write the Verilog of the SIMD unit and of the simulation SoCs.
 
 ``rvmpq verilog [--all] [--target simd|soc-mpq|soc-baseline ...] -o DIR`` writes
-``DIR/<target>.v`` and, for the SoC targets, the memory map ``DIR/<target>.json`` that the
-toolchain's linker script and the program runner read (a file is rewritten only when its content
-changed).
+``DIR/<target>.v`` and, for the SoC targets, the memory map ``DIR/<target>.json``
+(:func:`rvmpq.hw.soc.soc_memory_map`, the dict ``rvmpq cc`` generates its linker script from; the
+toolchain and the program runner call it directly and do not read this file). A file is
+rewritten only when its content changed.
 """
 
 from __future__ import annotations

@@ -136,6 +136,8 @@ class SimdMulUnit(wiring.Component):
             raise ValueError(f"impl must be one of {SimdMulUnit.IMPLS}, got {impl!r}")
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the ``tree`` description (the brick array), or the ``words`` one
+        when ``impl == "words"``; ``platform`` is unused."""
         if self.impl == "words":
             return self._elaborate_words()
         m = Module()

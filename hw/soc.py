@@ -126,6 +126,8 @@ class SimSoC(wiring.Component):
         })
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the core, IMEM, DMEM, the host port, console/exit MMIO and the
+        exit-ecall watch; ``platform`` is unused."""
         m = Module()
         mm = self.memmap
 

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("rvmpq.synth.cli", "synthesize with Yosys/nextpnr and compare designs"),
     "cc": ("rvmpq.sw.runtime.cc", "compile C/asm for the core with zig cc"),
     "run": ("rvmpq.sw.runtime.cli_run", "run an ELF on the Verilator model of the RTL"),
-    "bench": ("rvmpq.sw.bench", "benchmarks (unit throughput, kernels)"),
+    "bench": ("rvmpq.sw.bench", "benchmarks (unit throughput, kernels, runner speed)"),
     "costs": ("rvmpq.sw.costs", "per-layer cost table measured on the RTL"),
     "search": ("rvmpq.sw.search.cli", "mixed-precision search under hardware budgets"),
     "deploy": ("rvmpq.sw.deploy", "build and run a searched network on the RTL"),

@@ -36,8 +36,10 @@ shapes) on *counts read off the kernel plan* (:func:`plan_counts` from
 blocks, output rows, output pixels, kernel rows, input words): the iterations of each loop
 that exists (a loop of one trip is compiled away), taken back-edges, ``ldot``, activation
 loads, requantized / raw outputs, output words, and the compiled code shapes that change the
-per-pixel cost: multipliers folded into re-materialised constants (one block) or held in
-registers (several), and two-pixel rows. No instruction cost is written down here: when the
+per-pixel cost: the register allocation of a one-block pixel loop (up to kernel generator k6
+its multipliers were constants that the compiler re-materialised per pixel; since k7 they are
+read once through an opaque pointer) or of a multi-block one (multipliers loaded per block and
+held in registers), and two-pixel rows. No instruction cost is written down here: when the
 ISA or the kernel generator changes, the cache key changes, the shapes are re-measured and
 the same features are re-fitted. Rows are weighted by ``1 / cycles`` so the fit minimises
 relative error. The fit set and the held-out validation set (:func:`fit_shapes`,
@@ -209,7 +211,8 @@ def plan_counts(pl) -> dict[str, float]:
     removed by the compiler, so each loop level counts only where it exists.
 
     ``blocks`` (block-loop iterations: bias ``mpq.accld`` and multiplier set-up),
-    ``mult_loads`` (multipliers loaded per block; with one block they are constants),
+    ``mult_loads`` (multipliers loaded per iteration of the block loop; 0 with one block, which
+has no block loop: its multipliers are read once, like the rest of the set-up),
     ``rows`` (row-loop iterations), ``pixels`` (pixel bodies), ``px_loop`` (pixel-loop
     iterations), ``branches`` (taken loop back-edges), ``row_walks`` (kernel rows walked),
     ``ky_loop`` (iterations of a kernel-row loop that was not unrolled), ``iters`` (activation

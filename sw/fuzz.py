@@ -13,7 +13,7 @@ References:
   ``mpq_rq`` CSR that Unicorn does not know;
 * **the ISS** (:mod:`rvmpq.sw.iss`) for everything, including the retired-instruction trace.
 
-The RTL (``--rtl``, through :mod:`rvmpq.sw.runtime.runner`) is compared on its final registers and
+The RTL (unless ``--no-rtl``; through :mod:`rvmpq.sw.runtime.runner`) is compared on its final registers and
 scratch memory (signature dump) against Unicorn and on its retire trace against the ISS.
 
 ::

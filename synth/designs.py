@@ -114,6 +114,7 @@ class PlainMul16(FlatMulPorts):
     """
 
     def elaborate(self, platform):
+        """Amaranth elaboration: one combinational signed 16x16 product."""
         m = Module()
         m.d.comb += self.result.eq(self.a[0:16].as_signed() * self.b[0:16].as_signed())
         return m
@@ -127,6 +128,8 @@ class RV32MMul33(FlatMulPorts):
     """
 
     def elaborate(self, platform):
+        """Amaranth elaboration: one combinational 33x33 product, its low or high word selected by
+        ``mode.op``."""
         m = Module()
         m.d.comb += self.result.eq(_mul33(m, self.mode, self.a, self.b))
         return m
@@ -141,6 +144,8 @@ class SeparateUnits(FlatMulPorts):
     """
 
     def elaborate(self, platform):
+        """Amaranth elaboration: one dot-product unit per element width and the 33x33 multiplier,
+        muxed by ``mode``."""
         m = Module()
         mode = self.mode
         dots = {}
@@ -189,6 +194,7 @@ class Registered(FlatMulPorts):
         super().__init__()
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the wrapped design between input and output registers."""
         m = Module()
         m.submodules.core = core = self._core
         m.d.sync += [core.mode.eq(self.mode), core.a.eq(self.a), core.b.eq(self.b),
@@ -224,6 +230,8 @@ class SimdFlat(FlatMulPorts):
         super().__init__()
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the SIMD unit, always valid and ready, between flat input and
+        output registers."""
         m = Module()
         m.submodules.unit = unit = self._unit
         p = unit.i.payload

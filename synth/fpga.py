@@ -216,6 +216,7 @@ class UartTx(wiring.Component):
         super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the 8N1 transmitter's shift register and bit counter."""
         m = Module()
         busy = Signal()
         shreg = Signal(9)                       # data bits then the stop bit, LSB first
@@ -309,6 +310,8 @@ class FpgaSoC(wiring.Component):
         super().__init__({"uart_tx": Out(1, init=1), "halted": Out(1), "exit_code": Out(32)})
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the core, the block-RAM memories, the console FIFO and UART, and
+        the halt/exit logic."""
         m = Module()
         mm = self.memmap
 
@@ -375,6 +378,8 @@ class FpgaTop(Elaboratable):
         self.soc, self.board = soc, board
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the SoC with the board's UART TX pin and LEDs requested from
+        ``platform``."""
         m = Module()
         m.submodules.soc = soc = self.soc
         uart = platform.request("uart", 0, dir="-")

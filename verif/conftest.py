@@ -18,6 +18,7 @@ from cocotb_util import replay_hint, seed_list  # noqa: E402
 
 
 def pytest_generate_tests(metafunc):
+    """Parametrize every test that takes ``seed`` over :func:`cocotb_util.seed_list`."""
     if "seed" in metafunc.fixturenames:
         pairs = seed_list()
         metafunc.parametrize("seed", [s for _, s in pairs], ids=[i for i, _ in pairs],
@@ -34,6 +35,7 @@ def seed(request):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Add a "replay" section (the command with the same seed) to a failed seeded test."""
     report = yield
     if report.when == "call" and report.failed and "seed" in getattr(item, "funcargs", {}):
         report.sections.append(("replay", replay_hint(item.funcargs["seed"], item.nodeid)))

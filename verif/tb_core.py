@@ -35,7 +35,14 @@ def _r(x):
 
 
 class Asm:
-    """A tiny RV32IM/Zicsr assembler: methods append one word each; labels for branches."""
+    """A tiny RV32IM/Zicsr assembler: one word per instruction method (``li``, ``la`` and
+    ``exit`` append short sequences); labels for branches, jumps and ``la``.
+
+    The one-line mnemonic methods (``addi`` ... ``accrd``) encode the instruction they are
+    named after from the operands their parameters name (registers by number or ABI name) and
+    return the address of the word they append; ``ldot``/``accld``/``rqpa``/``accrd`` put the
+    accumulator number ``k`` where :data:`rvmpq.hw.isa.FORMATS` says (``ldot`` takes the full
+    mnemonic, e.g. ``"mpq.ldot.w2.us"``, as ``name``)."""
 
     def __init__(self, base=0):
         self.base = base
@@ -45,13 +52,16 @@ class Asm:
 
     @property
     def pc(self):
+        """Address of the next word to be appended."""
         return self.base + 4 * len(self.words)
 
     def label(self, name):
+        """Define label ``name`` at the current address; return it."""
         self.labels[name] = self.pc
         return self.pc
 
     def word(self, w):
+        """Append a 32-bit word; return its address."""
         self.words.append(w & 0xFFFF_FFFF)
         return self.pc - 4
 
@@ -104,10 +114,12 @@ class Asm:
     def ebreak(self): return self.word(0x00100073)
     def mret(self): return self.word(0x30200073)
     def csrrw(self, rd, csr, rs1):
+        """``csrrw rd, csr, rs1``."""
         return self.word((csr << 20) | (_r(rs1) << 15) | (1 << 12) | (_r(rd) << 7) | 0x73)
     def csrr(self, rd, csr): return self.word((csr << 20) | (2 << 12) | (_r(rd) << 7) | 0x73)
     def csrw(self, csr, rs1): return self.csrrw(0, csr, rs1)
     def custom(self, name, rd, rs1, rs2, off=0):
+        """A custom instruction from the ISA table (:func:`rvmpq.hw.isa.encode`) by name."""
         return self.word(isa.encode(name, _r(rd), _r(rs1), _r(rs2), off=off))
     def ldot(self, name, k, act, off, base): return self.custom(name, k, base, act, off)
     def accld(self, k, off, base): return self.custom("mpq.accld", k, base, 0, off)
@@ -129,11 +141,13 @@ class Asm:
             self.addi(rd, 0, lo)
 
     def branch(self, kind, rs1, rs2, label):
+        """``kind`` (beq, bne, blt, bge, bltu, bgeu) to ``label``, fixed up by :meth:`assemble`."""
         f3 = {"beq": 0, "bne": 1, "blt": 4, "bge": 5, "bltu": 6, "bgeu": 7}[kind]
         self.fixups.append((len(self.words), "b", f3, rs1, rs2, label))
         return self.word(0)
 
     def jal(self, rd, label):
+        """``jal rd, label``, fixed up by :meth:`assemble`."""
         self.fixups.append((len(self.words), "j", 0, rd, 0, label))
         return self.word(0)
 
@@ -151,6 +165,7 @@ class Asm:
         self.ecall()
 
     def assemble(self):
+        """Resolve the branch, jump and ``la`` fixups; return the program as a list of words."""
         for idx, kind, f3, ra, rb, label in self.fixups:
             target = self.labels[label]
             pc = self.base + 4 * idx
@@ -178,6 +193,7 @@ class SocTB:
         self.console = bytearray()
 
     async def start(self):
+        """Start the clock, reset, and leave the core held (``host_en = 1``) for loading."""
         cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
         d = self.dut
         d.rst.value = 1
@@ -190,6 +206,7 @@ class SocTB:
         await RisingEdge(d.clk)
 
     async def load(self, words, base=0):
+        """Write ``words`` through the host port from byte address ``base`` (core held)."""
         d = self.dut
         d.host_en.value = 1
         for i, w in enumerate(words):
@@ -200,6 +217,7 @@ class SocTB:
         d.host_we.value = 0
 
     async def read_word(self, addr):
+        """Read the word at byte address ``addr`` through the host port (core held)."""
         d = self.dut
         d.host_en.value = 1
         d.host_we.value = 0
@@ -630,6 +648,8 @@ async def test_muldiv(dut):
 
 
 async def tb_run(dut, a, expect, max_cycles=20000):
+    """Run ``a``'s program; check the ``wdata`` retired at each pc of ``expect`` against
+    the last item of its entry. Returns the :class:`SocTB`."""
     tb = await _tb(dut)
     await tb.run(a.assemble(), max_cycles=max_cycles)
     got = {pc: wdata for _c, pc, _i, rd, wdata, trap in tb.retired if pc in expect}

@@ -98,10 +98,12 @@ class Traffic:
 
     @staticmethod
     def concat(parts: list["Traffic"]) -> "Traffic":
+        """The operations of ``parts``, one after another."""
         return Traffic(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                          ("op", "width", "a_signed", "b_signed", "a", "b", "acc")))
 
     def shuffled(self, rng: np.random.Generator) -> "Traffic":
+        """The same operations in a random order drawn from ``rng``."""
         idx = rng.permutation(len(self))
         return Traffic(*(getattr(self, f)[idx] for f in
                          ("op", "width", "a_signed", "b_signed", "a", "b", "acc")))
@@ -121,6 +123,7 @@ class Traffic:
                                       self.acc.tolist())]
 
     def describe(self, k: int) -> str:
+        """Operation ``k`` as text (op, width, signedness, operands) for error messages."""
         op = OP_NAMES[int(self.op[k])]
         s = "su"[0 if self.a_signed[k] else 1] + "x" + "su"[0 if self.b_signed[k] else 1]
         w = f"INT{int(self.width[k])} " if op == "DOT" else ""
@@ -172,6 +175,7 @@ class StreamDriver:
         self.accepted = 0
 
     def load(self, payloads: list[int]) -> None:
+        """Queue ``payloads`` for the ``i`` stream."""
         self.queue.extend(payloads)
 
     def step(self, transfer: bool) -> None:
@@ -223,6 +227,8 @@ class Scoreboard:
         self.t, self.exp, self.log = traffic, expected, log
 
     def check(self, results: list[int], max_report: int = 10) -> None:
+        """Assert ``results`` equal the expected values in order; log the first
+        ``max_report`` differences."""
         got = np.array(results, dtype=np.uint64)
         assert got.size == len(self.t), f"{got.size} results for {len(self.t)} operations"
         bad = np.flatnonzero(got != self.exp.astype(np.uint64))
@@ -247,6 +253,7 @@ class SimdTB:
         self.first_in_cycle: int | None = None
 
     async def reset(self) -> None:
+        """Start the clock; hold ``rst`` for three cycles with ``i`` idle and ``o.ready`` high."""
         cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
         self.dut.rst.value = 1
         self.dut.i__valid.value = 0

@@ -283,6 +283,8 @@ class Rv32mMulUnit(wiring.Component):
                           "o": Out(stream.Signature(OUT_LAYOUT))})
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the two-stage 33x33 multiplier (four partial products registered
+        in stage 1, summed in stage 2); ``platform`` is unused."""
         m = Module()
         adv = Signal()
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
@@ -561,6 +563,8 @@ class Core(wiring.Component):
     # ---- the pipeline --------------------------------------------------------------------
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the pipeline, its register file, CSRs, multiplier/SIMD unit,
+        divider and (mpq) accumulators and requantizer; ``platform`` is unused."""
         m = Module()
         cfg = self.config
         mm = self.memmap

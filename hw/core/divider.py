@@ -56,6 +56,8 @@ class Divider(wiring.Component):
     x_result: Out(32)
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the restoring divider (one quotient bit per cycle); ``platform``
+        is unused."""
         m = Module()
         busy = Signal()
         count = Signal(range(34))

@@ -208,6 +208,8 @@ class RequantUnit(wiring.Component):
     x_result: Out(32)
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the digit-serial requantizer (``DIGIT`` bits of ``mult`` per
+        cycle); ``platform`` is unused."""
         m = Module()
         D = self.DIGIT
         busy = Signal()

@@ -108,6 +108,8 @@ class CoreSynthTop(wiring.Component):
         super().__init__()
 
     def elaborate(self, platform):
+        """Amaranth elaboration: the core with its memories and registered byte-wide IO;
+        ``platform`` is unused."""
         m = Module()
         mm = self.memmap
         depth = mm.imem_size // 4

@@ -46,7 +46,9 @@ def add_arguments(p):
     p.add_argument("--bench", action="store_true",
                    help="benchmark the built-in models (or --model) at 70%%, 50%%, 45%% and "
                         "40%% of INT8 latency")
-    p.add_argument("-o", "--out", default="build/search")
+    p.add_argument("-o", "--out", default="build/search",
+                   help="output folder (default build/search, relative to the current folder; "
+                        "make bench-search passes build/bench)")
 
 
 def _cost_model(name: str, jobs: int = 2):

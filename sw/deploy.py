@@ -1141,6 +1141,7 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
     d = {"cycles_per_inference": run.cycles_per_inference,
          "cycles_min": int(run.cycles.min()), "cycles_max": int(run.cycles.max()),
          "kernel_cycles": run.kernel_cycles, "glue_cycles": run.glue_cycles,
+         "add_cycles": run.add_cycles,
          "stage_cycles": run.stage_cycles, "program_cycles": run.total_cycles,
          "bit_exact": exact, "mismatches": int(len(bad)),
          "first_mismatch": None if exact else [int(v) for v in bad[0]],
@@ -1152,11 +1153,17 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
                           f"{run.requested_dmem_kib})")
     if pred is not None:
         tot, kt, gt = pred["total"], pred["kernel_total"], pred["glue_total"]
-        stages, k = {}, 0
+        at = pred.get("add_total", 0.0)
+        stages, k, adds = {}, 0, []
         for nm, kind in zip(run.stage_cycles, run.stage_kinds):
             if kind == "kernel":
+                if adds:                 # the add stages since the last kernel: charged to
+                    stages[adds[-1]] = pred["adds"][k]   # this layer (their sum on the last)
+                    adds = []
                 stages[nm] = pred["kernels"][k]
                 k += 1
+            elif kind == "add":
+                adds.append(nm)
             else:                        # the glue in front of compute layer k
                 stages[nm] = pred["glue"][k]
         d["predicted_layer_cycles"] = pred["layers"]
@@ -1164,10 +1171,15 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
         d["predicted_cycles"] = tot
         d["predicted_kernel_cycles"] = kt
         d["predicted_glue_cycles"] = gt
+        d["predicted_add_cycles"] = at
+        if pred.get("note"):
+            d["prediction_note"] = pred["note"]
         d["prediction_error_pct"] = 100.0 * (tot - run.cycles_per_inference) / run.cycles_per_inference
         d["kernel_prediction_error_pct"] = 100.0 * (kt - run.kernel_cycles) / run.kernel_cycles
         d["glue_prediction_error_pct"] = (100.0 * (gt - run.glue_cycles) / run.glue_cycles
                                           if run.glue_cycles else None)
+        d["add_prediction_error_pct"] = (100.0 * (at - run.add_cycles) / run.add_cycles
+                                         if run.add_cycles else None)
     return d
 
 
@@ -1185,10 +1197,10 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"SoC DMEM: {res.dmem_kib} KiB" + "".join(f"; {note}" for note in notes)
          + (" (cycle counts do not depend on the memory size: single-cycle memories)"
             if notes else ""), "",
-         "| program | core | cycles / inference | kernels | glue | predicted | whole-program "
-         "error | kernels predicted / error | glue predicted / error | bit-exact | acc RTL | "
-         "acc numpy |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| program | core | cycles / inference | kernels | glue | adds | predicted | "
+         "whole-program error | kernels predicted / error | glue predicted / error | adds "
+         "predicted / error | bit-exact | acc RTL | acc numpy |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def err(v, key):
         e = v.get(key)
@@ -1199,18 +1211,24 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
               if "predicted_kernel_cycles" in v else "-")
         pg = (f"{v['predicted_glue_cycles']:.0f} / {err(v, 'glue_prediction_error_pct')}"
               if "predicted_glue_cycles" in v else "-")
+        pa = (f"{v['predicted_add_cycles']:.0f} / {err(v, 'add_prediction_error_pct')}"
+              if "predicted_add_cycles" in v else "-")
         L.append(f"| {k} | {'mpq' if k.startswith('mpq') else 'baseline'} | "
                  f"{v['cycles_per_inference']:.0f} | {v['kernel_cycles']:.0f} | "
-                 f"{v['glue_cycles']:.0f} | {pc} | {err(v, 'prediction_error_pct')} | {pk} | "
-                 f"{pg} | {'yes' if v['bit_exact'] else 'NO'} | "
+                 f"{v['glue_cycles']:.0f} | {v.get('add_cycles', 0.0):.0f} | {pc} | "
+                 f"{err(v, 'prediction_error_pct')} | {pk} | {pg} | {pa} | "
+                 f"{'yes' if v['bit_exact'] else 'NO'} | "
                  f"{v['accuracy_rtl']:.2f}% | {v['accuracy_numpy']:.2f}% |")
     L += ["", "Speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in res.speedups.items()), "",
           "The prediction is what the search sums for this configuration (docs/costs.md, "
           "\"Whole-program cost\"): per compute layer its kernel measured alone, corrected for "
           "the precision its output is requantized to (the next layer's), plus the glue in front "
           "of it (max pooling, the copy into its padded input buffer) measured with the deploy "
-          "glue code; every term measured on the RTL. The error is against the whole program "
-          "(cycles / inference, every stage's timed window).", ""]
+          "glue code, and the residual-add stages in front of it measured with the deploy add "
+          "code at its precision (inputs at another precision than the add's output are a "
+          "residual error, docs/costs.md); every term measured on the RTL. The error is against "
+          "the whole program (cycles / inference, every stage's timed window).", ""]
+    L += [f"{k}: {v['prediction_note']}  " for k, v in r.items() if v.get("prediction_note")]
     for k, v in r.items():
         L += [f"## {k}: cycles per stage (mean per inference)", "",
               f"`{v['elf']}`: {v.get('imem_bytes', 0)} B code (IMEM), {v.get('dmem_bytes', 0)} B "

@@ -659,3 +659,52 @@ def test_residual_deploy_errors_name_the_layer():
     net.layers[3].src = (2, 1)
     with pytest.raises(DeployError, match=r"layer 'add1' \(add\): reads 'p0' \(max pooling"):
         plan_network(net, "mpq")
+
+
+def test_deploy_residual_model_compares_and_predicts(res_quantizer, tmp_path):
+    """``deploy()`` of a saved residual model (Res, digits, bits [8, 4, 8]: the add reads INT4
+    and INT8): the searched network and the uniform-INT8 comparisons on mpq and baseline,
+    each bit-exact with its add stage; the prediction includes the add stage (measured on the
+    RTL), per stage and for the whole program."""
+    import torch
+    from test_qnn import _residual_model
+
+    from rvmpq.sw.search.models import load_dataset, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    d = tmp_path / "search"
+    d.mkdir()
+    m = _residual_model()
+    torch.save(m, d / "res.pt")
+    ds = load_dataset("digits")
+    bits = [8, 4, 8]
+    net = Quantizer(trace_model(m), ds.x_val).export(bits, bits, meta={"model": str(d / "res.pt")})
+    net.save(d / "qnet.json")
+    (d / "config.json").write_text(json.dumps({
+        "format": "rvmpq-search-config-1", "model": str(d / "res.pt"), "cost_source": "test",
+        "predicted_cycles": 0.0, "layers": [{"name": l.name, "w_bits": b, "a_bits": b}
+                                            for l, b in zip(net.compute_layers, bits)]}))
+    res = deploy(d / "config.json", n=2, out=tmp_path / "d", data="digits", costs="rtl",
+                 log=None)
+    for key, r in res.runs.items():
+        assert r["bit_exact"], key
+        adds = [nm for nm in r["stage_cycles"] if nm.startswith("add ")]
+        assert len(adds) == 1 and r["add_cycles"] == r["stage_cycles"][adds[0]] > 0, key
+        print(f"{key}: {r['cycles_per_inference']:.0f} cycles/inference, add "
+              f"{r['add_cycles']:.0f}" + (f", predicted {r['predicted_cycles']:.0f} "
+                                          f"({r['prediction_error_pct']:+.2f} %)"
+                                          if "predicted_cycles" in r else ""))
+    r = res.runs["mpq"]
+    assert "INT4 c1 + INT8 c2 -> INT8" in next(nm for nm in r["stage_cycles"] if "add" in nm)
+    assert set(r["predicted_stage_cycles"]) == set(r["stage_cycles"])
+    assert r["predicted_add_cycles"] > 0
+    # the add's inputs are at two precisions, the harness runs it at its output's: a few %
+    # of the add, far less of the program
+    assert abs(r["add_prediction_error_pct"]) <= 10, r
+    assert abs(r["prediction_error_pct"]) <= 100 * WHOLE_PROGRAM_TOL, r
+    assert abs(r["predicted_cycles"] - r["predicted_add_cycles"] - r["cycles_per_inference"]) \
+        > abs(r["predicted_cycles"] - r["cycles_per_inference"])
+    r8 = res.runs["mpq-int8"]                # uniform: every term at its own precision
+    assert abs(r8["prediction_error_pct"]) <= 0.5, r8
+    md = (tmp_path / "d" / "report.md").read_text()
+    assert "adds predicted / error" in md

@@ -71,7 +71,13 @@ the pooling, a consumer with the same input layout), cached under
 The one place the split is far off: a depthwise layer whose output is narrower than its input
 runs another kernel (``mpq.dot``, 1.3-2.7x slower), which no per-layer cost can see coming.
 A linear layer behind a conv is costed as deploy runs it (:func:`deployed_shape`: it reads the
-producer's padded channels). Nothing here is a constant: every term is an RTL measurement.
+producer's padded channels). Residual adds: a layer behind an add (its
+:class:`~rvmpq.sw.search.costs_api.LayerLink` has the add as producer) is charged the add
+stage, the glue behind it and the output side of the layers whose outputs only adds read
+(``feeds``: they are requantized to its bits), all at its own bits; the add stage is measured
+with everything at that precision (:func:`glue_network`), so an add whose skip input is at
+another precision is off by the difference in unpacking it (a few % of the add,
+docs/costs.md). Nothing here is a constant: every term is an RTL measurement.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ numpy integer model (:func:`rvmpq.sw.search.qnn.int_forward`). It also builds th
 at uniform INT8 (re-exported from the model) on ``mpq`` and in plain RV32IM software on
 ``baseline`` (the baseline kernels of :mod:`rvmpq.sw.kernels.gen`, int8 storage), and reports
 cycles per inference, their ratio, and the cost model's whole-program prediction (what the
-search sums for the configuration: kernels, output precisions and glue) with its error.
+search sums for the configuration: kernels, output precisions, glue and residual-add stages)
+with its error.
 
 The program
 -----------
@@ -29,8 +30,21 @@ The program
   output buffer directly (no glue). Glue functions are never inlined and see their buffers
   through opaque pointers, so their code depends only on the layouts (the cost model measures
   them in a program of their own: :func:`rvmpq.sw.costs.glue_network`).
+* A residual ``add`` (``acc = x0 * mult[0] + x1 * mult[1]``, ``y = requant(acc, 1, shift,
+  zp_out, out_bits, out_signed)``, the rule of :mod:`rvmpq.sw.search.qnn`) is a stage of its
+  own (``aK``): on ``mpq`` it unpacks the lanes of both packed inputs in registers (each input
+  in its producer's layout: its bits, signedness and channel padding) and requantizes and
+  packs every output lane with ``mpq.rqp`` (CSR ``mpq_rq`` written at its start, multiplier
+  1); on ``baseline`` it is plain RV32IM on the int8 / int16 elements. Its output buffer is
+  laid out like a layer's output (``32 / out_bits`` channels per word, padding lanes 0; one
+  element per channel on ``baseline``), so the glue and the flatten folding behind it are the
+  same as behind a kernel. A compute layer may read any earlier stage's output (``src``), and
+  every stage's output buffer is a static array of its own, so a skip tensor stays intact
+  until its add has read it. The add needs two inputs of its output's shape, each a
+  conv / linear / add output as it is (no broadcasting, no pooling or flatten in between);
+  anything else is a :class:`DeployError` naming the layer.
 * The N test inputs sit in DMEM already packed in the first layer's padded input layout.
-  ``rdcycle`` is read before the first stage and after every stage (kernel or glue) of each
+  ``rdcycle`` is read before the first stage and after every stage (kernel, glue or add) of each
   inference; the stamps and the int32 logits of every inference are the signature
   (``begin_signature`` .. ``end_signature``): per inference ``[t0, t1, ..., tS, logits...]``.
 
@@ -90,6 +104,9 @@ DEFAULT_MAX_CYCLES = 500_000_000
 SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten", "add")
 #: Bytes of DMEM kept free for the stack.
 STACK_RESERVE = 2048
+#: Output words whose ``mpq.rqp`` packing chains a residual add stage on ``mpq`` interleaves
+#: (of one pixel or of consecutive pixels), hiding the instruction's latency.
+ADD_CHAINS = 4
 #: DMEM of the SoC the programs run on unless ``--dmem-kib`` says otherwise (the SoC of the
 #: kernels and the cost table: its models are the cached default ones).
 DEFAULT_DMEM_KIB = 64
@@ -564,7 +581,8 @@ def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
 
     ``mpq``: the lanes of both packed inputs are unpacked in registers (shifts), and
     ``mpq.rqp`` (CSR ``mpq_rq`` written at the start, multiplier 1) requantizes and packs each
-    output lane; ``baseline``: plain RV32IM on the int8 / int16 elements. The inputs' layouts
+    output lane, up to :data:`ADD_CHAINS` output words' packing chains interleaved (of one
+    pixel or of consecutive pixels); ``baseline``: plain RV32IM on the int8 / int16 elements. The inputs' layouts
     are those of the stages that wrote them (channel padding included); the output is the
     add's own layout (:class:`_AddPlan`). Never inlined, buffers and multipliers opaque to
     the compiler: the code depends on the layouts, precisions and ``shift`` / ``zp_out`` only
@@ -582,27 +600,51 @@ def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
              "\"+r\"(m1), \"+r\"(one));",
              f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, "
              f"{int(l.out_bits)}, {int(bool(l.out_signed))}));",
-             f"    for (int p = 0; p < {npix}; p++) {{"]
+             ]
         lay = [(s.plan.lo, s.plan.out_bits, bool(s.layer.out_signed), s.plan.ocw) for s in ins]
-        for w in range(pl.ocw):
-            L.append("        {")
-            L.append("            uint32_t pk = 0;")
-            chans = range(w * pl.lo, min((w + 1) * pl.lo, pl.cout))
-            loaded = set()
-            for c in chans:
-                xs = []
-                for j, (lo, b, sg, _) in enumerate(lay):
-                    wi = c // lo
-                    if (j, wi) not in loaded:
-                        L.append(f"            uint32_t w{j}_{wi} = s{j}[{wi}];")
-                        loaded.add((j, wi))
-                    xs.append(_lane(f"w{j}_{wi}", c % lo, b, sg))
-                L.append(f"            pk = mpq_rqp(pk, (int32_t)((uint32_t){xs[0]} * (uint32_t)m0"
-                         f" + (uint32_t){xs[1]} * (uint32_t)m1), one);")
-            rest = pl.lo - len(chans)
-            L.append(f"            d[{w}] = pk" + (f" >> {rest * pl.out_bits};" if rest else ";"))
-            L.append("        }")
-        L += [f"        s0 += {lay[0][3]}; s1 += {lay[1][3]}; d += {pl.ocw};", "    }", "}", ""]
+
+        def pixels(npx: int, ind: str) -> None:
+            """``npx`` pixels: their output words' ``mpq.rqp`` packing chains, up to
+            :data:`ADD_CHAINS` at a time, interleaved lane by lane (a chain waits only on its
+            own previous ``mpq.rqp``)."""
+            chains = [(q, w) for q in range(npx) for w in range(pl.ocw)]
+            for k0 in range(0, len(chains), ADD_CHAINS):
+                batch = chains[k0:k0 + ADD_CHAINS]
+                L.append(f"{ind}{{")
+                L.append(f"{ind}    uint32_t " + ", ".join(f"pk{q}_{w} = 0" for q, w in batch)
+                         + ";")
+                loaded = set()
+                for i in range(pl.lo):
+                    for q, w in batch:
+                        c = w * pl.lo + i
+                        if c >= pl.cout:
+                            continue
+                        xs = []
+                        for j, (lo, b, sg, ocw) in enumerate(lay):
+                            wi = c // lo
+                            v = f"w{j}_{q}_{wi}"
+                            if v not in loaded:
+                                L.append(f"{ind}    uint32_t {v} = s{j}[{q * ocw + wi}];")
+                                loaded.add(v)
+                            xs.append(_lane(v, c % lo, b, sg))
+                        L.append(f"{ind}    pk{q}_{w} = mpq_rqp(pk{q}_{w}, (int32_t)((uint32_t)"
+                                 f"{xs[0]} * (uint32_t)m0 + (uint32_t){xs[1]} * (uint32_t)m1), "
+                                 "one);")
+                for q, w in batch:
+                    rest = pl.lo - len(range(w * pl.lo, min((w + 1) * pl.lo, pl.cout)))
+                    L.append(f"{ind}    d[{q * pl.ocw + w}] = pk{q}_{w}"
+                             + (f" >> {rest * pl.out_bits};" if rest else ";"))
+                L.append(f"{ind}}}")
+
+        g = max(1, min(ADD_CHAINS, -(-ADD_CHAINS // pl.ocw)))   # pixels per loop iteration
+        if npix >= g:
+            L.append(f"    for (int p = 0; p < {npix - npix % g}; p += {g}) {{")
+            pixels(g, "        ")
+            L += [f"        s0 += {g * lay[0][3]}; s1 += {g * lay[1][3]}; d += {g * pl.ocw};",
+                  "    }"]
+        if npix % g:
+            pixels(npix % g, "    ")
+        L += ["}", ""]
         return "\n".join(L)
     ts = [_elem_type(s.plan.out_bits, bool(s.layer.out_signed)) for s in ins]
     to = _elem_type(pl.out_bits, bool(l.out_signed))
@@ -1039,10 +1081,11 @@ def predicted_cycles(net: QNetwork, cost_model=None) -> dict:
     """The whole-program cycles the cost model (default :class:`rvmpq.sw.costs.RtlCostModel`,
     measuring on the RTL what its cache lacks) predicts for ``net``: what the search sums for
     this configuration (:func:`rvmpq.sw.costs.network_prediction`: per layer its kernel with
-    the output at the next layer's bits, plus the glue in front of it).
+    the output at the next layer's bits, plus the glue and the residual-add stages in front of
+    it).
 
     Returns the dict of :func:`~rvmpq.sw.costs.network_prediction` (``layers``, ``kernels``,
-    ``glue``, ``total``, ...)."""
+    ``glue``, ``adds``, ``total``, ...)."""
     from rvmpq.sw.costs import network_prediction
     from rvmpq.sw.search.costs_api import network_shapes
 

@@ -23,7 +23,8 @@ and optionally
     the cycles a layer costs *inside a deployed network*: its kernel, corrected for the
     precision its output is requantized to, plus the work in front of it that depends only on
     its own input precision (the producer's requantize-and-pack at that precision, the max
-    pooling and the copy into its padded input buffer). Charging that work to the consumer keeps
+    pooling and the copy into its padded input buffer, a residual-add stage whose output it
+    reads). Charging that work to the consumer keeps
     the search separable: one cost per layer and option, summing to the whole program.
     :func:`cost_table` uses it when it is given the network's :class:`LayerLink` list
     (:func:`network_shapes`); ``rvmpq.sw.costs.RtlCostModel`` measures every term on the RTL.

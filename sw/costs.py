@@ -763,7 +763,8 @@ class RtlCostModel:
         (the layer alone as deploy runs it, :func:`deployed_shape`, output at its own bits:
         :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
         its own output-side work taken out, the consumer pays it; 0 when ``consumer_linked`` is
-        false, i.e. the next layer has no link (behind a residual add) and so does not pay it),
+        false, i.e. the next layer has no link (it reads the network input) and so does not
+        pay it),
         ``producer_out`` (the producer's ``R(bits)``: its output requantized to this layer's
         bits; with a residual add producer: its ``feeds``), ``glue`` and ``add`` (the
         residual-add stages in front of it, :meth:`add_cycles`)."""

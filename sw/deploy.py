@@ -246,6 +246,7 @@ class _AddPlan:
 
 
 def _add_plan(l: QLayer, impl: str) -> _AddPlan:
+    """The output layout of add layer ``l`` on ``impl``."""
     h, w, c = (int(v) for v in l.out_shape)
     if impl == "mpq":
         lo = 32 // int(l.out_bits)
@@ -582,8 +583,9 @@ def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
     ``mpq``: the lanes of both packed inputs are unpacked in registers (shifts), and
     ``mpq.rqp`` (CSR ``mpq_rq`` written at the start, multiplier 1) requantizes and packs each
     output lane, up to :data:`ADD_CHAINS` output words' packing chains interleaved (of one
-    pixel or of consecutive pixels); ``baseline``: plain RV32IM on the int8 / int16 elements. The inputs' layouts
-    are those of the stages that wrote them (channel padding included); the output is the
+    pixel or of consecutive pixels); ``baseline``: plain RV32IM on the int8 / int16 elements.
+    The inputs' layouts are those of the stages that wrote them (channel padding included); the
+    output is the
     add's own layout (:class:`_AddPlan`). Never inlined, buffers and multipliers opaque to
     the compiler: the code depends on the layouts, precisions and ``shift`` / ``zp_out`` only
     (the cost model measures it in a program of its own)."""

@@ -71,7 +71,13 @@ the pooling, a consumer with the same input layout), cached under
 The one place the split is far off: a depthwise layer whose output is narrower than its input
 runs another kernel (``mpq.dot``, 1.3-2.7x slower), which no per-layer cost can see coming.
 A linear layer behind a conv is costed as deploy runs it (:func:`deployed_shape`: it reads the
-producer's padded channels). Nothing here is a constant: every term is an RTL measurement.
+producer's padded channels). Residual adds: a layer behind an add (its
+:class:`~rvmpq.sw.search.costs_api.LayerLink` has the add as producer) is charged the add
+stage, the glue behind it and the output side of the layers whose outputs only adds read
+(``feeds``: they are requantized to its bits), all at its own bits; the add stage is measured
+with everything at that precision (:func:`glue_network`), so an add whose skip input is at
+another precision is off by the difference in unpacking it (a few % of the add,
+docs/costs.md). Nothing here is a constant: every term is an RTL measurement.
 """
 
 from __future__ import annotations
@@ -300,22 +306,30 @@ class Measurement:
 class GlueMeasurement:
     """One RTL measurement of the glue in front of a layer (a cache entry): ``link`` is the
     :meth:`~rvmpq.sw.search.costs_api.LayerLink.key`, ``bits`` the consumer's input precision,
-    ``glue`` what deploy emits (``copy``: a glue function, ``alias``: none, 0 cycles)."""
+    ``glue`` what deploy emits (``copy``: a glue function, ``alias``: none, 0 cycles);
+    ``add_cycles`` the residual-add stage in front of it when the link's producer is an add
+    (measured in the same program, everything at ``bits``; 0 otherwise)."""
 
     link: str
     bits: int
     cycles: int
     glue: str
     exact: bool
+    add_cycles: int = 0
 
 
 @functools.lru_cache(maxsize=1)
 def glue_hash() -> str:
-    """Hash of the deploy program generator (``sw/deploy.py``: the glue code), part of the
-    glue cache folder name so that a change of the glue re-measures it."""
+    """Hash of the deploy program generator (``sw/deploy.py``: the glue and add code) and of
+    the harness that measures them (:func:`glue_network`, :meth:`RtlCostModel.measure_glue`),
+    part of the glue cache folder name so that a change of either re-measures."""
     import hashlib
+    import inspect
 
-    return hashlib.sha256((Path(__file__).parent / "deploy.py").read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256((Path(__file__).parent / "deploy.py").read_bytes())
+    h.update(inspect.getsource(glue_network).encode())
+    h.update(inspect.getsource(RtlCostModel.measure_glue).encode())
+    return h.hexdigest()[:12]
 
 
 def glue_network(link: LayerLink, bits: int, seed: int = 0):
@@ -323,8 +337,10 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
     input: ``(QNetwork, xq)`` with ``xq`` an ``(1, H, W, C)`` integer batch.
 
     A producer with the same output layout as ``link.producer`` (channels, output map, channel
-    padding of its kernel variant: a 1x1 conv / depthwise / linear from a minimal input),
-    its ReLU output requantized to ``bits``, the max pooling, a flatten before a linear
+    padding of its kernel variant: a 1x1 conv / depthwise / linear from a minimal input; for a
+    residual add, a 1x1 conv's ReLU output plus a 1x1 conv of it without ReLU, added with a
+    ReLU: the add stage is timed in the same run), its ReLU output requantized to ``bits``,
+    the max pooling, a flatten before a linear
     consumer, and the consumer with the same input geometry as ``link.consumer`` (channels,
     map, padding) but a single output channel (depthwise: all of them) as the logits layer.
     The glue depends only on the two layouts, so it is the same code as in the network.
@@ -335,9 +351,26 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
     check_bits(bits)
     p, c = link.producer, link.consumer
     rng = np.random.default_rng([seed, bits, zlib.crc32(link.key().encode())])
-    pv = shape_variant(p)
+    pv = "add" if p.kind == "add" else shape_variant(p)
     ho, wo, ch = p.h_out, p.w_out, p.cout
-    if pv == "linear":
+    if pv == "add":
+        # a residual block's add, everything at ``bits``: the skip (a 1x1 conv's ReLU output,
+        # unsigned) plus a 1x1 conv of it without ReLU (signed), ReLU after the add; the add
+        # stage and the glue behind it are deploy's code for these layouts
+        l0 = random_layer("pointwise", bits, 1, ch, ho, wo, rng=rng, out_bits=bits,
+                          a_signed=False, relu=True)
+        lb = random_layer("pointwise", bits, ch, ch, ho, wo, rng=rng, out_bits=bits,
+                          a_signed=False, relu=False)
+        lb.out_signed = True
+        hi = 1 << bits
+        mult = rng.integers(1, max(2, (1 << 30) // (2 * hi)), size=2)
+        shift = max(0, int(np.ceil(np.log2(2 * int(mult.max()) + 1))))
+        add = QLayer("add", "add", (ho, wo, ch), (ho, wo, ch), 0, bits, True, 0,
+                     mult=np.asarray(mult, dtype=np.int64), shift=shift, out_bits=bits,
+                     out_signed=False, relu=True, src=(0, 1))
+        l0.name, lb.name = "skip", "branch"
+        layers = [l0, lb, add]
+    elif pv == "linear":
         l0 = random_layer("linear", bits, 1, ch, rng=rng, out_bits=bits, a_signed=False,
                           relu=True)
     elif pv == "depthwise":
@@ -346,14 +379,16 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
     else:
         l0 = random_layer("pointwise", bits, 1, ch, ho, wo, rng=rng, out_bits=bits,
                           a_signed=False, relu=True)
-    layers = [l0]
+    if pv != "add":
+        l0.name = "producer"
+        layers = [l0]
     kh, kw = link.pool
     if (kh, kw) != (1, 1):
         layers.append(QLayer("maxpool", "pool", (ho, wo, ch), (ho // kh, wo // kw, ch),
                              kernel=(kh, kw), stride=(kh, kw)))
     cv = shape_variant(c)
     if cv == "linear":
-        if l0.kind != "linear":
+        if pv != "linear":
             n = (ho // kh) * (wo // kw) * ch
             layers.append(QLayer("flatten", "flat", (ho // kh, wo // kw, ch), (1, 1, n)))
         l1 = random_layer("linear", bits, c.cin, 1, rng=rng, out_bits=32, a_signed=False)
@@ -362,7 +397,7 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
         l1 = random_layer("depthwise" if cv == "depthwise" else "conv", bits, c.cin, cout,
                           c.h_in, c.w_in, (c.kh, c.kw), c.stride, c.padding, rng=rng,
                           out_bits=32, a_signed=False)
-    l0.name, l1.name = "producer", "consumer"
+    l1.name = "consumer"
     layers.append(l1)
     net = QNetwork(1.0, 0, bits, False, layers)
     return net, random_input(l0, rng)[None]
@@ -375,15 +410,17 @@ def deployed_shape(shape: LayerShape, link: LayerLink | None, bits: int) -> Laye
     (:func:`rvmpq.sw.deploy.plan_network` folds the flatten into its weights): each pixel
     contributes all of the producer's *padded* output channels (zero weights for the padding),
     so its input features are pooled pixels x padded channels: ``Cout`` rounded up to the
-    GEMM kernel's 16-channel blocks, or for a depthwise producer to whole words of lanes at
-    ``bits`` (exact when the producer runs at ``bits`` too). Every other layer runs as it is.
+    GEMM kernel's 16-channel blocks, or for a depthwise producer or a residual add to whole
+    words of lanes at ``bits`` (exact when the producer runs at ``bits`` too; an add always
+    writes at its consumer's bits). Every other layer runs as it is.
     """
-    if link is None or shape.kind != "linear" or link.producer.kind != "conv":
+    if link is None or shape.kind != "linear" or link.producer.kind == "linear":
         return shape
     from rvmpq.sw.kernels.gen import LDOT_NB
 
     p = link.producer
-    lanes = LDOT_NB if shape_variant(p) != "depthwise" else 32 // check_bits(bits)
+    lanes = (LDOT_NB if p.kind == "conv" and shape_variant(p) != "depthwise"
+             else 32 // check_bits(bits))
     per = -(-p.cout // lanes) * lanes
     cin = (p.h_out // link.pool[0]) * (p.w_out // link.pool[1]) * per
     return shape if cin == shape.cin else dataclasses.replace(shape, cin=cin)
@@ -395,26 +432,30 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
 
     Returns ``{"layers": [cycles charged to each layer], "kernels": [predicted kernel stage
     cycles: the layer at its bits, output at the next layer's], "glue": [predicted glue in
-    front of each layer], "terms": [in_network_terms per layer], "total", "kernel_total",
-    "glue_total"}``. A model without :meth:`RtlCostModel.in_network_terms` gives the layers
-    alone (no glue, outputs at their own bits).
+    front of each layer], "adds": [predicted residual-add stages in front of each layer],
+    "terms": [in_network_terms per layer], "total", "kernel_total", "glue_total",
+    "add_total"}``. A model without :meth:`RtlCostModel.in_network_terms` gives the layers
+    alone (no glue, no adds, outputs at their own bits) and says so in ``"note"``.
     """
     n = len(shapes)
     if not (len(links) == len(bits) == n):
         raise ValueError(f"{n} shapes, {len(links)} links, {len(bits)} bits: give one per layer")
     if not hasattr(cm, "in_network_terms"):
         ks = [float(cm.layer_cost(s, b, b).cycles) for s, b in zip(shapes, bits)]
-        return {"layers": ks, "kernels": ks, "glue": [0.0] * n, "terms": [], "total": sum(ks),
-                "kernel_total": sum(ks), "glue_total": 0.0}
+        return {"layers": ks, "kernels": ks, "glue": [0.0] * n, "adds": [0.0] * n,
+                "terms": [], "total": sum(ks), "kernel_total": sum(ks), "glue_total": 0.0,
+                "add_total": 0.0, "note": "kernels alone: this cost model has no in-network "
+                "terms (no glue, no residual-add stages)"}
     terms = [cm.in_network_terms(s, b, ln, consumer_linked(links, i))
              for i, (s, b, ln) in enumerate(zip(shapes, bits, links))]
     layers = [float(sum(t.values())) for t in terms]
     kernels = [t["kernel"] + t["own_out"] + (terms[i + 1]["producer_out"] if i + 1 < n else 0.0)
                for i, t in enumerate(terms)]
     glue = [t["glue"] for t in terms]
-    return {"layers": layers, "kernels": kernels, "glue": glue, "terms": terms,
+    adds = [t.get("add", 0.0) for t in terms]
+    return {"layers": layers, "kernels": kernels, "glue": glue, "adds": adds, "terms": terms,
             "total": float(sum(layers)), "kernel_total": float(sum(kernels)),
-            "glue_total": float(sum(glue))}
+            "glue_total": float(sum(glue)), "add_total": float(sum(adds))}
 
 
 def _read_entry(p: Path, cls):
@@ -636,9 +677,9 @@ class RtlCostModel:
         if m is not None:
             return m
         net, xq = glue_network(link, bits)
-        kinds = [st.glue for st in plan_network(net, "mpq")]
-        if kinds[1] != "copy":
-            m = GlueMeasurement(link.key(), bits, 0, kinds[1], True)
+        kind = plan_network(net, "mpq")[-1].glue
+        if kind != "copy" and link.producer.kind != "add":
+            m = GlueMeasurement(link.key(), bits, 0, kind, True)
         else:
             self._check_version()
             with tempfile.TemporaryDirectory(prefix="rvmpq-glue-") as d:
@@ -649,7 +690,12 @@ class RtlCostModel:
                 raise RuntimeError(f"glue harness of {link.key()} INT{bits}: the network's "
                                    "output differs from the integer model; refusing to record "
                                    "its cost")
-            m = GlueMeasurement(link.key(), bits, int(round(run.glue_cycles)), "copy", True)
+            # the glue in front of the consumer (the last stage) and the add stage; not the
+            # glue between the add harness's own producers
+            cyc = list(run.stage_cycles.values())
+            glue = cyc[-2] if len(cyc) > 1 and run.stage_kinds[-2] == "glue" else 0.0
+            m = GlueMeasurement(link.key(), bits, int(round(glue)), kind, True,
+                                int(round(run.add_cycles)))
         _write_json(self._glue_path(link, bits), dataclasses.asdict(m))
         return m
 
@@ -674,15 +720,42 @@ class RtlCostModel:
         b = self._cycles(shape, REF_OUT_BITS)
         return 0.0 if a is None or b is None else a - b
 
+    def _glue_entry(self, link: LayerLink, bits: int) -> GlueMeasurement | None:
+        m = self.cached_glue(link, bits)
+        if m is None and self.measure_missing:
+            m = self.measure_glue(link, bits)
+        return m
+
     def glue_cycles(self, link: LayerLink | None, bits: int) -> float:
         """Measured glue cycles in front of ``link.consumer`` at ``bits`` (0 without a link, or
         when neither cached nor measurable)."""
         if link is None:
             return 0.0
-        m = self.cached_glue(link, bits)
-        if m is None and self.measure_missing:
-            m = self.measure_glue(link, bits)
+        m = self._glue_entry(link, bits)
         return 0.0 if m is None else float(m.cycles)
+
+    def add_cycles(self, link: LayerLink | None, bits: int) -> float:
+        """Measured cycles of the residual-add stages charged to ``link.consumer`` at ``bits``:
+        the add that produces its input and the adds of ``link.adds`` (each measured in the
+        program of :func:`glue_network`, inputs and output at ``bits``); 0 without an add
+        producer."""
+        if link is None or link.producer.kind != "add":
+            return 0.0
+        tot = 0.0
+        for a in (link.producer, *link.adds):
+            ln = link if a is link.producer else LayerLink(a, link.consumer)
+            m = self._glue_entry(ln, bits)
+            tot += 0.0 if m is None else float(m.add_cycles)
+        return tot
+
+    def _producer_out(self, link: LayerLink | None, bits: int) -> float:
+        """``R(bits)`` of the layers whose output is requantized to the consumer's ``bits``:
+        the producer, or with a residual add producer the ``feeds``."""
+        if link is None:
+            return 0.0
+        if link.producer.kind == "add":
+            return float(sum(self.out_delta(f, bits) for f in link.feeds))
+        return self.out_delta(link.producer, bits)
 
     def in_network_terms(self, shape: LayerShape, bits: int, link: LayerLink | None,
                          consumer_linked: bool = True) -> dict[str, float]:
@@ -690,14 +763,17 @@ class RtlCostModel:
         (the layer alone as deploy runs it, :func:`deployed_shape`, output at its own bits:
         :meth:`layer_cost`), ``own_out`` (``-R(bits)``:
         its own output-side work taken out, the consumer pays it; 0 when ``consumer_linked`` is
-        false, i.e. the next layer has no link (behind a residual add) and so does not pay it),
+        false, i.e. the next layer has no link (it reads the network input) and so does not
+        pay it),
         ``producer_out`` (the producer's ``R(bits)``: its output requantized to this layer's
-        bits) and ``glue``."""
+        bits; with a residual add producer: its ``feeds``), ``glue`` and ``add`` (the
+        residual-add stages in front of it, :meth:`add_cycles`)."""
         return {"kernel": float(self.layer_cost(deployed_shape(shape, link, bits), bits,
                                                 bits).cycles),
                 "own_out": -self.out_delta(shape, bits) if consumer_linked else 0.0,
-                "producer_out": self.out_delta(link.producer, bits) if link else 0.0,
-                "glue": self.glue_cycles(link, bits)}
+                "producer_out": self._producer_out(link, bits),
+                "glue": self.glue_cycles(link, bits),
+                "add": self.add_cycles(link, bits)}
 
     def in_network_cycles(self, shape: LayerShape, w_bits: int, a_bits: int,
                           link: LayerLink | None, consumer_linked: bool = True) -> float:
@@ -721,8 +797,10 @@ class RtlCostModel:
                 if not s.logits:
                     items += [(s, REF_OUT_BITS), (s, REF_OUT_BITS, b)]
                 if ln is not None:
-                    items += [(ln.producer, REF_OUT_BITS), (ln.producer, REF_OUT_BITS, b),
-                              (ln, b)]
+                    for p in (ln.feeds if ln.producer.kind == "add" else (ln.producer,)):
+                        items += [(p, REF_OUT_BITS), (p, REF_OUT_BITS, b)]
+                    items.append((ln, b))
+                    items += [(LayerLink(a, ln.consumer), b) for a in ln.adds]
         return list(dict.fromkeys(items))
 
     # ---- analytic model ---------------------------------------------------------------

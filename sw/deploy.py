@@ -11,7 +11,8 @@ numpy integer model (:func:`rvmpq.sw.search.qnn.int_forward`). It also builds th
 at uniform INT8 (re-exported from the model) on ``mpq`` and in plain RV32IM software on
 ``baseline`` (the baseline kernels of :mod:`rvmpq.sw.kernels.gen`, int8 storage), and reports
 cycles per inference, their ratio, and the cost model's whole-program prediction (what the
-search sums for the configuration: kernels, output precisions and glue) with its error.
+search sums for the configuration: kernels, output precisions, glue and residual-add stages)
+with its error.
 
 The program
 -----------
@@ -29,8 +30,21 @@ The program
   output buffer directly (no glue). Glue functions are never inlined and see their buffers
   through opaque pointers, so their code depends only on the layouts (the cost model measures
   them in a program of their own: :func:`rvmpq.sw.costs.glue_network`).
+* A residual ``add`` (``acc = x0 * mult[0] + x1 * mult[1]``, ``y = requant(acc, 1, shift,
+  zp_out, out_bits, out_signed)``, the rule of :mod:`rvmpq.sw.search.qnn`) is a stage of its
+  own (``aK``): on ``mpq`` it unpacks the lanes of both packed inputs in registers (each input
+  in its producer's layout: its bits, signedness and channel padding) and requantizes and
+  packs every output lane with ``mpq.rqp`` (CSR ``mpq_rq`` written at its start, multiplier
+  1); on ``baseline`` it is plain RV32IM on the int8 / int16 elements. Its output buffer is
+  laid out like a layer's output (``32 / out_bits`` channels per word, padding lanes 0; one
+  element per channel on ``baseline``), so the glue and the flatten folding behind it are the
+  same as behind a kernel. A compute layer may read any earlier stage's output (``src``), and
+  every stage's output buffer is a static array of its own, so a skip tensor stays intact
+  until its add has read it. The add needs two inputs of its output's shape, each a
+  conv / linear / add output as it is (no broadcasting, no pooling or flatten in between);
+  anything else is a :class:`DeployError` naming the layer.
 * The N test inputs sit in DMEM already packed in the first layer's padded input layout.
-  ``rdcycle`` is read before the first stage and after every stage (kernel or glue) of each
+  ``rdcycle`` is read before the first stage and after every stage (kernel, glue or add) of each
   inference; the stamps and the int32 logits of every inference are the signature
   (``begin_signature`` .. ``end_signature``): per inference ``[t0, t1, ..., tS, logits...]``.
 
@@ -85,10 +99,14 @@ __all__ = ["DeployError", "ProgramTooLarge", "NotBitExact", "NetworkProgram", "N
 DEFAULT_N = 32
 #: Cycle limit of one program run (the whole batch).
 DEFAULT_MAX_CYCLES = 500_000_000
-#: Layer kinds the deploy program handles (conv: groups 1 or depthwise).
-SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten")
+#: Layer kinds the deploy program handles (conv: groups 1 or depthwise; add: a residual add of
+#: two tensors of the same shape).
+SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten", "add")
 #: Bytes of DMEM kept free for the stack.
 STACK_RESERVE = 2048
+#: Output words whose ``mpq.rqp`` packing chains a residual add stage on ``mpq`` interleaves
+#: (of one pixel or of consecutive pixels), hiding the instruction's latency.
+ADD_CHAINS = 4
 #: DMEM of the SoC the programs run on unless ``--dmem-kib`` says otherwise (the SoC of the
 #: kernels and the cost table: its models are the cached default ones).
 DEFAULT_DMEM_KIB = 64
@@ -174,15 +192,67 @@ def load_config(config_path) -> tuple[dict, QNetwork]:
 
 @dataclasses.dataclass
 class _Stage:
-    """One compute layer and the glue in front of it (see :func:`plan_network`)."""
+    """One stage of the program (see :func:`plan_network`): a compute layer and the glue in
+    front of it, or a residual add."""
 
-    index: int                 # compute-layer index
+    index: int                 # stage index (the C symbols of the stage: lK_, gK, aK, dep_outK)
     layer: QLayer              # possibly re-indexed linear (flatten folded)
     source: QLayer             # the network's layer
-    plan: object               # KernelPlan
-    pool: tuple = (1, 1)       # max-pool window applied to the previous output
+    plan: object               # KernelPlan, or _AddPlan for an add
+    pool: tuple = (1, 1)       # max-pool window applied to the producer's output
     flatten: bool = False
-    glue: str = "none"         # "none" (first layer), "alias" (reads prev output), "copy"
+    glue: str = "none"         # "none" (first layer, add), "alias" (reads the producer's
+    #                            output buffer in place), "copy"
+    producer: int = -1         # stage whose output this compute stage reads (-1: the input)
+    inputs: tuple = ()         # an add: the two stages it reads (``src`` order)
+
+    @property
+    def kind(self) -> str:
+        """``"kernel"`` (conv / linear) or ``"add"``."""
+        return "add" if self.source.kind == "add" else "kernel"
+
+
+@dataclasses.dataclass(frozen=True)
+class _AddPlan:
+    """Output layout of a residual-add stage, in the fields of a
+    :class:`~rvmpq.sw.kernels.gen.KernelPlan` that the glue, the flatten folding and the
+    buffers read: ``mpq`` packs ``lo = 32 // out_bits`` channels per word (``ocw`` words per
+    pixel, padding lanes 0), ``baseline`` stores one element per channel (``cout_pad = cout``)."""
+
+    impl: str
+    out_bits: int
+    lo: int
+    cout: int
+    cout_pad: int
+    ocw: int
+    ho: int
+    wo: int
+    variant: str = "add"
+
+    @property
+    def out_words(self) -> int:
+        """Words of the output buffer (``mpq``)."""
+        return self.ho * self.wo * self.ocw
+
+    @property
+    def cin(self) -> int:
+        """Channels (as the baseline glue reads a producer's units per pixel)."""
+        return self.cout
+
+    @property
+    def cw(self) -> int:
+        """Words per pixel (``mpq``)."""
+        return self.ocw
+
+
+def _add_plan(l: QLayer, impl: str) -> _AddPlan:
+    """The output layout of add layer ``l`` on ``impl``."""
+    h, w, c = (int(v) for v in l.out_shape)
+    if impl == "mpq":
+        lo = 32 // int(l.out_bits)
+        ocw = -(-c // lo)
+        return _AddPlan(impl, int(l.out_bits), lo, c, ocw * lo, ocw, h, w)
+    return _AddPlan(impl, int(l.out_bits), 1, c, c, c, h, w)
 
 
 def _units(pl) -> tuple[int, int]:
@@ -202,10 +272,44 @@ def _out_units(pl) -> int:
     return pl.out_words if pl.impl == "mpq" else pl.ho * pl.wo * pl.cout_pad
 
 
-def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
-    """Check ``net`` against what the kernels support and plan kernels + glue.
+def _sources(net: QNetwork, i: int) -> tuple:
+    """The layers layer ``i`` reads (``-1``: the network input); the previous one when its
+    ``src`` is unset."""
+    l = net.layers[i]
+    return tuple(int(s) for s in l.src) if l.src is not None else (i - 1,)
 
-    Raises :class:`DeployError` naming the layer and what is supported.
+
+def _check_add(l: QLayer, ins: list) -> None:
+    """What the deploy add handles: two inputs of equal shape (no broadcasting), each another
+    stage's output as it is (no pooling or flatten in between), a 2..16-bit output."""
+    shapes = [(s.plan.ho, s.plan.wo, s.plan.cout) for s in ins]
+    if shapes[0] != shapes[1] or tuple(shapes[0]) != tuple(int(v) for v in l.out_shape):
+        raise DeployError(
+            f"layer {l.name!r} (add): inputs of shape {'x'.join(map(str, shapes[0]))} "
+            f"({ins[0].source.name!r}) and {'x'.join(map(str, shapes[1]))} "
+            f"({ins[1].source.name!r}) for an output of "
+            f"{'x'.join(str(int(v)) for v in l.out_shape)}; the deploy add needs two inputs "
+            "of the output's shape (no broadcasting)")
+    if int(l.out_bits) not in (2, 4, 8, 16):
+        raise DeployError(f"layer {l.name!r} (add): out_bits={l.out_bits}; an add must "
+                          "requantize to 2, 4, 8 or 16 bits (it cannot be the logits layer)")
+    if l.mult is None or len(l.mult) != 2:
+        raise DeployError(f"layer {l.name!r} (add): needs two input multipliers (mult), got "
+                          f"{None if l.mult is None else len(l.mult)}")
+    if not -(1 << 15) <= int(l.zp_out) < (1 << 15) or not 0 <= int(l.shift) <= 63:
+        raise DeployError(f"layer {l.name!r} (add): zp_out={l.zp_out} / shift={l.shift} out "
+                          "of range (zp a signed 16-bit integer, shift 0..63)")
+
+
+def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
+    """Check ``net`` against what the kernels support and plan the stages: kernels + glue,
+    and residual adds.
+
+    A compute layer reads one earlier stage's output (through max pooling / flatten), the
+    first one the network input; an ``add`` reads two earlier stages' outputs of its own
+    shape. Every stage's output buffer stays allocated for the whole program, so a skip
+    tensor is still there when its add reads it. Raises :class:`DeployError` naming the layer
+    and what is supported.
     """
     from rvmpq.sw.kernels.gen import plan_layer
     from rvmpq.sw.kernels.layer import KernelLayerError
@@ -226,29 +330,66 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
         raise DeployError(f"last layer {last.name!r} has out_bits={last.out_bits}; the logits "
                           "layer must output the raw int32 accumulators (out_bits 32)")
     stages: list[_Stage] = []
-    pool = [1, 1]
-    flatten = False
-    prev = None
-    for l in net.layers:
+    # what each layer's output is: (stage index or -1 for the input, pool window, flattened)
+    where: list[tuple] = []
+
+    def source(i: int, s: int) -> tuple:
+        if not -1 <= s < i:
+            raise DeployError(f"layer {net.layers[i].name!r}: reads layer {s}, which does not "
+                              "come before it")
+        return (-1, (1, 1), False) if s < 0 else where[s]
+
+    for i, l in enumerate(net.layers):
+        srcs = _sources(net, i)
+        if l.kind != "add" and len(srcs) != 1:
+            raise DeployError(f"layer {l.name!r} ({l.kind}) reads {len(srcs)} layers; only an "
+                              "add reads two")
         if l.kind == "maxpool":
-            if prev is None:
+            p, pool, flat = source(i, srcs[0])
+            if p < 0:
                 raise DeployError(f"layer {l.name!r}: max pooling before the first conv/linear "
                                   "is not supported; pool the input on the host")
-            pool = [pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])]
+            where.append((p, (pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])), flat))
             continue
         if l.kind == "flatten":
-            flatten = True
+            p, pool, _ = source(i, srcs[0])
+            where.append((p, pool, True))
+            continue
+        if l.kind == "add":
+            if len(srcs) != 2:
+                raise DeployError(f"layer {l.name!r} (add): reads {len(srcs)} layers, an add "
+                                  "reads two (src)")
+            ins = []
+            for s in srcs:
+                p, pool, flat = source(i, s)
+                if p < 0:
+                    raise DeployError(f"layer {l.name!r} (add): reads the network input; the "
+                                      "deploy add reads outputs of conv/linear/add layers")
+                if pool != (1, 1) or flat:
+                    raise DeployError(f"layer {l.name!r} (add): reads {net.layers[s].name!r} "
+                                      "(max pooling / flatten of a stage's output); the deploy "
+                                      "add reads outputs of conv/linear/add layers as they are")
+                ins.append(stages[p])
+            _check_add(l, ins)
+            st = _Stage(len(stages), l, l, _add_plan(l, impl), inputs=tuple(s.index for s in ins))
+            stages.append(st)
+            where.append((st.index, (1, 1), False))
             continue
         if l is not last and l.out_bits == 32:
             raise DeployError(f"layer {l.name!r}: out_bits 32 is only allowed on the last layer")
+        p, pool, flatten = source(i, srcs[0])
+        prev = stages[p] if p >= 0 else None
+        if stages and prev is None:
+            raise DeployError(f"layer {l.name!r}: reads the network input, which only the "
+                              "first conv/linear may read")
         layer = l
         if prev is not None:
-            p = prev.layer
-            if (p.out_bits, bool(p.out_signed)) != (l.a_bits, bool(l.a_signed)):
+            pp = prev.layer
+            if (pp.out_bits, bool(pp.out_signed)) != (l.a_bits, bool(l.a_signed)):
                 raise DeployError(
                     f"layer {l.name!r} reads {l.a_bits}-bit {'signed' if l.a_signed else 'unsigned'}"
-                    f" activations but {p.name!r} writes {p.out_bits}-bit "
-                    f"{'signed' if p.out_signed else 'unsigned'}; the network export is "
+                    f" activations but {pp.name!r} writes {pp.out_bits}-bit "
+                    f"{'signed' if pp.out_signed else 'unsigned'}; the network export is "
                     "inconsistent")
             if l.kind == "linear" and (flatten or prev.plan.ho * prev.plan.wo > 1):
                 layer = _fold_flatten(l, prev.plan, pool, impl)
@@ -259,11 +400,8 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
         except KernelLayerError as exc:
             raise DeployError(f"layer {l.name!r} ({l.kind}, w{l.w_bits}/a{l.a_bits}): {exc}"
                               ) from None
-        st = _Stage(len(stages), layer, l, pl, tuple(pool), flatten)
-        if prev is None:
-            if pool != [1, 1]:
-                raise DeployError("max pooling before the first layer is not supported")
-        else:
+        st = _Stage(len(stages), layer, l, pl, tuple(pool), flatten, producer=p)
+        if prev is not None:
             if layer.kind == "linear":
                 same = _in_units(pl) == _out_units(prev.plan)
             else:
@@ -271,7 +409,7 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
                         and _units(pl)[0] == _units(prev.plan)[1])
             st.glue = "alias" if tuple(pool) == (1, 1) and same else "copy"
         stages.append(st)
-        prev, pool, flatten = st, [1, 1], False
+        where.append((st.index, (1, 1), False))
     return stages
 
 
@@ -312,9 +450,9 @@ class NetworkProgram:
     n : int
         Inferences in the batch.
     stage_names : list of str
-        The timed stages in order (``kernel <layer>`` / ``glue -> <layer>``).
+        The timed stages in order (``kernel <layer>`` / ``glue -> <layer>`` / ``add <layer>``).
     stage_kinds : list of str
-        ``kernel`` or ``glue`` per stage.
+        ``kernel``, ``glue`` or ``add`` per stage.
     record_words : int
         Signature words per inference: ``len(stage_names) + 1`` stamps, then the logits words.
     data_bytes : int
@@ -404,6 +542,133 @@ def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[s
     return "\n".join(L), helpers
 
 
+def _lane(word: str, k: int, bits: int, signed: bool) -> str:
+    """C expression (int32_t) of lane ``k`` of the ``bits``-bit lanes of uint32_t ``word``."""
+    if bits == 32:
+        return f"(int32_t){word}"
+    if signed:
+        left = 32 - bits * (k + 1)
+        w = f"({word} << {left})" if left else word
+        return f"((int32_t){w} >> {32 - bits})"
+    w = f"({word} >> {bits * k})" if k else word
+    return f"(int32_t)({w} & 0x{(1 << bits) - 1:x}u)" if bits * (k + 1) < 32 else f"(int32_t){w}"
+
+
+def _add_rq_baseline(name: str, l: QLayer) -> str:
+    """C ``static inline int32_t {name}(int32_t acc)``: ``requant(acc, 1, shift, zp_out, ...)``
+    of docs/contracts.md section 3 in plain RV32IM (``|acc| < 2**31``, so for a shift of 32 or
+    more the rounded value is 0)."""
+    lo, hi = ((-(1 << (l.out_bits - 1)), (1 << (l.out_bits - 1)) - 1) if l.out_signed
+              else (0, (1 << l.out_bits) - 1))
+    sh = int(l.shift)
+    if sh == 0:
+        r = "acc"
+    elif sh < 32:
+        r = f"(acc >> {sh}) + ((acc >> {sh - 1}) & 1)"
+    else:
+        r = "0"
+    return (f"static inline int32_t {name}(int32_t acc) {{\n"
+            f"    int32_t r = {r};\n"
+            f"    if (r < {lo - 65536}) r = {lo - 65536};\n"
+            f"    if (r > {hi + 65536}) r = {hi + 65536};\n"
+            f"    r += {int(l.zp_out)};\n"
+            f"    return r < {lo} ? {lo} : (r > {hi} ? {hi} : r);\n}}\n")
+
+
+def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
+    """C function ``name`` of a residual add stage: per element ``acc = x0 * mult[0] +
+    x1 * mult[1]`` (32-bit wrapping products and sum: exact, ``|acc| < 2**31``) and ``y =
+    requant(acc, 1, shift, zp_out, out_bits, out_signed)`` (the integer model's rule).
+
+    ``mpq``: the lanes of both packed inputs are unpacked in registers (shifts), and
+    ``mpq.rqp`` (CSR ``mpq_rq`` written at the start, multiplier 1) requantizes and packs each
+    output lane, up to :data:`ADD_CHAINS` output words' packing chains interleaved (of one
+    pixel or of consecutive pixels); ``baseline``: plain RV32IM on the int8 / int16 elements.
+    The inputs' layouts are those of the stages that wrote them (channel padding included); the
+    output is the
+    add's own layout (:class:`_AddPlan`). Never inlined, buffers and multipliers opaque to
+    the compiler: the code depends on the layouts, precisions and ``shift`` / ``zp_out`` only
+    (the cost model measures it in a program of its own)."""
+    l, pl = st.layer, st.plan
+    m0, m1 = (int(v) for v in l.mult)
+    npix = pl.ho * pl.wo
+    if pl.impl == "mpq":
+        L = [f"__attribute__((noinline)) static void {name}(void) {{",
+             f"    const uint32_t *s0 = (const uint32_t *)({srcs[0]});",
+             f"    const uint32_t *s1 = (const uint32_t *)({srcs[1]});",
+             f"    uint32_t *d = (uint32_t *)({dst});",
+             f"    int32_t m0 = {m0}, m1 = {m1}, one = 1;",
+             "    __asm__ volatile (\"\" : \"+r\"(s0), \"+r\"(s1), \"+r\"(d), \"+r\"(m0), "
+             "\"+r\"(m1), \"+r\"(one));",
+             f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, "
+             f"{int(l.out_bits)}, {int(bool(l.out_signed))}));",
+             ]
+        lay = [(s.plan.lo, s.plan.out_bits, bool(s.layer.out_signed), s.plan.ocw) for s in ins]
+
+        def pixels(npx: int, ind: str) -> None:
+            """``npx`` pixels: their output words' ``mpq.rqp`` packing chains, up to
+            :data:`ADD_CHAINS` at a time, interleaved lane by lane (a chain waits only on its
+            own previous ``mpq.rqp``)."""
+            chains = [(q, w) for q in range(npx) for w in range(pl.ocw)]
+            for k0 in range(0, len(chains), ADD_CHAINS):
+                batch = chains[k0:k0 + ADD_CHAINS]
+                L.append(f"{ind}{{")
+                L.append(f"{ind}    uint32_t " + ", ".join(f"pk{q}_{w} = 0" for q, w in batch)
+                         + ";")
+                loaded = set()
+                for i in range(pl.lo):
+                    for q, w in batch:
+                        c = w * pl.lo + i
+                        if c >= pl.cout:
+                            continue
+                        xs = []
+                        for j, (lo, b, sg, ocw) in enumerate(lay):
+                            wi = c // lo
+                            v = f"w{j}_{q}_{wi}"
+                            if v not in loaded:
+                                L.append(f"{ind}    uint32_t {v} = s{j}[{q * ocw + wi}];")
+                                loaded.add(v)
+                            xs.append(_lane(v, c % lo, b, sg))
+                        L.append(f"{ind}    pk{q}_{w} = mpq_rqp(pk{q}_{w}, (int32_t)((uint32_t)"
+                                 f"{xs[0]} * (uint32_t)m0 + (uint32_t){xs[1]} * (uint32_t)m1), "
+                                 "one);")
+                for q, w in batch:
+                    rest = pl.lo - len(range(w * pl.lo, min((w + 1) * pl.lo, pl.cout)))
+                    L.append(f"{ind}    d[{q * pl.ocw + w}] = pk{q}_{w}"
+                             + (f" >> {rest * pl.out_bits};" if rest else ";"))
+                L.append(f"{ind}}}")
+
+        g = max(1, min(ADD_CHAINS, -(-ADD_CHAINS // pl.ocw)))   # pixels per loop iteration
+        if npix >= g:
+            L.append(f"    for (int p = 0; p < {npix - npix % g}; p += {g}) {{")
+            pixels(g, "        ")
+            L += [f"        s0 += {g * lay[0][3]}; s1 += {g * lay[1][3]}; d += {g * pl.ocw};",
+                  "    }"]
+        if npix % g:
+            pixels(npix % g, "    ")
+        L += ["}", ""]
+        return "\n".join(L)
+    ts = [_elem_type(s.plan.out_bits, bool(s.layer.out_signed)) for s in ins]
+    to = _elem_type(pl.out_bits, bool(l.out_signed))
+    rq = f"{name}_rq"
+    L = [_add_rq_baseline(rq, l),
+         f"__attribute__((noinline)) static void {name}(void) {{",
+         f"    const {ts[0]} *s0 = (const {ts[0]} *)({srcs[0]});",
+         f"    const {ts[1]} *s1 = (const {ts[1]} *)({srcs[1]});",
+         f"    {to} *d = ({to} *)({dst});",
+         f"    int32_t m0 = {m0}, m1 = {m1};",
+         "    __asm__ volatile (\"\" : \"+r\"(s0), \"+r\"(s1), \"+r\"(d), \"+r\"(m0), "
+         "\"+r\"(m1));",
+         f"    for (int p = 0; p < {npix}; p++) {{",
+         f"        for (int c = 0; c < {pl.cout}; c++)",
+         f"            d[c] = ({to}){rq}((int32_t)((uint32_t)s0[c] * (uint32_t)m0 + "
+         "(uint32_t)s1[c] * (uint32_t)m1));",
+         f"        s0 += {ins[0].plan.cout_pad}; s1 += {ins[1].plan.cout_pad}; "
+         f"d += {pl.cout_pad};",
+         "    }", "}", ""]
+    return "\n".join(L)
+
+
 def _c_array(ctype: str, name: str, values, const: bool = True) -> str:
     from rvmpq.sw.kernels.gen import _c_array as gen_array
     text = gen_array(ctype, name, values, 16 if ctype != "uint32_t" else 8)
@@ -454,6 +719,22 @@ def emit_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq") -> NetworkPro
     for st in stages:
         pl, k = st.plan, st.index
         ob = pl.out_bits
+        if st.kind == "add":
+            # its output buffer (its own layout), then the add function; its inputs are the
+            # buffers of earlier stages, all static: a skip tensor stays where it is
+            otype = "uint32_t" if impl == "mpq" else _elem_type(ob, bool(st.layer.out_signed))
+            out_sym = out_buf[k] = f"dep_out{k}"
+            L.append(f"static {otype} {out_sym}[{_out_units(pl)}] __attribute__((aligned(4)));")
+            nbytes += (4 if impl == "mpq" else 2 if ob == 16 else 1) * _out_units(pl)
+            nbytes += (-nbytes) % 4
+            glue_text.append(_add_fn(f"a{k}", st, [stages[j] for j in st.inputs],
+                                     [out_buf[j] for j in st.inputs], out_sym))
+            a, b = (stages[j] for j in st.inputs)
+            names.append(f"add {st.source.name} (INT{a.plan.out_bits} {a.source.name} + "
+                         f"INT{b.plan.out_bits} {b.source.name} -> INT{ob})")
+            kinds.append("add")
+            calls.append(f"a{k}();")
+            continue
         in_units, out_units = _in_units(pl), _out_units(pl)
         if impl == "mpq":
             otype, oesz = "uint32_t", 4
@@ -466,7 +747,7 @@ def emit_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq") -> NetworkPro
         if k == 0:
             in_sym = "dep_in"
         elif st.glue == "alias":
-            in_sym = out_buf[k - 1]
+            in_sym = out_buf[st.producer]
         else:
             in_sym = f"dep_buf{k}"
             halo = pack(st.layer, np.zeros(st.layer.in_shape, dtype=np.int64)
@@ -503,7 +784,8 @@ def emit_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq") -> NetworkPro
         nbytes += 8 * pl.cout_pad
         L.append(src.text)
         if k > 0 and st.glue == "copy":
-            text, h = _glue_fn(f"g{k}", st, stages[k - 1], out_buf[k - 1], in_sym)
+            text, h = _glue_fn(f"g{k}", st, stages[st.producer], out_buf[st.producer],
+                               in_sym)
             helpers |= h
             glue_text.append(text)
             what = (f"maxpool {st.pool[0]}x{st.pool[1]} + copy" if st.pool != (1, 1)
@@ -700,12 +982,14 @@ class NetworkRun:
     imem_bytes, dmem_bytes : int
         Code size; DMEM used by data, buffers and signature (the stack comes on top).
     stage_kinds : list of str
-        ``kernel`` or ``glue`` per entry of ``stage_cycles``.
+        ``kernel``, ``glue`` or ``add`` per entry of ``stage_cycles``.
     dmem_kib : int
         DMEM size (KiB) of the SoC the program was linked for and ran on.
     requested_dmem_kib : int
         The DMEM size asked for; smaller than ``dmem_kib`` when the program did not fit it and
         was moved to a larger DMEM (:func:`build_network_fitting`).
+    add_cycles : float
+        Mean cycles per inference in residual-add stages.
     """
 
     impl: str
@@ -721,6 +1005,7 @@ class NetworkRun:
     stage_kinds: list = dataclasses.field(default_factory=list)
     dmem_kib: int = DEFAULT_DMEM_KIB
     requested_dmem_kib: int = DEFAULT_DMEM_KIB
+    add_cycles: float = 0.0
 
     @property
     def cycles_per_inference(self) -> float:
@@ -786,9 +1071,10 @@ def run_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq", out_dir=None,
     stage_cycles = {nm: float(d[:, i].mean()) for i, nm in enumerate(prog.stage_names)}
     kern = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "kernel"))
     glue = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "glue"))
+    adds = float(sum(d[:, i].mean() for i, k in enumerate(prog.stage_kinds) if k == "add"))
     return NetworkRun(impl, logits, d.sum(axis=1), stage_cycles, kern, glue, int(res.cycles),
                       Path(out_dir) / f"{name}.elf", *sizes, stage_kinds=list(prog.stage_kinds),
-                      dmem_kib=kib, requested_dmem_kib=dmem_kib)
+                      dmem_kib=kib, requested_dmem_kib=dmem_kib, add_cycles=adds)
 
 
 # ---- cost prediction ----------------------------------------------------------------------
@@ -797,10 +1083,11 @@ def predicted_cycles(net: QNetwork, cost_model=None) -> dict:
     """The whole-program cycles the cost model (default :class:`rvmpq.sw.costs.RtlCostModel`,
     measuring on the RTL what its cache lacks) predicts for ``net``: what the search sums for
     this configuration (:func:`rvmpq.sw.costs.network_prediction`: per layer its kernel with
-    the output at the next layer's bits, plus the glue in front of it).
+    the output at the next layer's bits, plus the glue and the residual-add stages in front of
+    it).
 
     Returns the dict of :func:`~rvmpq.sw.costs.network_prediction` (``layers``, ``kernels``,
-    ``glue``, ``total``, ...)."""
+    ``glue``, ``adds``, ``total``, ...)."""
     from rvmpq.sw.costs import network_prediction
     from rvmpq.sw.search.costs_api import network_shapes
 
@@ -899,6 +1186,7 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
     d = {"cycles_per_inference": run.cycles_per_inference,
          "cycles_min": int(run.cycles.min()), "cycles_max": int(run.cycles.max()),
          "kernel_cycles": run.kernel_cycles, "glue_cycles": run.glue_cycles,
+         "add_cycles": run.add_cycles,
          "stage_cycles": run.stage_cycles, "program_cycles": run.total_cycles,
          "bit_exact": exact, "mismatches": int(len(bad)),
          "first_mismatch": None if exact else [int(v) for v in bad[0]],
@@ -910,11 +1198,17 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
                           f"{run.requested_dmem_kib})")
     if pred is not None:
         tot, kt, gt = pred["total"], pred["kernel_total"], pred["glue_total"]
-        stages, k = {}, 0
+        at = pred.get("add_total", 0.0)
+        stages, k, adds = {}, 0, []
         for nm, kind in zip(run.stage_cycles, run.stage_kinds):
             if kind == "kernel":
+                if adds:                 # the add stages since the last kernel: charged to
+                    stages[adds[-1]] = pred["adds"][k]   # this layer (their sum on the last)
+                    adds = []
                 stages[nm] = pred["kernels"][k]
                 k += 1
+            elif kind == "add":
+                adds.append(nm)
             else:                        # the glue in front of compute layer k
                 stages[nm] = pred["glue"][k]
         d["predicted_layer_cycles"] = pred["layers"]
@@ -922,10 +1216,15 @@ def _summary(run: NetworkRun, net: QNetwork, x, y, pred: dict | None) -> dict:
         d["predicted_cycles"] = tot
         d["predicted_kernel_cycles"] = kt
         d["predicted_glue_cycles"] = gt
+        d["predicted_add_cycles"] = at
+        if pred.get("note"):
+            d["prediction_note"] = pred["note"]
         d["prediction_error_pct"] = 100.0 * (tot - run.cycles_per_inference) / run.cycles_per_inference
         d["kernel_prediction_error_pct"] = 100.0 * (kt - run.kernel_cycles) / run.kernel_cycles
         d["glue_prediction_error_pct"] = (100.0 * (gt - run.glue_cycles) / run.glue_cycles
                                           if run.glue_cycles else None)
+        d["add_prediction_error_pct"] = (100.0 * (at - run.add_cycles) / run.add_cycles
+                                         if run.add_cycles else None)
     return d
 
 
@@ -943,10 +1242,10 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"SoC DMEM: {res.dmem_kib} KiB" + "".join(f"; {note}" for note in notes)
          + (" (cycle counts do not depend on the memory size: single-cycle memories)"
             if notes else ""), "",
-         "| program | core | cycles / inference | kernels | glue | predicted | whole-program "
-         "error | kernels predicted / error | glue predicted / error | bit-exact | acc RTL | "
-         "acc numpy |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| program | core | cycles / inference | kernels | glue | adds | predicted | "
+         "whole-program error | kernels predicted / error | glue predicted / error | adds "
+         "predicted / error | bit-exact | acc RTL | acc numpy |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def err(v, key):
         e = v.get(key)
@@ -957,18 +1256,24 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
               if "predicted_kernel_cycles" in v else "-")
         pg = (f"{v['predicted_glue_cycles']:.0f} / {err(v, 'glue_prediction_error_pct')}"
               if "predicted_glue_cycles" in v else "-")
+        pa = (f"{v['predicted_add_cycles']:.0f} / {err(v, 'add_prediction_error_pct')}"
+              if "predicted_add_cycles" in v else "-")
         L.append(f"| {k} | {'mpq' if k.startswith('mpq') else 'baseline'} | "
                  f"{v['cycles_per_inference']:.0f} | {v['kernel_cycles']:.0f} | "
-                 f"{v['glue_cycles']:.0f} | {pc} | {err(v, 'prediction_error_pct')} | {pk} | "
-                 f"{pg} | {'yes' if v['bit_exact'] else 'NO'} | "
+                 f"{v['glue_cycles']:.0f} | {v.get('add_cycles', 0.0):.0f} | {pc} | "
+                 f"{err(v, 'prediction_error_pct')} | {pk} | {pg} | {pa} | "
+                 f"{'yes' if v['bit_exact'] else 'NO'} | "
                  f"{v['accuracy_rtl']:.2f}% | {v['accuracy_numpy']:.2f}% |")
     L += ["", "Speedups: " + ", ".join(f"{k} {v:.2f}x" for k, v in res.speedups.items()), "",
           "The prediction is what the search sums for this configuration (docs/costs.md, "
           "\"Whole-program cost\"): per compute layer its kernel measured alone, corrected for "
           "the precision its output is requantized to (the next layer's), plus the glue in front "
           "of it (max pooling, the copy into its padded input buffer) measured with the deploy "
-          "glue code; every term measured on the RTL. The error is against the whole program "
-          "(cycles / inference, every stage's timed window).", ""]
+          "glue code, and the residual-add stages in front of it measured with the deploy add "
+          "code at its precision (inputs at another precision than the add's output are a "
+          "residual error, docs/costs.md); every term measured on the RTL. The error is against "
+          "the whole program (cycles / inference, every stage's timed window).", ""]
+    L += [f"{k}: {v['prediction_note']}  " for k, v in r.items() if v.get("prediction_note")]
     for k, v in r.items():
         L += [f"## {k}: cycles per stage (mean per inference)", "",
               f"`{v['elf']}`: {v.get('imem_bytes', 0)} B code (IMEM), {v.get('dmem_bytes', 0)} B "

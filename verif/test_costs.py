@@ -288,8 +288,8 @@ def test_in_network_terms_cancel_at_uniform_bits(cm):
         assert total == pytest.approx(alone + glue)
         p = costs.network_prediction(cm, shapes, links, [bits] * 3)
         assert p["total"] == pytest.approx(total) and p["glue_total"] == glue
-        # b behind a residual add (no link): b pays nothing for a, so a keeps its own
-        # output-side cycles instead of handing them to a consumer that does not take them
+        # b without a link (it does not read a's output): b pays nothing for a, so a keeps
+        # its own output-side cycles instead of handing them to a consumer that does not
         cut = [None, None, links[2]]
         p = costs.network_prediction(cm, shapes, cut, [bits] * 3)
         assert p["terms"][0]["own_out"] == 0 and p["terms"][1]["producer_out"] == 0
@@ -336,6 +336,60 @@ def test_model_network_matches_the_integer_export():
         pools[name] = [l.pool for l in ml[1:]]
     assert pools["mnist1d-cnn"] == [(1, 1), (1, 2), (1, 2)]
     assert pools["mnist1d-cnn-l"] == [(1, 1), (1, 1), (1, 2), (1, 1), (1, 2), (1, 1)]
+
+
+def test_links_behind_residual_adds():
+    """A layer behind a residual add gets a link from the add (pooling kept), with the layers
+    whose outputs only adds read (requantized to its bits) as ``feeds`` and the adds that only
+    adds read as ``adds``; each producer hands its output side to a consumer."""
+    import sys
+    from pathlib import Path
+
+    from rvmpq.sw.search.costs_api import consumer_linked, network_shapes
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_deploy import _residual_graph
+
+    net = _residual_graph(np.random.default_rng(0), [8] * 6)
+    shapes, links = network_shapes(net)        # L0, L1, add1, L2 (conv), add2, pool, fc
+    assert [s.kind for s in shapes] == ["conv", "conv", "conv", "linear"]
+    assert links[0] is None
+    assert links[1].producer == shapes[0]
+    ln = links[2]                              # L2 reads add1 = L0 + L1; L0 is read by L1 too
+    assert ln.producer == LayerShape("add", 6, 6, 6, 6)
+    assert ln.feeds == (shapes[1],) and ln.adds == () and ln.pool == (1, 1)
+    ln = links[3]                              # fc reads pool(add2) = add1 + L2; add1 read by L2
+    assert ln.producer.kind == "add" and ln.pool == (2, 2)
+    assert ln.feeds == (shapes[2],) and ln.adds == ()
+    assert all(consumer_linked(links, i) for i in range(4))
+    # an add read only by another add is charged to the consumer behind both
+    net.layers[3].src = (1,)                   # L2 reads L1: add1 is read by add2 only
+    net.layers[3].a_bits, net.layers[3].a_signed = net.layers[1].out_bits, net.layers[1].out_signed
+    shapes, links = network_shapes(net)
+    assert links[2].producer == shapes[1]
+    assert len(links[3].adds) == 1 and links[3].adds[0].kind == "add"
+    assert links[3].feeds == (shapes[2],)      # L1 is read by L2: at L2's bits, not fc's
+
+
+def test_residual_add_cost_measured_with_the_deploy_add_code(cm):
+    """The add in front of a layer: measured in the glue harness (a residual block's add at the
+    consumer's bits, then the glue), nonzero, per precision, cached; the consumer pays it, its
+    glue and the feed's output side."""
+    from rvmpq.sw.search.costs_api import LayerLink
+
+    add = LayerShape("add", 6, 6, 4, 4)
+    fc = LayerShape("linear", 96, 3, logits=True)
+    feed = LayerShape("conv", 6, 6, 4, 4, 3, 3, (1, 1), (1, 1))
+    ln = LayerLink(add, fc, (1, 1), (feed,))
+    a2, a16 = cm.add_cycles(ln, 2), cm.add_cycles(ln, 16)
+    assert a2 > 0 and a16 > 0 and a2 != a16   # 16 lanes in 1 word / 2 lanes in 3 words
+    assert cm.cached_glue(ln, 16).add_cycles == a16
+    t = cm.in_network_terms(fc, 16, ln)
+    assert t["add"] == a16 and t["glue"] == cm.glue_cycles(ln, 16)
+    assert t["producer_out"] == cm.out_delta(feed, 16) != 0
+    # the linear reads the add's output with its channels padded to whole words of lanes
+    assert costs.deployed_shape(fc, ln, 16).cin == 4 * 4 * 6
+    assert costs.deployed_shape(fc, ln, 2).cin == 4 * 4 * 16
 
 
 def test_json_table_keeps_in_network_cycles(cm, tmp_path):

@@ -507,3 +507,204 @@ def test_deploy_reports_whole_program_error(digits_config, tmp_path):
     assert abs(r["prediction_error_pct"]) <= 100 * WHOLE_PROGRAM_TOL, r
     md = (tmp_path / "d" / "report.md").read_text()
     assert "whole-program error" in md and f"{r['prediction_error_pct']:+.1f}%" in md
+
+
+# ---- residual adds -------------------------------------------------------------------------
+
+def _add_layer(rng, name, a, b, src, out_bits, out_signed=None):
+    """A residual add of the outputs of layers ``a`` and ``b`` (indices ``src``) with random
+    multipliers (one negative at times) and a shift that spreads the output over its range;
+    ``|acc| < 2**31`` by construction (inputs below 2**16 in magnitude, multipliers below
+    2**14)."""
+    if out_signed is None:
+        out_signed = bool(rng.integers(2))
+    m = rng.integers(1 << 12, 1 << 14, size=2) * np.where(rng.random(2) < 0.25, -1, 1)
+    top = max(a.out_bits, b.out_bits) - 1 + 14
+    shift = max(0, top - (out_bits - 1) + int(rng.integers(-1, 2)))
+    zp = int(rng.integers(-2, 3)) if out_signed and out_bits > 2 else 0
+    return QLayer("add", name, a.out_shape, a.out_shape, 0, max(a.out_bits, b.out_bits), True, 0,
+                  mult=m.astype(np.int64), shift=shift, zp_out=zp, out_bits=out_bits,
+                  out_signed=out_signed, relu=not out_signed, src=src)
+
+
+def _residual_graph(rng, bits, hw=6, c=6, classes=4):
+    """conv A - conv B - add1(A, B) - conv C (3x3, reads add1: a padded copy) - add2(add1, C)
+    - maxpool - flatten - linear (logits): a skip kept across a conv, an add reading an add,
+    an add read by a conv and by another add, channels that are not lane multiples.
+
+    ``bits`` = (A's input, A's output = B's input, B's output, add1's output = C's input,
+    C's output, add2's output = the linear's input)."""
+    b0, ba, bb, b1, bc, b2 = bits
+    la = random_layer("conv", b0, 3, c, hw, hw, 3, 1, rng=rng, out_bits=ba, a_signed=True,
+                      relu=bool(rng.integers(2)))
+    lb = random_layer("conv", ba, c, c, hw, hw, 3, 1, rng=rng, out_bits=bb,
+                      a_signed=la.out_signed, relu=False)
+    a1 = _add_layer(rng, "add1", la, lb, (0, 1), b1)
+    lc = random_layer("conv", b1, c, c, hw, hw, 3, 1, rng=rng, out_bits=bc,
+                      a_signed=a1.out_signed, relu=bool(rng.integers(2)))
+    a2 = _add_layer(rng, "add2", a1, lc, (2, 3), b2)
+    p = hw // 2
+    mp = QLayer("maxpool", "pool", (hw, hw, c), (p, p, c), kernel=(2, 2), stride=(2, 2), src=(4,))
+    fl = QLayer("flatten", "flat", (p, p, c), (1, 1, p * p * c), src=(5,))
+    ll = random_layer("linear", b2, p * p * c, classes, rng=rng, out_bits=32,
+                      a_signed=a2.out_signed)
+    for i, l in enumerate((la, lb, lc, ll)):
+        l.name = f"L{i}"
+    la.src, lb.src, lc.src, ll.src = (-1,), (0,), (2,), (6,)
+    return QNetwork(1.0, 0, b0, True, [la, lb, a1, lc, a2, mp, fl, ll])
+
+
+def _check_graph(net, impl, seed, tmp_path, n=2):
+    rng = np.random.default_rng(seed + 1)
+    xq, x = _inputs(rng, net, n)
+    run = run_network(net, xq, impl, tmp_path, "prog")
+    ref = int_forward(net, x, exact="int64")
+    bad = np.argwhere(run.logits != ref)
+    assert bad.size == 0, (f"{impl}: {len(bad)} logits differ, first at {bad[0].tolist()}: got "
+                           f"{run.logits[tuple(bad[0])]}, want {ref[tuple(bad[0])]} "
+                           f"({tmp_path}/prog.c)")
+    assert run.stage_kinds.count("add") == [l.kind for l in net.layers].count("add")
+    assert run.add_cycles > 0
+    return run
+
+
+def test_residual_graph_mpq_bit_exact(seed, tmp_path):
+    """Two residual adds on packed lanes (random precisions per tensor, so the add inputs
+    differ in bits and signedness), bit for bit against int_forward."""
+    rng = np.random.default_rng(seed)
+    bits = [int(b) for b in rng.choice([2, 4, 8, 16], 6)]
+    net = _residual_graph(rng, bits)
+    print(f"bits {bits}, add outputs signed: "
+          f"{[l.out_signed for l in net.layers if l.kind == 'add']}")
+    stages = plan_network(net, "mpq")
+    assert [s.kind for s in stages] == ["kernel", "kernel", "add", "kernel", "add", "kernel"]
+    assert stages[2].inputs == (0, 1) and stages[4].inputs == (2, 3)
+    assert stages[3].producer == 2 and stages[5].producer == 4
+    _check_graph(net, "mpq", seed, tmp_path)
+    assert "mpq_rqp" in (tmp_path / "prog.c").read_text().split("static void a2(void)")[1]
+
+
+def test_residual_graph_baseline_bit_exact(seed, tmp_path):
+    """The same graph in plain RV32IM (int8 / int16 storage)."""
+    rng = np.random.default_rng(seed)
+    bits = [int(b) for b in rng.choice([8, 16], 6)]
+    print(f"bits {bits}")
+    _check_graph(_residual_graph(rng, bits), "baseline", seed, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def res_quantizer():
+    """The ``Res`` model of test_qnn.py (conv-BN-ReLU, conv, add + ReLU, maxpool, fc) traced
+    and calibrated on digits-shaped random inputs."""
+    from test_qnn import _residual_model
+
+    from rvmpq.sw.search.models import trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    return Quantizer(trace_model(_residual_model()), x), x
+
+
+@pytest.mark.parametrize("impl", ["mpq", "baseline"])
+def test_residual_model_bit_exact(res_quantizer, impl, seed, tmp_path):
+    """The Res model exported at mixed bits where the add reads c1's output (unsigned, at c2's
+    bits) and c2's (signed, at the fc's bits): bits that differ, on both cores."""
+    from rvmpq.sw.search.qnn import quantize_input
+
+    qz, x = res_quantizer
+    rng = np.random.default_rng(seed)
+    for _ in range(2):
+        opts = [2, 4, 8, 16] if impl == "mpq" else [8, 16]
+        b1, b2 = (int(v) for v in rng.choice(opts, 2))
+        b3 = int(rng.choice([b for b in opts if b != b2]))
+        net = qz.export([b1, b2, b3], [b1, b2, b3])
+        add = net.layers[2]
+        ins = [net.layers[i] for i in add.src]
+        print(f"{impl} bits {[b1, b2, b3]}: add of INT{ins[0].out_bits} "
+              f"{'s' if ins[0].out_signed else 'u'} + INT{ins[1].out_bits} "
+              f"{'s' if ins[1].out_signed else 'u'} -> INT{add.out_bits}")
+        assert ins[0].out_bits != ins[1].out_bits and ins[0].out_signed != ins[1].out_signed
+        xs = x[rng.choice(len(x), 2, replace=False)]
+        run = run_network(net, quantize_input(xs, net), impl, tmp_path, "prog")
+        assert np.array_equal(run.logits, int_forward(net, xs)), f"{tmp_path}/prog.c"
+        assert run.stage_kinds == ["kernel", "glue", "kernel", "add", "glue", "kernel"]
+
+
+def test_residual_deploy_errors_name_the_layer():
+    """What the deploy add cannot do: broadcasting (inputs of different shapes), reading the
+    network input, reading a pooled tensor; each a DeployError naming the add."""
+    rng = np.random.default_rng(11)
+    net = _residual_graph(rng, [8] * 6)
+    lb = net.layers[1]
+    narrow = random_layer("conv", 8, 6, 5, 6, 6, 3, 1, rng=rng, out_bits=lb.out_bits,
+                          a_signed=lb.a_signed, relu=False)
+    narrow.name, narrow.src = "L1", (0,)
+    net.layers[1] = narrow
+    with pytest.raises(DeployError, match=r"layer 'add1' \(add\): inputs of shape 6x6x6 \('L0'\) "
+                       r"and 6x6x5 \('L1'\).*no broadcasting"):
+        plan_network(net, "mpq")
+    net = _residual_graph(rng, [8] * 6)
+    net.layers[2].src = (-1, 1)
+    with pytest.raises(DeployError, match=r"layer 'add1' \(add\): reads the network input"):
+        plan_network(net, "baseline")
+    net = _residual_graph(rng, [8] * 6)
+    net.layers[4].src = (2, 5)                 # add2 after the pool of its own output
+    with pytest.raises(DeployError, match=r"layer 'add2'.*does not come before it"):
+        plan_network(net, "mpq")
+    net = _residual_graph(rng, [8] * 6)
+    pool = QLayer("maxpool", "p0", (6, 6, 6), (3, 3, 6), kernel=(2, 2), stride=(2, 2), src=(0,))
+    net.layers.insert(2, pool)                 # add1 reads the pooled A: not supported
+    for l in net.layers[3:]:
+        l.src = tuple(s + 1 if s >= 2 else s for s in l.src)
+    net.layers[3].src = (2, 1)
+    with pytest.raises(DeployError, match=r"layer 'add1' \(add\): reads 'p0' \(max pooling"):
+        plan_network(net, "mpq")
+
+
+def test_deploy_residual_model_compares_and_predicts(res_quantizer, tmp_path):
+    """``deploy()`` of a saved residual model (Res, digits, bits [8, 4, 8]: the add reads INT4
+    and INT8): the searched network and the uniform-INT8 comparisons on mpq and baseline,
+    each bit-exact with its add stage; the prediction includes the add stage (measured on the
+    RTL), per stage and for the whole program."""
+    import torch
+    from test_qnn import _residual_model
+
+    from rvmpq.sw.search.models import load_dataset, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    d = tmp_path / "search"
+    d.mkdir()
+    m = _residual_model()
+    torch.save(m, d / "res.pt")
+    ds = load_dataset("digits")
+    bits = [8, 4, 8]
+    net = Quantizer(trace_model(m), ds.x_val).export(bits, bits, meta={"model": str(d / "res.pt")})
+    net.save(d / "qnet.json")
+    (d / "config.json").write_text(json.dumps({
+        "format": "rvmpq-search-config-1", "model": str(d / "res.pt"), "cost_source": "test",
+        "predicted_cycles": 0.0, "layers": [{"name": l.name, "w_bits": b, "a_bits": b}
+                                            for l, b in zip(net.compute_layers, bits)]}))
+    res = deploy(d / "config.json", n=2, out=tmp_path / "d", data="digits", costs="rtl",
+                 log=None)
+    for key, r in res.runs.items():
+        assert r["bit_exact"], key
+        adds = [nm for nm in r["stage_cycles"] if nm.startswith("add ")]
+        assert len(adds) == 1 and r["add_cycles"] == r["stage_cycles"][adds[0]] > 0, key
+        print(f"{key}: {r['cycles_per_inference']:.0f} cycles/inference, add "
+              f"{r['add_cycles']:.0f}" + (f", predicted {r['predicted_cycles']:.0f} "
+                                          f"({r['prediction_error_pct']:+.2f} %)"
+                                          if "predicted_cycles" in r else ""))
+    r = res.runs["mpq"]
+    assert "INT4 c1 + INT8 c2 -> INT8" in next(nm for nm in r["stage_cycles"] if "add" in nm)
+    assert set(r["predicted_stage_cycles"]) == set(r["stage_cycles"])
+    assert r["predicted_add_cycles"] > 0
+    # the add's inputs are at two precisions, the harness runs it at its output's: a few %
+    # of the add, far less of the program
+    assert abs(r["add_prediction_error_pct"]) <= 10, r
+    assert abs(r["prediction_error_pct"]) <= 100 * WHOLE_PROGRAM_TOL, r
+    assert abs(r["predicted_cycles"] - r["predicted_add_cycles"] - r["cycles_per_inference"]) \
+        > abs(r["predicted_cycles"] - r["cycles_per_inference"])
+    r8 = res.runs["mpq-int8"]                # uniform: every term at its own precision
+    assert abs(r8["prediction_error_pct"]) <= 0.5, r8
+    md = (tmp_path / "d" / "report.md").read_text()
+    assert "adds predicted / error" in md

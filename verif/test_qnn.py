@@ -273,10 +273,13 @@ def test_residual_add_quantizer_and_integer_model():
     again = QNetwork.from_dict(json.loads(json.dumps(net.to_dict())))
     assert again.layers[2].src == (0, 1)
     assert np.array_equal(int_forward(again, x), int_forward(net, x))
-    # the kernels / deploy do not run it yet, and say so
+    # the one-layer kernels do not run an add (and say so); deploy runs it as a stage of its
+    # own (verif/test_deploy.py, the residual tests)
     from rvmpq.sw.kernels.layer import KernelLayerError, check_layer
     with pytest.raises(KernelLayerError, match="supported kinds"):
         check_layer(add)
+    from rvmpq.sw.deploy import plan_network
+    assert [s.kind for s in plan_network(net, "mpq")] == ["kernel", "kernel", "add", "kernel"]
 
 
 def test_residual_readers_with_different_bits_are_refused():

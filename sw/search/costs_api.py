@@ -23,7 +23,8 @@ and optionally
     the cycles a layer costs *inside a deployed network*: its kernel, corrected for the
     precision its output is requantized to, plus the work in front of it that depends only on
     its own input precision (the producer's requantize-and-pack at that precision, the max
-    pooling and the copy into its padded input buffer). Charging that work to the consumer keeps
+    pooling and the copy into its padded input buffer, a residual-add stage whose output it
+    reads). Charging that work to the consumer keeps
     the search separable: one cost per layer and option, summing to the whole program.
     :func:`cost_table` uses it when it is given the network's :class:`LayerLink` list
     (:func:`network_shapes`); ``rvmpq.sw.costs.RtlCostModel`` measures every term on the RTL.
@@ -59,10 +60,10 @@ COST_METRICS: tuple[str, ...] = ("cycles", "weight_bytes", "act_bytes", "energy"
 
 
 def consumer_linked(links: list, i: int) -> bool:
-    """Whether layer ``i``'s output goes straight into the next layer, which then pays its
-    output-side work (``links[i + 1]`` is not None); true for the last layer (logits, nothing
-    to pay). A layer behind a residual add has no link, so its producer keeps its own
-    output-side cycles."""
+    """Whether layer ``i``'s output goes to a layer that pays its output-side work: the next
+    layer has a link (``links[i + 1]`` is not None: it reads layer ``i``'s output, or it reads
+    a residual add that only layer ``i``'s output and its skip feed, requantized to its bits);
+    true for the last layer (logits, nothing to pay)."""
     return i + 1 >= len(links) or links[i + 1] is not None
 
 
@@ -88,7 +89,9 @@ class LayerShape:
     Attributes
     ----------
     kind : str
-        ``"conv"`` (KxK, 1x1 or depthwise via ``groups``) or ``"linear"``.
+        ``"conv"`` (KxK, 1x1 or depthwise via ``groups``) or ``"linear"``; ``"add"`` only as
+        the producer of a :class:`LayerLink` (a residual add's output: ``cin = cout`` channels,
+        ``h_in`` x ``w_in``, no weights).
     cin, cout : int
         Input / output channels (features for ``linear``).
     h_in, w_in : int
@@ -120,8 +123,9 @@ class LayerShape:
     logits: bool = False
 
     def __post_init__(self):
-        if self.kind not in ("conv", "linear"):
-            raise ValueError(f"LayerShape.kind={self.kind!r}; allowed values: ['conv', 'linear']")
+        if self.kind not in ("conv", "linear", "add"):
+            raise ValueError(f"LayerShape.kind={self.kind!r}; allowed values: ['conv', "
+                             "'linear', 'add' (a residual add, only as a LayerLink producer)]")
         object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
         object.__setattr__(self, "padding", tuple(int(v) for v in self.padding))
 
@@ -196,43 +200,78 @@ class LayerLink:
     so both depend on the consumer's precision only, and a cost model charges them to the
     consumer (see the module docstring).
 
+    A residual add in front of the consumer is a producer of kind ``"add"``: its output is
+    requantized to the consumer's bits, and so are the inputs that only adds read (the
+    outputs of the ``feeds`` layers, and those of the adds in ``adds``, which only adds
+    read); so the add stages, their glue and the feeds' output side are charged to the
+    consumer too (``rvmpq.sw.costs``, docs/costs.md).
+
     Attributes
     ----------
     producer, consumer : LayerShape
-        The two compute layers (a ``flatten`` between them is implied by a ``linear`` consumer).
+        The two compute layers (a ``flatten`` between them is implied by a ``linear``
+        consumer), or a residual add (kind ``"add"``) and the compute layer behind it.
     pool : tuple of int
         Max-pool window (height, width) applied to the producer's output; ``(1, 1)``: none.
+    feeds : tuple of LayerShape
+        With an add producer: the compute layers whose outputs only adds read on the way to
+        the consumer (requantized to the consumer's bits).
+    adds : tuple of LayerShape
+        With an add producer: the further adds on the way whose outputs only adds read.
     """
 
     producer: LayerShape
     consumer: LayerShape
     pool: tuple[int, int] = (1, 1)
+    feeds: tuple = ()
+    adds: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "pool", tuple(int(v) for v in self.pool))
+        object.__setattr__(self, "feeds", tuple(self.feeds))
+        object.__setattr__(self, "adds", tuple(self.adds))
 
     def key(self) -> str:
         """A stable string naming the link (for caches)."""
-        return f"{self.producer.key()}|pool{self.pool[0]}x{self.pool[1]}|{self.consumer.key()}"
+        k = f"{self.producer.key()}|pool{self.pool[0]}x{self.pool[1]}|{self.consumer.key()}"
+        if self.feeds:
+            k += "|feeds" + ",".join(f.key() for f in self.feeds)
+        if self.adds:
+            k += "|adds" + ",".join(a.key() for a in self.adds)
+        return k
 
 
 def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     """The compute-layer shapes of an integer network (:class:`rvmpq.sw.search.qnn.QNetwork`,
-    HWC shapes) and the :class:`LayerLink` in front of each (``None`` for the first layer, and
-    for a layer whose input is not the previous compute layer's output through max pooling /
-    flatten only, e.g. after a residual ``add``). The last compute layer is marked ``logits``.
+    HWC shapes) and the :class:`LayerLink` in front of each: the compute layer or residual add
+    whose output it reads through max pooling / flatten (with an add: the compute layers and
+    adds behind it whose outputs only adds read, ``feeds`` / ``adds``); ``None`` for a layer
+    that reads the network input. The last compute layer is marked ``logits``.
     """
-    comp = [l for l in net.layers if l.kind in ("conv", "linear")]
+    layers = net.layers
+    comp = [l for l in layers if l.kind in ("conv", "linear")]
+    n = len(layers)
+
+    def srcs(i):
+        l = layers[i]
+        return tuple(int(v) for v in l.src) if l.src is not None else (i - 1,)
+
+    readers: dict = {i: [] for i in range(-1, n)}
+    for i in range(n):
+        for v in srcs(i):
+            readers[v].append(i)
+
+    def only_adds(i):
+        return bool(readers[i]) and all(layers[r].kind == "add" for r in readers[i])
+
+    shape_of: dict = {}
     shapes, links = [], []
-    prev, pool, plain = None, [1, 1], True
-    for l in net.layers:
-        if l.kind == "maxpool":
-            pool = [pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])]
-            continue
-        if l.kind == "flatten":
+    for i, l in enumerate(layers):
+        if l.kind == "add":
+            h, w, c = (int(v) for v in l.out_shape)
+            shape_of[i] = LayerShape("add", c, c, h, w)
             continue
         if l.kind not in ("conv", "linear"):
-            plain = False
             continue
         last = l is comp[-1]
         if l.kind == "conv":
@@ -242,9 +281,30 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
                            int(l.groups), logits=last)
         else:
             s = LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), logits=last)
-        links.append(LayerLink(prev, s, tuple(pool)) if prev is not None and plain else None)
+        shape_of[i] = s
+        # the producer: through max pooling / flatten
+        p, pool = srcs(i)[0], [1, 1]
+        while p >= 0 and layers[p].kind in ("maxpool", "flatten"):
+            if layers[p].kind == "maxpool":
+                pool = [pool[0] * int(layers[p].kernel[0]), pool[1] * int(layers[p].kernel[1])]
+            p = srcs(p)[0]
+        link = None
+        if p >= 0 and p in shape_of:
+            feeds, adds = [], []
+            if layers[p].kind == "add":
+                todo = list(srcs(p))
+                while todo:
+                    j = todo.pop(0)
+                    if j < 0 or not only_adds(j):
+                        continue
+                    if layers[j].kind == "add":
+                        adds.append(shape_of[j])
+                        todo += list(srcs(j))
+                    elif j in shape_of:
+                        feeds.append(shape_of[j])
+            link = LayerLink(shape_of[p], s, tuple(pool), tuple(feeds), tuple(adds))
+        links.append(link)
         shapes.append(s)
-        prev, pool, plain = s, [1, 1], True
     return shapes, links
 
 

@@ -738,20 +738,21 @@ class RtlCostModel:
         """Measured cycles of the residual-add stages charged to ``link.consumer`` at ``bits``:
         the add that produces its input and the adds of ``link.adds`` (each measured in the
         program of :func:`glue_network`, inputs and output at ``bits``); 0 without an add
-        producer."""
-        if link is None or link.producer.kind != "add":
+        producer, and for a ``shared`` link (another reader of the add pays it)."""
+        if link is None or link.producer.kind != "add" or link.shared:
             return 0.0
         tot = 0.0
         for a in (link.producer, *link.adds):
-            ln = link if a is link.producer else LayerLink(a, link.consumer)
+            ln = link if a is link.producer else LayerLink(a, link.consumer, link.pool)
             m = self._glue_entry(ln, bits)
             tot += 0.0 if m is None else float(m.add_cycles)
         return tot
 
     def _producer_out(self, link: LayerLink | None, bits: int) -> float:
         """``R(bits)`` of the layers whose output is requantized to the consumer's ``bits``:
-        the producer, or with a residual add producer the ``feeds``."""
-        if link is None:
+        the producer, or with a residual add producer the ``feeds``; 0 for a ``shared`` link
+        (another reader of the same tensor pays it)."""
+        if link is None or link.shared:
             return 0.0
         if link.producer.kind == "add":
             return float(sum(self.out_delta(f, bits) for f in link.feeds))
@@ -800,7 +801,7 @@ class RtlCostModel:
                     for p in (ln.feeds if ln.producer.kind == "add" else (ln.producer,)):
                         items += [(p, REF_OUT_BITS), (p, REF_OUT_BITS, b)]
                     items.append((ln, b))
-                    items += [(LayerLink(a, ln.consumer), b) for a in ln.adds]
+                    items += [(LayerLink(a, ln.consumer, ln.pool), b) for a in ln.adds]
         return list(dict.fromkeys(items))
 
     # ---- analytic model ---------------------------------------------------------------

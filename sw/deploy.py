@@ -293,9 +293,9 @@ def _check_add(l: QLayer, ins: list) -> None:
     if int(l.out_bits) not in (2, 4, 8, 16):
         raise DeployError(f"layer {l.name!r} (add): out_bits={l.out_bits}; an add must "
                           "requantize to 2, 4, 8 or 16 bits (it cannot be the logits layer)")
-    if l.mult is None or len(l.mult) != 2:
+    if l.mult is None or np.ndim(l.mult) != 1 or len(l.mult) != 2:
         raise DeployError(f"layer {l.name!r} (add): needs two input multipliers (mult), got "
-                          f"{None if l.mult is None else len(l.mult)}")
+                          f"{None if l.mult is None else np.asarray(l.mult).tolist()!r}")
     if not -(1 << 15) <= int(l.zp_out) < (1 << 15) or not 0 <= int(l.shift) <= 63:
         raise DeployError(f"layer {l.name!r} (add): zp_out={l.zp_out} / shift={l.shift} out "
                           "of range (zp a signed 16-bit integer, shift 0..63)")
@@ -1380,8 +1380,9 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
             runs[key] = s = _summary(run, nt, x, y, pred)
             if why:
                 s["prediction_unavailable"] = why
+            adds = f", adds {s['add_cycles']:.0f}" if s.get("add_cycles") else ""
             log(f"{files[key]}: {s['cycles_per_inference']:.0f} cycles/inference (kernels "
-                f"{s['kernel_cycles']:.0f}, glue {s['glue_cycles']:.0f}), bit-exact "
+                f"{s['kernel_cycles']:.0f}, glue {s['glue_cycles']:.0f}{adds}), bit-exact "
                 f"{s['bit_exact']}, accuracy RTL {s['accuracy_rtl']:.2f}% numpy "
                 f"{s['accuracy_numpy']:.2f}%")
             if not s["bit_exact"]:

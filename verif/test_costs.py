@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -369,6 +370,29 @@ def test_links_behind_residual_adds():
     assert links[2].producer == shapes[1]
     assert len(links[3].adds) == 1 and links[3].adds[0].kind == "add"
     assert links[3].feeds == (shapes[2],)      # L1 is read by L2: at L2's bits, not fc's
+
+
+def test_inner_add_behind_pooling_is_measured(cm):
+    """An add read only by another add, whose output is pooled before the consumer: the inner
+    add is measured with the link's pooling (without it the harness's consumer does not fit
+    the map and the measurement raised)."""
+    import sys
+    from pathlib import Path
+
+    from rvmpq.sw.search.costs_api import network_shapes
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_deploy import _residual_graph
+
+    net = _residual_graph(np.random.default_rng(0), [8] * 6)
+    net.layers[3].src = (1,)                   # L2 reads L1: add1 is read by add2 only
+    net.layers[3].a_bits, net.layers[3].a_signed = net.layers[1].out_bits, net.layers[1].out_signed
+    shapes, links = network_shapes(net)
+    ln = links[3]
+    assert len(ln.adds) == 1 and ln.pool == (2, 2)
+    one = cm.add_cycles(dataclasses.replace(ln, adds=()), 8)
+    both = cm.add_cycles(ln, 8)
+    assert 0 < one < both
 
 
 def test_residual_add_cost_measured_with_the_deploy_add_code(cm):

@@ -554,6 +554,33 @@ def _residual_graph(rng, bits, hw=6, c=6, classes=4):
     return QNetwork(1.0, 0, b0, True, [la, lb, a1, lc, a2, mp, fl, ll])
 
 
+def _fanout_graph(rng, b, hw=5, c=5, classes=3):
+    """Two residual blocks with a projection shortcut, every tensor at ``b`` bits: L0, then L1
+    (3x3) and L2 (1x1) both reading L0, add1(L1, L2), L3 (3x3) and L4 (1x1) both reading add1,
+    add2(L3, L4), flatten, linear. Each block's input is read by two compute layers; a 5x5 map
+    (no whole number of add iterations) and channels that are not lane multiples."""
+    layers = [random_layer("conv", b, 2, c, hw, hw, 3, 1, rng=rng, out_bits=b, a_signed=True,
+                           relu=True)]
+    layers[0].src = (-1,)
+    for blk in range(2):
+        src = len(layers) - 1
+        l3 = random_layer("conv", b, c, c, hw, hw, 3, 1, rng=rng, out_bits=b, a_signed=False,
+                          relu=False)
+        l1 = random_layer("conv", b, c, c, hw, hw, 1, 1, 0, rng=rng, out_bits=b,
+                          a_signed=False, relu=False)
+        l3.src, l1.src = (src,), (src,)
+        add = _add_layer(rng, f"add{blk + 1}", l3, l1, (src + 1, src + 2), b, out_signed=False)
+        layers += [l3, l1, add]
+    n = hw * hw * c
+    layers.append(QLayer("flatten", "flat", (hw, hw, c), (1, 1, n), src=(len(layers) - 1,)))
+    fc = random_layer("linear", b, n, classes, rng=rng, out_bits=32, a_signed=False)
+    fc.src = (len(layers) - 1,)
+    layers.append(fc)
+    for i, l in enumerate(l for l in layers if l.kind in ("conv", "linear")):
+        l.name = f"L{i}"
+    return QNetwork(1.0, 0, b, True, layers)
+
+
 def _check_graph(net, impl, seed, tmp_path, n=2):
     rng = np.random.default_rng(seed + 1)
     xq, x = _inputs(rng, net, n)
@@ -582,6 +609,32 @@ def test_residual_graph_mpq_bit_exact(seed, tmp_path):
     assert stages[3].producer == 2 and stages[5].producer == 4
     _check_graph(net, "mpq", seed, tmp_path)
     assert "mpq_rqp" in (tmp_path / "prog.c").read_text().split("static void a2(void)")[1]
+
+
+def test_residual_fanout_charged_once(tmp_path):
+    """A tensor read by two compute layers (a block's input read by its 3x3 branch and by a
+    1x1 projection) is requantized, and an add runs, once: the second reader's link is
+    ``shared`` (its own glue only), every layer's output side is paid by one link, and the
+    whole-program prediction at uniform bits matches the RTL (charging the shared tensor to
+    both readers over-counted it: +8.8 % on such a network)."""
+    from rvmpq.sw.costs import RtlCostModel
+    from rvmpq.sw.deploy import predicted_cycles
+    from rvmpq.sw.search.costs_api import consumer_linked, network_shapes
+
+    net = _fanout_graph(np.random.default_rng(7), 8)
+    shapes, links = network_shapes(net)
+    assert [bool(ln and ln.shared) for ln in links] == [False, False, True, False, True, False]
+    assert [ln and ln.sources for ln in links] == [None, (0,), (), (1, 2), (), (3, 4)]
+    assert all(consumer_linked(links, i) for i in range(len(shapes)))
+    run = _check_graph(net, "mpq", 7, tmp_path)
+    assert run.stage_kinds.count("add") == 2
+    cm = RtlCostModel(cache_dir=tmp_path / "costs", verbose=False)
+    p = predicted_cycles(net, cm)
+    meas = run.cycles_per_inference
+    err = (p["total"] - meas) / meas
+    print(f"measured {meas:.0f} (adds {run.add_cycles:.0f}); predicted {p['total']:.0f} "
+          f"({100 * err:+.2f} %, adds {p['add_total']:.0f})")
+    assert abs(err) <= 0.01, (p["layers"], run.stage_cycles)
 
 
 def test_residual_graph_baseline_bit_exact(seed, tmp_path):

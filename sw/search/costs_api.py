@@ -60,11 +60,18 @@ COST_METRICS: tuple[str, ...] = ("cycles", "weight_bytes", "act_bytes", "energy"
 
 
 def consumer_linked(links: list, i: int) -> bool:
-    """Whether layer ``i``'s output goes to a layer that pays its output-side work: the next
-    layer has a link (``links[i + 1]`` is not None: it reads layer ``i``'s output, or it reads
-    a residual add that only layer ``i``'s output and its skip feed, requantized to its bits);
-    true for the last layer (logits, nothing to pay)."""
-    return i + 1 >= len(links) or links[i + 1] is not None
+    """Whether some layer pays layer ``i``'s output-side work (its output requantized to that
+    layer's bits), so that layer ``i`` itself does not: with the links of
+    :func:`network_shapes` (``LayerLink.sources`` set), whether ``i`` is in the ``sources`` of
+    a link (the producer it reads, or a layer whose output only residual adds read on the way
+    to it); with links made by hand, whether the next layer has a link. True for the last
+    layer (logits, nothing to pay)."""
+    if i + 1 >= len(links):
+        return True
+    if any(ln is not None and ln.sources is not None for ln in links):
+        return any(ln is not None and ln.sources is not None and i in ln.sources
+                   for ln in links)
+    return links[i + 1] is not None
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
@@ -218,6 +225,15 @@ class LayerLink:
         the consumer (requantized to the consumer's bits).
     adds : tuple of LayerShape
         With an add producer: the further adds on the way whose outputs only adds read.
+    shared : bool
+        Another reader of the same tensor (earlier in compute order) pays the producer's
+        output side and the add stages (a tensor is requantized and added once, whoever reads
+        it; every reader has the same bits): this link pays its own glue only.
+    sources : tuple of int, optional
+        Compute-layer indices whose output side this link pays (the producer, or an add's
+        ``feeds``), set by :func:`network_shapes` for :func:`consumer_linked`; ``None``
+        (a link made by hand): the producer is the compute layer in front of the consumer.
+        Neither field is part of :meth:`key` (the glue does not depend on them).
     """
 
     producer: LayerShape
@@ -225,11 +241,15 @@ class LayerLink:
     pool: tuple[int, int] = (1, 1)
     feeds: tuple = ()
     adds: tuple = ()
+    shared: bool = False
+    sources: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "pool", tuple(int(v) for v in self.pool))
         object.__setattr__(self, "feeds", tuple(self.feeds))
         object.__setattr__(self, "adds", tuple(self.adds))
+        if self.sources is not None:
+            object.__setattr__(self, "sources", tuple(int(v) for v in self.sources))
 
     def key(self) -> str:
         """A stable string naming the link (for caches)."""
@@ -265,6 +285,8 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
         return bool(readers[i]) and all(layers[r].kind == "add" for r in readers[i])
 
     shape_of: dict = {}
+    comp_index = {id(l): k for k, l in enumerate(comp)}
+    charged: set = set()     # layers whose output side / add stage a link already pays
     shapes, links = [], []
     for i, l in enumerate(layers):
         if l.kind == "add":
@@ -290,19 +312,25 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
             p = srcs(p)[0]
         link = None
         if p >= 0 and p in shape_of:
-            feeds, adds = [], []
+            feeds, adds, seen = [], [], set()
             if layers[p].kind == "add":
                 todo = list(srcs(p))
                 while todo:
                     j = todo.pop(0)
-                    if j < 0 or not only_adds(j):
+                    if j < 0 or j in seen or j in charged or not only_adds(j):
                         continue
+                    seen.add(j)
                     if layers[j].kind == "add":
-                        adds.append(shape_of[j])
+                        adds.append(j)
                         todo += list(srcs(j))
                     elif j in shape_of:
-                        feeds.append(shape_of[j])
-            link = LayerLink(shape_of[p], s, tuple(pool), tuple(feeds), tuple(adds))
+                        feeds.append(j)
+            shared = p in charged
+            pays = [] if shared else [j for j in (p, *feeds) if layers[j].kind != "add"]
+            charged.update([p, *feeds, *adds])
+            link = LayerLink(shape_of[p], s, tuple(pool), tuple(shape_of[j] for j in feeds),
+                             tuple(shape_of[j] for j in adds), shared,
+                             tuple(comp_index[id(layers[j])] for j in pays))
         links.append(link)
         shapes.append(s)
     return shapes, links

@@ -248,9 +248,10 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
     PTQ/QAT necessity treatment that :func:`validate` gives every method
     (:func:`train_and_score`), and the one with the highest validation-split accuracy after
     it wins (ties: the stage-1 best first, then the metrics in :data:`METRICS` order). The
-    test split is never read.
+    test split is never read. ``qat`` is the setting that :func:`validate` will use
+    (``False``: PTQ only).
 
-    Every method returns one option per tie group (``SearchSetup.ties``, module docstring). ``qat`` is the setting that :func:`validate` will use (``False``: PTQ only)."""
+    Every method returns one option per tie group (``SearchSetup.ties``, module docstring)."""
     if method.startswith("uniform-"):
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))

@@ -5,7 +5,8 @@ mixes the fake-quantized weights and input activations of every option with
 ``softmax(alpha[l] / T)`` and the loss is ``cross-entropy + lam * E[BOPs] / BOPs(INT8)``, where
 BOPs = MACs * w_bits * a_bits (a hardware-agnostic size/compute proxy). The weights stay frozen
 (only ``alpha`` trains) to keep the search short; the temperature ``T`` anneals from 1 to 0.1.
-The argmax choice is then handed to :func:`rvmpq.sw.search.solvers.freebits_heuristic`, which
+The layers of a tie group (they read one tensor) share one row of ``alpha``. The argmax
+choice is then handed to :func:`rvmpq.sw.search.solvers.freebits_heuristic`, which
 applies the hardware's measured cycles and the budgets.
 """
 
@@ -20,7 +21,8 @@ __all__ = ["differentiable_search"]
 
 
 def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, steps: int = 150,
-                          batch: int = 128, lr: float = 0.05, seed: int = 0) -> list[int]:
+                          batch: int = 128, lr: float = 0.05, seed: int = 0,
+                          ties=()) -> list[int]:
     """Return one option index per compute layer (argmax of the learned logits).
 
     Parameters
@@ -35,6 +37,9 @@ def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, 
         Weight of the BOPs regulariser.
     steps, batch, lr, seed
         Optimisation settings (seeded).
+    ties : sequence of lists of int
+        Tie groups (compute indices that read one tensor): each shares one row of logits, so
+        its members get one option.
     """
     import torch
     import torch.nn.functional as F
@@ -42,6 +47,10 @@ def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     L, O = qz.n_compute, len(options)
+    row = list(range(L))            # layer -> its row of alpha (a tie group shares one)
+    for grp in ties:
+        for k in grp:
+            row[k] = row[grp[0]]
     alpha = torch.zeros(L, O, requires_grad=True)
     nets = [qz.fq_module([w] * L, [a] * L) for (w, a) in options]
     for n in nets:
@@ -58,7 +67,7 @@ def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, 
         T = 1.0 * (0.1 ** (step / max(steps - 1, 1)))
         idx = torch.randint(0, len(yt), (batch,), generator=g)
         h = xt[idx]
-        pi = torch.softmax(alpha / T, 1)
+        pi = torch.softmax((alpha[row] if ties else alpha) / T, 1)
         def compute(k, l, h, pi=pi):
             hq = sum(pi[k, o] * nets[o]._fq(h, *nets[o].act[k][:1], nets[o].qa[k], nets[o].act[k][1])
                      for o in range(O))
@@ -71,4 +80,4 @@ def differentiable_search(qz: Quantizer, options, macs, x, y, lam: float = 0.5, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return [int(i) for i in alpha.detach().argmax(1)]
+    return [int(i) for i in alpha.detach()[row].argmax(1)]

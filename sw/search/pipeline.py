@@ -10,6 +10,16 @@ Budgets are ``metric -> value``; a value ``<= 4`` (no unit) is a fraction of the
 total of that metric, larger values are absolute (cycles, bytes, energy units). Validated
 accuracies always come from the integer model on the test split; choices between candidates
 (best method, PTQ vs QAT result) are made on the validation split.
+
+Tie rule: compute layers that read one tensor (a residual block's first conv and its
+projection shortcut, possibly through max pooling / flattening) quantize one input, so they
+must share their precision: they form a *tie group* (:meth:`Quantizer.tie_groups`,
+``SearchSetup.ties``). Every method and baseline solves the problem with one merged layer per
+tie group (impact and every cost summed over the members, per option) and expands the chosen
+option back to every member (:meth:`rvmpq.sw.search.solvers.Problem.merged`), so the exact
+solvers stay exact for the tied problem and every configuration they return can be exported;
+results list the members with their own (equal) bits. A model without ties gives the same
+problem, hence the same results, as before.
 """
 
 from __future__ import annotations
@@ -72,6 +82,9 @@ class SearchSetup:
     trained: dict = dataclasses.field(default_factory=dict, repr=False)
     #: memo of test-split accuracies of trained configurations (filled by :func:`validate`)
     tested: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: tie groups: compute-layer indices that read one tensor and take one option
+    #: (:meth:`Quantizer.tie_groups`); empty for a chain
+    ties: list = dataclasses.field(default_factory=list)
 
     @property
     def bits(self) -> list[int]:
@@ -159,6 +172,11 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     float_acc = torch_accuracy(m, ds.x_test, ds.y_test)
     log(f"{model}: {len(layers)} layers traced, float test accuracy {float_acc:.2f}%")
     qz = Quantizer(layers, ds.x_val, act_method, w_method)
+    ties = qz.tie_groups()
+    if ties:
+        names = [l.name for l in qz.layers if l.is_compute]
+        log("tie groups (read one tensor, one precision each): " + "; ".join(
+            ", ".join(names[k] for k in g) for g in ties))
     ev = Evaluator(qz, ds.x_val, ds.y_val)
     options = [(b, b) for b in sorted(BITS, reverse=True)]
     shapes, links = layer_links(qz)
@@ -177,7 +195,7 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     log("spearman vs integer accuracy: " + ", ".join(
         f"{k} {v:+.3f}" for k, v in corr["spearman"].items()) + f" -> solvers use {metric!r}")
     return SearchSetup(model, ds, qz, ev, float_acc, options, shapes, cost_model, costs, tables,
-                       corr, metric, seed)
+                       corr, metric, seed, ties=ties)
 
 
 def parse_budget(spec: str, setup: SearchSetup | None = None, int8: dict | None = None
@@ -204,12 +222,14 @@ def parse_budget(spec: str, setup: SearchSetup | None = None, int8: dict | None 
 
 
 def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -> Problem:
-    """The solver problem for ``budgets`` (absolute limits per cost metric)."""
+    """The solver problem for ``budgets`` (absolute limits per cost metric), with the setup's
+    tie groups (``Problem.ties``: every solver returns one option per tie group)."""
     # tie-break: among options of equal predicted impact prefer the cheaper one (1e-6 points
     # per uniform-INT8 latency)
     tie = 1e-6 * setup.costs[:, :, 0] / setup.int8_totals()["cycles"]
     return Problem(setup.impact(metric) + tie, setup.costs, COST_METRICS, dict(budgets),
-                   list(setup.options), [l.name for l in setup.qz.layers if l.is_compute])
+                   list(setup.options), [l.name for l in setup.qz.layers if l.is_compute],
+                   ties=[list(g) for g in setup.ties])
 
 
 def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = True) -> Solution:
@@ -228,7 +248,10 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
     PTQ/QAT necessity treatment that :func:`validate` gives every method
     (:func:`train_and_score`), and the one with the highest validation-split accuracy after
     it wins (ties: the stage-1 best first, then the metrics in :data:`METRICS` order). The
-    test split is never read. ``qat`` is the setting that :func:`validate` will use (``False``: PTQ only)."""
+    test split is never read. ``qat`` is the setting that :func:`validate` will use
+    (``False``: PTQ only).
+
+    Every method returns one option per tie group (``SearchSetup.ties``, module docstring)."""
     if method.startswith("uniform-"):
         b = int(method.split("-")[1])
         return solve_uniform(make_problem(setup, budgets), (b, b))
@@ -295,7 +318,8 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
 
         t0 = time.perf_counter()
         ch = differentiable_search(setup.qz, setup.options, [s.macs for s in setup.shapes],
-                                   setup.data.x_train, setup.data.y_train, seed=setup.seed)
+                                   setup.data.x_train, setup.data.y_train, seed=setup.seed,
+                                   ties=setup.ties)
         s = freebits_heuristic(p, ch)
         s.method, s.seconds = "diff", time.perf_counter() - t0
         return s

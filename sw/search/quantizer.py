@@ -19,8 +19,10 @@ Quantization scheme (what the kernels run):
   2**31 (shift clamped to 0..63).
 
 Residual adds (layer graphs, ``FLayer.src``): every tensor read by a compute layer is
-quantized as that layer's input (all its compute readers must use the same ``a_bits``); a
-tensor read only by adds is calibrated on its own values at the bits of the add's output; the
+quantized as that layer's input (all its compute readers must use the same ``a_bits``: they
+form a *tie group*, :meth:`Quantizer.tie_groups`, and share one input grid: the ``qa`` of
+the group's longest dot product at 16-bit weights, :meth:`Quantizer.qmax`); a tensor read only
+by adds is calibrated on its own values at the bits of the add's output; the
 add requantizes both inputs to its output scale (:mod:`rvmpq.sw.search.qnn`). In fake-quant
 training the add itself runs in float.
 
@@ -177,6 +179,10 @@ class Quantizer:
                     self._signed.append(not layers[self.comp_idx[k - 1]].relu)
         self._x_signed = bool(x.min() < 0)
         self._scale_cache: dict = {}
+        # tied layers (readers of one tensor) get one input grid, so one scale at equal
+        # a_bits whatever their w_bits: qa from the group's longest dot product at 16-bit
+        # weights (the smallest qa any member could need), then each member's qw fits it
+        self._tie_k = {k: max(self.dot_len(m) for m in g) for g in self.tie_groups() for k in g}
 
     @property
     def n_compute(self) -> int:
@@ -193,6 +199,21 @@ class Quantizer:
                 acts.append(h)
             h = float_forward([l], h) if l.kind != "flatten" else h.reshape(h.shape[0], -1)
         return acts
+
+    def tie_groups(self) -> list[list[int]]:
+        """The compute layers (compute indices, ascending) that read one tensor, directly or
+        through max pooling / flattening, as groups of two or more, ordered by first member.
+        Their inputs are one quantized tensor, so a configuration must give every member of a
+        group the same ``a_bits`` (the search ties their whole option). ``[]`` for a chain."""
+        if not self.graph:
+            return []
+        roots: dict = {}
+        for k, i in enumerate(self.comp_idx):
+            s = self._src(i)[0]
+            while s >= 0 and self.layers[s].kind in ("maxpool", "flatten"):
+                s = self._src(s)[0]
+            roots.setdefault(s, []).append(k)
+        return sorted((g for g in roots.values() if len(g) > 1), key=lambda g: g[0])
 
     def _src(self, i: int) -> tuple:
         from .models import layer_inputs
@@ -233,7 +254,16 @@ class Quantizer:
         return int(np.prod(self.layers[self.comp_idx[k]].weight.shape[1:]))
 
     def qmax(self, k: int, a_bits: int, w_bits: int) -> tuple[int, int]:
-        """``(qa, qw)`` integer ranges of compute layer ``k`` (accumulator headroom)."""
+        """``(qa, qw)`` integer ranges of compute layer ``k`` (accumulator headroom). A member
+        of a tie group (:meth:`tie_groups`) gets the group's ``qa``: the one of its longest
+        dot product at 16-bit weights; its ``qw`` then halves until the layer's own dot
+        product fits."""
+        if k in self._tie_k:
+            qa = headroom_qmax(self._tie_k[k], a_bits, self._signed[k], 16)[0]
+            qw = _qmax(w_bits, True)
+            while 2 * self.dot_len(k) * qa * qw > 2 ** 31 - 1:
+                qw //= 2
+            return qa, qw
         return headroom_qmax(self.dot_len(k), a_bits, self._signed[k], w_bits)
 
     def act_scale(self, k: int, bits: int, w_bits: int | None = None) -> tuple[float, bool]:

@@ -39,6 +39,8 @@ def config_json(setup, res: dict) -> dict:
         "metric": setup.metric,
         "float_accuracy": setup.float_acc,
         "layers": best["layers"],
+        # layers that read one tensor: the search gives each group one precision
+        "tie_groups": [[best["layers"][k]["name"] for k in g] for g in getattr(setup, "ties", [])],
         "predicted_accuracy": best["predicted_accuracy"],
         "validated_accuracy": best["validated_accuracy"],
         "predicted_cycles": best["costs"]["cycles"],
@@ -88,7 +90,12 @@ def markdown(setup, res: dict) -> str:
         lines += [f"**{STAND_IN_WARNING}**", ""]
     lines += [f"float test accuracy: {setup.float_acc:.2f}%  ", f"budgets: {res['budgets']}  ",
               f"sensitivity metric driving the solvers: `{setup.metric}`  ",
-              f"best method (validation split): `{res['best']}`", "",
+              f"best method (validation split): `{res['best']}`", ""]
+    names = [l["name"] for l in res["results"][res["best"]]["layers"]]
+    if getattr(setup, "ties", None):
+        lines[-1:-1] = ["", "tie groups (read one tensor, so one precision each): " + "; ".join(
+            ", ".join(f"`{names[k]}`" for k in g) for g in setup.ties) + "  "]
+    lines += [
               "| method | bits per layer | training | predicted acc | validated acc | cycles / INT8 | weight bytes | solver s |",
               "|---|---|---|---|---|---|---|---|"]
     for m, r in res["results"].items():

@@ -151,16 +151,29 @@ def metric_hessian(qz: Quantizer, x, y, bits, n_probes: int = 16, seed: int = 0,
 
 
 def metric_probe(ev: Evaluator, bits, ref_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Single-layer probe tables ``(L, O)``: accuracy drop (points) and loss increase."""
+    """Single-layer probe tables ``(L, O)``: accuracy drop (points) and loss increase.
+
+    A layer of a tie group (layers reading one tensor, :meth:`Quantizer.tie_groups`, whose
+    ``a_bits`` must be equal) is probed with its weights at ``b``; the shared input is set
+    to ``b`` (for every member) only in the probe of the group's first member, so the
+    members' probes add up to the group's weights and its one input."""
     L = ev.qz.n_compute
     acc0, loss0 = ev.evaluate([ref_bits] * L)
     dacc = np.zeros((L, len(bits)))
     dloss = np.zeros((L, len(bits)))
+    group = {k: g for g in ev.qz.tie_groups() for k in g}
     for k in range(L):
         for j, b in enumerate(bits):
             cfg = [ref_bits] * L
             cfg[k] = b
-            acc, loss = ev.evaluate(cfg)
+            if k in group:
+                ab = [ref_bits] * L
+                if k == group[k][0]:
+                    for m in group[k]:
+                        ab[m] = b
+                acc, loss = ev.evaluate(cfg, ab)
+            else:
+                acc, loss = ev.evaluate(cfg)
             dacc[k, j] = acc0 - acc
             dloss[k, j] = loss - loss0
     return dacc, dloss
@@ -219,7 +232,8 @@ def correlation_study(ev: Evaluator, tables: dict, bits, n_configs: int = 24, se
                       metrics=METRICS) -> dict:
     """Spearman correlation of each metric's additive prediction with real accuracy.
 
-    Random configurations draw each layer's bits uniformly from ``bits`` (seeded). Returns
+    Random configurations draw each layer's bits uniformly from ``bits`` (seeded; the members
+    of a tie group, :meth:`Quantizer.tie_groups`, take their first member's draw). Returns
     ``{"configs": [...], "accuracy": [...], "spearman": {metric: rho}, "scale": {metric:
     points per unit}, "float_ref": acc at 16 bits}``. ``rho`` is computed between the negated
     predicted impact and the accuracy, so +1 is a perfect ranking.
@@ -232,6 +246,8 @@ def correlation_study(ev: Evaluator, tables: dict, bits, n_configs: int = 24, se
     cfgs, accs = [], []
     for _ in range(n_configs):
         j = rng.integers(0, len(bits), L)
+        for g in ev.qz.tie_groups():   # layers reading one tensor: one precision
+            j[g] = j[g[0]]
         cfgs.append([bits[i] for i in j])
         accs.append(ev.evaluate(cfgs[-1])[0])
     accs = np.array(accs)

@@ -10,6 +10,14 @@ with Hessian impacts this is the HAWQ-V3 formulation), ``freebits`` (the hardwar
 heuristic that follows a differentiable search), ``random`` and ``uniform`` baselines and an
 exhaustive ``bruteforce`` for tests.
 
+Tie groups (``Problem.ties``): layers that read one tensor must share one option (their
+input is one quantized tensor). Every solver then solves the *merged* problem
+(:meth:`Problem.merged`: one layer per group, impact and every cost summed over the members
+per option), which is exact for the tied problem, and expands the chosen option back to every
+member (:meth:`Problem.expand`); choices passed in (starts, a differentiable search's argmax)
+are contracted to the groups (:meth:`Problem.contract`). Without ties the merged problem is
+the problem itself.
+
 :func:`solve_scored` is the one solver whose objective is not the additive impact: it maximises
 a caller-supplied score of a whole configuration (the pipeline's ``local`` method scores with
 the integer model on the validation split), under the same budgets.
@@ -54,6 +62,9 @@ class Problem:
     options : list
         Label of each option, e.g. ``(w_bits, a_bits)``.
     layer_names : list of str, optional
+    ties : list of list of int, optional
+        Tie groups: layer indices that must take one option (two or more each, disjoint).
+        Solvers solve :meth:`merged` and return choices expanded to every layer.
     """
 
     impact: np.ndarray
@@ -62,6 +73,7 @@ class Problem:
     budgets: dict
     options: list
     layer_names: list | None = None
+    ties: list | None = None
 
     def __post_init__(self):
         self.impact = np.asarray(self.impact, dtype=np.float64)
@@ -75,10 +87,76 @@ class Problem:
                 raise ValueError(f"budget on unknown metric {m!r}; allowed values: "
                                  f"{list(self.metrics)}")
 
+        L = self.impact.shape[0]
+        ties = [sorted(int(k) for k in g) for g in (self.ties or []) if len(g) > 1]
+        seen = [k for g in ties for k in g]
+        if len(seen) != len(set(seen)) or any(not 0 <= k < L for k in seen):
+            raise ValueError(f"ties {self.ties}: groups must be disjoint layer indices in "
+                             f"0..{L - 1}")
+        self.ties = sorted(ties, key=lambda g: g[0]) or None
+
     @property
     def n_layers(self) -> int:
         """Number of layers."""
         return self.impact.shape[0]
+
+    def groups(self) -> list[list[int]]:
+        """Every layer's group, ordered by first member: a tie group, or the layer alone
+        (the layers of the merged problem, in order)."""
+        tied = {g[0]: g for g in self.ties or []}
+        inner = {k for g in self.ties or [] for k in g[1:]}
+        return [tied.get(l, [l]) for l in range(self.n_layers) if l not in inner]
+
+    def merged(self) -> "Problem":
+        """The problem with one layer per group (:meth:`groups`): impact and each cost of an
+        option are the sums over the group's members. Exact for the tied problem (one option
+        per group); the problem itself (same object) when there are no ties."""
+        if not self.ties:
+            return self
+        gs = self.groups()
+        names = (None if self.layer_names is None else
+                 ["+".join(str(self.layer_names[k]) for k in g) for g in gs])
+        return Problem(np.stack([self.impact[g].sum(0) for g in gs]),
+                       np.stack([self.costs[g].sum(0) for g in gs]), self.metrics,
+                       dict(self.budgets), list(self.options), names)
+
+    def expand(self, choice) -> list:
+        """A merged-problem choice (one option per group) as one option per layer."""
+        gs = self.groups()
+        if len(choice) != len(gs):
+            raise ValueError(f"choice of {len(choice)} entries for {len(gs)} groups")
+        out = [0] * self.n_layers
+        for g, c in zip(gs, choice):
+            for k in g:
+                out[k] = int(c)
+        return out
+
+    def contract(self, choice, strict: bool = True) -> list:
+        """A per-layer choice as one option per group (inverse of :meth:`expand`). A group
+        whose members differ raises ``ValueError`` when ``strict``, else takes its members'
+        most precise option (largest ``sum(options[o])``; the solver then repairs the
+        budgets)."""
+        choice = [int(c) for c in choice]
+        if len(choice) != self.n_layers:
+            raise ValueError(f"choice of {len(choice)} entries for {self.n_layers} layers")
+        out = []
+        for g in self.groups():
+            opts = {choice[k] for k in g}
+            if len(opts) > 1 and strict:
+                raise ValueError(f"layers {g} are tied but the choice gives them options "
+                                 f"{sorted(opts)}")
+            out.append(max(opts, key=lambda o: (sum(self.options[o]), -o)))
+        return out
+
+    def is_tied(self, choice) -> bool:
+        """Whether ``choice`` (one option per layer) gives every tie group one option."""
+        return all(len({int(choice[k]) for k in g}) == 1 for g in self.ties or [])
+
+    def expand_solution(self, sol: "Solution") -> "Solution":
+        """A merged-problem :class:`Solution` as this problem's (same impact and costs)."""
+        if not self.ties:
+            return sol
+        return self.evaluate(self.expand(sol.choice), sol.method, sol.seconds)
 
     def budget_vector(self) -> tuple[np.ndarray, np.ndarray]:
         """``(metric indices, limits)`` of the constrained metrics."""
@@ -113,6 +191,9 @@ class Solution:
 def _timed(method):
     def deco(fn):
         def wrapper(problem: Problem, *a, **k):
+            if problem.ties:
+                with _tied(problem):
+                    return problem.expand_solution(wrapper(problem.merged(), *a, **k))
             t0 = time.perf_counter()
             choice = fn(problem, *a, **k)
             return problem.evaluate(choice, method, time.perf_counter() - t0)
@@ -122,13 +203,33 @@ def _timed(method):
     return deco
 
 
+class _tied:
+    """Context of a solver run on ``problem.merged()``: an :class:`InfeasibleBudget` raised
+    there is raised again with the closest configuration of the tied problem (per layer)."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if typ is not None and issubclass(typ, InfeasibleBudget) and (
+                exc.closest is None or len(exc.closest.choice) != self.problem.n_layers):
+            _raise_infeasible(self.problem)
+        return False
+
+
 def prefer_free_precision(problem: Problem, choice) -> list:
     """Per layer, move ``choice`` to the widest option that is free: predicted impact no
     larger than the chosen option's and every *budgeted* cost no larger either (so the
     configuration stays within budget and its objective does not grow). Options are ordered by
     ``sum(options[o])`` (``w_bits + a_bits``). Used where an objective is blind to a layer:
     an impact of 0 at every precision and the same cost at every precision leave an exact
-    solver indifferent, and it may return the narrowest option for nothing."""
+    solver indifferent, and it may return the narrowest option for nothing. A tie group moves as one
+    (on :meth:`Problem.merged`)."""
+    if problem.ties:
+        return problem.expand(prefer_free_precision(problem.merged(), problem.contract(choice)))
     idx, _ = problem.budget_vector()
     out = []
     for l, c in enumerate(choice):
@@ -143,9 +244,13 @@ def prefer_free_precision(problem: Problem, choice) -> list:
 def closest_feasible(problem: Problem) -> Solution:
     """The configuration with the smallest worst-case budget ratio ``max_m cost_m / budget_m``.
 
-    Solved exactly as a MILP (minimise t subject to cost_m <= t * budget_m).
+    Solved exactly as a MILP (minimise t subject to cost_m <= t * budget_m); a tie group
+    takes one option.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if problem.ties:
+        return problem.expand_solution(closest_feasible(problem.merged()))
 
     L, O = problem.impact.shape
     idx, lim = problem.budget_vector()
@@ -371,6 +476,10 @@ def solve_ilp_kbest(problem: Problem, k: int = 8, time_limit: float = 60.0) -> l
 
     if k < 1:
         raise ValueError(f"k={k}: must be >= 1")
+    if problem.ties:
+        with _tied(problem):
+            return [problem.expand_solution(s)
+                    for s in solve_ilp_kbest(problem.merged(), k, time_limit)]
     _check_feasible(problem)
     t0 = time.perf_counter()
     L, O = problem.impact.shape
@@ -426,7 +535,15 @@ def freebits_heuristic(problem: Problem, choice, cycles_metric: str = "cycles") 
        this hardware; 2. while a budget is violated, lower the layer that loses the least impact
        per cycle saved; 3. while budgets allow, raise the layer that gains the most impact per
        cycle added.
+
+    With tie groups the steps run on :meth:`Problem.merged`; a group whose members differ in
+    ``choice`` starts at their most precise option (:meth:`Problem.contract`).
     """
+    if problem.ties:
+        with _tied(problem):
+            return problem.expand_solution(
+                freebits_heuristic(problem.merged(), problem.contract(choice, strict=False),
+                                   cycles_metric))
     t0 = time.perf_counter()
     _check_feasible(problem)
     ch = [int(c) for c in choice]
@@ -476,7 +593,11 @@ def freebits_heuristic(problem: Problem, choice, cycles_metric: str = "cycles") 
 def feasible_configs(problem: Problem, limit: int = 1 << 16):
     """Every configuration that meets the budgets (tuples of option indices, in
     lexicographic order) when the whole space has ``O ** L <= limit`` configurations, else
-    ``None``."""
+    ``None``. With tie groups: the configurations of :meth:`Problem.merged` (``L`` = its
+    layers), expanded to every layer."""
+    if problem.ties:
+        sp = feasible_configs(problem.merged(), limit)
+        return None if sp is None else [tuple(problem.expand(t)) for t in sp]
     L, O = problem.impact.shape
     if O ** L > limit:
         return None
@@ -533,9 +654,20 @@ def solve_scored(problem: Problem, score, *, starts=(), max_evals: int = 64, bra
     configurations as :class:`Solution` objects (method ``"scored"``), best first; ties are
     broken by smaller predicted impact, then by the option indices. ``Solution.impact`` stays
     the additive predicted impact, so it is comparable with the other solvers.
+
+    With tie groups the search runs on :meth:`Problem.merged` (``score`` still receives one
+    option per layer; starts that do not tie their groups are dropped).
     """
     if max_evals < 1 or branch < 1 or top < 1:
         raise ValueError(f"max_evals={max_evals}, branch={branch}, top={top}: each must be >= 1")
+    if problem.ties:
+        starts = [problem.contract(t) for t in starts
+                  if len(t) == problem.n_layers and problem.is_tied(t)]
+        with _tied(problem):
+            out = solve_scored(problem.merged(), lambda ch: score(problem.expand(ch)),
+                               starts=starts, max_evals=max_evals, branch=branch, top=top,
+                               seed=seed, enum_limit=enum_limit)
+        return [problem.expand_solution(s) for s in out]
     _check_feasible(problem)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -326,7 +326,7 @@ def test_model_network_matches_the_integer_export():
 
     pools = {}
     for name, data in (("digits-cnn", "digits"), ("mnist1d-cnn", "mnist1d"),
-                       ("mnist1d-cnn-l", "mnist1d")):
+                       ("mnist1d-cnn-l", "mnist1d"), ("mnist1d-resnet", "mnist1d")):
         torch.manual_seed(0)
         qz = Quantizer(trace_model(build_model(name)), load_dataset(data).x_val[:32])
         shapes, links = network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
@@ -337,6 +337,15 @@ def test_model_network_matches_the_integer_export():
         pools[name] = [l.pool for l in ml[1:]]
     assert pools["mnist1d-cnn"] == [(1, 1), (1, 2), (1, 2)]
     assert pools["mnist1d-cnn-l"] == [(1, 1), (1, 1), (1, 2), (1, 1), (1, 2), (1, 1)]
+    # mnist1d-resnet: the layer after each block reads its add, whose feed is the block's
+    # second conv (only the add reads it; the block input has a conv reader too); no pooling
+    # (the transitions are strided)
+    rs, rl = costs.model_network("mnist1d-resnet")
+    assert [l.producer.kind for l in rl[1:]] == ["conv", "conv", "add", "conv", "conv", "add",
+                                                 "conv", "conv", "add"]
+    assert [[f.key() for f in l.feeds] for l in rl[1:]] == [
+        [], [], [rs[2].key()], [], [], [rs[5].key()], [], [], [rs[8].key()]]
+    assert all(l.pool == (1, 1) and l.adds == () and not l.shared for l in rl[1:])
 
 
 def test_links_behind_residual_adds():

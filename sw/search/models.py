@@ -42,6 +42,7 @@ runs each as a stage of its own (the one-layer kernels reject an add with a clea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -160,12 +161,14 @@ def build_model(name: str):
             *block(32, 64, 3), *block(64, 64, 3), nn.MaxPool2d((1, 2)), *block(64, 64, 3),
             nn.Flatten(), nn.Linear(64 * 10, 10))
     if name == "mnist1d-resnet":
-        return Mnist1dResNet()
+        return _resnet_class()()
     raise ValueError(f"unknown built-in model {name!r}; allowed values: {list(BUILTIN_MODELS)}")
 
 
-def _residual_block_class():
-    """Define the residual modules lazily (torch is imported only when a model is built)."""
+@functools.cache
+def _resnet_class():
+    """The ``mnist1d-resnet`` module class, defined on first use (this module imports torch
+    only when a model is built)."""
     import torch
     import torch.nn as nn
 
@@ -211,17 +214,6 @@ def _residual_block_class():
             return self.fc(torch.flatten(h, 1))
 
     return Mnist1dResNet
-
-
-def Mnist1dResNet():  # noqa: N802 - a factory that reads like the class it builds
-    """A fresh ``mnist1d-resnet`` module (the class is defined on first use, with torch)."""
-    global _RESNET_CLASS
-    if _RESNET_CLASS is None:
-        _RESNET_CLASS = _residual_block_class()
-    return _RESNET_CLASS()
-
-
-_RESNET_CLASS = None
 
 
 #: training recipes (epochs, lr, batch) - chosen to stay well under a minute on 2 cores.

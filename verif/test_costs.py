@@ -213,6 +213,15 @@ def test_model_shapes():
         ("conv", 64, 64, 1, 20, 1, 3), ("conv", 64, 64, 1, 10, 1, 3),
         ("linear", 640, 10, 1, 1, 1, 1)]
     assert [x.logits for x in big] == [False] * 6 + [True]
+    # mnist1d-resnet, from its spec: stem, 3 blocks of 2 convs, strided transitions, fc(320->10)
+    res = costs.model_shapes("mnist1d-resnet")
+    assert [(x.kind, x.cin, x.cout, x.w_in, x.kw, x.stride) for x in res] == [
+        ("conv", 1, 16, 40, 5, (1, 1)), ("conv", 16, 16, 40, 3, (1, 1)),
+        ("conv", 16, 16, 40, 3, (1, 1)), ("conv", 16, 32, 40, 3, (1, 2)),
+        ("conv", 32, 32, 20, 3, (1, 1)), ("conv", 32, 32, 20, 3, (1, 1)),
+        ("conv", 32, 32, 20, 3, (1, 2)), ("conv", 32, 32, 10, 3, (1, 1)),
+        ("conv", 32, 32, 10, 3, (1, 1)), ("linear", 320, 10, 1, 1, (1, 1))]
+    assert [x.logits for x in res] == [False] * 9 + [True]
 
 
 def test_cli_json(tmp_path):

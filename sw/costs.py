@@ -115,7 +115,7 @@ E_INSTR = 0.25
 E_BYTE = 0.05
 #: Input shapes (C, H, W) of the built-in models.
 MODEL_INPUTS = {"digits-cnn": (1, 8, 8), "mnist1d-cnn": (1, 1, 40),
-                "mnist1d-cnn-l": (1, 1, 40)}
+                "mnist1d-cnn-l": (1, 1, 40), "mnist1d-resnet": (1, 1, 40)}
 #: Kernel variants, each with its own fitted model.
 VARIANTS = ("conv", "pointwise", "depthwise", "linear")
 #: Seed of the fit / held-out shape sets (fixed: the validation is reproducible).
@@ -1061,37 +1061,22 @@ def model_shapes(name: str) -> list[LayerShape]:
 
 def model_network(name: str) -> tuple[list[LayerShape], list]:
     """Compute-layer shapes of a built-in model and the
-    :class:`~rvmpq.sw.search.costs_api.LayerLink` in front of each (None for the first): the
-    same as :func:`~rvmpq.sw.search.costs_api.network_shapes` of its integer export."""
+    :class:`~rvmpq.sw.search.costs_api.LayerLink` in front of each (None for the first): those
+    of :func:`~rvmpq.sw.search.costs_api.network_shapes` on the integer export of the
+    (untrained) model, so residual adds get the links the search builds (the shapes and links
+    depend on the architecture only, not on the weights or the calibration)."""
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; allowed values: {sorted(MODEL_INPUTS)}")
-    from rvmpq.sw.search.models import build_model, trace_model
+    import torch
 
-    c, h, w = MODEL_INPUTS[name]
-    out, links, pool = [], [], [1, 1]
-    for l in trace_model(build_model(name)):
-        if l.kind == "conv":
-            cout = l.weight.shape[0]
-            s = LayerShape("conv", c, cout, h, w, l.kernel[0], l.kernel[1], l.stride, l.padding,
-                           l.groups)
-            c, h, w = cout, s.h_out, s.w_out
-        elif l.kind == "maxpool":
-            h, w = h // l.kernel[0], w // l.kernel[1]
-            pool = [pool[0] * l.kernel[0], pool[1] * l.kernel[1]]
-            continue
-        elif l.kind == "flatten":
-            c, h, w = c * h * w, 1, 1
-            continue
-        elif l.kind == "linear":
-            s = LayerShape("linear", l.weight.shape[1], l.weight.shape[0])
-            c, h, w = l.weight.shape[0], 1, 1
-        else:
-            continue
-        out.append(s)
-        links.append(tuple(pool))
-        pool = [1, 1]
-    out[-1] = dataclasses.replace(out[-1], logits=True)
-    return out, [None] + [LayerLink(p, q, pl) for p, q, pl in zip(out, out[1:], links[1:])]
+    from rvmpq.sw.search.costs_api import network_shapes
+    from rvmpq.sw.search.models import build_model, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).uniform(0, 1, (8, *MODEL_INPUTS[name]))
+    qz = Quantizer(trace_model(build_model(name)), x)
+    return network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

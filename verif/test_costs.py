@@ -213,6 +213,15 @@ def test_model_shapes():
         ("conv", 64, 64, 1, 20, 1, 3), ("conv", 64, 64, 1, 10, 1, 3),
         ("linear", 640, 10, 1, 1, 1, 1)]
     assert [x.logits for x in big] == [False] * 6 + [True]
+    # mnist1d-resnet, from its spec: stem, 3 blocks of 2 convs, strided transitions, fc(320->10)
+    res = costs.model_shapes("mnist1d-resnet")
+    assert [(x.kind, x.cin, x.cout, x.w_in, x.kw, x.stride) for x in res] == [
+        ("conv", 1, 16, 40, 5, (1, 1)), ("conv", 16, 16, 40, 3, (1, 1)),
+        ("conv", 16, 16, 40, 3, (1, 1)), ("conv", 16, 32, 40, 3, (1, 2)),
+        ("conv", 32, 32, 20, 3, (1, 1)), ("conv", 32, 32, 20, 3, (1, 1)),
+        ("conv", 32, 32, 20, 3, (1, 2)), ("conv", 32, 32, 10, 3, (1, 1)),
+        ("conv", 32, 32, 10, 3, (1, 1)), ("linear", 320, 10, 1, 1, (1, 1))]
+    assert [x.logits for x in res] == [False] * 9 + [True]
 
 
 def test_cli_json(tmp_path):
@@ -326,7 +335,7 @@ def test_model_network_matches_the_integer_export():
 
     pools = {}
     for name, data in (("digits-cnn", "digits"), ("mnist1d-cnn", "mnist1d"),
-                       ("mnist1d-cnn-l", "mnist1d")):
+                       ("mnist1d-cnn-l", "mnist1d"), ("mnist1d-resnet", "mnist1d")):
         torch.manual_seed(0)
         qz = Quantizer(trace_model(build_model(name)), load_dataset(data).x_val[:32])
         shapes, links = network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
@@ -337,6 +346,15 @@ def test_model_network_matches_the_integer_export():
         pools[name] = [l.pool for l in ml[1:]]
     assert pools["mnist1d-cnn"] == [(1, 1), (1, 2), (1, 2)]
     assert pools["mnist1d-cnn-l"] == [(1, 1), (1, 1), (1, 2), (1, 1), (1, 2), (1, 1)]
+    # mnist1d-resnet: the layer after each block reads its add, whose feed is the block's
+    # second conv (only the add reads it; the block input has a conv reader too); no pooling
+    # (the transitions are strided)
+    rs, rl = costs.model_network("mnist1d-resnet")
+    assert [l.producer.kind for l in rl[1:]] == ["conv", "conv", "add", "conv", "conv", "add",
+                                                 "conv", "conv", "add"]
+    assert [[f.key() for f in l.feeds] for l in rl[1:]] == [
+        [], [], [rs[2].key()], [], [], [rs[5].key()], [], [], [rs[8].key()]]
+    assert all(l.pool == (1, 1) and l.adds == () and not l.shared for l in rl[1:])
 
 
 def test_links_behind_residual_adds():

@@ -46,10 +46,11 @@ def test_search_bad_budget_name(tmp_path, capsys):
 
 def test_search_bench_model_must_be_builtin(tmp_path, capsys):
     """`--bench --model NAME` benchmarks one built-in model; anything else is refused before
-    any work, naming the allowed ones (the new mnist1d-cnn-l among them)."""
+    any work, naming the allowed ones (mnist1d-cnn-l and mnist1d-resnet among them)."""
     rc = main(["search", "--bench", "--model", "no-such-model", "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "allowed values" in err and "mnist1d-cnn-l" in err
+    assert "mnist1d-resnet" in err
     assert not (tmp_path / "search_bench.md").exists()
 
 

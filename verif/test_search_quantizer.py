@@ -165,6 +165,48 @@ def test_mnist1d_cnn_l_builds_and_traces():
     assert float_forward(layers, x).shape == (6, 10)
 
 
+def test_mnist1d_resnet_builds_traces_and_quantizes():
+    """The residual built-in model: traced as a graph whose layers, sources and shapes are the
+    architecture of its spec (written from the spec, not read off the code), reproducing the
+    torch forward with non-identity BatchNorm statistics; its INT16 integer export (3 adds)
+    tracks the float logits. Not trained here (the search / deploy runs train it)."""
+    assert "mnist1d-resnet" in BUILTIN_MODELS and "mnist1d-resnet" in RECIPES
+    torch.manual_seed(SEED % 1000)
+    print(f"seed {SEED % 1000}")
+    m = build_model("mnist1d-resnet")
+    for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+    layers = trace_model(m)
+    C, A = "conv", "add"
+    assert [l.kind for l in layers] == [C, C, C, A, C, C, C, A, C, C, C, A, "flatten", "linear"]
+    # each block: conv(src = block input) - conv - add(block input, second conv) + ReLU
+    assert [l.src for l in layers] == [
+        (-1,), (0,), (1,), (0, 2), (3,), (4,), (5,), (4, 6), (7,), (8,), (9,), (8, 10), (11,),
+        (12,)]
+    assert [l.relu for l in layers] == [True, True, False, True] * 3 + [False, False]
+    comp = [l for l in layers if l.is_compute]
+    assert len(comp) == 10
+    assert [l.weight.shape for l in comp] == [
+        (16, 1, 1, 5), (16, 16, 1, 3), (16, 16, 1, 3), (32, 16, 1, 3), (32, 32, 1, 3),
+        (32, 32, 1, 3), (32, 32, 1, 3), (32, 32, 1, 3), (32, 32, 1, 3), (10, 320)]
+    assert [l.stride for l in comp[:-1]] == [(1, 1)] * 3 + [(1, 2)] + [(1, 1)] * 2 + [(1, 2)] \
+        + [(1, 1)] * 2
+    assert [l.padding for l in comp[:-1]] == [(0, 2)] + [(0, 1)] * 8
+    rng = np.random.default_rng(SEED)
+    x = rng.uniform(-1, 1, (32, 1, 1, 40)).astype(np.float32)
+    check_trace(m, layers, x)           # raises unless the layers reproduce model(x)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).double().numpy()
+    qz = Quantizer(layers, x)
+    net = qz.export([16] * 10, [16] * 10)
+    assert [l.kind for l in net.layers].count("add") == 3
+    z = int_forward(net, x).astype(np.float64) * net.logit_scale
+    assert z.shape == (32, 10)
+    assert np.abs(z - ref).max() <= 2e-2 * np.abs(ref).max(), np.abs(z - ref).max()
+
+
 @pytest.mark.parametrize("mod, msg", [
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2)),
      "AvgPool2d is not supported; supported modules"),

@@ -16,8 +16,8 @@ __all__ = ["add_arguments", "main", "bench", "ceiling_accuracy", "BENCH_MODELS",
 def add_arguments(p):
     """Register the ``rvmpq search`` options on ``p``."""
     p.add_argument("--model", default=None,
-                   help="digits-cnn (default) | mnist1d-cnn | mnist1d-cnn-l | PATH of a "
-                        "torch.save'd nn.Module; with --bench: the one built-in model to "
+                   help="digits-cnn (default) | mnist1d-cnn | mnist1d-cnn-l | mnist1d-resnet | "
+                        "PATH of a torch.save'd nn.Module; with --bench: the one built-in model to "
                         "benchmark (default: every one of BENCH_MODELS)")
     p.add_argument("--data", choices=["digits", "mnist1d"], help="data set for a model PATH")
     p.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
@@ -192,7 +192,7 @@ _BENCH_COLS = ("dp", "ilp", "greedy", "diff", "rerank", "local", "hawq-ilp", "un
 #: the others. Fixed before any result was looked at; not to be tuned to the outcome.
 BENCH_FRACS = (0.7, 0.5, 0.45, 0.4)
 #: built-in models of ``make bench-search`` (``rvmpq search --bench``; ``--model`` picks one)
-BENCH_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l")
+BENCH_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet")
 #: a target-(b) row gets its test-split ceiling when at most this many configurations meet
 #: its budget
 CEILING_MAX_CONFIGS = 32

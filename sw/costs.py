@@ -1062,21 +1062,20 @@ def model_shapes(name: str) -> list[LayerShape]:
 def model_network(name: str) -> tuple[list[LayerShape], list]:
     """Compute-layer shapes of a built-in model and the
     :class:`~rvmpq.sw.search.costs_api.LayerLink` in front of each (None for the first): those
-    of :func:`~rvmpq.sw.search.costs_api.network_shapes` on the integer export of the
-    (untrained) model, so residual adds get the links the search builds (the shapes and links
+    of :func:`~rvmpq.sw.search.pipeline.layer_links` (the INT8 export of the untrained
+    model), so residual adds get the links the search builds (the shapes and links
     depend on the architecture only, not on the weights or the calibration)."""
     if name not in MODEL_INPUTS:
         raise ValueError(f"unknown model {name!r}; allowed values: {sorted(MODEL_INPUTS)}")
     import torch
 
-    from rvmpq.sw.search.costs_api import network_shapes
     from rvmpq.sw.search.models import build_model, trace_model
+    from rvmpq.sw.search.pipeline import layer_links
     from rvmpq.sw.search.quantizer import Quantizer
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).uniform(0, 1, (8, *MODEL_INPUTS[name]))
-    qz = Quantizer(trace_model(build_model(name)), x)
-    return network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
+    return layer_links(Quantizer(trace_model(build_model(name)), x))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

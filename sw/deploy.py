@@ -272,13 +272,6 @@ def _out_units(pl) -> int:
     return pl.out_words if pl.impl == "mpq" else pl.ho * pl.wo * pl.cout_pad
 
 
-def _sources(net: QNetwork, i: int) -> tuple:
-    """The layers layer ``i`` reads (``-1``: the network input); the previous one when its
-    ``src`` is unset."""
-    l = net.layers[i]
-    return tuple(int(s) for s in l.src) if l.src is not None else (i - 1,)
-
-
 def _check_add(l: QLayer, ins: list) -> None:
     """What the deploy add handles: two inputs of equal shape (no broadcasting), each another
     stage's output as it is (no pooling or flatten in between), a 2..16-bit output."""
@@ -340,7 +333,7 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
         return (-1, (1, 1), False) if s < 0 else where[s]
 
     for i, l in enumerate(net.layers):
-        srcs = _sources(net, i)
+        srcs = net.sources(i)
         if l.kind != "add" and len(srcs) != 1:
             raise DeployError(f"layer {l.name!r} ({l.kind}) reads {len(srcs)} layers; only an "
                               "add reads two")

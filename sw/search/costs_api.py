@@ -269,12 +269,9 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     that reads the network input. The last compute layer is marked ``logits``.
     """
     layers = net.layers
-    comp = [l for l in layers if l.kind in ("conv", "linear")]
+    comp = net.compute_layers
     n = len(layers)
-
-    def srcs(i):
-        l = layers[i]
-        return tuple(int(v) for v in l.src) if l.src is not None else (i - 1,)
+    srcs = net.sources
 
     readers: dict = {i: [] for i in range(-1, n)}
     for i in range(n):

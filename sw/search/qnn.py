@@ -233,6 +233,12 @@ class QNetwork:
         """``(w_bits, a_bits)`` per compute layer."""
         return [(l.w_bits, l.a_bits) for l in self.compute_layers]
 
+    def sources(self, i: int) -> tuple:
+        """The layers that layer ``i`` reads (``-1``: the network input): its ``src``, or the
+        previous layer when ``src`` is unset."""
+        l = self.layers[i]
+        return tuple(int(s) for s in l.src) if l.src is not None else (i - 1,)
+
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         d = {k: getattr(self, k) for k in ("input_scale", "input_zp", "input_bits",

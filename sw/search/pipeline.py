@@ -261,9 +261,8 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
         # precision (a 1-channel first conv) the ILP is indifferent and could return INT2 for
         # nothing, which HAWQ-V3 (positive traces) never would: such a layer is moved to the
         # widest option that costs no more (prefer_free_precision).
-        p = make_problem(setup, budgets, "hessian")
-        s = solve_ilp(p)
-        s = p.evaluate(prefer_free_precision(p, s.choice), "hawq-ilp", s.seconds)
+        s = _metric_ilp(setup, budgets, "hessian")
+        s.method = "hawq-ilp"
         s.impact = float(make_problem(setup, budgets).evaluate(s.choice).impact)
         return s
     p = make_problem(setup, budgets)
@@ -327,6 +326,15 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
                      f"{[*METHODS, 'hawq-ilp', 'random', 'uniform-16', 'uniform-8', 'uniform-4', 'uniform-2']}")
 
 
+def _metric_ilp(setup: SearchSetup, budgets: dict, metric: str) -> Solution:
+    """The ILP's solution on ``metric``'s impacts, each layer then moved to its free widest
+    option (:func:`prefer_free_precision`: where the metric is blind to a layer that costs the
+    same at every precision); impact in ``metric``'s terms, the ILP's time."""
+    p = make_problem(setup, budgets, metric)
+    s = solve_ilp(p)
+    return p.evaluate(prefer_free_precision(p, s.choice), s.method, s.seconds)
+
+
 def metric_picks(setup: SearchSetup, budgets: dict) -> list[tuple]:
     """The ILP's configuration under each sensitivity metric of :data:`METRICS` (the
     ``hawq-ilp`` baseline is the ``hessian`` one), as option-index tuples, duplicates removed
@@ -334,8 +342,7 @@ def metric_picks(setup: SearchSetup, budgets: dict) -> list[tuple]:
     precision, the layer gets its free widest option (:func:`prefer_free_precision`)."""
     out = []
     for metric in METRICS:
-        pm = make_problem(setup, budgets, metric)
-        t = tuple(int(c) for c in prefer_free_precision(pm, solve_ilp(pm).choice))
+        t = tuple(_metric_ilp(setup, budgets, metric).choice)
         if t not in out:
             out.append(t)
     return out

@@ -600,10 +600,12 @@ def _leaf_layer(name: str, m, src) -> FLayer:
                   m.groups, src=src)
 
 
-def run_graph(layers: list[FLayer], x, compute):
+def run_graph(layers: list[FLayer], x, compute, post=None):
     """Run a traced layer list (or graph) on a torch tensor ``x``: pooling, flattening and
     residual adds (and any fused ReLU) here, compute layer ``k`` by ``compute(k, layer, h)``,
-    which returns its output before the ReLU. Returns the last layer's output."""
+    which returns its output before the ReLU. ``post(i, h)``, if given, maps the output of
+    layer ``i`` (after its ReLU) before any reader sees it (the fake quantization of tensors
+    around residual adds). Returns the last layer's output."""
     import torch
     import torch.nn.functional as F
 
@@ -623,6 +625,8 @@ def run_graph(layers: list[FLayer], x, compute):
             h = compute(k, l, h)
         if l.relu:
             h = torch.relu(h)
+        if post is not None:
+            h = post(i, h)
         outs.append(h)
     return outs[-1]
 

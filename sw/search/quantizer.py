@@ -24,7 +24,8 @@ form a *tie group*, :meth:`Quantizer.tie_groups`, and share one input grid: the 
 the group's longest dot product at 16-bit weights, :meth:`Quantizer.qmax`); a tensor read only
 by adds is calibrated on its own values at the bits of the add's output; the
 add requantizes both inputs to its output scale (:mod:`rvmpq.sw.search.qnn`). In fake-quant
-training the add itself runs in float.
+training the add itself runs in float, on operands and an output fake-quantized on those
+same grids (so QAT sees the rounding of a block's last conv to the add's bits).
 
 Calibration methods (activation ranges, and per-channel weight ranges with ``w_method``):
 ``minmax`` (the largest magnitude), ``percentile`` (99.99th percentile of the magnitudes) and
@@ -496,7 +497,8 @@ class Quantizer:
         ``None`` in ``w_bits`` / ``a_bits`` leaves that layer's weights / input in float.
         Weight scales are fixed at the calibrated values (``w_method``) of the starting weights
         (export a fine-tuned result with ``w_scales=module.w_scales``); activation scales are
-        the calibrated ones.
+        the calibrated ones. In a layer graph with every bit given, the tensors around each
+        residual add (its inputs and output) are fake-quantized on the integer model's grids.
         """
         return FakeQuantNet(self, list(w_bits), list(a_bits), layers or self.layers, trainable)
 
@@ -532,6 +534,21 @@ def _fq_net_class():
                 self.w_scales.append(
                     weight_scales(l.weight, w_bits[k], qz.w_method, per_channel=k != n - 1,
                                   qmax=self.qw[k]) if w_bits[k] else None)
+            # residual adds: the integer model requantizes each add input that no compute
+            # layer reads (a block's last conv) and each add output to their own grids
+            # (Quantizer._tensor_quant); fake-quantize those tensors the same way, so that QAT
+            # trains what is deployed (a compute layer's input is fake-quantized by the
+            # layer itself: on the same grid, so a second rounding of it changes nothing)
+            self.tensor_q = {}
+            if qz.graph and all(w_bits) and all(a_bits):
+                tq = qz._tensor_quant(w_bits, a_bits)
+                for i, l in enumerate(layers):
+                    if l.kind != "add":
+                        continue
+                    for j in (i, *l.src):
+                        if j >= 0 and tq.get(j) is not None:
+                            s, sg, b = tq[j]
+                            self.tensor_q[j] = (s, _qmax(b, sg), sg)
 
         @staticmethod
         def _fq(x, scale, qm, signed):
@@ -549,8 +566,8 @@ def _fq_net_class():
             return self._fq(w, s, qm, True)
 
         def forward(self, x):
-            # residual adds run in float here (their operands are fake-quantized where a
-            # compute layer reads them)
+            # residual adds: their operands and outputs are fake-quantized on the integer
+            # model's grids (``tensor_q``); the add itself runs in float
             from .models import run_graph
 
             n = len(self.weights)
@@ -563,7 +580,10 @@ def _fq_net_class():
                 if l.kind == "conv":
                     return F.conv2d(x, w, self.biases[k], l.stride, l.padding, 1, l.groups)
                 return F.linear(x, w, self.biases[k])
-            return run_graph(self.layers, x, compute)
+            def post(i, h):
+                q = self.tensor_q.get(i)
+                return h if q is None else self._fq(h, *q)
+            return run_graph(self.layers, x, compute, post if self.tensor_q else None)
 
         def to_layers(self) -> list[FLayer]:
             """Copy of the float layer list with this module's (fine-tuned) weights."""

@@ -36,7 +36,7 @@ from .costs_api import (BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerSha
 from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, load_dataset,
                      torch_accuracy, trace_model)
 from .qnn import int_accuracy
-from .quantizer import Quantizer, needs_qat, qat_finetune
+from .quantizer import QAT_EPOCHS, Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
 from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic,
                       prefer_free_precision, solve_dp, solve_greedy, solve_ilp, solve_ilp_kbest,
@@ -349,7 +349,7 @@ def metric_picks(setup: SearchSetup, budgets: dict) -> list[tuple]:
 
 
 def train_and_score(setup: SearchSetup, wb, ab, *, tau: float = 0.5, qat: bool = True,
-                    qat_epochs: int = 5) -> dict:
+                    qat_epochs: int = QAT_EPOCHS) -> dict:
     """The PTQ/QAT necessity treatment of one configuration, scored on the validation split.
 
     Necessity: :func:`needs_qat` per layer (probe drop > ``tau``); if the whole PTQ
@@ -391,7 +391,7 @@ def train_and_score(setup: SearchSetup, wb, ab, *, tau: float = 0.5, qat: bool =
 
 
 def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool = True,
-             qat_epochs: int = 5) -> dict:
+             qat_epochs: int = QAT_EPOCHS) -> dict:
     """Integer-model validation of a solution, with the training-necessity decision.
 
     The PTQ/QAT treatment is :func:`train_and_score` (identical for every method and

@@ -82,8 +82,9 @@ depends on it, ``U_j(s)`` (:meth:`RtlCostModel.add_in_delta`: the add measured w
 charged to that layer (``LayerLink.unpacks``, term ``add_in``) and taken out of the add's
 consumer (``LayerLink.external``: ``A(o, o, o) - U_j(o)``), so the two cancel where the input
 is at the add's output bits (uniform configurations stay exact). The add's code is not exactly
-separable in its input and output precisions: on a measured grid the split is off by a median
-2.8 %, at worst 10.7 % of the add (before it: 5.9 % / 17.9 %; docs/costs.md, "Residual
+separable in its input and output precisions: on a measured grid of skips at other bits than
+the add's branch and output the split is off by a median 2.8 %, at worst 10.7 % of the add
+(charging the whole add at its output's bits: 5.9 % / 17.9 %; docs/costs.md, "Residual
 adds"). Nothing here is a constant: every term is an RTL measurement.
 """
 

@@ -469,8 +469,9 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     front of each layer], "adds": [predicted residual-add stages in front of each layer, as
     the program runs them: an input another layer decides unpacked at that layer's bits, which
     "layers" charges to that layer], "terms": [in_network_terms per layer], "total",
-    "kernel_total", "glue_total", "add_total"}``. A model without :meth:`RtlCostModel.in_network_terms` gives the layers
-    alone (no glue, no adds, outputs at their own bits) and says so in ``"note"``.
+    "kernel_total", "glue_total", "add_total"}``. A model without
+    :meth:`RtlCostModel.in_network_terms` gives the layers alone (no glue, no adds, outputs at
+    their own bits) and says so in ``"note"``.
     """
     n = len(shapes)
     if not (len(links) == len(bits) == n):
@@ -492,7 +493,7 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     adds = []
     for i, (t, ln) in enumerate(zip(terms, links)):
         a = t.get("add", 0.0)
-        if ln is not None and ln.external:
+        if ln is not None and ln.external and hasattr(cm, "add_in_delta"):
             pa = (ln.producer, *ln.adds)
             a += sum(cm.add_in_delta(pa[k], j, bits[i if d is None else d])
                      for k, j, d in ln.external)

@@ -110,6 +110,7 @@ from rvmpq.sw.tools import build_root
 
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
            "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
+           "add_split_grid",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
            "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network",
            "deployed_shape",
@@ -501,6 +502,44 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     return {"layers": layers, "kernels": kernels, "glue": glue, "adds": adds, "terms": terms,
             "total": float(sum(layers)), "kernel_total": float(sum(kernels)),
             "glue_total": float(sum(glue)), "add_total": float(sum(adds))}
+
+
+def add_split_grid(cm: "RtlCostModel", adds: list[LayerShape]) -> dict:
+    """How far the per-input split of a residual add (:meth:`RtlCostModel.add_in_delta`) is
+    from the measured add: every add stage ``A(s0, s1, o)`` of ``adds`` (``kind "add"``
+    shapes) for all input and output precisions in :data:`BITS`, measured (cached) with
+    :func:`glue_network`, against the charge ``A(o, o, o) + U_0(s0) - U_0(o) + U_1(s1) -
+    U_1(o)`` and against the whole add at its output's bits ``A(o, o, o)``.
+
+    Returns ``{"grid": {add key: {"s0,s1,o": cycles}}, "error": {"split" | "whole": {"skip" |
+    "all": {"median", "p90", "worst", "n"}}}}`` (relative errors; ``skip``: ``s1 = o != s0``,
+    an identity block's skip at other bits; ``all``: every point off the diagonal)."""
+    import itertools
+
+    pts = list(itertools.product(BITS, BITS, BITS))
+    items = [(_add_probe_link(a), o, (s0, s1)) for a in adds for s0, s1, o in pts]
+    ms = iter(cm.measure_many(items))
+    grid = {a.key(): {f"{s0},{s1},{o}": next(ms).add_cycles for s0, s1, o in pts} for a in adds}
+    err: dict = {"split": {"skip": [], "all": []}, "whole": {"skip": [], "all": []}}
+    for a in adds:
+        g = grid[a.key()]
+
+        def A(s0, s1, o):
+            return g[f"{s0},{s1},{o}"]
+        for s0, s1, o in pts:
+            if s0 == s1 == o:
+                continue
+            split = (A(o, o, o) + cm.add_in_delta(a, 0, s0) - cm.add_in_delta(a, 0, o)
+                     + cm.add_in_delta(a, 1, s1) - cm.add_in_delta(a, 1, o))
+            for name, v in (("split", split), ("whole", A(o, o, o))):
+                e = abs(v - A(s0, s1, o)) / A(s0, s1, o)
+                err[name]["all"].append(e)
+                if s1 == o:
+                    err[name]["skip"].append(e)
+    summary = {k: {sub: {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+                         "worst": float(np.max(v)), "n": len(v)} for sub, v in d.items()}
+               for k, d in err.items()}
+    return {"grid": grid, "error": summary}
 
 
 def _read_entry(p: Path, cls):

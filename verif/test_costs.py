@@ -478,6 +478,25 @@ def test_add_inputs_other_layers_decide_are_charged_to_them(cm):
                                                for t in p["terms"]))
 
 
+def test_add_split_grid_measures_the_separability(cm):
+    """add_split_grid: the add at all 64 (skip, branch, output) precisions, its diagonal the
+    add stages the consumer's measurement has; on a 6-channel 4x4 add the split is closer to
+    the measured adds than the whole add at its output's bits (measured: median 1.1 % against
+    5.1 % with the skip at other bits, 1.6 % against 3.9 % over the grid)."""
+    from rvmpq.sw.search.costs_api import BITS
+
+    add = LayerShape("add", 6, 6, 4, 4)
+    r = costs.add_split_grid(cm, [add])
+    g = r["grid"][add.key()]
+    assert len(g) == 64 and len(set(g.values())) > 8
+    pr = costs._add_probe_link(add)
+    assert all(g[f"{b},{b},{b}"] == cm.measure_glue(pr, b).add_cycles for b in BITS)
+    e = r["error"]
+    assert e["split"]["skip"]["n"] == 4 * 3 and e["split"]["all"]["n"] == 60
+    for sub in ("skip", "all"):
+        assert e["split"][sub]["median"] < e["whole"][sub]["median"], e
+
+
 def test_json_table_keeps_in_network_cycles(cm, tmp_path):
     from rvmpq.sw.search.costs_api import LayerLink, cost_table
 

@@ -75,9 +75,17 @@ producer's padded channels). Residual adds: a layer behind an add (its
 :class:`~rvmpq.sw.search.costs_api.LayerLink` has the add as producer) is charged the add
 stage, the glue behind it and the output side of the layers whose outputs only adds read
 (``feeds``: they are requantized to its bits), all at its own bits; the add stage is measured
-with everything at that precision (:func:`glue_network`), so an add whose skip input is at
-another precision is off by the difference in unpacking it (a few % of the add,
-docs/costs.md). Nothing here is a constant: every term is an RTL measurement.
+with everything at that precision (:func:`glue_network`). An add input that a compute layer
+reads too (an identity block's skip) is at *that* layer's bits: the part of the add that
+depends on it, ``U_j(s)`` (:meth:`RtlCostModel.add_in_delta`: the add measured with input
+``j`` at ``s`` against all at a reference precision, averaged over the references), is
+charged to that layer (``LayerLink.unpacks``, term ``add_in``) and taken out of the add's
+consumer (``LayerLink.external``: ``A(o, o, o) - U_j(o)``), so the two cancel where the input
+is at the add's output bits (uniform configurations stay exact). The add's code is not exactly
+separable in its input and output precisions: on a measured grid of skips at other bits than
+the add's branch and output the split is off by a median 2.8 %, at worst 10.7 % of the add
+(charging the whole add at its output's bits: 5.9 % / 17.9 %; docs/costs.md, "Residual
+adds"). Nothing here is a constant: every term is an RTL measurement.
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ from rvmpq.sw.tools import build_root
 
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
            "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
+           "add_split_grid",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
            "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network",
            "deployed_shape",
@@ -128,6 +137,10 @@ N_FIT, N_HELD = 40, 15
 #: switches kernels for narrower outputs); measured on 60 held-out shapes this reference
 #: predicts ``T(b, o)`` better than INT8 or INT16 (docs/costs.md).
 REF_OUT_BITS = 2
+#: Version of what the glue cache holds, part of :func:`glue_hash`: ``add-split-1``: add
+#: stages also measured with their inputs at other bits than their output
+#: (``GlueMeasurement.in_bits``, :meth:`RtlCostModel.add_in_delta`).
+GLUE_FORMAT = "add-split-1"
 #: Largest number of INT16 dot instructions of a generated fit/validation shape (keeps each
 #: RTL run under about a second).
 MAX_DOTS = 60_000
@@ -308,7 +321,8 @@ class GlueMeasurement:
     :meth:`~rvmpq.sw.search.costs_api.LayerLink.key`, ``bits`` the consumer's input precision,
     ``glue`` what deploy emits (``copy``: a glue function, ``alias``: none, 0 cycles);
     ``add_cycles`` the residual-add stage in front of it when the link's producer is an add
-    (measured in the same program, everything at ``bits``; 0 otherwise)."""
+    (measured in the same program, output at ``bits``, inputs at ``in_bits``: skip, branch;
+    ``None``: both at ``bits``; 0 otherwise)."""
 
     link: str
     bits: int
@@ -316,6 +330,7 @@ class GlueMeasurement:
     glue: str
     exact: bool
     add_cycles: int = 0
+    in_bits: list | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -327,12 +342,14 @@ def glue_hash() -> str:
     import inspect
 
     h = hashlib.sha256((Path(__file__).parent / "deploy.py").read_bytes())
+    h.update(GLUE_FORMAT.encode())
     h.update(inspect.getsource(glue_network).encode())
     h.update(inspect.getsource(RtlCostModel.measure_glue).encode())
     return h.hexdigest()[:12]
 
 
-def glue_network(link: LayerLink, bits: int, seed: int = 0):
+def glue_network(link: LayerLink, bits: int, seed: int = 0,
+                 in_bits: tuple[int, int] | None = None):
     """The smallest network whose deploy program has ``link``'s glue, at ``bits``, and an
     input: ``(QNetwork, xq)`` with ``xq`` an ``(1, H, W, C)`` integer batch.
 
@@ -344,25 +361,36 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
     consumer, and the consumer with the same input geometry as ``link.consumer`` (channels,
     map, padding) but a single output channel (depthwise: all of them) as the logits layer.
     The glue depends only on the two layouts, so it is the same code as in the network.
+
+    ``in_bits``: for an add producer, the precisions of its two inputs (the skip, input 0,
+    and the branch, input 1; default both ``bits``, the add's output precision): the add
+    stage of :meth:`RtlCostModel.add_in_delta` (an input unpacked at other bits).
     """
     from rvmpq.sw.kernels.layer import random_input, random_layer
     from rvmpq.sw.search.qnn import QLayer, QNetwork
 
     check_bits(bits)
     p, c = link.producer, link.consumer
-    rng = np.random.default_rng([seed, bits, zlib.crc32(link.key().encode())])
+    s0, s1 = (bits, bits) if in_bits is None else (check_bits(b, "in_bits") for b in in_bits)
+    if (s0, s1) != (bits, bits) and p.kind != "add":
+        raise ValueError(f"in_bits={in_bits}: only an add producer has input precisions")
+    key = [seed, bits, zlib.crc32(link.glue_key().encode())]
+    if (s0, s1) != (bits, bits):                 # the default keeps its historical seed
+        key += [s0, s1]
+    rng = np.random.default_rng(key)
     pv = "add" if p.kind == "add" else shape_variant(p)
     ho, wo, ch = p.h_out, p.w_out, p.cout
     if pv == "add":
-        # a residual block's add, everything at ``bits``: the skip (a 1x1 conv's ReLU output,
-        # unsigned) plus a 1x1 conv of it without ReLU (signed), ReLU after the add; the add
-        # stage and the glue behind it are deploy's code for these layouts
-        l0 = random_layer("pointwise", bits, 1, ch, ho, wo, rng=rng, out_bits=bits,
+        # a residual block's add: the skip (a 1x1 conv's ReLU output, unsigned, at ``s0``)
+        # plus a 1x1 conv of it without ReLU (signed, at ``s1``), ReLU after the add, output
+        # at ``bits``; the add stage and the glue behind it are deploy's code for these
+        # layouts
+        l0 = random_layer("pointwise", s0, 1, ch, ho, wo, rng=rng, out_bits=s0,
                           a_signed=False, relu=True)
-        lb = random_layer("pointwise", bits, ch, ch, ho, wo, rng=rng, out_bits=bits,
+        lb = random_layer("pointwise", s0, ch, ch, ho, wo, rng=rng, out_bits=s1,
                           a_signed=False, relu=False)
         lb.out_signed = True
-        hi = 1 << bits
+        hi = 1 << max(bits, s0, s1)
         mult = rng.integers(1, max(2, (1 << 30) // (2 * hi)), size=2)
         shift = max(0, int(np.ceil(np.log2(2 * int(mult.max()) + 1))))
         add = QLayer("add", "add", (ho, wo, ch), (ho, wo, ch), 0, bits, True, 0,
@@ -399,8 +427,15 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0):
                           out_bits=32, a_signed=False)
     l1.name = "consumer"
     layers.append(l1)
-    net = QNetwork(1.0, 0, bits, False, layers)
+    net = QNetwork(1.0, 0, s0, False, layers)
     return net, random_input(l0, rng)[None]
+
+
+def _add_probe_link(add: LayerShape) -> LayerLink:
+    """The link whose :func:`glue_network` measures ``add``'s stage for
+    :meth:`RtlCostModel.add_in_delta`: the add and a 1x1 conv reading it (the add stage is a
+    function of its own, timed alone: the consumer does not change it)."""
+    return LayerLink(add, LayerShape("conv", add.cout, add.cout, add.h_out, add.w_out))
 
 
 def deployed_shape(shape: LayerShape, link: LayerLink | None, bits: int) -> LayerShape:
@@ -432,10 +467,12 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
 
     Returns ``{"layers": [cycles charged to each layer], "kernels": [predicted kernel stage
     cycles: the layer at its bits, output at the next layer's], "glue": [predicted glue in
-    front of each layer], "adds": [predicted residual-add stages in front of each layer],
-    "terms": [in_network_terms per layer], "total", "kernel_total", "glue_total",
-    "add_total"}``. A model without :meth:`RtlCostModel.in_network_terms` gives the layers
-    alone (no glue, no adds, outputs at their own bits) and says so in ``"note"``.
+    front of each layer], "adds": [predicted residual-add stages in front of each layer, as
+    the program runs them: an input another layer decides unpacked at that layer's bits, which
+    "layers" charges to that layer], "terms": [in_network_terms per layer], "total",
+    "kernel_total", "glue_total", "add_total"}``. A model without
+    :meth:`RtlCostModel.in_network_terms` gives the layers alone (no glue, no adds, outputs at
+    their own bits) and says so in ``"note"``.
     """
     n = len(shapes)
     if not (len(links) == len(bits) == n):
@@ -452,10 +489,57 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     kernels = [t["kernel"] + t["own_out"] + (terms[i + 1]["producer_out"] if i + 1 < n else 0.0)
                for i, t in enumerate(terms)]
     glue = [t["glue"] for t in terms]
-    adds = [t.get("add", 0.0) for t in terms]
+    # the add stages as the program runs them: an add input decided by another layer is
+    # unpacked at that layer's bits (charged to it as "add_in", shown here with its add)
+    adds = []
+    for i, (t, ln) in enumerate(zip(terms, links)):
+        a = t.get("add", 0.0)
+        if ln is not None and ln.external and hasattr(cm, "add_in_delta"):
+            pa = (ln.producer, *ln.adds)
+            a += sum(cm.add_in_delta(pa[k], j, bits[i if d is None else d])
+                     for k, j, d in ln.external)
+        adds.append(a)
     return {"layers": layers, "kernels": kernels, "glue": glue, "adds": adds, "terms": terms,
             "total": float(sum(layers)), "kernel_total": float(sum(kernels)),
             "glue_total": float(sum(glue)), "add_total": float(sum(adds))}
+
+
+def add_split_grid(cm: "RtlCostModel", adds: list[LayerShape]) -> dict:
+    """How far the per-input split of a residual add (:meth:`RtlCostModel.add_in_delta`) is
+    from the measured add: every add stage ``A(s0, s1, o)`` of ``adds`` (``kind "add"``
+    shapes) for all input and output precisions in :data:`BITS`, measured (cached) with
+    :func:`glue_network`, against the charge ``A(o, o, o) + U_0(s0) - U_0(o) + U_1(s1) -
+    U_1(o)`` and against the whole add at its output's bits ``A(o, o, o)``.
+
+    Returns ``{"grid": {add key: {"s0,s1,o": cycles}}, "error": {"split" | "whole": {"skip" |
+    "all": {"median", "p90", "worst", "n"}}}}`` (relative errors; ``skip``: ``s1 = o != s0``,
+    an identity block's skip at other bits; ``all``: every point off the diagonal)."""
+    import itertools
+
+    pts = list(itertools.product(BITS, BITS, BITS))
+    items = [(_add_probe_link(a), o, (s0, s1)) for a in adds for s0, s1, o in pts]
+    ms = iter(cm.measure_many(items))
+    grid = {a.key(): {f"{s0},{s1},{o}": next(ms).add_cycles for s0, s1, o in pts} for a in adds}
+    err: dict = {"split": {"skip": [], "all": []}, "whole": {"skip": [], "all": []}}
+    for a in adds:
+        g = grid[a.key()]
+
+        def A(s0, s1, o):
+            return g[f"{s0},{s1},{o}"]
+        for s0, s1, o in pts:
+            if s0 == s1 == o:
+                continue
+            split = (A(o, o, o) + cm.add_in_delta(a, 0, s0) - cm.add_in_delta(a, 0, o)
+                     + cm.add_in_delta(a, 1, s1) - cm.add_in_delta(a, 1, o))
+            for name, v in (("split", split), ("whole", A(o, o, o))):
+                e = abs(v - A(s0, s1, o)) / A(s0, s1, o)
+                err[name]["all"].append(e)
+                if s1 == o:
+                    err[name]["skip"].append(e)
+    summary = {k: {sub: {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+                         "worst": float(np.max(v)), "n": len(v)} for sub, v in d.items()}
+               for k, d in err.items()}
+    return {"grid": grid, "error": summary}
 
 
 def _read_entry(p: Path, cls):
@@ -644,9 +728,10 @@ class RtlCostModel:
 
             def work(it):
                 m = one(it, False)
-                what = ("glue -> " + it[0].consumer.key() if isinstance(it[0], LayerLink)
-                        else it[0].key()) + f" INT{it[1]}" + (
-                        f" -> INT{it[2]}" if len(it) > 2 else "")
+                glue = isinstance(it[0], LayerLink)
+                what = ("glue -> " + it[0].consumer.key() if glue else it[0].key()) + \
+                    f" INT{it[1]}" + ("" if len(it) < 3 else f" -> INT{it[2]}" if not glue
+                                      else " (add inputs INT{}, INT{})".format(*it[2]))
                 bar.step(f"{what}: {m.cycles} cycles")
                 return m
             with ThreadPoolExecutor(max_workers=self.jobs) as ex:
@@ -654,32 +739,43 @@ class RtlCostModel:
         return [one(it, False) for it in items]
 
     # ---- whole-program terms (a layer inside a deployed network) -----------------------
-    def _glue_path(self, link: LayerLink, bits: int) -> Path:
-        name = link.key().replace(":", "_").replace("|", "__")
-        return self.dir / f"glue-{glue_hash()}" / f"{name}-b{bits}.json"
+    def _glue_path(self, link: LayerLink, bits: int,
+                   in_bits: tuple[int, int] | None = None) -> Path:
+        name = link.glue_key().replace(":", "_").replace("|", "__")
+        tail = "" if in_bits is None or tuple(in_bits) == (bits, bits) else \
+            f"-i{in_bits[0]}x{in_bits[1]}"
+        return self.dir / f"glue-{glue_hash()}" / f"{name}-b{bits}{tail}.json"
 
-    def cached_glue(self, link: LayerLink, bits: int) -> GlueMeasurement | None:
-        """The cached glue measurement of ``link`` at ``bits``, or None."""
-        return _read_entry(self._glue_path(link, check_bits(bits)), GlueMeasurement)
+    def cached_glue(self, link: LayerLink, bits: int,
+                    in_bits: tuple[int, int] | None = None) -> GlueMeasurement | None:
+        """The cached glue measurement of ``link`` at ``bits`` (add inputs at ``in_bits``,
+        default ``bits``), or None."""
+        return _read_entry(self._glue_path(link, check_bits(bits), in_bits), GlueMeasurement)
 
-    def measure_glue(self, link: LayerLink, bits: int) -> GlueMeasurement:
+    def measure_glue(self, link: LayerLink, bits: int,
+                     in_bits: tuple[int, int] | None = None) -> GlueMeasurement:
         """Measure the glue in front of ``link.consumer`` (max pooling, copy into its padded
         input buffer) with the consumer's input at ``bits`` (cached): :func:`glue_network`
         run by :func:`rvmpq.sw.deploy.run_network`, i.e. the deploy program's own glue code
         and timed window; zero cycles where deploy needs no glue (the consumer reads the
-        producer's output in place)."""
+        producer's output in place). With an add producer, the add stage too, its inputs at
+        ``in_bits`` (skip, branch; default ``bits``)."""
         import tempfile
 
         from rvmpq.sw.deploy import plan_network, run_network
         from rvmpq.sw.search.qnn import int_forward
 
-        m = self.cached_glue(link, bits)
+        if in_bits is not None:
+            in_bits = tuple(check_bits(b, "in_bits") for b in in_bits)
+            if in_bits == (bits, bits):
+                in_bits = None
+        m = self.cached_glue(link, bits, in_bits)
         if m is not None:
             return m
-        net, xq = glue_network(link, bits)
+        net, xq = glue_network(link, bits, in_bits=in_bits)
         kind = plan_network(net, "mpq")[-1].glue
         if kind != "copy" and link.producer.kind != "add":
-            m = GlueMeasurement(link.key(), bits, 0, kind, True)
+            m = GlueMeasurement(link.glue_key(), bits, 0, kind, True)
         else:
             self._check_version()
             with tempfile.TemporaryDirectory(prefix="rvmpq-glue-") as d:
@@ -694,9 +790,10 @@ class RtlCostModel:
             # glue between the add harness's own producers
             cyc = list(run.stage_cycles.values())
             glue = cyc[-2] if len(cyc) > 1 and run.stage_kinds[-2] == "glue" else 0.0
-            m = GlueMeasurement(link.key(), bits, int(round(glue)), kind, True,
-                                int(round(run.add_cycles)))
-        _write_json(self._glue_path(link, bits), dataclasses.asdict(m))
+            m = GlueMeasurement(link.glue_key(), bits, int(round(glue)), kind, True,
+                                int(round(run.add_cycles)),
+                                None if in_bits is None else list(in_bits))
+        _write_json(self._glue_path(link, bits, in_bits), dataclasses.asdict(m))
         return m
 
     def _cycles(self, shape: LayerShape, bits: int, out_bits: int | None = None) -> float | None:
@@ -720,10 +817,11 @@ class RtlCostModel:
         b = self._cycles(shape, REF_OUT_BITS)
         return 0.0 if a is None or b is None else a - b
 
-    def _glue_entry(self, link: LayerLink, bits: int) -> GlueMeasurement | None:
-        m = self.cached_glue(link, bits)
+    def _glue_entry(self, link: LayerLink, bits: int,
+                    in_bits: tuple[int, int] | None = None) -> GlueMeasurement | None:
+        m = self.cached_glue(link, bits, in_bits)
         if m is None and self.measure_missing:
-            m = self.measure_glue(link, bits)
+            m = self.measure_glue(link, bits, in_bits)
         return m
 
     def glue_cycles(self, link: LayerLink | None, bits: int) -> float:
@@ -735,18 +833,59 @@ class RtlCostModel:
         return 0.0 if m is None else float(m.cycles)
 
     def add_cycles(self, link: LayerLink | None, bits: int) -> float:
-        """Measured cycles of the residual-add stages charged to ``link.consumer`` at ``bits``:
-        the add that produces its input and the adds of ``link.adds`` (each measured in the
-        program of :func:`glue_network`, inputs and output at ``bits``); 0 without an add
-        producer, and for a ``shared`` link (another reader of the add pays it)."""
+        """Cycles of the residual-add stages charged to ``link.consumer`` at ``bits``: the add
+        that produces its input and the adds of ``link.adds``, each measured in the program
+        of :func:`glue_network` with its inputs and output at ``bits``, less the unpacking of
+        the inputs that other layers decide (``link.external``: ``add_in_delta(add, j,
+        bits)``, which those layers pay at their own bits, :meth:`unpack_cycles`); 0 without
+        an add producer, and for a ``shared`` link (another reader of the add pays it)."""
         if link is None or link.producer.kind != "add" or link.shared:
             return 0.0
         tot = 0.0
-        for a in (link.producer, *link.adds):
+        adds = (link.producer, *link.adds)
+        for a in adds:
             ln = link if a is link.producer else LayerLink(a, link.consumer, link.pool)
             m = self._glue_entry(ln, bits)
             tot += 0.0 if m is None else float(m.add_cycles)
+        for k, j, _ in link.external:
+            tot -= self.add_in_delta(adds[k], j, bits)
         return tot
+
+    def add_in_delta(self, add: LayerShape, j: int, bits: int) -> float:
+        """``U_j(bits)``: cycles the add stage of ``add`` (a ``kind "add"`` shape) spends more
+        when its input ``j`` (0: the skip, 1: the branch, as :func:`glue_network` builds
+        them) is at ``bits`` than at the precision of the rest of the add, averaged over that
+        reference precision ``r`` in :data:`BITS` (the other input and the output at ``r``:
+        ``mean_r A(bits, r, r) - A(r, r, r)`` for ``j = 0``): the unpacking of that input's
+        lanes, charged to the layer that decides its bits (the consumer of the add is charged
+        ``A(o, o, o) - U_j(o)``, so the two cancel where the input is at the add's output
+        bits). The add's code is not exactly separable (the input's loads and lane shifts are
+        scheduled with the output's packing chains): the mean over references is the
+        separable charge closest to the measured grid of docs/costs.md ("Residual adds"),
+        within a few % of an add. 0 where a measurement is neither cached nor measurable."""
+        if add.kind != "add" or j not in (0, 1):
+            raise ValueError(f"add_in_delta({add.key()}, {j}): needs an add shape and input "
+                             "index 0 or 1")
+        check_bits(bits)
+        ln, d = _add_probe_link(add), []
+        for r in BITS:
+            if r == bits:
+                d.append(0.0)
+                continue
+            a = self._glue_entry(ln, r, (bits, r) if j == 0 else (r, bits))
+            b = self._glue_entry(ln, r)
+            if a is None or b is None:
+                return 0.0
+            d.append(float(a.add_cycles - b.add_cycles))
+        return float(np.mean(d))
+
+    def unpack_cycles(self, link: LayerLink | None, bits: int) -> float:
+        """The unpacking, at ``bits``, of the add inputs that ``link.consumer`` decides the
+        bits of but other layers' links pay the add stages of (``link.unpacks``:
+        :meth:`add_in_delta` of each); 0 without a link."""
+        if link is None:
+            return 0.0
+        return float(sum(self.add_in_delta(a, j, bits) for a, j in link.unpacks))
 
     def _producer_out(self, link: LayerLink | None, bits: int) -> float:
         """``R(bits)`` of the layers whose output is requantized to the consumer's ``bits``:
@@ -768,13 +907,18 @@ class RtlCostModel:
         pay it),
         ``producer_out`` (the producer's ``R(bits)``: its output requantized to this layer's
         bits; with a residual add producer: its ``feeds``), ``glue`` and ``add`` (the
-        residual-add stages in front of it, :meth:`add_cycles`)."""
-        return {"kernel": float(self.layer_cost(deployed_shape(shape, link, bits), bits,
-                                                bits).cycles),
-                "own_out": -self.out_delta(shape, bits) if consumer_linked else 0.0,
-                "producer_out": self._producer_out(link, bits),
-                "glue": self.glue_cycles(link, bits),
-                "add": self.add_cycles(link, bits)}
+        residual-add stages in front of it, :meth:`add_cycles`), and, only where the link
+        has ``unpacks``, ``add_in`` (the unpacking of the add inputs this layer decides,
+        :meth:`unpack_cycles`)."""
+        t = {"kernel": float(self.layer_cost(deployed_shape(shape, link, bits), bits,
+                                             bits).cycles),
+             "own_out": -self.out_delta(shape, bits) if consumer_linked else 0.0,
+             "producer_out": self._producer_out(link, bits),
+             "glue": self.glue_cycles(link, bits),
+             "add": self.add_cycles(link, bits)}
+        if link is not None and link.unpacks:
+            t["add_in"] = self.unpack_cycles(link, bits)
+        return t
 
     def in_network_cycles(self, shape: LayerShape, w_bits: int, a_bits: int,
                           link: LayerLink | None, consumer_linked: bool = True) -> float:
@@ -802,6 +946,12 @@ class RtlCostModel:
                         items += [(p, REF_OUT_BITS), (p, REF_OUT_BITS, b)]
                     items.append((ln, b))
                     items += [(LayerLink(a, ln.consumer, ln.pool), b) for a in ln.adds]
+                    adds = (ln.producer, *ln.adds)
+                    for a, j in (*ln.unpacks, *((adds[k], j) for k, j, _ in ln.external)):
+                        pr = _add_probe_link(a)
+                        items += [(pr, r) for r in BITS]
+                        items += [(pr, r, (b, r) if j == 0 else (r, b)) for r in BITS
+                                  if r != b]
         return list(dict.fromkeys(items))
 
     # ---- analytic model ---------------------------------------------------------------

@@ -1263,8 +1263,9 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
           "the precision its output is requantized to (the next layer's), plus the glue in front "
           "of it (max pooling, the copy into its padded input buffer) measured with the deploy "
           "glue code, and the residual-add stages in front of it measured with the deploy add "
-          "code at its precision (inputs at another precision than the add's output are a "
-          "residual error, docs/costs.md); every term measured on the RTL. The error is against "
+          "code at its precision, an add input at another layer's bits (a block's skip) "
+          "unpacked at those bits and charged to that layer (not exactly separable: a few % "
+          "of an add, docs/costs.md); every term measured on the RTL. The error is against "
           "the whole program (cycles / inference, every stage's timed window).", ""]
     L += [f"{k}: {v['prediction_note']}  " for k, v in r.items() if v.get("prediction_note")]
     for k, v in r.items():

@@ -24,7 +24,8 @@ and optionally
     precision its output is requantized to, plus the work in front of it that depends only on
     its own input precision (the producer's requantize-and-pack at that precision, the max
     pooling and the copy into its padded input buffer, a residual-add stage whose output it
-    reads). Charging that work to the consumer keeps
+    reads, and the unpacking of add inputs that are at its bits). Charging that work to the
+    consumer keeps
     the search separable: one cost per layer and option, summing to the whole program.
     :func:`cost_table` uses it when it is given the network's :class:`LayerLink` list
     (:func:`network_shapes`); ``rvmpq.sw.costs.RtlCostModel`` measures every term on the RTL.
@@ -211,7 +212,9 @@ class LayerLink:
     requantized to the consumer's bits, and so are the inputs that only adds read (the
     outputs of the ``feeds`` layers, and those of the adds in ``adds``, which only adds
     read); so the add stages, their glue and the feeds' output side are charged to the
-    consumer too (``rvmpq.sw.costs``, docs/costs.md).
+    consumer too (``rvmpq.sw.costs``, docs/costs.md). An add input that a compute layer reads
+    too (a block's skip) is at that layer's bits: the unpacking of it is charged to that
+    layer's link (``unpacks``) and not to the add's consumer (``external``).
 
     Attributes
     ----------
@@ -234,6 +237,21 @@ class LayerLink:
         ``feeds``), set by :func:`network_shapes` for :func:`consumer_linked`; ``None``
         (a link made by hand): the producer is the compute layer in front of the consumer.
         Neither field is part of :meth:`key` (the glue does not depend on them).
+    external : tuple of (int, int, int or None)
+        The inputs of the adds this link pays (``k`` = 0: the producer, ``k`` >= 1:
+        ``adds[k - 1]``) that another layer decides the bits of (an input that a compute layer
+        reads too, e.g. an identity block's skip: at that layer's bits): ``(k, j, d)`` with
+        ``j`` the add's input index (its ``src`` position) and ``d`` the compute-layer index of
+        the layer whose link pays it (``None`` for a link made by hand). The unpacking of those
+        inputs is not charged here (their layer pays it, ``unpacks``).
+    unpacks : tuple of (LayerShape, int)
+        The adds (``kind "add"`` shapes) that read the tensor this link pays for (its
+        producer's output, at the consumer's bits) as their input ``j``, paid by other links:
+        the part of those add stages that depends on this tensor's bits (unpacking its lanes)
+        is charged to this link's consumer, which decides them.
+        ``external`` and ``unpacks`` are part of :meth:`key` (of the cost table's ``network``
+        section) but not of :meth:`glue_key` (the glue and add measurements do not depend on
+        them); empty for a network without residual adds.
     """
 
     producer: LayerShape
@@ -243,6 +261,8 @@ class LayerLink:
     adds: tuple = ()
     shared: bool = False
     sources: tuple | None = None
+    external: tuple = ()
+    unpacks: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "pool", tuple(int(v) for v in self.pool))
@@ -250,9 +270,21 @@ class LayerLink:
         object.__setattr__(self, "adds", tuple(self.adds))
         if self.sources is not None:
             object.__setattr__(self, "sources", tuple(int(v) for v in self.sources))
+        object.__setattr__(self, "external", tuple(
+            (int(k), int(j), None if d is None else int(d)) for k, j, d in self.external))
+        object.__setattr__(self, "unpacks", tuple((a, int(j)) for a, j in self.unpacks))
+        for a, j in self.unpacks:
+            if a.kind != "add" or j not in (0, 1):
+                raise ValueError(f"LayerLink.unpacks: ({a.key()}, {j}); expected (an add "
+                                 "shape, input index 0 or 1)")
+        for k, j, _ in self.external:
+            if not 0 <= k <= len(self.adds) or j not in (0, 1) or self.producer.kind != "add":
+                raise ValueError(f"LayerLink.external: ({k}, {j}) does not name an input of "
+                                 "the adds this link pays (producer: k = 0, adds: k >= 1)")
 
-    def key(self) -> str:
-        """A stable string naming the link (for caches)."""
+    def glue_key(self) -> str:
+        """A stable string naming the glue (and add stages) in front of the consumer: what
+        the measurements depend on (their cache key)."""
         k = f"{self.producer.key()}|pool{self.pool[0]}x{self.pool[1]}|{self.consumer.key()}"
         if self.feeds:
             k += "|feeds" + ",".join(f.key() for f in self.feeds)
@@ -260,13 +292,25 @@ class LayerLink:
             k += "|adds" + ",".join(a.key() for a in self.adds)
         return k
 
+    def key(self) -> str:
+        """A stable string naming the link (for cost tables): :meth:`glue_key` and, where
+        there are any, the add inputs it does not decide and those it does."""
+        k = self.glue_key()
+        if self.external:
+            k += "|ext" + ",".join(f"{a}.{j}" for a, j, _ in self.external)
+        if self.unpacks:
+            k += "|unpacks" + ",".join(f"{a.key()}.{j}" for a, j in self.unpacks)
+        return k
+
 
 def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     """The compute-layer shapes of an integer network (:class:`rvmpq.sw.search.qnn.QNetwork`,
     HWC shapes) and the :class:`LayerLink` in front of each: the compute layer or residual add
     whose output it reads through max pooling / flatten (with an add: the compute layers and
-    adds behind it whose outputs only adds read, ``feeds`` / ``adds``); ``None`` for a layer
-    that reads the network input. The last compute layer is marked ``logits``.
+    adds behind it whose outputs only adds read, ``feeds`` / ``adds``, and the add inputs a
+    compute layer reads too, ``external``, whose unpacking the link that pays that tensor
+    carries as ``unpacks``); ``None`` for a layer that reads the network input. The last
+    compute layer is marked ``logits``.
     """
     layers = net.layers
     comp = net.compute_layers
@@ -284,6 +328,8 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     shape_of: dict = {}
     comp_index = {id(l): k for k, l in enumerate(comp)}
     charged: set = set()     # layers whose output side / add stage a link already pays
+    payer: dict = {}         # layer -> compute index of the link that pays its output
+    paid: list = []          # (compute index, the adds its link pays: producer first)
     shapes, links = [], []
     for i, l in enumerate(layers):
         if l.kind == "add":
@@ -328,8 +374,25 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
             link = LayerLink(shape_of[p], s, tuple(pool), tuple(shape_of[j] for j in feeds),
                              tuple(shape_of[j] for j in adds), shared,
                              tuple(comp_index[id(layers[j])] for j in pays))
+            if not shared:
+                payer.setdefault(p, len(links))
+                if layers[p].kind == "add":
+                    paid.append((len(links), [p, *adds]))
         links.append(link)
         shapes.append(s)
+    # add inputs that a compute layer reads too are at that layer's bits: the first such
+    # reader's link (the one that pays the tensor) pays their unpacking, not the add's
+    external: dict = {}
+    unpacks: dict = {}
+    for c, add_layers in paid:
+        for k, a in enumerate(add_layers):
+            for j, t in enumerate(srcs(a)):
+                if t in payer and not only_adds(t):
+                    external.setdefault(c, []).append((k, j, payer[t]))
+                    unpacks.setdefault(payer[t], []).append((shape_of[a], j))
+    for c in set(external) | set(unpacks):
+        links[c] = dataclasses.replace(links[c], external=tuple(external.get(c, ())),
+                                       unpacks=tuple(unpacks.get(c, ())))
     return shapes, links
 
 

@@ -586,15 +586,31 @@ def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
     m0, m1 = (int(v) for v in l.mult)
     npix = pl.ho * pl.wo
     if pl.impl == "mpq":
-        L = [f"__attribute__((noinline)) static void {name}(void) {{",
-             f"    const uint32_t *s0 = (const uint32_t *)({srcs[0]});",
-             f"    const uint32_t *s1 = (const uint32_t *)({srcs[1]});",
-             f"    uint32_t *d = (uint32_t *)({dst});",
-             f"    int32_t m0 = {m0}, m1 = {m1}, one = 1;",
+        # The buffers' addresses, the multipliers and the mpq_rq word come from memory, one
+        # table per add read through an opaque pointer, not as constants: how many
+        # instructions materialise a constant or an address depends on its value and on how
+        # the compiler merged the program's globals, which changed the register allocation,
+        # spills and stalls of the same add between the cost harness and the network (7,873
+        # vs 7,734 cycles, docs/costs.md "Residual adds"); this way the function's code is the
+        # same in every program.
+        L = ["#ifndef RVMPQ_ADD_PRM",
+             "#define RVMPQ_ADD_PRM",
+             "struct add_prm { const uint32_t *s0, *s1; uint32_t *d; int32_t m0, m1; "
+             "uint32_t rq; };",
+             "#endif",
+             f"static const struct add_prm {name}_prm = {{(const uint32_t *)({srcs[0]}), "
+             f"(const uint32_t *)({srcs[1]}), (uint32_t *)({dst}), {m0}, {m1}, "
+             f"MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, {int(l.out_bits)}, "
+             f"{int(bool(l.out_signed))})}};",
+             f"__attribute__((noinline)) static void {name}(void) {{",
+             f"    const struct add_prm *prm = &{name}_prm;",
+             "    __asm__ volatile (\"\" : \"+r\"(prm));",
+             "    const uint32_t *s0 = prm->s0, *s1 = prm->s1;",
+             "    uint32_t *d = prm->d;",
+             "    int32_t m0 = prm->m0, m1 = prm->m1, one = 1;",
              "    __asm__ volatile (\"\" : \"+r\"(s0), \"+r\"(s1), \"+r\"(d), \"+r\"(m0), "
              "\"+r\"(m1), \"+r\"(one));",
-             f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, "
-             f"{int(l.out_bits)}, {int(bool(l.out_signed))}));",
+             "    mpq_rq_config_write(prm->rq);",
              ]
         lay = [(s.plan.lo, s.plan.out_bits, bool(s.layer.out_signed), s.plan.ocw) for s in ins]
 

@@ -1247,7 +1247,8 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"search cost source: `{cfg.get('cost_source', '?')}`, search's predicted cycles: "
          f"{cfg.get('predicted_cycles', float('nan')):.0f}  ",
          f"cost-model prediction below: {res.cost_source}  ",
-         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}  ",
+         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}, "
+         f"glue and add code {res.versions.get('glue_hash')}  ",
          f"SoC DMEM: {res.dmem_kib} KiB" + "".join(f"; {note}" for note in notes)
          + (" (cycle counts do not depend on the memory size: single-cycle memories)"
             if notes else ""), "",
@@ -1368,7 +1369,11 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
     from rvmpq.sw.kernels.gen import kernel_hash
     from rvmpq.sw.kernels.run import rtl_hash
 
-    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+    from rvmpq.sw.costs import glue_hash
+
+    # glue_hash: the version of this generator's glue and add code (and of the harness that
+    # measures them), the key of the cost model's glue and add measurements
+    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -1409,7 +1414,7 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
                                                                    "baseline-int8"))
             sp = {"baseline-int8 / mpq": b8 / m, "baseline-int8 / mpq-int8": b8 / m8,
                   "mpq-int8 / mpq": m8 / m}
-        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
         if now != versions:
             raise RuntimeError(f"the RTL or kernel sources changed while deploying ({versions} "
                                f"-> {now}); the programs ran on mixed versions: run again "

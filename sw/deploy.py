@@ -586,15 +586,31 @@ def _add_fn(name: str, st: _Stage, ins: list, srcs: list, dst: str) -> str:
     m0, m1 = (int(v) for v in l.mult)
     npix = pl.ho * pl.wo
     if pl.impl == "mpq":
-        L = [f"__attribute__((noinline)) static void {name}(void) {{",
-             f"    const uint32_t *s0 = (const uint32_t *)({srcs[0]});",
-             f"    const uint32_t *s1 = (const uint32_t *)({srcs[1]});",
-             f"    uint32_t *d = (uint32_t *)({dst});",
-             f"    int32_t m0 = {m0}, m1 = {m1}, one = 1;",
+        # The buffers' addresses, the multipliers and the mpq_rq word come from memory, one
+        # table per add read through an opaque pointer, not as constants: how many
+        # instructions materialise a constant or an address depends on its value and on how
+        # the compiler merged the program's globals, which changed the register allocation,
+        # spills and stalls of the same add between the cost harness and the network (7,873
+        # vs 7,734 cycles, docs/costs.md "Residual adds"); this way the function's code is the
+        # same in every program.
+        L = ["#ifndef RVMPQ_ADD_PRM",
+             "#define RVMPQ_ADD_PRM",
+             "struct add_prm { const uint32_t *s0, *s1; uint32_t *d; int32_t m0, m1; "
+             "uint32_t rq; };",
+             "#endif",
+             f"static const struct add_prm {name}_prm = {{(const uint32_t *)({srcs[0]}), "
+             f"(const uint32_t *)({srcs[1]}), (uint32_t *)({dst}), {m0}, {m1}, "
+             f"MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, {int(l.out_bits)}, "
+             f"{int(bool(l.out_signed))})}};",
+             f"__attribute__((noinline)) static void {name}(void) {{",
+             f"    const struct add_prm *prm = &{name}_prm;",
+             "    __asm__ volatile (\"\" : \"+r\"(prm));",
+             "    const uint32_t *s0 = prm->s0, *s1 = prm->s1;",
+             "    uint32_t *d = prm->d;",
+             "    int32_t m0 = prm->m0, m1 = prm->m1, one = 1;",
              "    __asm__ volatile (\"\" : \"+r\"(s0), \"+r\"(s1), \"+r\"(d), \"+r\"(m0), "
              "\"+r\"(m1), \"+r\"(one));",
-             f"    mpq_rq_config_write(MPQ_RQ_CONFIG({int(l.shift)}, {int(l.zp_out)}, "
-             f"{int(l.out_bits)}, {int(bool(l.out_signed))}));",
+             "    mpq_rq_config_write(prm->rq);",
              ]
         lay = [(s.plan.lo, s.plan.out_bits, bool(s.layer.out_signed), s.plan.ocw) for s in ins]
 
@@ -1231,7 +1247,8 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
          f"search cost source: `{cfg.get('cost_source', '?')}`, search's predicted cycles: "
          f"{cfg.get('predicted_cycles', float('nan')):.0f}  ",
          f"cost-model prediction below: {res.cost_source}  ",
-         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}  ",
+         f"RTL {res.versions.get('rtl_hash')}, kernels {res.versions.get('kernel_hash')}, "
+         f"glue and add code {res.versions.get('glue_hash')}  ",
          f"SoC DMEM: {res.dmem_kib} KiB" + "".join(f"; {note}" for note in notes)
          + (" (cycle counts do not depend on the memory size: single-cycle memories)"
             if notes else ""), "",
@@ -1352,7 +1369,11 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
     from rvmpq.sw.kernels.gen import kernel_hash
     from rvmpq.sw.kernels.run import rtl_hash
 
-    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+    from rvmpq.sw.costs import glue_hash
+
+    # glue_hash: the version of this generator's glue and add code (and of the harness that
+    # measures them), the key of the cost model's glue and add measurements
+    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -1393,7 +1414,7 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
                                                                    "baseline-int8"))
             sp = {"baseline-int8 / mpq": b8 / m, "baseline-int8 / mpq-int8": b8 / m8,
                   "mpq-int8 / mpq": m8 / m}
-        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash()}
+        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
         if now != versions:
             raise RuntimeError(f"the RTL or kernel sources changed while deploying ({versions} "
                                f"-> {now}); the programs ran on mixed versions: run again "

@@ -109,8 +109,8 @@ from rvmpq.sw.search.costs_api import (BITS, LayerCost, LayerLink, LayerShape, c
 from rvmpq.sw.tools import build_root
 
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
-           "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "network_prediction",
-           "add_split_grid",
+           "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "glue_source_hash",
+           "network_prediction", "add_split_grid",
            "shape_variant", "shape_layer", "shape_plan", "plan_counts", "fit_group", "features",
            "fit_shapes", "held_out_shapes", "validation_report", "model_shapes", "model_network",
            "deployed_shape",
@@ -337,7 +337,14 @@ class GlueMeasurement:
 def glue_hash() -> str:
     """Hash of the deploy program generator (``sw/deploy.py``: the glue and add code) and of
     the harness that measures them (:func:`glue_network`, :meth:`RtlCostModel.measure_glue`),
-    part of the glue cache folder name so that a change of either re-measures."""
+    part of the glue cache folder name so that a change of either re-measures. Computed once
+    per process (:func:`glue_source_hash` reads the files again)."""
+    return glue_source_hash()
+
+
+def glue_source_hash() -> str:
+    """:func:`glue_hash` from the files as they are now (not cached): for a check that the
+    sources did not change during a run."""
     import hashlib
     import inspect
 

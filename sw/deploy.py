@@ -1369,11 +1369,13 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
     from rvmpq.sw.kernels.gen import kernel_hash
     from rvmpq.sw.kernels.run import rtl_hash
 
-    from rvmpq.sw.costs import glue_hash
+    from rvmpq.sw.costs import glue_source_hash
 
     # glue_hash: the version of this generator's glue and add code (and of the harness that
-    # measures them), the key of the cost model's glue and add measurements
-    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
+    # measures them), the key of the cost model's glue and add measurements (read from the
+    # files each time, like the other two, so that the check below can see a change)
+    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(),
+                "glue_hash": glue_source_hash()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -1414,11 +1416,12 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
                                                                    "baseline-int8"))
             sp = {"baseline-int8 / mpq": b8 / m, "baseline-int8 / mpq-int8": b8 / m8,
                   "mpq-int8 / mpq": m8 / m}
-        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(), "glue_hash": glue_hash()}
+        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(),
+               "glue_hash": glue_source_hash()}
         if now != versions:
-            raise RuntimeError(f"the RTL or kernel sources changed while deploying ({versions} "
-                               f"-> {now}); the programs ran on mixed versions: run again "
-                               "when hw/ and sw/kernels/ are stable")
+            raise RuntimeError(f"the RTL, kernel or glue sources changed while deploying "
+                               f"({versions} -> {now}); the programs ran on mixed versions: "
+                               "run again when hw/, sw/kernels/ and sw/deploy.py are stable")
         res = DeployResult(model, n, [list(b) for b in net.bits()], runs, sp, out, cost_source,
                            versions, dmem_kib)
         (tmp / "deploy.json").write_text(json.dumps(res.to_dict(), indent=1, default=float) + "\n")

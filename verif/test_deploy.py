@@ -259,6 +259,21 @@ def test_not_bit_exact_keeps_programs(digits_config, tmp_path, monkeypatch):
     assert _cli([str(cfg), "--n", "1", "-o", str(out), "--no-compare", "--costs", "none"]) == 1
 
 
+def test_glue_source_change_during_deploy_is_refused(digits_config, tmp_path, monkeypatch):
+    """deploy.py (the glue and add code) changing between the start and the end of a deploy:
+    RuntimeError naming the glue hash, nothing written (the check reads the files each time;
+    the cached ``glue_hash`` could not see it)."""
+    import rvmpq.sw.costs as costs
+
+    cfg, _ = digits_config
+    hashes = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(costs, "glue_source_hash", lambda: next(hashes))
+    out = tmp_path / "deploy"
+    with pytest.raises(RuntimeError, match="glue_hash"):
+        deploy(cfg, n=1, out=out, compare=False, costs="none", log=None)
+    assert not out.exists()
+
+
 # ---- bad input ----------------------------------------------------------------------------
 
 def _cli(argv):

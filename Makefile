@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rvmpq-installed
-BUILD  ?= build
+# the build folder of the -o targets below: $RVMPQ_BUILD when set (where every rvmpq default
+# output and cache goes, see sw/tools.py build_root), else build/
+BUILD  ?= $(or $(RVMPQ_BUILD),build)
 # pytest workers: `make test JOBS=1` to run serially
 JOBS   ?= auto
 N      ?= 200

@@ -1,10 +1,11 @@
 """``rvmpq verilog``: write the Verilog of the SIMD unit and of the simulation SoCs.
 
-``rvmpq verilog [--all] [--target simd|soc-mpq|soc-baseline ...] -o DIR`` writes
+``rvmpq verilog [--all] [--target simd|soc-mpq|soc-baseline ...] [-o DIR]`` writes
 ``DIR/<target>.v`` and, for the SoC targets, the memory map ``DIR/<target>.json``
 (:func:`rvmpq.hw.soc.soc_memory_map`, the dict ``rvmpq cc`` generates its linker script from; the
 toolchain and the program runner call it directly and do not read this file). A file is
-rewritten only when its content changed.
+rewritten only when its content changed. ``DIR`` defaults to ``<build>/verilog``, ``<build>``
+being :func:`rvmpq.sw.tools.build_root` (``$RVMPQ_BUILD`` or the repository's ``build/``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 from .verilog import emit_verilog, write_if_changed
 
@@ -51,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
                         help="every target (SoC targets are skipped with a note when "
                              "rvmpq.hw.soc cannot be imported)")
-    parser.add_argument("-o", "--output", type=Path, default=Path("build/verilog"),
-                        help="output folder (default: build/verilog)")
+    # resolved when the parser is built (each `rvmpq verilog` run): follows $RVMPQ_BUILD
+    parser.add_argument("-o", "--output", type=Path, default=build_root() / "verilog",
+                        help=f"output folder (default: <build>/verilog, {BUILD_HELP})")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from rvmpq.sw import golden
-from rvmpq.sw.tools import build_root
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 __all__ = ["UnitModeResult", "UnitReport", "bench_unit", "golden_throughput", "RunnerRow",
            "RunnerReport", "bench_runner", "RUNNER_TARGET", "SECTIONS", "add_arguments", "main"]
@@ -195,7 +195,7 @@ class UnitReport:
 # ---- the Verilator model --------------------------------------------------------------------
 
 def _build_unit_model(verilog: str, quiet: bool) -> Path:
-    """Build (or reuse) the benchmark model under ``build/sim/bench-unit-<hash>/``."""
+    """Build (or reuse) the benchmark model under ``<build>/sim/bench-unit-<hash>/``."""
     from rvmpq.sw.tools import (VERILATOR_LINT_FLAGS, VERILATOR_MAKE_FIXES,  # noqa: PLC0415
                                 verilator_build_cached)
 
@@ -504,7 +504,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rvmpq bench``."""
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output folder (default: build/bench)")
+                        help=f"output folder (default: <build>/bench, {BUILD_HELP})")
     parser.add_argument("--only", choices=list(SECTIONS), default=None,
                         help="run one section only (default: every available section)")
     parser.add_argument("--ops", type=int, default=20_000,

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("rvmpq.sw.search.cli", "mixed-precision search under hardware budgets"),
     "deploy": ("rvmpq.sw.deploy", "build and run a searched network on the RTL"),
     "fpga": ("rvmpq.synth.fpga", "build the SoC bitstream for an ECP5 board"),
-    "report": ("rvmpq.sw.report", "assemble build/report/ (Markdown + PNGs) from the flow's JSON"),
+    "report": ("rvmpq.sw.report", "assemble <build>/report (Markdown + PNGs) from the flow's JSON"),
     "demo": ("rvmpq.sw.demo", "the main job on built-in defaults (make demo)"),
 }
 

@@ -5,8 +5,9 @@ For a :class:`~rvmpq.sw.search.costs_api.LayerShape` and a precision the generat
 ``rdcycle`` count is the cost. A shape marked ``logits`` (the network's last layer) is costed
 as deploy runs it: raw int32 output (``out_bits = 32``, no requantization, no ReLU); every
 other layer with a ReLU output requantized to its own precision. Measurements are cached as
-JSON under ``build/costs/<rtl-hash>-<kernel-hash>/`` (the RTL hash covers ``hw/**/*.py``, the
-kernel hash the generator), keyed by shape and precision, so a change of the RTL or of the
+JSON under ``<build>/costs/<rtl-hash>-<kernel-hash>/`` (``<build>`` is
+:func:`rvmpq.sw.tools.build_root`; the RTL hash covers ``hw/**/*.py``, the kernel hash the
+generator), keyed by shape and precision, so a change of the RTL or of the
 kernels re-measures; cache misses run in parallel (``jobs``) behind a progress bar.
 
 Metrics (:class:`~rvmpq.sw.search.costs_api.LayerCost`):
@@ -106,7 +107,7 @@ import numpy as np
 
 from rvmpq.sw.search.costs_api import (BITS, LayerCost, LayerLink, LayerShape, check_bits,
                                        consumer_linked)
-from rvmpq.sw.tools import build_root
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 __all__ = ["E_DOT", "E_INSTR", "E_BYTE", "VARIANTS", "REF_OUT_BITS", "Measurement",
            "GlueMeasurement", "RtlCostModel", "glue_network", "glue_hash", "glue_source_hash",
@@ -634,7 +635,7 @@ class RtlCostModel:
     Parameters
     ----------
     cache_dir : path, optional
-        Default ``build/costs``.
+        Default ``build_root() / "costs"`` (resolved when the model is created).
     measure_missing : bool
         Measure a shape/precision that is not cached (True), or use the fitted analytic model
         for it (False; needs :meth:`fit` first).
@@ -1149,7 +1150,8 @@ def fitted_cost_model(cache_dir=None, jobs: int | None = None, verbose: bool = T
 def validation_report(cache_dir=None, jobs: int | None = None, out_dir=None,
                       verbose: bool = True, seed: int = SHAPE_SEED) -> dict:
     """Fit on :func:`fit_shapes`, validate on :func:`held_out_shapes` at every precision and
-    write ``validation.json`` and ``validation.md`` to ``out_dir`` (default ``build/costs``).
+    write ``validation.json`` and ``validation.md`` to ``out_dir`` (default
+    ``build_root() / "costs"``).
 
     Target (issue 4): median relative error <= 5 %, worst <= 15 %.
     """
@@ -1246,7 +1248,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pointwise/depthwise/linear shapes at every precision "
                              "(writes validation.json and validation.md to -o)")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="folder of the --validate report (default build/costs)")
+                        help=f"folder of the --validate report (default: <build>/costs, "
+                             f"{BUILD_HELP})")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="parallel RTL runs (default 2)")
 
 

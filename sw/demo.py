@@ -12,7 +12,9 @@ cannot do by hand; the step list in :func:`demo_steps` is the documentation of t
 7. synthesize the unit, the reference multipliers and both core configurations;
 8. assemble ``build/report/`` (Markdown + PNGs) with ``rvmpq report``.
 
-Every output lands under ``build/``; ``build/demo/summary.md`` collects the step timings.
+Every step output lands under the build folder (``-o``; default :func:`rvmpq.sw.tools.build_root`:
+``$RVMPQ_BUILD`` or the repository's ``build/``, written ``build/`` below);
+``build/demo/summary.md`` collects the step timings.
 
 Caching: a step whose inputs did not change since its last successful run is skipped. Its key
 is a hash of its argument vector and of the source files it depends on (``Step.deps``); the
@@ -112,7 +114,8 @@ def demo_steps(build: Path, quick: bool = False) -> list[Step]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``rvmpq demo``."""
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="build folder (default: build/ or $RVMPQ_BUILD)")
+                        help="build folder of the step outputs (default: <build>, "
+                             "$RVMPQ_BUILD or the repo's build/)")
     parser.add_argument("--quick", action="store_true",
                         help="skip the slow place-and-route runs; kernel benchmark on one layer")
     parser.add_argument("--keep-going", action="store_true",

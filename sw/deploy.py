@@ -62,8 +62,10 @@ the smallest power-of-two DMEM up to :data:`DMEM_KIB_MAX` KiB that it fits
 ``dmem_kib`` and ``dmem_note``) and ``report.md`` record it, e.g. ``program_int8: DMEM 128 KiB
 (does not fit 64)``. Cycle counts do not depend on the memory size (single-cycle memories).
 
-Outputs (written atomically: a temporary folder renamed into place, nothing half-written on
-failure): ``program.c`` / ``program.elf`` (mixed network, ``mpq``), ``program_int8.c`` /
+Outputs (in ``-o`` / ``out``, default ``<build>/deploy`` with ``<build>`` =
+:func:`rvmpq.sw.tools.build_root`: ``$RVMPQ_BUILD`` or the repository's ``build/``; written
+atomically: a temporary folder renamed into place, nothing half-written on failure):
+``program.c`` / ``program.elf`` (mixed network, ``mpq``), ``program_int8.c`` /
 ``.elf``, ``program_baseline.c`` / ``.elf``, ``deploy.json`` and ``report.md``.
 
 Python API: :func:`deploy` (the command), :func:`run_network` (any :class:`QNetwork` on integer
@@ -87,6 +89,7 @@ from pathlib import Path
 import numpy as np
 
 from rvmpq.sw.search.qnn import QLayer, QNetwork
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 __all__ = ["DeployError", "ProgramTooLarge", "NotBitExact", "NetworkProgram", "NetworkRun",
            "DeployResult", "load_config", "plan_network", "emit_network", "build_network",
@@ -159,8 +162,8 @@ def load_config(config_path) -> tuple[dict, QNetwork]:
     """
     p = Path(config_path)
     if not p.is_file():
-        raise DeployError(f"{p}: no such config file; run `rvmpq search` first (it writes "
-                          "build/search/config.json and qnet.json)")
+        raise DeployError(f"{p}: no such config file; run `rvmpq search` first (by default it "
+                          f"writes {build_root() / 'search'}/config.json and qnet.json)")
     try:
         cfg = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -1299,7 +1302,7 @@ def _report_md(res: DeployResult, cfg: dict) -> str:
     return "\n".join(L)
 
 
-def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool = True,
+def deploy(config_path, n: int = DEFAULT_N, out=None, *, compare: bool = True,
            costs: str = "rtl", costs_cache=None, data: str | None = None,
            max_cycles: int = DEFAULT_MAX_CYCLES, dmem_kib: int = DEFAULT_DMEM_KIB,
            log=_log_default) -> DeployResult:
@@ -1312,15 +1315,16 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
         ``config.json`` of ``rvmpq search`` (``qnet.json`` beside it).
     n : int
         Test inputs (the first ``n`` of the model's test split).
-    out : path
-        Output folder, replaced atomically.
+    out : path, optional
+        Output folder, replaced atomically (default ``build_root() / "deploy"``, resolved at
+        the call, so it follows ``$RVMPQ_BUILD``).
     compare : bool
         Also build and run the uniform INT8 network on ``mpq`` and ``baseline``.
     costs : {"rtl", "none"}
         Predict cycles with :class:`rvmpq.sw.costs.RtlCostModel` (measures what its cache lacks)
         or skip the prediction.
     costs_cache : path, optional
-        Cache folder of the RTL cost measurements (default ``build/costs``).
+        Cache folder of the RTL cost measurements (default ``build_root() / "costs"``).
     data : str, optional
         Data set of a model that is not built in.
     max_cycles : int
@@ -1348,7 +1352,7 @@ def deploy(config_path, n: int = DEFAULT_N, out="build/deploy", *, compare: bool
     log = log or (lambda *_: None)
     cfg, net = load_config(config_path)
     model = str(cfg.get("model") or net.meta.get("model") or "")
-    out = Path(out)
+    out = Path(out) if out is not None else build_root() / "deploy"
     plan_network(net, "mpq")            # fail fast on unsupported layers
     ds, x, y = _test_data(model, data, n)
     from rvmpq.sw.search.qnn import quantize_input
@@ -1446,7 +1450,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config.json written by `rvmpq search` (qnet.json beside it)")
     parser.add_argument("--n", type=int, default=DEFAULT_N,
                         help=f"test inputs to run (default {DEFAULT_N})")
-    parser.add_argument("-o", "--out", default="build/deploy", help="output folder")
+    # resolved when the parser is built (each `rvmpq deploy` run): follows $RVMPQ_BUILD
+    parser.add_argument("-o", "--out", type=Path, default=build_root() / "deploy",
+                        help=f"output folder (default: <build>/deploy, {BUILD_HELP})")
     parser.add_argument("--max-cycles", type=int, default=DEFAULT_MAX_CYCLES,
                         help="cycle limit of each program run")
     parser.add_argument("--no-compare", action="store_true",
@@ -1461,7 +1467,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cost-model prediction: RTL-measured whole-program costs (what "
                              "the search sums), or none")
     parser.add_argument("--costs-cache", metavar="DIR", default=None,
-                        help="cache folder of the RTL cost measurements (default build/costs)")
+                        help="cache folder of the RTL cost measurements (default: "
+                             f"<build>/costs, {BUILD_HELP})")
     parser.add_argument("--data", choices=["digits", "mnist1d"],
                         help="data set, for a model that is not built in")
 

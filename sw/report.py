@@ -268,7 +268,8 @@ def write_report(build: Path, out: Path | None = None) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rvmpq report``."""
     parser.add_argument("-b", "--build", type=Path, default=None,
-                        help="build folder to read (default: build/ or $RVMPQ_BUILD)")
+                        help="build folder to read (default: <build>, $RVMPQ_BUILD or the "
+                             "repo's build/)")
     parser.add_argument("-o", "--out", type=Path, default=None,
                         help="report folder (default: <build>/report)")
 

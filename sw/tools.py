@@ -37,6 +37,7 @@ __all__ = [
     "zig_cmd",
     "repo_root",
     "build_root",
+    "BUILD_HELP",
 ]
 
 
@@ -50,9 +51,18 @@ def repo_root() -> Path:
 
 
 def build_root() -> Path:
-    """Where generated artifacts go: ``$RVMPQ_BUILD`` or ``<repo>/build``."""
+    """Where generated artifacts go: ``$RVMPQ_BUILD`` or ``<repo>/build``.
+
+    Read on every call, so a default output or cache folder (``build_root() / "search"``, ...)
+    follows the variable as it is when the command runs. An explicit output path given by the
+    user stays relative to the current folder as usual.
+    """
     env = os.environ.get("RVMPQ_BUILD")
     return Path(env).resolve() if env else repo_root() / "build"
+
+
+#: What ``<build>`` means in ``--help`` texts ("default: <build>/search").
+BUILD_HELP = "<build> = $RVMPQ_BUILD or the repo's build/"
 
 
 @functools.cache

@@ -26,6 +26,8 @@ TARGET_CHOICES = ("generic", "ecp5", "all")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``rvmpq synth`` options to ``parser``."""
+    from rvmpq.sw.tools import BUILD_HELP
+
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--compare", action="store_true",
                       help="synthesize every available design and print the comparison table")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsp", action="store_true",
                         help="let ECP5 use its DSP blocks (default: multipliers in LUTs, -nodsp)")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output folder (default: build/synth)")
+                        help=f"output folder (default: <build>/synth, {BUILD_HELP})")
     parser.add_argument("-j", "--jobs", type=int, default=2,
                         help="tool runs in parallel (default: 2)")
     formal = parser.add_argument_group("formal proofs (--formal)")

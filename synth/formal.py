@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from rvmpq.hw.modes import WIDTHS, mode_const
-from rvmpq.sw.tools import yosys_cmd
+from rvmpq.sw.tools import BUILD_HELP, yosys_cmd
 from rvmpq.synth.flow import write_if_changed
 
 __all__ = ["ProofSpec", "ProofResult", "ALL_PROOFS", "FAST_PROOFS", "METHODS", "get_proof",
@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="bdd", help=f"proof engine, one of {METHODS} (default bdd)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per proof (default 600)")
     ap.add_argument("-j", "--jobs", type=int, default=1)
-    ap.add_argument("-o", "--out", type=Path, default=None, help="default: build/synth")
+    ap.add_argument("-o", "--out", type=Path, default=None,
+                    help=f"default: <build>/synth, {BUILD_HELP}")
     args = ap.parse_args(argv)
     return run_cli(args.design, args.proof, args.fast, args.method, args.timeout, args.jobs,
                    args.out or build_root() / "synth", "formal")

@@ -30,9 +30,10 @@ The OrangeCrab has no USB-UART: TX is on Feather pin ``1`` (M18), RX (unused) on
 The build goes through amaranth-boards and the YoWASP tools (``YOSYS``, ``NEXTPNR_ECP5``,
 ``ECPPACK`` point at the ``yowasp-*`` console scripts; the programmers ``OPENFPGALOADER`` and
 ``DFU_SUFFIX`` are set to ``true``: nothing is programmed). Everything is built in a scratch
-folder and renamed to ``build/fpga/<board>/`` at the end (bitstream, nextpnr report, logs, the
-program, ``fpga.json`` and ``fpga.md``); a failed build leaves its logs in
-``build/fpga/.failed-<board>/`` and the previous output untouched.
+folder and renamed to ``<build>/fpga/<board>/`` at the end (``<build>`` =
+:func:`rvmpq.sw.tools.build_root`: ``$RVMPQ_BUILD`` or the repository's ``build/``; bitstream,
+nextpnr report, logs, the program, ``fpga.json`` and ``fpga.md``); a failed build leaves its
+logs in ``<build>/fpga/.failed-<board>/`` and the previous output untouched.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ from rvmpq.hw.core.config import CONFIGS, get_config
 from rvmpq.hw.core.core import Core, MemMap
 from rvmpq.hw.soc import exit_call_watch
 from rvmpq.sw.runtime.elf import ElfError, MemoryMap, load_elf
-from rvmpq.sw.tools import ToolNotFound, build_root, ecppack_cmd, nextpnr_ecp5_cmd, yosys_cmd
+from rvmpq.sw.tools import (BUILD_HELP, ToolNotFound, build_root, ecppack_cmd, nextpnr_ecp5_cmd,
+                            yosys_cmd)
 
 __all__ = [
     "BOARDS", "BAUD", "BoardSpec", "FpgaError", "UartTx", "FpgaSoC", "FpgaTop", "ProgramImage",
@@ -693,7 +695,8 @@ def build_fpga(board: str, device: str | None = None, config: str = "mpq",
     imem_kib, dmem_kib : int, optional
         Memory sizes (default: :data:`DEFAULT_MEM_KIB` of the part).
     out : path, optional
-        Output folder (default ``build/fpga/<board>``); replaced only when the build succeeds.
+        Output folder (default ``build_root() / "fpga" / <board>``); replaced only when the
+        build succeeds.
     seed : int
         nextpnr placement seed.
     progress : callable or None
@@ -837,7 +840,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dmem-kib", type=int, default=None, metavar="KIB",
                         help="DMEM size in KiB (default 64; 32 on 12F)")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output folder (default build/fpga/<board>)")
+                        help=f"output folder (default: <build>/fpga/<board>, {BUILD_HELP})")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr seed (default 1)")
 
 

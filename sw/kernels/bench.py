@@ -210,5 +210,7 @@ def markdown(doc: dict) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     quick = "--quick" in sys.argv
-    d = bench_kernels(Path("build/bench"), quick=quick)
+    from rvmpq.sw.tools import build_root
+
+    d = bench_kernels(build_root() / "bench", quick=quick)
     print(markdown(d))

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from rvmpq.sw.tools import BUILD_HELP, build_root
+
 from .report import STAND_IN_WARNING, write_outputs
 
 __all__ = ["add_arguments", "main", "bench", "ceiling_accuracy", "BENCH_MODELS",
@@ -35,7 +37,7 @@ def add_arguments(p):
     p.add_argument("--no-qat", action="store_true", help="PTQ only (skip the necessity QAT)")
     p.add_argument("--costs", default="rtl",
                    help="'rtl' (default: cycles measured on the RTL by rvmpq.sw.costs, cached "
-                        "under build/costs), the PATH of a JSON cost table (format "
+                        "under <build>/costs), the PATH of a JSON cost table (format "
                         "rvmpq-costs-1), or 'stand-in' (analytic, development only)")
     p.add_argument("-j", "--jobs", type=int, default=2,
                    help="parallel RTL runs while filling the cost table (default 2)")
@@ -46,9 +48,10 @@ def add_arguments(p):
     p.add_argument("--bench", action="store_true",
                    help="benchmark the built-in models (or --model) at 70%%, 50%%, 45%% and "
                         "40%% of INT8 latency")
-    p.add_argument("-o", "--out", default="build/search",
-                   help="output folder (default build/search, relative to the current folder; "
-                        "make bench-search passes build/bench)")
+    # resolved when the parser is built (each `rvmpq search` run), so it follows $RVMPQ_BUILD
+    p.add_argument("-o", "--out", type=Path, default=build_root() / "search",
+                   help=f"output folder, also of --bench (default: <build>/search, {BUILD_HELP}; "
+                        "make bench-search passes <build>/bench)")
 
 
 def _cost_model(name: str, jobs: int = 2):

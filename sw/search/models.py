@@ -1,6 +1,7 @@
 """Built-in models and data sets, deterministic offline training, and model intake.
 
-Built-in models (weights cached under ``build/models/``; nothing is downloaded):
+Built-in models (weights cached under ``<build>/models/``, ``<build>`` being
+:func:`rvmpq.sw.tools.build_root`; nothing is downloaded):
 
 ``digits-cnn``
     sklearn ``load_digits`` (8x8 grey images, pixels scaled to [0, 1]):
@@ -50,6 +51,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rvmpq.sw.tools import build_root
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -271,7 +274,7 @@ def torch_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean() * 100)
 
 
-def get_trained_model(name: str, cache_dir: str | Path = "build/models", seed: int = 0,
+def get_trained_model(name: str, cache_dir: str | Path | None = None, seed: int = 0,
                       recipe: dict | None = None, log=None):
     """Return ``(model, data)`` for a built-in model, training it once and caching the weights.
 
@@ -282,8 +285,9 @@ def get_trained_model(name: str, cache_dir: str | Path = "build/models", seed: i
     ----------
     name : str
         One of :data:`BUILTIN_MODELS`.
-    cache_dir : path
-        Where ``<name>-<hash>.pt`` is kept.
+    cache_dir : path, optional
+        Where ``<name>-<hash>.pt`` is kept (default ``build_root() / "models"``, resolved at
+        the call, so it follows ``$RVMPQ_BUILD``).
     seed : int
         Training seed.
     recipe : dict, optional
@@ -298,6 +302,8 @@ def get_trained_model(name: str, cache_dir: str | Path = "build/models", seed: i
     recipe = dict(RECIPES[name], **(recipe or {}))
     data = load_dataset(name)
     tag = hashlib.sha1(json.dumps([name, recipe, seed], sort_keys=True).encode()).hexdigest()[:10]
+    if cache_dir is None:
+        cache_dir = build_root() / "models"
     path = Path(cache_dir) / f"{name}-{tag}.pt"
     model = build_model(name)
     if path.exists():

@@ -117,7 +117,7 @@ def layer_links(qz: Quantizer) -> tuple[list[LayerShape], list]:
     return network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
 
 
-def _load_model(spec: str, data_name: str | None, log, cache_dir="build/models", recipe=None):
+def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=None):
     if spec in BUILTIN_MODELS:
         return get_trained_model(spec, cache_dir, recipe=recipe, log=log)
     p = Path(spec)
@@ -137,7 +137,7 @@ def _load_model(spec: str, data_name: str | None, log, cache_dir="build/models",
 def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
             data: str | None = None, metric: str = "auto", act_method: str = "mse",
             w_method: str = "mse", n_configs: int = 24, seed: int = 0, log=print,
-            cache_dir="build/models", recipe: dict | None = None) -> SearchSetup:
+            cache_dir=None, recipe: dict | None = None) -> SearchSetup:
     """Load/train the model, calibrate, build the cost table, measure every sensitivity metric.
 
     Parameters
@@ -158,7 +158,9 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     n_configs : int
         Random configurations of the correlation study.
     cache_dir, recipe
-        Where built-in model weights are cached, and a training-recipe override (tests).
+        Where built-in model weights are cached (default ``build_root() / "models"``, see
+        :func:`~rvmpq.sw.search.models.get_trained_model`), and a training-recipe override
+        (tests).
     """
     log = log or (lambda *_: None)
     if metric != "auto" and metric not in METRICS:

@@ -1,0 +1,75 @@
+"""Every default output / cache folder is under ``build_root()`` ($RVMPQ_BUILD or the repo's
+build/), read when the command runs; an explicit ``-o PATH`` stays relative to the current
+folder. Nothing is trained, simulated or synthesized here."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from rvmpq.sw.cli import build_parser
+
+
+@pytest.fixture
+def build(tmp_path, monkeypatch):
+    """$RVMPQ_BUILD set to a tmp folder, run from another tmp folder (not the repo root)."""
+    b = tmp_path / "rvmpq-build"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.setenv("RVMPQ_BUILD", str(b))
+    monkeypatch.chdir(cwd)
+    return b.resolve()
+
+
+@pytest.mark.parametrize("argv, dest, sub", [
+    (["search"], "out", "search"),
+    (["search", "--bench"], "out", "search"),
+    (["deploy", "cfg/config.json"], "out", "deploy"),
+    (["verilog", "--all"], "output", "verilog"),
+    (["bench"], "out", None),   # None defaults: resolved with build_root() in main
+    (["synth", "--compare"], "out", None),
+    (["costs", "--validate"], "out", None),
+])
+def test_cli_output_defaults_follow_rvmpq_build(build, argv, dest, sub):
+    args = build_parser(argv[0]).parse_args(argv)
+    got = getattr(args, dest)
+    assert (got is None) if sub is None else Path(got) == build / sub
+    explicit = build_parser(argv[0]).parse_args(argv + ["-o", "rel/out"])
+    assert Path(getattr(explicit, dest)) == Path("rel/out")   # relative to the cwd, untouched
+
+
+def test_cli_help_names_build(build, capsys):
+    with pytest.raises(SystemExit):
+        build_parser("search").parse_args(["search", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "<build>/search" in out and "$RVMPQ_BUILD" in out
+
+
+def test_model_cache_follows_rvmpq_build(build, monkeypatch):
+    """get_trained_model caches under <build>/models (training replaced by a no-op), and
+    prepare / _load_model pass the default through instead of a cwd-relative folder."""
+    from rvmpq.sw.search import models, pipeline
+
+    monkeypatch.setattr(models, "train", lambda *a, **k: 0.0)
+    models.get_trained_model("digits-cnn", recipe={"epochs": 1, "lr": 0.123456})
+    assert len(list((build / "models").glob("digits-cnn-*.pt"))) == 1
+    assert not Path("build").exists()
+
+    seen = {}
+
+    def fake(name, cache_dir=None, **kw):
+        seen["cache_dir"] = cache_dir
+        raise LookupError("stop")
+
+    monkeypatch.setattr(pipeline, "get_trained_model", fake)
+    with pytest.raises(LookupError):
+        pipeline.prepare("digits-cnn", log=None)
+    assert seen["cache_dir"] is None
+
+
+def test_deploy_defaults_follow_rvmpq_build(build):
+    from rvmpq.sw.deploy import DeployError, deploy, load_config
+
+    assert inspect.signature(deploy).parameters["out"].default is None
+    with pytest.raises(DeployError, match=str(build / "search") + "/config.json"):
+        load_config("no/config.json")

@@ -154,3 +154,25 @@ def test_bench_ceiling_bounds_every_method(setup):
         r = validate(setup, run_method(setup, m, b, qat=False), qat=False)
         assert r["validated_accuracy"] <= c["accuracy"]
     assert ceiling_accuracy(setup, b, max_configs=len(feas) - 1, qat=False) is None
+
+
+def test_bench_paired_standard_error(setup):
+    """The benchmark's paired SE: hand-computed values, a bad-input error, and the per-sample
+    correctness it is computed from agrees with the validated (test) accuracy and with the
+    float model's accuracy."""
+    import numpy as np
+
+    from rvmpq.sw.search.cli import _test_correct, paired_se
+
+    # differences 0, +1, -1, 0: sample std sqrt(2/3), over sqrt(4) samples
+    assert paired_se([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(100 * np.sqrt(2 / 3) / 2)
+    assert paired_se([1, 0, 1], [1, 0, 1]) == 0.0
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_se([1, 0], [1])
+    b = {"cycles": 0.5 * setup.int8_totals()["cycles"]}
+    r = validate(setup, run_method(setup, "dp", b, qat=False), qat=False)
+    res = {"results": {"dp": r}}
+    ok = _test_correct(setup, res, "dp")
+    assert ok.shape == setup.data.y_test.shape
+    assert ok.mean() * 100 == pytest.approx(r["validated_accuracy"])
+    assert abs(_test_correct(setup, res, "float").mean() * 100 - setup.float_acc) <= 0.2

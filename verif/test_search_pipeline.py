@@ -68,7 +68,7 @@ def test_rerank_is_at_least_as_good_as_ilp_on_the_validation_split(setup):
     assert rr.impact >= ilp.impact - 1e-9      # ILP has the smallest predicted impact
 
 
-def test_local_search_finds_best_validation_config_and_never_reads_test(setup):
+def test_local_search_finds_best_validation_config_and_never_reads_test(setup, monkeypatch):
     """``local`` with PTQ only (qat=False): at a tight budget the feasible configurations are
     few, so its search stage is exhaustive and it must return the configuration with the
     highest PTQ validation-split accuracy of all that meet the budget (brute force here, on
@@ -92,7 +92,12 @@ def test_local_search_finds_best_validation_config_and_never_reads_test(setup):
     s = run_method(blind, "local", b, qat=False)
     assert s.method == "local" and s.feasible and s.costs["cycles"] <= b["cycles"]
     assert acc(s.choice) == best
-    # deterministic for a seed, also with the QAT-aware final stage
+    # deterministic for a seed, also with the QAT-aware final stage (3-epoch fine-tunes here:
+    # what is checked is the repeat, not the training length)
+    import rvmpq.sw.search.pipeline as pl
+
+    real = pl.qat_finetune
+    monkeypatch.setattr(pl, "qat_finetune", lambda *a, **k: real(*a, **{**k, "epochs": 3}))
     q1 = run_method(blind, "local", b)
     q2 = run_method(dataclasses.replace(blind, trained={}), "local", b)
     assert q1.choice == q2.choice and q1.feasible
@@ -121,7 +126,10 @@ def test_local_final_stage_scores_every_metric_pick(setup, monkeypatch):
         return fake
 
     monkeypatch.setattr(pl, "train_and_score", stub(None))
-    run_method(setup, "local", b)
+    lines = []
+    run_method(setup, "local", b, log=lines.append)
+    # progress: one line per finalist, as its PTQ/QAT treatment finishes
+    assert len(lines) == len(seen) and lines[-1].startswith(f"method local: finalist {len(seen)}/")
     stage1 = seen[:pl.LOCAL_FINALISTS]
     assert any(t not in stage1 for t in picks), "no metric pick outside the PTQ finalists"
     for t in picks:

@@ -234,7 +234,8 @@ def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -
                    ties=[list(g) for g in setup.ties])
 
 
-def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = True) -> Solution:
+def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = True,
+               log=None) -> Solution:
     """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``rerank``
     (the :data:`RERANK_K` best ILP configurations re-ranked by integer-model accuracy on the
     validation split), ``local`` (evaluation-driven search, below), ``hawq-ilp`` (ILP on
@@ -251,7 +252,8 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
     (:func:`train_and_score`), and the one with the highest validation-split accuracy after
     it wins (ties: the stage-1 best first, then the metrics in :data:`METRICS` order). The
     test split is never read. ``qat`` is the setting that :func:`validate` will use
-    (``False``: PTQ only).
+    (``False``: PTQ only). ``log`` (a print-like callable, optional) gets one line per
+    ``local`` finalist as its PTQ/QAT treatment finishes (each can take tens of seconds).
 
     Every method returns one option per tie group (``SearchSetup.ties``, module docstring)."""
     if method.startswith("uniform-"):
@@ -308,8 +310,13 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
             if t not in seen:
                 seen.add(t)
                 cands.append(p.evaluate(list(t), "scored"))
-        after = [train_and_score(setup, [o[0] for o in c.options], [o[1] for o in c.options],
-                                 qat=qat)["val_acc"] for c in cands]
+        after = []
+        for i, c in enumerate(cands):
+            after.append(train_and_score(setup, [o[0] for o in c.options],
+                                         [o[1] for o in c.options], qat=qat)["val_acc"])
+            if log:
+                log(f"method local: finalist {i + 1}/{len(cands)} bits "
+                    f"{[o[0] for o in c.options]}: validation {after[-1]:.2f}% after PTQ/QAT")
         best = max(range(len(cands)), key=lambda i: (after[i], -i))
         s = cands[best]
         s.method, s.seconds = "local", time.perf_counter() - t0
@@ -447,7 +454,7 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
     results = {}
     for m in methods:
         log(f"method {m}: solving")
-        sol = run_method(setup, m, budgets, qat=qat)
+        sol = run_method(setup, m, budgets, qat=qat, log=log)
         r = validate(setup, sol, qat=qat)
         log(f"method {m}: bits {r['bits']} predicted {r['predicted_accuracy']:.2f}% "
             f"validated {r['validated_accuracy']:.2f}% cycles {r['cycles_vs_int8']:.3f}x INT8 "

@@ -1375,11 +1375,14 @@ def deploy(config_path, n: int = DEFAULT_N, out=None, *, compare: bool = True,
 
     from rvmpq.sw.costs import glue_source_hash
 
-    # glue_hash: the version of this generator's glue and add code (and of the harness that
-    # measures them), the key of the cost model's glue and add measurements (read from the
-    # files each time, like the other two, so that the check below can see a change)
-    versions = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(),
+    def source_versions() -> dict:
+        # glue_hash: the version of this generator's glue and add code (and of the harness
+        # that measures them), the key of the cost model's glue and add measurements (read
+        # from the files each time, like the other two, so that the end check can see a change)
+        return {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(),
                 "glue_hash": glue_source_hash()}
+
+    versions = source_versions()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -1420,8 +1423,7 @@ def deploy(config_path, n: int = DEFAULT_N, out=None, *, compare: bool = True,
                                                                    "baseline-int8"))
             sp = {"baseline-int8 / mpq": b8 / m, "baseline-int8 / mpq-int8": b8 / m8,
                   "mpq-int8 / mpq": m8 / m}
-        now = {"rtl_hash": rtl_hash(), "kernel_hash": kernel_hash(),
-               "glue_hash": glue_source_hash()}
+        now = source_versions()
         if now != versions:
             raise RuntimeError(f"the RTL, kernel or glue sources changed while deploying "
                                f"({versions} -> {now}); the programs ran on mixed versions: "

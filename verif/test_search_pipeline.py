@@ -137,6 +137,63 @@ def test_local_final_stage_scores_every_metric_pick(setup, monkeypatch):
         assert tuple(run_method(setup, "local", b).choice) == t
 
 
+def test_exhaustive_trains_every_configuration_within_budget(setup, monkeypatch):
+    """``exhaustive`` puts every configuration within budget (counted independently here)
+    through the PTQ/QAT treatment, once each, logs one line per configuration, and returns the
+    one with the highest validation score; the test split is never read. With more
+    configurations than ``EXHAUSTIVE_MAX`` it raises ``SpaceTooLarge`` alone and is skipped by
+    ``search`` among other methods. The treatment is stubbed with a score that favours one
+    configuration at a time (the real one is tested through ``local``)."""
+    import dataclasses
+    import itertools
+
+    import numpy as np
+
+    import rvmpq.sw.search.pipeline as pl
+
+    b = {"cycles": 0.6 * setup.int8_totals()["cycles"]}
+    L = setup.qz.n_compute
+    feas = {ch for ch in itertools.product(range(len(setup.options)), repeat=L)
+            if setup.costs[np.arange(L), list(ch), 0].sum() <= b["cycles"]}
+    assert 2 <= len(feas) <= pl.EXHAUSTIVE_MAX
+    from rvmpq.sw.search.cli import CEILING_MAX_CONFIGS
+
+    assert CEILING_MAX_CONFIGS == pl.EXHAUSTIVE_MAX     # the bench's ceiling rows
+    blind = dataclasses.replace(setup, data=dataclasses.replace(setup.data, x_test=None,
+                                                                 y_test=None),
+                                trained={}, tested={})
+    seen = []
+
+    def stub(favourite):
+        def fake(st, wb, ab, **kw):
+            t = tuple(setup.options.index((w, a)) for w, a in zip(wb, ab))
+            seen.append(t)
+            return {"val_acc": 90.0 if t == favourite else 80.0 + (sum(t) % 3)}
+        return fake
+
+    for favourite in sorted(feas)[:: max(1, len(feas) // 3)]:
+        seen.clear()
+        lines = []
+        monkeypatch.setattr(pl, "train_and_score", stub(favourite))
+        s = run_method(blind, "exhaustive", b, log=lines.append)
+        assert tuple(s.choice) == favourite and s.method == "exhaustive" and s.feasible
+        assert sorted(seen) == sorted(feas)                 # each one, once
+        assert len(lines) == len(feas) and lines[-1].startswith(
+            f"method exhaustive: {len(feas)}/{len(feas)} bits ")
+    monkeypatch.setattr(pl, "EXHAUSTIVE_MAX", len(feas) - 1)
+    with pytest.raises(pl.SpaceTooLarge, match=f"{len(feas)} configurations meet the budgets"):
+        run_method(blind, "exhaustive", b)
+    monkeypatch.undo()
+    monkeypatch.setattr(pl, "EXHAUSTIVE_MAX", len(feas) - 1)
+    lines = []
+    res = pl.search(setup, b, ["dp", "exhaustive"], baselines=False, qat=False,
+                    log=lines.append)
+    assert set(res["results"]) == {"dp"} and res["best"] == "dp"
+    assert any("method exhaustive:" in ln and "skipped" in ln for ln in lines)
+    with pytest.raises(InfeasibleBudget):
+        run_method(setup, "exhaustive", {"cycles": 1.0})
+
+
 def test_bench_ceiling_bounds_every_method(setup):
     """The benchmark's test ceiling (PTQ only here, for speed) is the best test accuracy of all
     configurations within budget (recomputed here on the integer model), so no method can

@@ -38,16 +38,16 @@ from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, lo
 from .qnn import int_accuracy
 from .quantizer import QAT_EPOCHS, Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
-from .solvers import (InfeasibleBudget, Problem, Solution, freebits_heuristic,
+from .solvers import (InfeasibleBudget, Problem, Solution, feasible_configs, freebits_heuristic,
                       prefer_free_precision, solve_dp, solve_greedy, solve_ilp, solve_ilp_kbest,
                       solve_random, solve_scored, solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
            "train_and_score", "metric_picks", "search", "METHODS", "BUDGET_ALIASES",
-           "layer_shapes", "layer_links"]
+           "EXHAUSTIVE_MAX", "SpaceTooLarge", "layer_shapes", "layer_links"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
-METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local")
+METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local", "exhaustive")
 #: candidates of ``rerank`` (the K best configurations of the additive objective)
 RERANK_K = 8
 #: ``local``: integer-model (PTQ, validation split) evaluations of its search stage
@@ -55,6 +55,9 @@ LOCAL_EVALS = 64
 #: ``local``: best configurations of the search stage that go through the PTQ/QAT necessity
 #: treatment of :func:`validate` and are compared on their validation-split accuracy after it
 LOCAL_FINALISTS = 4
+#: ``exhaustive``: the most configurations within budget it puts through the PTQ/QAT treatment
+#: (each one is a fine-tune); with more it does not run (``all`` skips it with a log line)
+EXHAUSTIVE_MAX = 96
 #: budget names accepted on the command line -> cost metric
 BUDGET_ALIASES = {"latency": "cycles", "cycles": "cycles", "wmem": "weight_bytes",
                   "weight_bytes": "weight_bytes", "amem": "act_bytes", "act_bytes": "act_bytes",
@@ -234,12 +237,18 @@ def make_problem(setup: SearchSetup, budgets: dict, metric: str | None = None) -
                    ties=[list(g) for g in setup.ties])
 
 
+class SpaceTooLarge(ValueError):
+    """``exhaustive`` was asked for a budget that more than :data:`EXHAUSTIVE_MAX`
+    configurations meet (or a space too large to enumerate); the message says which methods
+    scale."""
+
+
 def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = True,
                log=None) -> Solution:
     """Solve with one method: ``dp``, ``ilp``, ``greedy``, ``diff`` (Free Bits), ``rerank``
     (the :data:`RERANK_K` best ILP configurations re-ranked by integer-model accuracy on the
-    validation split), ``local`` (evaluation-driven search, below), ``hawq-ilp`` (ILP on
-    Hessian impacts), ``random``, or ``uniform-B`` (B in 16/8/4/2).
+    validation split), ``local`` (evaluation-driven search, below), ``exhaustive`` (below),
+    ``hawq-ilp`` (ILP on Hessian impacts), ``random``, or ``uniform-B`` (B in 16/8/4/2).
 
     ``local`` does not trust an additive prediction at all: (1) :func:`solve_scored`
     maximises the integer model's PTQ accuracy on the validation split (cross-entropy as a
@@ -254,6 +263,13 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
     test split is never read. ``qat`` is the setting that :func:`validate` will use
     (``False``: PTQ only). ``log`` (a print-like callable, optional) gets one line per
     ``local`` finalist as its PTQ/QAT treatment finishes (each can take tens of seconds).
+
+    ``exhaustive`` is the exact maximum of what every other method approximates, for small
+    spaces: every configuration within budget goes through the PTQ/QAT necessity treatment
+    (:func:`train_and_score`), and the one with the highest validation-split accuracy after it
+    wins (ties: smaller predicted impact, then the option indices). It raises
+    :class:`SpaceTooLarge` when more than :data:`EXHAUSTIVE_MAX` configurations meet the
+    budgets. ``log`` gets one line per configuration. The test split is never read.
 
     Every method returns one option per tie group (``SearchSetup.ties``, module docstring)."""
     if method.startswith("uniform-"):
@@ -320,6 +336,29 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
         best = max(range(len(cands)), key=lambda i: (after[i], -i))
         s = cands[best]
         s.method, s.seconds = "local", time.perf_counter() - t0
+        return s
+    if method == "exhaustive":
+        t0 = time.perf_counter()
+        space = feasible_configs(p)
+        if space is None or len(space) > EXHAUSTIVE_MAX:
+            n = "more than 65536" if space is None else str(len(space))
+            raise SpaceTooLarge(f"method exhaustive: {n} configurations meet the budgets; it "
+                                f"trains at most {EXHAUSTIVE_MAX} (use dp, ilp, rerank or local)")
+        done = [0]
+
+        def score_after(choice):
+            wb = [setup.options[c][0] for c in choice]
+            r = train_and_score(setup, wb, [setup.options[c][1] for c in choice], qat=qat)
+            done[0] += 1
+            if log:
+                log(f"method exhaustive: {done[0]}/{len(space)} bits {wb}: validation "
+                    f"{r['val_acc']:.2f}% after PTQ/QAT")
+            return r["val_acc"]
+
+        # solve_scored scores every feasible configuration when they are at most max_evals
+        # (and raises InfeasibleBudget, naming the closest one, when there is none)
+        s = solve_scored(p, score_after, max_evals=max(len(space), 1))[0]
+        s.method, s.seconds = "exhaustive", time.perf_counter() - t0
         return s
     if method == "diff":
         from .diffsearch import differentiable_search
@@ -449,12 +488,20 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
 
     The best of ``methods`` is the one with the highest validation-split integer accuracy
     (ties: fewer cycles). Raises :class:`InfeasibleBudget` naming the closest configuration.
+    ``exhaustive`` is skipped, with a log line, where more than :data:`EXHAUSTIVE_MAX`
+    configurations meet the budgets, unless it is the only method (:class:`SpaceTooLarge`).
     """
     log = log or (lambda *_: None)
     results = {}
     for m in methods:
         log(f"method {m}: solving")
-        sol = run_method(setup, m, budgets, qat=qat, log=log)
+        try:
+            sol = run_method(setup, m, budgets, qat=qat, log=log)
+        except SpaceTooLarge as exc:
+            if len(methods) == 1:
+                raise
+            log(f"{exc}: skipped")
+            continue
         r = validate(setup, sol, qat=qat)
         log(f"method {m}: bits {r['bits']} predicted {r['predicted_accuracy']:.2f}% "
             f"validated {r['validated_accuracy']:.2f}% cycles {r['cycles_vs_int8']:.3f}x INT8 "
@@ -471,6 +518,7 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
             log(f"baseline {m}: bits {r['bits']} validated {r['validated_accuracy']:.2f}% "
                 f"cycles {r['cycles_vs_int8']:.3f}x INT8{'' if r['feasible'] else ' (over budget)'}")
             results[m] = r
-    best = max(methods, key=lambda m: (results[m]["validation_split_accuracy"],
-                                       -results[m]["costs"]["cycles"]))
+    best = max((m for m in methods if m in results),
+               key=lambda m: (results[m]["validation_split_accuracy"],
+                              -results[m]["costs"]["cycles"]))
     return {"budgets": budgets, "results": results, "best": best}

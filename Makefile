@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rvmpq-installed
-# the build folder of the -o targets below: $RVMPQ_BUILD when set (where every rvmpq default
-# output and cache goes, see sw/tools.py build_root), else build/
+# the build folder: $RVMPQ_BUILD when set, else build/ (`make BUILD=DIR ...` picks another)
 BUILD  ?= $(or $(RVMPQ_BUILD),build)
+BUILD  := $(BUILD)
+# every recipe gets RVMPQ_BUILD = the absolute path of BUILD, so every rvmpq default output and
+# cache folder (sw/tools.py build_root(): make demo, the model and cost caches) follows BUILD,
+# not only the -o of the targets below
+override RVMPQ_BUILD := $(abspath $(BUILD))
+export RVMPQ_BUILD
 # pytest workers: `make test JOBS=1` to run serially
 JOBS   ?= auto
 N      ?= 200

@@ -1,6 +1,7 @@
-"""Every default output / cache folder is under ``build_root()`` ($RVMPQ_BUILD or the repo's
-build/), read when the command runs; an explicit ``-o PATH`` stays relative to the current
-folder; the Makefile hands its BUILD to every recipe as $RVMPQ_BUILD. Nothing is trained, simulated or synthesized here."""
+"""Every default output / cache folder is under ``build_root()`` ($RVMPQ_BUILD, else the
+checkout's build/, or ./build for an install without a checkout), read when the command runs;
+an explicit ``-o PATH`` stays relative to the current folder; the Makefile hands its BUILD to
+every recipe as $RVMPQ_BUILD. Nothing is trained, simulated or synthesized here."""
 
 import inspect
 import os
@@ -76,6 +77,38 @@ def test_deploy_defaults_follow_rvmpq_build(build):
     assert inspect.signature(deploy).parameters["out"].default is None
     with pytest.raises(DeployError, match=str(build / "search") + "/config.json"):
         load_config("no/config.json")
+
+
+def test_build_root_outside_a_checkout(tmp_path, monkeypatch):
+    """Without $RVMPQ_BUILD: the checkout's build/ wherever the command runs from; installed
+    without a checkout (``pip install .``: no project pyproject.toml beside the package, which
+    lives in site-packages), ./build in the current folder instead."""
+    from rvmpq.sw import tools
+
+    monkeypatch.delenv("RVMPQ_BUILD", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tools, "is_source_checkout", lambda root=None: True)
+    assert tools.build_root() == tools.repo_root() / "build"
+    monkeypatch.setattr(tools, "is_source_checkout", lambda root=None: False)
+    assert tools.build_root() == tmp_path.resolve() / "build"
+    args = build_parser("search").parse_args(["search"])
+    assert Path(args.out) == tmp_path.resolve() / "build" / "search"
+    monkeypatch.setenv("RVMPQ_BUILD", str(tmp_path / "b"))   # the variable still wins
+    assert tools.build_root() == (tmp_path / "b").resolve()
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('[project]\nname = "rvmpq"\n', True),
+    ('[project]\nname = "other"\n', False),
+    ("not toml [", False),
+    (None, False),
+])
+def test_is_source_checkout(tmp_path, text, expect):
+    from rvmpq.sw.tools import is_source_checkout
+
+    if text is not None:
+        (tmp_path / "pyproject.toml").write_text(text)
+    assert is_source_checkout(tmp_path) is expect
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")

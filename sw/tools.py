@@ -37,6 +37,7 @@ __all__ = [
     "zig_cmd",
     "repo_root",
     "build_root",
+    "is_source_checkout",
     "BUILD_HELP",
 ]
 
@@ -50,19 +51,43 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def is_source_checkout(root: Path | None = None) -> bool:
+    """True when ``root`` (default :func:`repo_root`) is a source checkout of rvmpq: it holds
+    the project's ``pyproject.toml`` (an editable install runs from one too). False for a
+    non-editable install (``pip install .``), whose root is ``site-packages/rvmpq``."""
+    return _holds_our_pyproject(repo_root() if root is None else Path(root).resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _holds_our_pyproject(root: Path) -> bool:
+    import tomllib
+
+    try:
+        d = tomllib.loads((root / "pyproject.toml").read_text())
+    except (OSError, ValueError):
+        return False
+    return d.get("project", {}).get("name") == "rvmpq"
+
+
 def build_root() -> Path:
-    """Where generated artifacts go: ``$RVMPQ_BUILD`` or ``<repo>/build``.
+    """Where generated artifacts go: ``$RVMPQ_BUILD`` when set; else the checkout's ``build/``
+    (``<repo>/build``, wherever the command runs from) when rvmpq runs from a source checkout
+    (:func:`is_source_checkout`); else ``./build`` in the current folder, so that a
+    non-editable install never writes into ``site-packages``.
 
     Read on every call, so a default output or cache folder (``build_root() / "search"``, ...)
-    follows the variable as it is when the command runs. An explicit output path given by the
-    user stays relative to the current folder as usual.
+    follows the variable (and the current folder) as they are when the command runs. An
+    explicit output path given by the user stays relative to the current folder as usual.
     """
     env = os.environ.get("RVMPQ_BUILD")
-    return Path(env).resolve() if env else repo_root() / "build"
+    if env:
+        return Path(env).resolve()
+    return repo_root() / "build" if is_source_checkout() else Path.cwd() / "build"
 
 
 #: What ``<build>`` means in ``--help`` texts ("default: <build>/search").
-BUILD_HELP = "<build> = $RVMPQ_BUILD or the repo's build/"
+BUILD_HELP = ("<build> = $RVMPQ_BUILD, else the checkout's build/, or ./build when rvmpq is "
+              "installed without a checkout")
 
 
 @functools.cache

@@ -1,8 +1,12 @@
-"""Every default output / cache folder is under ``build_root()`` ($RVMPQ_BUILD or the repo's
-build/), read when the command runs; an explicit ``-o PATH`` stays relative to the current
-folder. Nothing is trained, simulated or synthesized here."""
+"""Every default output / cache folder is under ``build_root()`` ($RVMPQ_BUILD, else the
+checkout's build/, or ./build for an install without a checkout), read when the command runs;
+an explicit ``-o PATH`` stays relative to the current folder; the Makefile hands its BUILD to
+every recipe as $RVMPQ_BUILD. Nothing is trained, simulated or synthesized here."""
 
 import inspect
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,3 +77,65 @@ def test_deploy_defaults_follow_rvmpq_build(build):
     assert inspect.signature(deploy).parameters["out"].default is None
     with pytest.raises(DeployError, match=str(build / "search") + "/config.json"):
         load_config("no/config.json")
+
+
+def test_build_root_outside_a_checkout(tmp_path, monkeypatch):
+    """Without $RVMPQ_BUILD: the checkout's build/ wherever the command runs from; installed
+    without a checkout (``pip install .``: no project pyproject.toml beside the package, which
+    lives in site-packages), ./build in the current folder instead."""
+    from rvmpq.sw import tools
+
+    monkeypatch.delenv("RVMPQ_BUILD", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tools, "is_source_checkout", lambda root=None: True)
+    assert tools.build_root() == tools.repo_root() / "build"
+    monkeypatch.setattr(tools, "is_source_checkout", lambda root=None: False)
+    assert tools.build_root() == tmp_path.resolve() / "build"
+    args = build_parser("search").parse_args(["search"])
+    assert Path(args.out) == tmp_path.resolve() / "build" / "search"
+    monkeypatch.setenv("RVMPQ_BUILD", str(tmp_path / "b"))   # the variable still wins
+    assert tools.build_root() == (tmp_path / "b").resolve()
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('[project]\nname = "rvmpq"\n', True),
+    ('[project]\nname = "other"\n', False),
+    ("not toml [", False),
+    (None, False),
+])
+def test_is_source_checkout(tmp_path, text, expect):
+    from rvmpq.sw.tools import is_source_checkout
+
+    if text is not None:
+        (tmp_path / "pyproject.toml").write_text(text)
+    assert is_source_checkout(tmp_path) is expect
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_makefile_exports_build(tmp_path):
+    """`make BUILD=x TARGET` runs TARGET's recipe with RVMPQ_BUILD = the absolute path of x
+    (so `make BUILD=x demo`, which takes no -o, writes there too); BUILD defaults to
+    $RVMPQ_BUILD, else build/."""
+    from rvmpq.sw.tools import repo_root
+
+    root = repo_root()
+    if not (root / "Makefile").exists():
+        pytest.skip("no Makefile: not a source checkout")
+    show = ["make", "-s", "-C", str(root), "--eval",
+            'rvmpq-show-build: ; @echo "$$RVMPQ_BUILD|$(BUILD)"', "rvmpq-show-build"]
+
+    # not what a `make test` around this test exports (its own RVMPQ_BUILD, MAKEFLAGS)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RVMPQ_BUILD", "BUILD", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def run(*extra, env=None):
+        return subprocess.run(show + list(extra), capture_output=True, text=True, check=True,
+                              env={**base, **(env or {})}).stdout.strip()
+
+    assert run(f"BUILD={tmp_path}/x") == f"{tmp_path}/x|{tmp_path}/x"
+    assert run("BUILD=rel") == f"{root}/rel|rel"
+    assert run() == f"{root}/build|build"
+    assert run(env={"RVMPQ_BUILD": str(tmp_path / "e")}) == f"{tmp_path}/e|{tmp_path}/e"
+    dry = subprocess.run(["make", "-n", "-C", str(root), f"BUILD={tmp_path}/x", "clean"],
+                         capture_output=True, text=True, check=True, env=base).stdout
+    assert f"rm -rf {tmp_path}/x " in dry

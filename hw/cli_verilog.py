@@ -5,7 +5,8 @@
 (:func:`rvmpq.hw.soc.soc_memory_map`, the dict ``rvmpq cc`` generates its linker script from; the
 toolchain and the program runner call it directly and do not read this file). A file is
 rewritten only when its content changed. ``DIR`` defaults to ``<build>/verilog``, ``<build>``
-being :func:`rvmpq.sw.tools.build_root` (``$RVMPQ_BUILD`` or the repository's ``build/``).
+being :func:`rvmpq.sw.tools.build_root` (``$RVMPQ_BUILD``, else the checkout's ``build/``, or
+``./build`` without a checkout).
 """
 
 from __future__ import annotations

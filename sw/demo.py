@@ -13,7 +13,7 @@ cannot do by hand; the step list in :func:`demo_steps` is the documentation of t
 8. assemble ``build/report/`` (Markdown + PNGs) with ``rvmpq report``.
 
 Every step output lands under the build folder (``-o``; default :func:`rvmpq.sw.tools.build_root`:
-``$RVMPQ_BUILD`` or the repository's ``build/``, written ``build/`` below);
+``$RVMPQ_BUILD``, else the checkout's ``build/`` (``./build`` without a checkout), written ``build/`` below);
 ``build/demo/summary.md`` collects the step timings.
 
 Caching: a step whose inputs did not change since its last successful run is skipped. Its key
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rvmpq.sw.tools import build_root
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 #: Repository root (the ``rvmpq`` package root).
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,8 +114,7 @@ def demo_steps(build: Path, quick: bool = False) -> list[Step]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``rvmpq demo``."""
     parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="build folder of the step outputs (default: <build>, "
-                             "$RVMPQ_BUILD or the repo's build/)")
+                        help=f"build folder of the step outputs (default: <build>; {BUILD_HELP})")
     parser.add_argument("--quick", action="store_true",
                         help="skip the slow place-and-route runs; kernel benchmark on one layer")
     parser.add_argument("--keep-going", action="store_true",

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rvmpq.sw.tools import build_root
+from rvmpq.sw.tools import BUILD_HELP, build_root
 
 __all__ = ["collect", "write_report", "summary_lines", "add_arguments", "main"]
 
@@ -268,8 +268,7 @@ def write_report(build: Path, out: Path | None = None) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rvmpq report``."""
     parser.add_argument("-b", "--build", type=Path, default=None,
-                        help="build folder to read (default: <build>, $RVMPQ_BUILD or the "
-                             "repo's build/)")
+                        help=f"build folder to read (default: <build>; {BUILD_HELP})")
     parser.add_argument("-o", "--out", type=Path, default=None,
                         help="report folder (default: <build>/report)")
 

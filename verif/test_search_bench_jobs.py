@@ -40,13 +40,14 @@ def fakes(monkeypatch):
         "target_met": True})
 
 
-def _fake_children(monkeypatch, tmp_path, fail=None, slow=None):
+def _fake_children(monkeypatch, tmp_path, fail=None, slow=None, versions=None):
     """Children that copy the fake part of their model into place (``fail``: exits 3 instead;
-    ``slow``: sleeps a minute first)."""
+    ``slow``: sleeps a minute first; ``versions``: model -> the cost version it reports, else
+    ``CM.version``)."""
     def cmd(model, part_dir, seed, fracs, child_args):
         src = tmp_path / f"src-{model}.json"
         src.write_text(json.dumps(dict(_part(model), cost_source=CM.source,
-                                       cost_version=CM.version)))
+                                       cost_version=(versions or {}).get(model, CM.version))))
         code = ("import pathlib, shutil, sys, time\n"
                 "print('child of', sys.argv[3]); print('second line')\n"
                 f"time.sleep({60 if model == slow else 0})\n"
@@ -96,6 +97,18 @@ def test_bench_jobs_child_failure_writes_nothing(fakes, monkeypatch, tmp_path, c
     assert not (tmp_path / "par" / "search_bench.json").exists()
     assert not (tmp_path / "par" / "search_bench.md").exists()
     assert not (tmp_path / "par" / "parts" / "m3").exists()   # never started
+
+
+def test_bench_jobs_refuses_to_merge_other_cost_versions(fakes, monkeypatch, tmp_path, capsys):
+    """A child that searched on another RTL-kernel version (hw/ or sw/kernels/ edited while
+    the benchmark ran) makes the merge fail: nothing written, the parts kept."""
+    _fake_children(monkeypatch, tmp_path, versions={"m2": "edited"})
+    rc = cli.bench(tmp_path / "par", CM, models=("m1", "m2"), jobs=2)
+    err = capsys.readouterr().err
+    assert rc == 1 and "model m2 was searched on costs rtl-measured version edited" in err
+    assert "nothing written" in err and "kept in" in err
+    assert not (tmp_path / "par" / "search_bench.json").exists()
+    assert (tmp_path / "par" / "parts" / "m2" / "part.json").exists()
 
 
 def test_child_command_parses_as_a_bench_part(tmp_path):

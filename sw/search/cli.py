@@ -557,19 +557,21 @@ def bench(out: Path, cm, seed: int = 0, models=BENCH_MODELS,
     t_all = time.time()
     out = Path(out)
     if jobs > 1:
+        # the cost version as the benchmark starts: every child must have searched on it
+        ours = (cm.source, getattr(cm, "version", None))
         try:
             parts = _bench_children(out, models, jobs, seed, fracs, list(child_args))
         except RuntimeError as exc:
             print(f"rvmpq search: --bench: {exc}; nothing written to {out}/search_bench.json "
                   "or search_bench.md", file=sys.stderr)
             return 1
-        ours = (cm.source, getattr(cm, "version", None))
         for p in parts:
             if (p.get("cost_source"), p.get("cost_version")) != ours:
                 print(f"rvmpq search: --bench: model {p['model']} was searched on costs "
                       f"{p.get('cost_source')} version {p.get('cost_version')}, this process has "
                       f"{ours[0]} version {ours[1]} (did hw/ or sw/kernels/ change meanwhile?); "
-                      f"nothing written to {out}/search_bench.json or search_bench.md",
+                      f"nothing written to {out}/search_bench.json or search_bench.md (each "
+                      f"model's results are kept in {out}/parts/)",
                       file=sys.stderr)
                 return 1
         parts = [{k: p[k] for k in ("model", "test_samples", "runs")} for p in parts]

@@ -341,9 +341,10 @@ def run_method(setup: SearchSetup, method: str, budgets: dict, *, qat: bool = Tr
         t0 = time.perf_counter()
         space = feasible_configs(p)
         if space is None or len(space) > EXHAUSTIVE_MAX:
-            n = "more than 65536" if space is None else str(len(space))
-            raise SpaceTooLarge(f"method exhaustive: {n} configurations meet the budgets; it "
-                                f"trains at most {EXHAUSTIVE_MAX} (use dp, ilp, rerank or local)")
+            what = ("the space has more than 65536 configurations (not enumerated)"
+                    if space is None else f"{len(space)} configurations meet the budgets")
+            raise SpaceTooLarge(f"method exhaustive: {what}; it trains at most "
+                                f"{EXHAUSTIVE_MAX} (use dp, ilp, rerank or local)")
         done = [0]
 
         def score_after(choice):

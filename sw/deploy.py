@@ -63,8 +63,9 @@ the smallest power-of-two DMEM up to :data:`DMEM_KIB_MAX` KiB that it fits
 (does not fit 64)``. Cycle counts do not depend on the memory size (single-cycle memories).
 
 Outputs (in ``-o`` / ``out``, default ``<build>/deploy`` with ``<build>`` =
-:func:`rvmpq.sw.tools.build_root`: ``$RVMPQ_BUILD`` or the repository's ``build/``; written
-atomically: a temporary folder renamed into place, nothing half-written on failure):
+:func:`rvmpq.sw.tools.build_root`: ``$RVMPQ_BUILD``, else the checkout's ``build/``, or
+``./build`` without a checkout; written atomically: a temporary folder renamed into place,
+nothing half-written on failure):
 ``program.c`` / ``program.elf`` (mixed network, ``mpq``), ``program_int8.c`` /
 ``.elf``, ``program_baseline.c`` / ``.elf``, ``deploy.json`` and ``report.md``.
 

@@ -93,3 +93,36 @@ def test_digits_splits():
     ref = load_digits().images.reshape(1797, -1) / 16.0
     # the three splits are a permutation of the whole set
     assert np.array_equal(np.sort(every, axis=0), np.sort(ref.astype(np.float32), axis=0))
+
+
+def _fresh_heldout():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "fresh_heldout.py"
+    spec = importlib.util.spec_from_file_location("fresh_heldout", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fresh_heldout_example_draws_unseen_samples(mnist1d, capsys):
+    """docs/examples/fresh_heldout.py: its fresh samples are new, balanced and on the standard
+    scale; the seeds of the standard and extra validation samples, a non-MNIST-1D model and a
+    malformed configuration are refused before any training."""
+    fh = _fresh_heldout()
+    std, ds = mnist1d
+    x, y = fh.fresh_set(200, 2)
+    assert x.shape == (200, 1, 1, 40) and np.array_equal(np.bincount(y), np.full(10, 20))
+    assert not any(np.array_equal(x[0], v) for v in ds.x_val)
+    assert abs(float(x.mean())) < 0.2 and abs(float(x.std()) - 1.0) < 0.2
+    for argv, msg in ((["mnist1d-cnn", "[8,8,8,8]", "--seed", "42"], "seen"),
+                      (["mnist1d-cnn", "[8,8,8,8]", "--seed", "1"], "seen"),
+                      (["digits-cnn", "[8,8,8]"], "only the MNIST-1D")):
+        with pytest.raises(SystemExit) as e:
+            fh.main(argv)
+        assert e.value.code not in (0, None), argv
+        assert msg in str(e.value.code) + capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as e:
+        fh.main(["mnist1d-cnn", "[8,8"])
+    assert e.value.code == 2

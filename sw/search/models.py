@@ -9,7 +9,8 @@ Built-in models (weights cached under ``<build>/models/``, ``<build>`` being
 ``mnist1d-cnn``
     MNIST-1D (``mnist1d.data.make_dataset(get_dataset_args())``, 40 samples per sequence;
     train 3,500 and test 1,000 samples of that standard set, validation its other 500 plus
-    4,500 more drawn by the same generator, :func:`mnist1d_extra_validation`), modelled as an image of height 1 so the 2-D kernels run it:
+    4,500 more drawn by the same generator, :func:`mnist1d_extra_validation`), modelled as
+    an image of height 1 so the 2-D kernels run it:
     conv1x5(1->32)-BN-ReLU - conv1x3(32->32)-BN-ReLU - maxpool1x2 - conv1x3(32->32)-BN-ReLU -
     maxpool1x2 - fc(320->10).
 ``mnist1d-cnn-l``
@@ -63,6 +64,7 @@ __all__ = [
     "mnist1d_raw",
     "mnist1d_extra_validation",
     "MNIST1D_EXTRA_VAL",
+    "MNIST1D_EXTRA_SEED",
     "build_model",
     "get_trained_model",
     "trace_model",
@@ -113,7 +115,7 @@ class Dataset:
 #: splits are the standard ones, unchanged. Why: with 500 validation samples the search's
 #: choice among configurations whose accuracies differ by tenths of a point was mostly noise
 #: (one standard error of a 97 % accuracy is 0.76 points on 500 samples, 0.24 on 5,000;
-#: README, "Search").
+#: README, "Per-layer costs measured on the RTL, and the precision search").
 MNIST1D_EXTRA_VAL = 4500
 #: Seed of the extra MNIST-1D validation samples (the standard set uses 42).
 MNIST1D_EXTRA_SEED = 1
@@ -127,7 +129,7 @@ def mnist1d_raw(args) -> tuple[np.ndarray, np.ndarray]:
     Uses the package's own ``get_templates`` / ``transform`` / ``set_seed``, called in the
     order ``make_dataset`` calls them (per class, per sample; then one shuffle), so the
     standard set can be re-normalised exactly (:func:`mnist1d_extra_validation` checks that
-    it is)."""
+    it is). Like ``make_dataset``, it reseeds numpy's global generator (``args.seed``)."""
     from mnist1d.data import get_templates, set_seed, transform
 
     tpl = get_templates()

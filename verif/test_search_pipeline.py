@@ -1,5 +1,7 @@
 """Library-level search: differentiable search + Free Bits heuristic, necessity-driven QAT."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,9 +14,23 @@ torch.set_num_threads(1)  # 2 shared cores
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """mnist1d-cnn trained for 6 epochs in a private cache."""
-    return prepare("mnist1d-cnn", n_configs=6, log=None,
-                   cache_dir=tmp_path_factory.mktemp("models"), recipe={"epochs": 6})
+    """mnist1d-cnn trained for 6 epochs in a private cache, scored on the first 500 samples of
+    its validation split (the standard set's own: these tests check mechanics, and scoring
+    every configuration on all 5,000 would add minutes to them)."""
+    from rvmpq.sw.search import models
+
+    real = models.load_dataset
+
+    def first_500(name, seed=0):
+        d = real(name, seed)
+        return dataclasses.replace(d, x_val=d.x_val[:500], y_val=d.y_val[:500])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_dataset", first_500)
+        s = prepare("mnist1d-cnn", n_configs=6, log=None,
+                    cache_dir=tmp_path_factory.mktemp("models"), recipe={"epochs": 6})
+    assert len(s.data.y_val) == 500
+    return s
 
 
 def test_budget_parsing(setup):
@@ -74,7 +90,6 @@ def test_local_search_finds_best_validation_config_and_never_reads_test(setup, m
     highest PTQ validation-split accuracy of all that meet the budget (brute force here, on
     the integer model). It never reads the test split: it runs on a copy whose test arrays
     are absent."""
-    import dataclasses
     import itertools
 
     import numpy as np
@@ -144,7 +159,6 @@ def test_exhaustive_trains_every_configuration_within_budget(setup, monkeypatch)
     configurations than ``EXHAUSTIVE_MAX`` it raises ``SpaceTooLarge`` alone and is skipped by
     ``search`` among other methods. The treatment is stubbed with a score that favours one
     configuration at a time (the real one is tested through ``local``)."""
-    import dataclasses
     import itertools
 
     import numpy as np

@@ -29,19 +29,13 @@ import numpy as np
 
 def fresh_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` MNIST-1D samples drawn by the standard generator with ``seed`` (not 42, the
-    standard set's, nor 1, the extra validation samples'), on the standard set's scale."""
-    from mnist1d.data import get_dataset_args
-
-    from rvmpq.sw.search.models import MNIST1D_EXTRA_SEED, mnist1d_raw
+    standard set's, nor 1, the extra validation samples'), on the standard set's scale
+    (:func:`rvmpq.sw.search.models.mnist1d_draw`)."""
+    from rvmpq.sw.search.models import MNIST1D_EXTRA_SEED, mnist1d_draw
 
     if seed in (42, MNIST1D_EXTRA_SEED):
         raise SystemExit(f"--seed {seed}: that seed drew samples the search has seen")
-    raw, _ = mnist1d_raw(get_dataset_args())
-    args = get_dataset_args()
-    args.num_samples, args.seed = n, seed
-    x, y = mnist1d_raw(args)
-    x = ((x - raw.mean()) / raw.std()).astype(np.float32)[:, None, None, :]
-    return x, np.asarray(y, dtype=np.int64)
+    return mnist1d_draw(n, seed)
 
 
 def main(argv=None) -> int:
@@ -64,6 +58,7 @@ def main(argv=None) -> int:
 
     from rvmpq.sw.search import pipeline
     from rvmpq.sw.search.cli import paired_se
+    from rvmpq.sw.search.models import float_forward
     from rvmpq.sw.search.qnn import int_forward
 
     torch.set_num_threads(1)
@@ -75,14 +70,8 @@ def main(argv=None) -> int:
     for c in configs:
         if not isinstance(c, list) or len(c) != n or any(b not in (2, 4, 8, 16) for b in c):
             ap.error(f"{c}: need {n} precisions from 2, 4, 8, 16 for {a.model}")
-    model, _ = pipeline._load_model(a.model, None, lambda *_: None)
-    model.eval()
-
-    def float_correct(x, y):
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).argmax(1).numpy() == y
-
-    fc = {k: float_correct(x, y) for k, (x, y) in
+    # the float model as the benchmark scores it: its traced layers (float64)
+    fc = {k: float_forward(setup.qz.layers, x).argmax(1) == y for k, (x, y) in
           {"val": (d.x_val, d.y_val), "test": (d.x_test, d.y_test), "fresh": (xf, yf)}.items()}
     print(f"{'float':>20}: val {fc['val'].mean() * 100:6.2f}  test {fc['test'].mean() * 100:6.2f}"
           f"  fresh {fc['fresh'].mean() * 100:6.2f}  ({len(yf)} fresh samples, seed {a.seed})")

@@ -62,6 +62,7 @@ __all__ = [
     "FLayer",
     "load_dataset",
     "mnist1d_raw",
+    "mnist1d_draw",
     "mnist1d_extra_validation",
     "MNIST1D_EXTRA_VAL",
     "MNIST1D_EXTRA_SEED",
@@ -144,32 +145,37 @@ def mnist1d_raw(args) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs)[order], np.stack(ys)[order]
 
 
-def mnist1d_extra_validation(standard: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The :data:`MNIST1D_EXTRA_VAL` extra MNIST-1D validation samples: ``(x, y)``, x float32
-    ``(n, 1, 1, 40)``, y int64.
+def mnist1d_draw(n: int, seed: int, standard: dict | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` MNIST-1D samples drawn by the standard generator with ``seed``: ``(x, y)``, x
+    float32 ``(n, 1, 1, 40)``, y int64.
 
-    Drawn by the standard generator (``get_dataset_args()``, only ``num_samples`` and ``seed``
-    changed) and normalised with the mean and standard deviation of the *standard* 5,000
-    samples, as ``make_dataset`` normalises those, so they come from the same distribution
-    and scale as the train and test splits. ``standard`` is ``make_dataset(get_dataset_args())``
-    when the caller has it. Raises ``RuntimeError`` if :func:`mnist1d_raw` does not reproduce
-    the standard set (an ``mnist1d`` package that draws differently)."""
+    ``get_dataset_args()`` with only ``num_samples`` and ``seed`` changed, normalised with the
+    mean and standard deviation of the *standard* 5,000 samples, as ``make_dataset``
+    normalises those, so they come from the same distribution and scale as the train and test
+    splits. ``standard`` is ``make_dataset(get_dataset_args())`` when the caller has it. Raises
+    ``RuntimeError`` if :func:`mnist1d_raw` does not reproduce the standard set (an
+    ``mnist1d`` package that draws differently)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     standard = standard if standard is not None else make_dataset(args)
     raw, _ = mnist1d_raw(args)
     mean, std = raw.mean(), raw.std()
-    norm = (raw - mean) / std
-    if not np.array_equal(norm, np.concatenate([standard["x"], standard["x_test"]])):
+    if not np.array_equal((raw - mean) / std,
+                          np.concatenate([standard["x"], standard["x_test"]])):
         raise RuntimeError("mnist1d: cannot reproduce make_dataset(get_dataset_args()) sample "
-                           "for sample (another mnist1d version?); the extra validation "
-                           "samples would not be normalised like the standard set")
-    extra = get_dataset_args()
-    extra.num_samples, extra.seed = MNIST1D_EXTRA_VAL, MNIST1D_EXTRA_SEED
-    xe, ye = mnist1d_raw(extra)
-    xe = ((xe - mean) / std).astype(np.float32)[:, None, None, :]
-    return xe, np.asarray(ye, dtype=np.int64)
+                           "for sample (another mnist1d version?); samples drawn with another "
+                           "seed would not be normalised like the standard set")
+    args.num_samples, args.seed = n, seed
+    x, y = mnist1d_raw(args)
+    return ((x - mean) / std).astype(np.float32)[:, None, None, :], np.asarray(y, dtype=np.int64)
+
+
+def mnist1d_extra_validation(standard: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The :data:`MNIST1D_EXTRA_VAL` extra MNIST-1D validation samples (seed
+    :data:`MNIST1D_EXTRA_SEED`), as :func:`mnist1d_draw` makes them."""
+    return mnist1d_draw(MNIST1D_EXTRA_VAL, MNIST1D_EXTRA_SEED, standard)
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rvmpq.sw.search.qnn import QLayer, QNetwork, int_forward, quantize_input, requant, wrap32
+from rvmpq.sw.search.qnn import (QLayer, QNetwork, _dot, dot_dtype, int_forward, quantize_input,
+                                 requant, wrap32)
 
 SEED = int(os.environ.get("RVMPQ_SEED", random.randrange(1 << 30)))
 
@@ -165,6 +166,32 @@ def test_int_forward_matches_loop_reference(trial):
     ref = ref_forward(net, x)
     assert np.array_equal(int_forward(net, x), ref)
     assert np.array_equal(int_forward(net, x, exact="int64"), ref)
+
+
+def test_dot_dtype_bounds_and_exactness():
+    """float32 below 2**24, float64 below 2**53, int64 beyond; each path exact at its edge."""
+    assert dot_dtype(1, (1 << 24) - 1, 1) is np.float32
+    assert dot_dtype(1, 1 << 24, 1) is np.float64
+    assert dot_dtype(1, (1 << 53) - 1, 1) is np.float64
+    assert dot_dtype(1, 1 << 53, 1) is np.int64
+    assert dot_dtype(2, 1, 1, exact="int64") is np.int64
+    rng = _seed("dot-dtype")
+    # operands whose dot products approach each bound; a float path that was not exact would
+    # lose the low bits (2**24 + 1 is the first integer float32 cannot hold)
+    for amax, wmax, k in [(255, 127, 517), (32767, 32767, 15), (32767, 32767, 8191)]:
+        a = rng.integers(-amax, amax + 1, size=(64, k)).astype(np.int64)
+        w = rng.integers(-wmax, wmax + 1, size=(8, k)).astype(np.int64)
+        a[0] = amax
+        w[0] = wmax
+        w[1, 0] = 1
+        ref = a @ w.T
+        got = _dot(a, w, "auto")
+        assert got.dtype == np.int64 and np.array_equal(got, ref), dot_dtype(k, amax, wmax)
+    # a product float32 cannot hold: the bound must send it to float64
+    a = np.full((1, 2), (1 << 12) + 1, dtype=np.int64)
+    w = np.full((1, 2), (1 << 12), dtype=np.int64)
+    assert dot_dtype(2, (1 << 12) + 1, 1 << 12) is np.float64
+    assert _dot(a, w, "auto")[0, 0] == 2 * ((1 << 24) + (1 << 12))
 
 
 def test_overflow_wraps_like_int32():

@@ -213,6 +213,7 @@ class UartTx(wiring.Component):
 
     def __init__(self, divisor: int):
         if not isinstance(divisor, int) or divisor < 2:
+            self._MustUse__silence = True  # a rejected object is not an unused elaboratable
             raise ValueError(f"UART divisor {divisor!r} must be an integer >= 2")
         self.divisor = divisor
         super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})

@@ -90,8 +90,10 @@ def _simulate(soc: FpgaSoC, bit_cycles: int, max_cycles: int = 60_000):
 
 def test_uart_divisor_from_board_clock():
     # 25 MHz / 115200 = 217.01, 48 MHz / 115200 = 416.67
-    assert FpgaSoC("baseline", 1, 1, clk_hz=25e6).divisor == 217
-    assert FpgaSoC("baseline", 1, 1, clk_hz=48e6).divisor == 417
+    for clk_hz, divisor in ((25e6, 217), (48e6, 417)):
+        soc = FpgaSoC("baseline", 1, 1, clk_hz=clk_hz)
+        soc._MustUse__silence = True   # built to read its divisor, not to elaborate
+        assert soc.divisor == divisor
     with pytest.raises(ValueError, match=">= 2"):
         UartTx(1)
 

@@ -71,6 +71,11 @@ def memory_map(config: str = "mpq", imem_kib: int = 64, dmem_kib: int = 64) -> M
     size that is not a power of two.
     """
     check_config(config)
+    # checked here too, before a SimSoC is built: one that raises in its constructor would
+    # be reported as an unused elaboratable when collected, and the fallback map needs it
+    for name, kib in (("imem_kib", imem_kib), ("dmem_kib", dmem_kib)):
+        if not isinstance(kib, int) or kib <= 0 or kib & (kib - 1):
+            raise ValueError(f"{name} = {kib!r} must be a power of two (e.g. 16, 64)")
     try:
         from rvmpq.hw.soc import SimSoC, soc_memory_map  # noqa: PLC0415
     except ImportError:  # the SoC generator is optional for the compiler

@@ -330,7 +330,8 @@ def _conv(a: np.ndarray, l: QLayer, exact: str) -> np.ndarray:
     for gi in range(g):
         colg = cols[..., gi * cin_g:(gi + 1) * cin_g].reshape(n * ho * wo, -1)
         wg = l.weight[gi * cout_g:(gi + 1) * cout_g].reshape(cout_g, -1)
-        out[..., gi * cout_g:(gi + 1) * cout_g] = _dot(colg, wg, exact, dt).reshape(n, ho, wo, cout_g)
+        out[..., gi * cout_g:(gi + 1) * cout_g] = _dot(colg, wg, exact, dt).reshape(
+            n, ho, wo, cout_g)
     return out
 
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["QLayer", "QNetwork", "requant", "quantize_input", "wrap32", "int_forward",
-           "int_accuracy", "int_logits"]
+__all__ = ["QLayer", "QNetwork", "requant", "quantize_input", "wrap32", "dot_dtype",
+           "int_forward", "int_accuracy", "int_logits"]
 
 
 def _requant_fallback(acc, mult, shift, zp, bits, out_signed):

@@ -214,3 +214,37 @@ def test_projection_shortcut_search_end_to_end(tmp_path, capsys):
     qb = {l.name: l for l in net.layers}
     assert qb["c1"].a_bits == qb["cs"].a_bits
     assert "tie groups" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_metrics_count_a_shared_input_once(monkeypatch):
+    """noise and mqe charge the tie group's one input to its first member only (the solvers
+    add the members' impacts up); every other layer keeps its own input's share."""
+    from rvmpq.sw.search import sensitivity as sens
+    from rvmpq.sw.search.models import load_dataset, trace_model
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    torch.manual_seed(0)
+    layers = trace_model(ProjBlock().eval())
+    x = load_dataset("digits").x_val[:64]
+    qz = Quantizer(layers, x)
+    (first, second), = qz.tie_groups()
+    bits = [8, 4, 2]
+    nsr, _ = sens.metric_noise(qz, bits)
+    for k in range(qz.n_compute):
+        w = sens._layer_weights(qz, k)
+        a = qz._acts[k]
+        for j, b in enumerate(bits):
+            ew = np.mean(sens._wq_error(qz, k, b) ** 2) / np.mean(w ** 2)
+            ea = np.mean((sens._aq(qz, k, a, b) - a) ** 2) / np.mean(a ** 2)
+            assert ea > 0
+            assert nsr[k, j] == pytest.approx(ew if k == second else ew + ea, rel=1e-9), (k, b)
+
+    # mqe: replace the input quantizer by a gross perturbation; only the layers that own
+    # their input see it (the random draws are the same in both runs)
+    base = sens.metric_mqe(qz, x, bits, draws=2, max_samples=32)
+    monkeypatch.setattr(sens, "_aq", lambda qz, k, a, b: a + 1.0)
+    loud = sens.metric_mqe(qz, x, bits, draws=2, max_samples=32)
+    np.testing.assert_array_equal(loud[second], base[second])
+    for k in range(qz.n_compute):
+        if k != second:
+            assert np.all(loud[k] > base[k] + 1e-6), k

@@ -18,6 +18,10 @@ Every metric gives a ``(layers, options)`` table for one quantized layer at a ti
     divided by p (first-order extrapolation to the full error). This is our reading of MQE; OHQ
     published no code.
 
+The layers of a tie group (:meth:`Quantizer.tie_groups`) read one quantized tensor and the
+solvers add their impacts up, so ``noise``, ``probe`` and ``mqe`` charge that input's
+quantization to the group's first member only.
+
 :func:`correlation_study` draws random mixed configurations, runs them on the integer model,
 and reports each metric's Spearman rank correlation between its additive prediction and the
 real accuracy; it also fits, per metric, a scale from metric units to accuracy points (least
@@ -83,6 +87,15 @@ def _wq_error(qz: Quantizer, k: int, bits: int) -> np.ndarray:
     return np.clip(np.floor(w / s + 0.5), -qm, qm) * s - w
 
 
+def _owns_input(qz: Quantizer) -> list[bool]:
+    """Per compute layer: whether its metric counts the error of its input activations. The
+    members of a tie group (:meth:`Quantizer.tie_groups`) read one quantized tensor, and the
+    solvers add their impacts up, so only the group's first member counts it (as
+    :func:`metric_probe` quantizes the shared input only in the first member's probe)."""
+    later = {k for g in qz.tie_groups() for k in g[1:]}
+    return [k not in later for k in range(qz.n_compute)]
+
+
 def _aq(qz: Quantizer, k: int, x: np.ndarray, bits: int) -> np.ndarray:
     s, sg = qz.act_scale(k, bits, bits)
     qa, _ = qz.qmax(k, bits, bits)
@@ -91,15 +104,20 @@ def _aq(qz: Quantizer, k: int, x: np.ndarray, bits: int) -> np.ndarray:
 
 
 def metric_noise(qz: Quantizer, bits) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-to-signal ratio table and the matching SQNR in dB, both ``(L, O)``."""
+    """Noise-to-signal ratio table and the matching SQNR in dB, both ``(L, O)``.
+
+    A layer's ratio is its weights' plus its input's; a tie group's shared input is counted in
+    its first member only (:func:`_owns_input`)."""
     L = qz.n_compute
     nsr = np.zeros((L, len(bits)))
+    owns = _owns_input(qz)
     for k in range(L):
         w = _layer_weights(qz, k)
         a = qz._acts[k]
         for j, b in enumerate(bits):
             ew = float(np.mean(_wq_error(qz, k, b) ** 2)) / max(float(np.mean(w ** 2)), 1e-30)
-            ea = float(np.mean((_aq(qz, k, a, b) - a) ** 2)) / max(float(np.mean(a ** 2)), 1e-30)
+            ea = (float(np.mean((_aq(qz, k, a, b) - a) ** 2)) / max(float(np.mean(a ** 2)), 1e-30)
+                  if owns[k] else 0.0)
             nsr[k, j] = ew + ea
     return nsr, -10 * np.log10(np.maximum(nsr, 1e-30))
 
@@ -181,7 +199,8 @@ def metric_probe(ev: Evaluator, bits, ref_bits: int = 16) -> tuple[np.ndarray, n
 
 def metric_mqe(qz: Quantizer, x, bits, p: float = 0.5, draws: int = 4, seed: int = 0,
                max_samples: int = 256) -> np.ndarray:
-    """Mask-guided KL estimate table ``(L, O)`` (see module docstring)."""
+    """Mask-guided KL estimate table ``(L, O)`` (see module docstring). A tie group's shared
+    input is perturbed in its first member's estimate only (:func:`_owns_input`)."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -189,6 +208,7 @@ def metric_mqe(qz: Quantizer, x, bits, p: float = 0.5, draws: int = 4, seed: int
     with torch.no_grad():
         logp0 = torch.log_softmax(_torch_forward(qz, xt), 1)
         table = np.zeros((qz.n_compute, len(bits)))
+        owns = _owns_input(qz)
         for k in range(qz.n_compute):
             w = _layer_weights(qz, k)
             for j, b in enumerate(bits):
@@ -203,7 +223,8 @@ def metric_mqe(qz: Quantizer, x, bits, p: float = 0.5, draws: int = 4, seed: int
                         m = np.random.default_rng(ma_seed).random(an.shape) < p
                         return torch.from_numpy(np.where(m, _aq(qz, k, an, b), an))
 
-                    z = _torch_forward(qz, xt, {k: torch.from_numpy(w + mw * err)}, {k: act})
+                    z = _torch_forward(qz, xt, {k: torch.from_numpy(w + mw * err)},
+                                       {k: act} if owns[k] else None)
                     logp = torch.log_softmax(z, 1)
                     kl += float((logp0.exp() * (logp0 - logp)).sum(1).mean()) / draws
                 table[k, j] = max(kl, 0.0) / p

@@ -309,3 +309,20 @@ def test_json_cost_table_roundtrip(tmp_path):
     assert (cost_table(t, shapes, opts) == cost_table(AnalyticStandIn(), shapes, opts)).all()
     with pytest.raises(KeyError, match="no cost for"):
         t.layer_cost(shapes[0], 2, 2)
+
+
+def test_trained_weights_do_not_depend_on_the_callers_threads(tmp_path):
+    """get_trained_model trains on one torch thread whatever the caller set, so the cached
+    weights (and every search result built on them) do not depend on which process trained
+    the model first, and the caller's setting is restored."""
+    got = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        try:
+            model, _ = get_trained_model("digits-cnn", tmp_path / f"t{threads}",
+                                         recipe={"epochs": 2})
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(1)
+        got.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(got[0][k], got[1][k]) for k in got[0])

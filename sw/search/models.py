@@ -362,7 +362,8 @@ def get_trained_model(name: str, cache_dir: str | Path | None = None, seed: int 
     """Return ``(model, data)`` for a built-in model, training it once and caching the weights.
 
     The cache file name includes a hash of the recipe and seed, so a changed recipe retrains.
-    Training is seeded and uses ``torch.use_deterministic_algorithms``.
+    Training is seeded, uses ``torch.use_deterministic_algorithms`` and runs on one torch
+    thread whatever the caller's setting, so the weights are the same from any caller.
 
     Parameters
     ----------
@@ -398,7 +399,15 @@ def get_trained_model(name: str, cache_dir: str | Path | None = None, seed: int 
     t0 = time.time()
     _set_deterministic(seed)
     model = build_model(name)
-    acc = train(model, data, seed=seed, log=log, **recipe)
+    # one torch thread, whatever the caller runs on: the order of floating-point sums depends
+    # on the thread count, and the cached weights must not depend on which process trained
+    # them first (2 threads gave digits-cnn weights up to 0.03 apart, and another demo pick)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        acc = train(model, data, seed=seed, log=log, **recipe)
+    finally:
+        torch.set_num_threads(threads)
     if log:
         log(f"trained {name} in {time.time() - t0:.1f} s, val acc {acc:.2f}%")
     path.parent.mkdir(parents=True, exist_ok=True)

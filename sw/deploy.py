@@ -89,6 +89,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rvmpq.sw.search.models import data_spec
 from rvmpq.sw.search.qnn import QLayer, QNetwork
 from rvmpq.sw.tools import BUILD_HELP, build_root
 
@@ -1165,7 +1166,7 @@ def _test_data(model: str, data: str | None, n: int):
     name = data or (model if model in BUILTIN_MODELS else None)
     if name is None:
         raise DeployError(f"model {model!r} is not built in ({list(BUILTIN_MODELS)}): name its "
-                          "data set with --data digits|mnist1d")
+                          "data set with --data digits|mnist1d|PATH.npz")
     ds = load_dataset(name)
     if n < 1:
         raise DeployError(f"--n {n}: need at least one test input")
@@ -1472,8 +1473,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--costs-cache", metavar="DIR", default=None,
                         help="cache folder of the RTL cost measurements (default: "
                              f"<build>/costs, {BUILD_HELP})")
-    parser.add_argument("--data", choices=["digits", "mnist1d"],
-                        help="data set, for a model that is not built in")
+    parser.add_argument("--data", type=data_spec, metavar="digits|mnist1d|PATH.npz",
+                        help="data set, for a model that is not built in (as rvmpq search)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rvmpq.sw.tools import BUILD_HELP, build_root
 
+from .models import data_spec
 from .report import STAND_IN_WARNING, write_outputs
 
 __all__ = ["add_arguments", "main", "bench", "bench_model", "bench_document", "write_bench",
@@ -20,9 +21,11 @@ def add_arguments(p):
     """Register the ``rvmpq search`` options on ``p``."""
     p.add_argument("--model", default=None,
                    help="digits-cnn (default) | mnist1d-cnn | mnist1d-cnn-l | mnist1d-resnet | "
-                        "PATH of a torch.save'd nn.Module; with --bench: the one built-in model to "
-                        "benchmark (default: every one of BENCH_MODELS)")
-    p.add_argument("--data", choices=["digits", "mnist1d"], help="data set for a model PATH")
+                        "PATH of a torch.save'd nn.Module or of an .onnx file; with --bench: the "
+                        "one built-in model to benchmark (default: every one of BENCH_MODELS)")
+    p.add_argument("--data", type=data_spec, metavar="digits|mnist1d|PATH.npz",
+                   help="data set for a model PATH: a built-in one or an .npz file holding "
+                        "x_train, y_train, x_val, y_val, x_test, y_test (README)")
     p.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
                    help="latency|wmem|amem|energy=VALUE; VALUE <= 4 is a fraction of uniform "
                         "INT8, larger is absolute (repeatable)")

@@ -58,9 +58,13 @@ from rvmpq.sw.tools import build_root
 
 __all__ = [
     "BUILTIN_MODELS",
+    "DATA_SETS",
     "Dataset",
     "FLayer",
+    "NPZ_KEYS",
+    "data_spec",
     "load_dataset",
+    "load_npz_dataset",
     "mnist1d_raw",
     "mnist1d_draw",
     "mnist1d_extra_validation",
@@ -178,13 +182,84 @@ def mnist1d_extra_validation(standard: dict | None = None) -> tuple[np.ndarray, 
     return mnist1d_draw(MNIST1D_EXTRA_VAL, MNIST1D_EXTRA_SEED, standard)
 
 
+#: The built-in data sets (:func:`load_dataset`); a user's own is an ``.npz`` file
+#: (:func:`load_npz_dataset`).
+DATA_SETS = ("digits", "mnist1d")
+#: Arrays an ``.npz`` data set holds (:func:`load_npz_dataset`).
+NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def data_spec(value: str) -> str:
+    """Check a ``--data`` value: a built-in data set or the path of an ``.npz`` file (for
+    ``argparse``'s ``type=``; the file itself is read and checked by :func:`load_dataset`)."""
+    if value in DATA_SETS or value.lower().endswith(".npz"):
+        return value
+    import argparse
+
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: allowed values: {list(DATA_SETS)} or the PATH of an .npz file holding "
+        f"{', '.join(NPZ_KEYS)}")
+
+
+def load_npz_dataset(path) -> Dataset:
+    """A user's data set from an ``.npz`` file (``numpy.savez``) holding :data:`NPZ_KEYS`.
+
+    ``x_*``: ``(N, C, H, W)`` arrays of real numbers, the same ``(C, H, W)`` in every split
+    (a 1-D signal is ``(N, C, 1, L)``); ``y_*``: ``(N,)`` integer class labels from 0. The
+    validation split is used for calibration, sensitivity and every choice the search makes,
+    the training split for the QAT fine-tunes, the test split only for reported accuracies.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and what is wrong with it (missing file or array, shapes, labels).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"data set {str(p)!r}: no such file")
+    try:
+        z = np.load(p, allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - zip / format errors of a corrupt file
+        raise ValueError(f"data set {p}: not a readable .npz file ({type(exc).__name__}: "
+                         f"{exc})") from None
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"data set {p}: missing {missing} (it holds {sorted(arrays)}; needs "
+                         f"{list(NPZ_KEYS)})")
+    out, shape = {}, None
+    for split in ("train", "val", "test"):
+        x, y = arrays["x_" + split], arrays["y_" + split]
+        if x.ndim != 4 or not (np.issubdtype(x.dtype, np.floating)
+                               or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"data set {p}: x_{split} has shape {x.shape} and dtype {x.dtype}; "
+                             "needs (N, C, H, W) real numbers (a 1-D signal is (N, C, 1, L))")
+        if shape is not None and x.shape[1:] != shape:
+            raise ValueError(f"data set {p}: x_{split} samples are {x.shape[1:]}, x_train's "
+                             f"{shape}")
+        shape = x.shape[1:]
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"data set {p}: y_{split} has shape {y.shape} and dtype {y.dtype}; "
+                             f"needs {len(x)} integer labels (one per x_{split} sample)")
+        if len(y) == 0:
+            raise ValueError(f"data set {p}: the {split} split is empty")
+        if int(y.min()) < 0:
+            raise ValueError(f"data set {p}: y_{split} has negative labels")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"data set {p}: x_{split} holds NaN or infinite values")
+        out["x_" + split] = np.ascontiguousarray(x, dtype=np.float32)
+        out["y_" + split] = y.astype(np.int64)
+    return Dataset(p.stem, **out)
+
+
 def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """Load a built-in data set offline.
+    """Load a built-in data set offline, or a user's ``.npz`` one.
 
     Parameters
     ----------
     name : str
-        ``"digits"`` or ``"mnist1d"`` (a model name such as ``"digits-cnn"`` is accepted too).
+        ``"digits"`` or ``"mnist1d"`` (a model name such as ``"digits-cnn"`` is accepted too),
+        or the path of an ``.npz`` file (:func:`load_npz_dataset`).
     seed : int
         Seed of the split permutation (digits only; mnist1d has a fixed test set).
 
@@ -193,6 +268,8 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
     the standard test split (1,000), validation = those 500 plus the
     :data:`MNIST1D_EXTRA_VAL` samples of :func:`mnist1d_extra_validation` (5,000).
     """
+    if str(name).lower().endswith(".npz"):
+        return load_npz_dataset(name)
     base = name.split("-")[0]
     if base == "digits":
         from sklearn.datasets import load_digits
@@ -218,7 +295,8 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
         xe, ye = mnist1d_extra_validation(d)
         return Dataset("mnist1d", x[nv:], y[nv:], np.concatenate([x[:nv], xe]),
                        np.concatenate([y[:nv], ye]), xt, yt)
-    raise ValueError(f"unknown data set {name!r}; allowed values: ['digits', 'mnist1d']")
+    raise ValueError(f"unknown data set {name!r}; allowed values: {list(DATA_SETS)} or the PATH "
+                     "of an .npz file")
 
 
 def build_model(name: str):
@@ -741,7 +819,12 @@ def check_trace(model, layers: list[FLayer], x: np.ndarray, rtol: float = 1e-4) 
 
     model.eval()
     with torch.no_grad():
-        ref = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).double().numpy()
+        try:
+            ref = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).double().numpy()
+        except RuntimeError as exc:
+            raise UnsupportedModelError(
+                f"the model cannot run on the data set's samples of shape (C, H, W) = "
+                f"{tuple(np.shape(x)[1:])} ({str(exc).splitlines()[0]})") from None
     try:
         got = float_forward(layers, x)
     except (RuntimeError, ValueError) as exc:

@@ -33,7 +33,7 @@ import numpy as np
 
 from .costs_api import (BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table,
                         network_shapes)
-from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, load_dataset,
+from .models import (BUILTIN_MODELS, DATA_SETS, Dataset, check_trace, get_trained_model, load_dataset,
                      torch_accuracy, trace_model)
 from .qnn import int_accuracy
 from .quantizer import QAT_EPOCHS, Quantizer, needs_qat, qat_finetune
@@ -127,14 +127,31 @@ def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=No
     if not p.exists():
         raise ValueError(f"--model {spec!r}: not a built-in model ({list(BUILTIN_MODELS)}) "
                          "and no such file")
-    import torch
-
-    model = torch.load(p, weights_only=False)
-    if isinstance(model, dict):
-        raise ValueError(f"{p}: holds a state dict; save the whole module with torch.save(model)")
     if not data_name:
-        raise ValueError("a model file needs --data digits|mnist1d")
-    return model, load_dataset(data_name)
+        raise ValueError(f"a model file needs --data {'|'.join(DATA_SETS)}|PATH.npz")
+    if p.suffix.lower() == ".onnx":
+        from .onnx_intake import load_onnx
+
+        model = load_onnx(p)
+    else:
+        import torch
+
+        try:
+            model = torch.load(p, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - unpickling / zip errors of a corrupt file
+            raise ValueError(f"{p}: not a torch.save'd module nor an .onnx file "
+                             f"({type(exc).__name__}: {exc})") from None
+        if isinstance(model, dict):
+            raise ValueError(f"{p}: holds a state dict; save the whole module with "
+                             "torch.save(model)")
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"{p}: holds a {type(model).__name__}, not a torch.nn.Module")
+    ds = load_dataset(data_name)
+    want = getattr(model, "input_shape", None)
+    if want is not None and tuple(want) != ds.input_shape:
+        raise ValueError(f"{p}: the model takes (C, H, W) = {tuple(want)}, the {ds.name} data "
+                         f"set has {ds.input_shape}")
+    return model, ds
 
 
 def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
@@ -146,8 +163,11 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     Parameters
     ----------
     model : str
-        A built-in model name or the path of a ``torch.save``'d module (then ``data`` names the
-        data set).
+        A built-in model name, or the path of a ``torch.save``'d module or of an ``.onnx`` file
+        (:mod:`~rvmpq.sw.search.onnx_intake`); then ``data`` names the data set.
+    data : str, optional
+        For a model file: ``"digits"``, ``"mnist1d"`` or the path of an ``.npz`` data set
+        (:func:`~rvmpq.sw.search.models.load_npz_dataset`).
     cost_model : CostModel, optional
         Default :class:`AnalyticStandIn` (a stand-in; results are not final); the CLI passes
         the RTL-measured :class:`rvmpq.sw.costs.RtlCostModel`. A model with a

@@ -1,0 +1,374 @@
+"""ONNX intake: an ``.onnx`` file becomes a torch module that :func:`~.models.trace_model` takes.
+
+The search works on torch modules (QAT, Hessian traces and the float reference run in torch),
+so an ONNX graph is converted into one: each supported node becomes the matching ``torch.nn``
+layer, with the weights of the graph's initializers, and the module's ``forward`` runs the
+nodes in the graph's (topological) order. The usual intake then traces that module, with the
+same rules and error messages as for a module written in PyTorch (README, "Bring your own
+model").
+
+Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either
+exporter): ``Conv`` (2-D, symmetric ``pads``, any ``group``), ``Gemm`` (``transA = 0``),
+``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
+``BatchNormalization`` (inference form), ``MaxPool``, ``Add`` of two tensors (a residual add),
+``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten), ``Identity``
+and ``Dropout`` (skipped) and ``Constant``. The graph needs one input of rank 4 (NCHW; a 1-D
+model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input, as the
+built-in MNIST-1D models are) and one output.
+
+After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
+(``onnx.reference``) on the same random batch and refuses the file unless they agree, so a
+node whose attributes the conversion read wrongly cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .models import UnsupportedModelError
+
+__all__ = ["SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
+
+#: ONNX operators the intake converts (everything else is refused, naming the node).
+SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool", "Add",
+                 "Flatten", "Reshape", "Identity", "Dropout", "Constant")
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+_RESERVED = {"steps", "input_name", "output_name", "input_shape"}
+
+
+def _ident(node, used: set) -> str:
+    """A child-module name from an ONNX node's name, unique within ``used``: the exporters'
+    ``/layer1/conv/Conv`` becomes ``layer1_conv`` (``/0/Conv``: ``0``, as in the
+    ``nn.Sequential`` it came from); an unnamed node gets its operator's name."""
+    import torch.nn as nn
+
+    name = node.name or ""
+    if name.endswith("/" + node.op_type):
+        name = name[:-len(node.op_type) - 1]
+    base = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or node.op_type.lower()
+    if base in _RESERVED or hasattr(nn.Module, base):
+        base += "_" + node.op_type.lower()
+    cand, i = base, 1
+    while cand in used:
+        i += 1
+        cand = f"{base}_{i}"
+    used.add(cand)
+    return cand
+
+
+def _module_class():
+    import torch.nn as nn
+
+    class OnnxNet(nn.Module):
+        """A torch module converted from an ONNX graph (:func:`onnx_to_torch`).
+
+        ``steps`` lists ``(kind, child, inputs, output)`` in graph order: ``kind`` is
+        ``"module"`` (run the child named ``child`` on ``inputs[0]``), ``"add"`` (the sum of
+        the two inputs) or ``"alias"`` (pass ``inputs[0]`` through).
+        """
+
+        def __init__(self, input_name, output_name, steps, modules, input_shape):
+            super().__init__()
+            for name, m in modules:          # registered in graph order: the chain intake
+                self.add_module(name, m)     # walks the children in this order
+            self.steps = steps
+            self.input_name, self.output_name = input_name, output_name
+            #: ``(C, H, W)`` of one sample, as the ONNX graph declares it.
+            self.input_shape = input_shape
+
+        def forward(self, x):
+            """Run the converted graph on an ``(N, C, H, W)`` batch."""
+            env = {self.input_name: x}
+            for kind, child, ins, out in self.steps:
+                if kind == "module":
+                    env[out] = getattr(self, child)(env[ins[0]])
+                elif kind == "add":
+                    env[out] = env[ins[0]] + env[ins[1]]
+                else:
+                    env[out] = env[ins[0]]
+            return env[self.output_name]
+
+    return OnnxNet
+
+
+def onnx_to_torch(model):
+    """Convert a loaded ``onnx.ModelProto`` into a torch module (no numerical check; see
+    :func:`load_onnx`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        Naming the node (and its operator) that cannot be converted, and what is supported.
+    """
+    import torch
+    import torch.nn as nn
+    from onnx import numpy_helper
+
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(
+            f"the ONNX graph has {len(inputs)} inputs ({[i.name for i in inputs]}); the intake "
+            "needs exactly one (an NCHW batch)")
+    if len(g.output) != 1:
+        raise UnsupportedModelError(
+            f"the ONNX graph has {len(g.output)} outputs; the intake needs exactly one (the logits)")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(shape) != 4:
+        raise UnsupportedModelError(
+            f"input {inputs[0].name!r} has rank {len(shape)}; the intake needs an NCHW input of "
+            "rank 4 (write a 1-D model with 2-D convs of (1, k) kernels on (N, C, 1, L), as the "
+            "built-in MNIST-1D models are)")
+    if any(d is None or d < 1 for d in shape[1:]):
+        raise UnsupportedModelError(
+            f"input {inputs[0].name!r} has shape {shape}: the channel and spatial sizes must be "
+            "fixed numbers (only the batch size may be symbolic)")
+    rank = {inputs[0].name: 4}
+    readers: dict = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    steps, modules, used = [], [], set()
+    made: dict = {}                       # tensor name -> (module, child name) that produced it
+
+    def where(n):
+        return f"node {n.name or '(unnamed)'} ({n.op_type})"
+
+    def const(n, name, what):
+        if name not in consts:
+            raise UnsupportedModelError(f"{where(n)}: its {what} ({name!r}) must be a constant")
+        return consts[name]
+
+    def add(n, m, src):
+        child = _ident(n, used)
+        modules.append((child, m))
+        steps.append(("module", child, [src], n.output[0]))
+        made[n.output[0]] = (m, child)
+
+    for n in g.node:
+        a, op = _attrs(n), n.op_type
+        ins = list(n.input)
+        if op == "Add" and ins[0] in consts:      # a constant first: the same bias add
+            ins.reverse()
+        if op == "Constant":
+            if "value" not in a:
+                raise UnsupportedModelError(f"{where(n)}: only the 'value' form is supported")
+            consts[n.output[0]] = numpy_helper.to_array(a["value"])
+            continue
+        if op not in SUPPORTED_OPS:
+            raise UnsupportedModelError(
+                f"{where(n)} is not supported; supported ONNX operators: {list(SUPPORTED_OPS)}")
+        src = ins[0]
+        if src in consts:
+            raise UnsupportedModelError(f"{where(n)}: its input {src!r} is a constant; the "
+                                        "intake needs it computed from the network input")
+        if src not in rank:
+            raise UnsupportedModelError(f"{where(n)}: input {src!r} is not computed before it")
+        out = n.output[0]
+        if op == "Conv":
+            w = const(n, n.input[1], "weight")
+            if w.ndim != 4:
+                raise UnsupportedModelError(
+                    f"{where(n)}: a {w.ndim - 2}-D convolution; the intake takes 2-D ones (write "
+                    "a 1-D conv as a 2-D conv with a (1, k) kernel)")
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+                raise UnsupportedModelError(f"{where(n)}: auto_pad={a['auto_pad']} is not "
+                                            "supported; give explicit pads")
+            pads = list(a.get("pads", [0, 0, 0, 0])) if a.get("auto_pad", "NOTSET") == "NOTSET" \
+                else [0, 0, 0, 0]
+            if pads[:2] != pads[2:]:
+                raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
+            group = int(a.get("group", 1))
+            m = nn.Conv2d(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]),
+                          stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                          dilation=tuple(a.get("dilations", [1, 1])), groups=group,
+                          bias=len(n.input) > 2 and bool(n.input[2]))
+            m.weight.data = torch.tensor(w, dtype=torch.float32)
+            if m.bias is not None:
+                m.bias.data = torch.tensor(const(n, n.input[2], "bias"),
+                                           dtype=torch.float32).reshape(-1)
+            add(n, m, src)
+            rank[out] = 4
+        elif op in ("Gemm", "MatMul"):
+            if op == "Gemm" and int(a.get("transA", 0)):
+                raise UnsupportedModelError(f"{where(n)}: transA=1 is not supported")
+            if rank[src] != 2:
+                raise UnsupportedModelError(f"{where(n)}: its input has rank {rank[src]}; "
+                                            "flatten it to (N, features) first")
+            w = const(n, n.input[1], "weight").astype(np.float64)
+            if w.ndim != 2:
+                raise UnsupportedModelError(f"{where(n)}: the weight must be a matrix")
+            if op == "MatMul" or not int(a.get("transB", 0)):
+                w = w.T                                   # (out, in), as nn.Linear keeps it
+            w = w * float(a.get("alpha", 1.0))
+            bias = np.zeros(w.shape[0])
+            if op == "Gemm" and len(n.input) > 2 and n.input[2]:
+                c = np.asarray(const(n, n.input[2], "bias"), dtype=np.float64).reshape(-1)
+                if c.size not in (1, w.shape[0]):
+                    raise UnsupportedModelError(f"{where(n)}: a bias of {c.size} values for "
+                                                f"{w.shape[0]} outputs")
+                bias = np.broadcast_to(c * float(a.get("beta", 1.0)), (w.shape[0],))
+            m = nn.Linear(w.shape[1], w.shape[0])
+            m.weight.data = torch.tensor(w, dtype=torch.float32)
+            m.bias.data = torch.tensor(np.array(bias), dtype=torch.float32)
+            add(n, m, src)
+            rank[out] = 2
+        elif op == "Add" and ins[1] in consts:
+            # a bias after MatMul / a bias-less Conv: fold it into that layer
+            prod = made.get(src)
+            m = prod[0] if prod else None
+            c = np.asarray(consts[ins[1]], dtype=np.float64)
+            nout = m.out_features if isinstance(m, nn.Linear) else (
+                m.out_channels if isinstance(m, nn.Conv2d) else 0)
+            if m is None or readers.get(src, 0) != 1 or np.size(c) not in (1, nout) or (
+                    isinstance(m, nn.Conv2d) and c.ndim > 1 and c.shape[-2:] != (1, 1)):
+                raise UnsupportedModelError(
+                    f"{where(n)}: an Add of a constant is supported only as the per-channel bias "
+                    "of the Conv/Gemm/MatMul directly before it")
+            if m.bias is None:
+                m.bias = nn.Parameter(torch.zeros(nout))
+            m.bias.data = m.bias.data + torch.tensor(np.broadcast_to(c.reshape(-1), (nout,)),
+                                                     dtype=torch.float32)
+            steps.append(("alias", None, [src], out))
+            made[out] = prod
+            rank[out] = rank[src]
+        elif op == "Add":
+            b = ins[1]
+            if b not in rank:
+                raise UnsupportedModelError(f"{where(n)}: input {b!r} is not computed before it")
+            steps.append(("add", None, [src, b], out))
+            rank[out] = rank[src]
+        elif op == "Relu":
+            add(n, nn.ReLU(), src)
+            rank[out] = rank[src]
+        elif op == "BatchNormalization":
+            if int(a.get("training_mode", 0)) or len(n.output) > 1 and any(n.output[1:]):
+                raise UnsupportedModelError(f"{where(n)}: the training form is not supported; "
+                                            "export the model in eval mode")
+            scale, bias, mean, var = (const(n, n.input[i], what) for i, what in
+                                      ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")))
+            m = (nn.BatchNorm2d if rank[src] == 4 else nn.BatchNorm1d)(
+                scale.size, eps=float(a.get("epsilon", 1e-5)))
+            m.weight.data = torch.tensor(scale, dtype=torch.float32)
+            m.bias.data = torch.tensor(bias, dtype=torch.float32)
+            m.running_mean.data = torch.tensor(mean, dtype=torch.float32)
+            m.running_var.data = torch.tensor(var, dtype=torch.float32)
+            add(n, m, src)
+            rank[out] = rank[src]
+        elif op == "MaxPool":
+            k = tuple(a.get("kernel_shape", []))
+            if len(k) != 2:
+                raise UnsupportedModelError(f"{where(n)}: only 2-D max pooling is supported")
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or pads[:2] != pads[2:]:
+                raise UnsupportedModelError(f"{where(n)}: auto_pad / asymmetric pads are not "
+                                            "supported")
+            if len(n.output) > 1 and any(n.output[1:]):
+                raise UnsupportedModelError(f"{where(n)}: the Indices output is not supported")
+            add(n, nn.MaxPool2d(k, tuple(a.get("strides", [1, 1])), tuple(pads[:2]),
+                                tuple(a.get("dilations", [1, 1])),
+                                ceil_mode=bool(a.get("ceil_mode", 0))), src)
+            rank[out] = 4
+        elif op == "Flatten":
+            if int(a.get("axis", 1)) != 1:
+                raise UnsupportedModelError(f"{where(n)}: only axis=1 (keep the batch) is "
+                                            "supported")
+            add(n, nn.Flatten(), src)
+            rank[out] = 2
+        elif op == "Reshape":
+            shp = [int(v) for v in np.asarray(const(n, n.input[1], "shape")).reshape(-1)]
+            if len(shp) != 2 or not (shp[0] in (0, -1) and shp[1] > 0 or shp == [0, -1]):
+                raise UnsupportedModelError(
+                    f"{where(n)}: a reshape to {shp}; only a flatten to (N, -1) or (-1, K) is "
+                    "supported")
+            add(n, nn.Flatten(), src)
+            rank[out] = 2
+        else:                                       # Identity, Dropout (inference: identity)
+            if op == "Dropout" and len(n.output) > 1 and any(n.output[1:]):
+                raise UnsupportedModelError(f"{where(n)}: the mask output is not supported")
+            steps.append(("alias", None, [src], out))
+            if src in made:
+                made[out] = made[src]
+            rank[out] = rank[src]
+    out_name = g.output[0].name
+    if out_name not in rank:
+        raise UnsupportedModelError(f"the graph output {out_name!r} is not computed by a "
+                                    "supported node")
+    return _module_class()(inputs[0].name, out_name, steps, modules, tuple(shape[1:])).eval()
+
+
+def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
+    """Load an ``.onnx`` file as a torch module for the search, checked against ONNX itself.
+
+    Parameters
+    ----------
+    path : path
+        The ONNX file.
+    n_check : int
+        Batch size of the random input the converted module and ``onnx.reference`` both run.
+    seed : int
+        Seed of that input (uniform in [-1, 1]).
+    rtol : float
+        Tolerance of the comparison, relative to the largest output magnitude.
+
+    Returns
+    -------
+    torch.nn.Module
+        An ``OnnxNet`` with ``input_shape`` ``(C, H, W)``.
+
+    Raises
+    ------
+    ValueError
+        The file is missing or is not a readable, valid ONNX model.
+    UnsupportedModelError
+        The graph holds something the intake cannot convert, or the converted module does not
+        reproduce the graph.
+    """
+    import onnx
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        model = onnx.load(str(p))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors, checker errors
+        raise ValueError(f"{p}: not a readable, valid ONNX model ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc})"
+                         ) from None
+    net = onnx_to_torch(model)
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.random.default_rng(seed).uniform(-1, 1, (n_check, *net.input_shape)).astype(np.float32)
+    try:
+        ref = np.asarray(ReferenceEvaluator(model).run(None, {net.input_name: x})[0])
+    except Exception as exc:  # noqa: BLE001 - the reference evaluator's own failures
+        raise UnsupportedModelError(f"{p}: ONNX's reference evaluator cannot run the graph on an "
+                                    f"input of shape {x.shape} ({type(exc).__name__}: {exc})"
+                                    ) from None
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).double().numpy()
+    tol = rtol * max(1.0, float(np.abs(ref).max()))
+    if got.shape != ref.shape or not np.allclose(got, ref, rtol=rtol, atol=tol):
+        diff = (f"max difference {float(np.abs(got - ref).max()):.3g}"
+                if got.shape == ref.shape else f"shape {got.shape} against {ref.shape}")
+        raise UnsupportedModelError(f"{p}: the converted model does not reproduce the ONNX "
+                                    f"graph ({diff})")
+    return net

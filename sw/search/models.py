@@ -40,6 +40,8 @@ layers reproduce ``model(x)``. Concatenation and average pooling are rejected wi
 naming what is supported; the last layer must be a conv/linear without ReLU (it produces the
 int32 logits). Residual adds run in the quantizer and the integer model, and ``rvmpq deploy``
 runs each as a stage of its own (the one-layer kernels reject an add with a clear error).
+An ``.onnx`` file is first converted into such a module (:mod:`.onnx_intake`), and a user's
+data set is an ``.npz`` file (:func:`load_npz_dataset`).
 """
 
 from __future__ import annotations

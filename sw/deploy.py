@@ -1167,7 +1167,10 @@ def _test_data(model: str, data: str | None, n: int):
     if name is None:
         raise DeployError(f"model {model!r} is not built in ({list(BUILTIN_MODELS)}): name its "
                           "data set with --data digits|mnist1d|PATH.npz")
-    ds = load_dataset(name)
+    try:
+        ds = load_dataset(name)
+    except ValueError as exc:          # a missing or malformed .npz, an unknown name
+        raise DeployError(str(exc)) from None
     if n < 1:
         raise DeployError(f"--n {n}: need at least one test input")
     if n > len(ds.y_test):
@@ -1184,7 +1187,10 @@ def _int8_network(model: str, data: str | None, ds, log):
         m, _ = get_trained_model(model, log=log)
     else:
         from rvmpq.sw.search.pipeline import _load_model
-        m, _ = _load_model(model, data, log)
+        try:
+            m, _ = _load_model(model, data, log)
+        except ValueError as exc:      # UnsupportedModelError too: a changed or corrupt file
+            raise DeployError(f"the uniform-INT8 comparison needs the model: {exc}") from None
     qz = Quantizer(trace_model(m), ds.x_val)
     return qz.export([8] * qz.n_compute, [8] * qz.n_compute, meta={"model": model})
 
@@ -1357,6 +1363,11 @@ def deploy(config_path, n: int = DEFAULT_N, out=None, *, compare: bool = True,
     out = Path(out) if out is not None else build_root() / "deploy"
     plan_network(net, "mpq")            # fail fast on unsupported layers
     ds, x, y = _test_data(model, data, n)
+    c, h, w = ds.input_shape
+    if net.layers and tuple(net.layers[0].in_shape) != (h, w, c):
+        raise DeployError(f"the network takes (C, H, W) = ({net.layers[0].in_shape[2]}, "
+                          f"{net.layers[0].in_shape[0]}, {net.layers[0].in_shape[1]}), the "
+                          f"{ds.name} data set has {ds.input_shape}")
     from rvmpq.sw.search.qnn import quantize_input
 
     nets = {"mpq": (net, "mpq")}

@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
+torch.set_num_threads(1)  # 2 shared cores
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
@@ -60,6 +61,8 @@ def _export(model, shape, path, dynamo):
 def test_onnx_export_of_builtin_architectures(tmp_path, name, dynamo):
     """Each built-in architecture (random weights and BatchNorm statistics), exported by either
     torch exporter, comes back as the same layer list and the same float function."""
+    if dynamo:
+        pytest.importorskip("onnxscript")
     torch.manual_seed(1)
     model = _random_bn(build_model(name), 2).eval()
     path = tmp_path / "m.onnx"
@@ -182,6 +185,41 @@ def test_onnx_unsupported_graphs_are_refused(tmp_path, make, message):
         load_onnx(path)
 
 
+def test_onnx_bias_folding_and_names(tmp_path):
+    """An Add of a constant folds into the conv before it (also through an Identity) only
+    where nothing else reads that conv's output: with a residual add reading it too, the
+    graph is refused by name, not converted wrongly. A node named like a torch.nn.Module
+    attribute (``training``) gets another name; a constant added after a ReLU is refused
+    with a message, not a crash."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/training/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Identity", ["c"], ["i"], name="id"),
+             helper.make_node("Add", ["i", "b"], ["a"], name="bias"),
+             helper.make_node("Add", ["a", "c"], ["s"], name="res"),
+             helper.make_node("Flatten", ["s"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1)]
+    model = _graph_model(nodes, [_init("w", rng.normal(size=(2, 1, 3, 3))),
+                                 _init("b", rng.normal(size=(1, 2, 1, 1))),
+                                 _init("fw", rng.normal(size=(3, 2 * 4 * 4)))], (1, 4, 4), (3,))
+    path = tmp_path / "fold.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UnsupportedModelError, match="Add of a constant is supported only as"):
+        load_onnx(path)            # the conv's output has two readers: no fold, refused
+    nodes[3] = helper.make_node("Relu", ["a"], ["s"], name="relu")
+    model = _graph_model(nodes, model.graph.initializer, (1, 4, 4), (3,))
+    onnx.save(model, str(path))
+    net = load_onnx(path)          # one reader through the Identity: folded
+    assert "training_conv" in dict(net.named_children())
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)).astype(np.float32)
+    ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert np.allclose(float_forward(trace_model(net), x), ref, rtol=1e-4, atol=1e-4)
+    relu_add = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                helper.make_node("Add", ["r", "k"], ["y"], name="shift")]
+    onnx.save(_graph_model(relu_add, [_init("k", [0.5])], (1, 4, 4), (1, 4, 4)), str(path))
+    with pytest.raises(UnsupportedModelError, match="node shift \\(Add\\)"):
+        load_onnx(path)
+
+
 def test_onnx_corrupt_or_missing_file(tmp_path):
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(b"\x08\x07not a protobuf at all\xff\xff")
@@ -280,4 +318,23 @@ def test_search_onnx_model_needs_matching_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", "--model", str(path), "--data", "cifar10", *args])
     assert "PATH of an .npz file" in capsys.readouterr().err
+    rc = main(["search", "--model", "digits-cnn", "--data", "mnist1d", *args])
+    assert rc == 2 and "uses its own data set (digits)" in capsys.readouterr().err
+    ds = load_dataset("mnist1d")
+    npz = tmp_path / "labels.npz"
+    _save_npz(npz, ds, y_test=np.where(ds.y_test == 9, 12, ds.y_test))
+    rc = main(["search", "--model", str(path), "--data", str(npz), *args])
+    assert rc == 2 and "has label 12, the model 10 outputs" in capsys.readouterr().err
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_deploy_data_errors_are_deploy_errors(tmp_path):
+    """`rvmpq deploy --data` with a missing or malformed .npz is a DeployError (exit status 2,
+    one line), not a traceback."""
+    from rvmpq.sw.deploy import DeployError, _test_data
+
+    with pytest.raises(DeployError, match="no such file"):
+        _test_data("m.onnx", str(tmp_path / "missing.npz"), 2)
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((2, 1, 4, 4)))
+    with pytest.raises(DeployError, match="missing"):
+        _test_data("m.onnx", str(tmp_path / "bad.npz"), 2)

@@ -220,8 +220,8 @@ def load_npz_dataset(path) -> Dataset:
     if not p.is_file():
         raise ValueError(f"data set {str(p)!r}: no such file")
     try:
-        z = np.load(p, allow_pickle=False)
-        arrays = {k: z[k] for k in z.files}
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # noqa: BLE001 - zip / format errors of a corrupt file
         raise ValueError(f"data set {p}: not a readable .npz file ({type(exc).__name__}: "
                          f"{exc})") from None
@@ -465,7 +465,10 @@ def get_trained_model(name: str, cache_dir: str | Path | None = None, seed: int 
         raise ValueError(f"unknown built-in model {name!r}; allowed values: {list(BUILTIN_MODELS)}")
     recipe = dict(RECIPES[name], **(recipe or {}))
     data = load_dataset(name)
-    tag = hashlib.sha1(json.dumps([name, recipe, seed], sort_keys=True).encode()).hexdigest()[:10]
+    # "threads": the weights are trained on one torch thread since session 14; the key changed
+    # with that, so a cache written by an earlier multi-threaded caller is not reused
+    tag = hashlib.sha1(json.dumps([name, recipe, seed, {"threads": 1}],
+                                  sort_keys=True).encode()).hexdigest()[:10]
     if cache_dir is None:
         cache_dir = build_root() / "models"
     path = Path(cache_dir) / f"{name}-{tag}.pt"

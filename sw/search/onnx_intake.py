@@ -30,11 +30,17 @@ import numpy as np
 
 from .models import UnsupportedModelError
 
-__all__ = ["SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
+__all__ = ["FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
 
 #: ONNX operators the intake converts (everything else is refused, naming the node).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool", "Add",
                  "Flatten", "Reshape", "Identity", "Dropout", "Constant")
+
+
+#: Added to the errors that a ``x.view(x.size(0), -1)`` in the exported module causes.
+FLATTEN_HINT = ("a x.view(x.size(0), -1) in forward() exports as Shape/Gather/Concat/Reshape "
+                "or as a reshape to the export's batch size: flatten with torch.flatten(x, 1) or "
+                "nn.Flatten() instead")
 
 
 def _attrs(node) -> dict:
@@ -60,7 +66,7 @@ def _ident(node, used: set) -> str:
     if name.endswith("/" + node.op_type):
         name = name[:-len(node.op_type) - 1]
     base = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or node.op_type.lower()
-    if base in _RESERVED or hasattr(nn.Module, base):
+    if base in _RESERVED or hasattr(nn.Module(), base):
         base += "_" + node.op_type.lower()
     cand, i = base, 1
     while cand in used:
@@ -173,8 +179,13 @@ def onnx_to_torch(model):
             continue
         if op not in SUPPORTED_OPS:
             raise UnsupportedModelError(
-                f"{where(n)} is not supported; supported ONNX operators: {list(SUPPORTED_OPS)}")
+                f"{where(n)} is not supported; supported ONNX operators: {list(SUPPORTED_OPS)}"
+                + (f" ({FLATTEN_HINT})" if op in ("Shape", "Gather", "Unsqueeze", "Concat")
+                   else ""))
         src = ins[0]
+        if op in ("Identity", "Dropout") and src in consts:
+            consts[n.output[0]] = consts[src]        # e.g. a shared weight, passed through
+            continue
         if src in consts:
             raise UnsupportedModelError(f"{where(n)}: its input {src!r} is a constant; the "
                                         "intake needs it computed from the network input")
@@ -236,7 +247,8 @@ def onnx_to_torch(model):
             c = np.asarray(consts[ins[1]], dtype=np.float64)
             nout = m.out_features if isinstance(m, nn.Linear) else (
                 m.out_channels if isinstance(m, nn.Conv2d) else 0)
-            if m is None or readers.get(src, 0) != 1 or np.size(c) not in (1, nout) or (
+            if not isinstance(m, (nn.Linear, nn.Conv2d)) or readers.get(src, 0) != 1 or \
+                    np.size(c) not in (1, nout) or (
                     isinstance(m, nn.Conv2d) and c.ndim > 1 and c.shape[-2:] != (1, 1)):
                 raise UnsupportedModelError(
                     f"{where(n)}: an Add of a constant is supported only as the per-channel bias "
@@ -296,15 +308,15 @@ def onnx_to_torch(model):
             if len(shp) != 2 or not (shp[0] in (0, -1) and shp[1] > 0 or shp == [0, -1]):
                 raise UnsupportedModelError(
                     f"{where(n)}: a reshape to {shp}; only a flatten to (N, -1) or (-1, K) is "
-                    "supported")
+                    f"supported ({FLATTEN_HINT})")
             add(n, nn.Flatten(), src)
             rank[out] = 2
         else:                                       # Identity, Dropout (inference: identity)
             if op == "Dropout" and len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the mask output is not supported")
             steps.append(("alias", None, [src], out))
-            if src in made:
-                made[out] = made[src]
+            if src in made and readers.get(src, 0) == 1:
+                made[out] = made[src]     # a bias after the alias still folds into the layer
             rank[out] = rank[src]
     out_name = g.output[0].name
     if out_name not in rank:
@@ -363,8 +375,14 @@ def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
         raise UnsupportedModelError(f"{p}: ONNX's reference evaluator cannot run the graph on an "
                                     f"input of shape {x.shape} ({type(exc).__name__}: {exc})"
                                     ) from None
-    with torch.no_grad():
-        got = net(torch.from_numpy(x)).double().numpy()
+    try:
+        with torch.no_grad():
+            got = net(torch.from_numpy(x)).double().numpy()
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"{p}: the converted model cannot run on an input of shape {x.shape} "
+            f"({str(exc).splitlines()[0]}); a Reshape to (-1, K) must flatten exactly K "
+            "features per sample") from None
     tol = rtol * max(1.0, float(np.abs(ref).max()))
     if got.shape != ref.shape or not np.allclose(got, ref, rtol=rtol, atol=tol):
         diff = (f"max difference {float(np.abs(got - ref).max()):.3g}"

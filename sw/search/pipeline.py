@@ -122,6 +122,10 @@ def layer_links(qz: Quantizer) -> tuple[list[LayerShape], list]:
 
 def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=None):
     if spec in BUILTIN_MODELS:
+        own = spec.split("-")[0]
+        if data_name and data_name != own:
+            raise ValueError(f"--data {data_name}: the built-in model {spec} uses its own data "
+                             f"set ({own}); --data is for a model PATH")
         return get_trained_model(spec, cache_dir, recipe=recipe, log=log)
     p = Path(spec)
     if not p.exists():
@@ -130,8 +134,12 @@ def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=No
     if not data_name:
         raise ValueError(f"a model file needs --data {'|'.join(DATA_SETS)}|PATH.npz")
     if p.suffix.lower() == ".onnx":
-        from .onnx_intake import load_onnx
-
+        try:
+            from .onnx_intake import load_onnx
+        except ImportError as exc:
+            raise ValueError(f"{p}: reading ONNX needs the onnx package ({exc}); install "
+                             "rvmpq's ml extra (pip install -e '.[ml]') or pip install onnx"
+                             ) from None
         model = load_onnx(p)
     else:
         import torch
@@ -194,6 +202,11 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     m, ds = _load_model(model, data, log, cache_dir, recipe)
     layers = trace_model(m)
     check_trace(m, layers, ds.x_val[:16])
+    n_out = [l for l in layers if l.is_compute][-1].weight.shape[0]
+    top = int(max(ds.y_train.max(), ds.y_val.max(), ds.y_test.max()))
+    if top >= n_out:
+        raise ValueError(f"the {ds.name} data set has label {top}, the model {n_out} outputs "
+                         "(one logit per class from 0)")
     float_acc = torch_accuracy(m, ds.x_test, ds.y_test)
     log(f"{model}: {len(layers)} layers traced, float test accuracy {float_acc:.2f}%")
     qz = Quantizer(layers, ds.x_val, act_method, w_method)

@@ -1191,7 +1191,7 @@ def _int8_network(model: str, data: str | None, ds, log):
             m, _ = _load_model(model, data, log)
         except ValueError as exc:      # UnsupportedModelError too: a changed or corrupt file
             raise DeployError(f"the uniform-INT8 comparison needs the model: {exc}") from None
-    qz = Quantizer(trace_model(m), ds.x_val)
+    qz = Quantizer(trace_model(m, ds.x_val[:1]), ds.x_val)
     return qz.export([8] * qz.n_compute, [8] * qz.n_compute, meta={"model": model})
 
 

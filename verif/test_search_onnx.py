@@ -165,9 +165,13 @@ def _conv_model(**conv_attrs):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: _conv_model(pads=[1, 1, 0, 0]), "pads [1, 1, 0, 0] are not symmetric"),
+    (lambda: _graph_model([helper.make_node("LpPool", ["x"], ["y"], name="lp",
+                                            kernel_shape=[2, 2])], [], (1, 4, 4), (1, 3, 3)),
+     "node lp (LpPool) is not supported; supported ONNX operators"),
     (lambda: _graph_model([helper.make_node("AveragePool", ["x"], ["y"], name="avg",
-                                            kernel_shape=[2, 2])], [], (1, 4, 4), (1, 2, 2)),
-     "node avg (AveragePool) is not supported; supported ONNX operators"),
+                                            kernel_shape=[2, 2], pads=[1, 1, 1, 1])], [],
+                          (1, 4, 4), (1, 5, 5)),
+     "node avg (AveragePool): only 2-D average pooling without padding"),
     (lambda: _graph_model([helper.make_node("Conv", ["x", "w"], ["y"], name="c1d")],
                           [_init("w", np.ones((2, 1, 3)))], (1, 8), (2, 6)),
      "rank 3; the intake needs an NCHW input of rank 4"),

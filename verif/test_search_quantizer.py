@@ -208,8 +208,8 @@ def test_mnist1d_resnet_builds_traces_and_quantizes():
 
 
 @pytest.mark.parametrize("mod, msg", [
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2)),
-     "AvgPool2d is not supported; supported modules"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(2, 2)),
+     "LPPool2d is not supported; supported modules"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)),
      "ReLU must directly follow"),
     (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()), "last module"),

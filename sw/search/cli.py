@@ -188,6 +188,9 @@ def main(args) -> int:
          "pareto.png, qnet.json")
     if not cfg["final"]:
         print(STAND_IN_WARNING, file=sys.stderr)
+    if cfg["deploy_error"]:
+        print(f"WARNING: no method found a configuration the layer kernels can run; rvmpq "
+              f"deploy will refuse this one: {cfg['deploy_error']}", file=sys.stderr)
     return 0
 
 

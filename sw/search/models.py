@@ -36,7 +36,10 @@ conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no
 (``a + b`` of two tensors) it is traced as a graph (layers in topological order, each naming
 the layers it reads in ``FLayer.src``; ``torch.relu`` / ``torch.flatten(x, 1)`` accepted),
 otherwise its children are walked in order; :func:`check_trace` then verifies that the traced
-layers reproduce ``model(x)``. Concatenation and average pooling are rejected with an error
+layers reproduce ``model(x)``. ``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d(1)``
+(global average pooling) become the depthwise conv that computes them, with constant weights
+``1 / (kh * kw)`` (so they get a precision like any conv; :func:`trace_model` needs an
+example input to size them). Concatenation is rejected with an error
 naming what is supported; the last layer must be a conv/linear without ReLU (it produces the
 int32 logits). Residual adds run in the quantizer and the integer model, and ``rvmpq deploy``
 runs each as a stage of its own (the one-layer kernels reject an add with a clear error).
@@ -87,6 +90,7 @@ __all__ = [
 
 BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet")
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d",
+                     "AvgPool2d", "AdaptiveAvgPool2d",
                      "Flatten", "Dropout", "Identity")
 
 
@@ -559,7 +563,71 @@ def _flatten_modules(module, prefix=""):
         yield prefix, module
 
 
-def trace_model(model) -> list[FLayer]:
+def _pool_input_shapes(model, example) -> dict:
+    """``{module: input shape}`` of every average-pooling module, from one forward pass on
+    ``example`` (empty without pooling modules or without ``example``)."""
+    import torch
+
+    pools = [m for m in model.modules() if isinstance(m, _avg_pools())]
+    if not pools or example is None:
+        return {}
+    seen: dict = {}
+
+    def hook(mod, inp, out):
+        seen.setdefault(mod, set()).add(tuple(inp[0].shape[1:]))
+
+    handles = [m.register_forward_hook(hook) for m in pools]
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(np.asarray(example[:1], dtype=np.float32)))
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"the model cannot run on the data set's samples of shape (C, H, W) = "
+            f"{tuple(np.shape(example)[1:])} ({str(exc).splitlines()[0]})") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _avg_pools() -> tuple:
+    """The average-pooling module classes of ``torch.nn`` the intake maps to depthwise convs."""
+    import torch.nn as nn
+
+    return (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
+    """An average pooling as the depthwise conv that computes it: kernel ``k``, stride as
+    pooled, no padding, every weight ``1 / (kh * kw)``, no bias. ``AdaptiveAvgPool2d(1)``
+    (global average pooling) is the kernel of the whole input map."""
+    import torch.nn as nn
+
+    tname = type(m).__name__
+    got = shapes.get(m)
+    if not got:
+        raise UnsupportedModelError(
+            f"{name}: {tname} needs the shape of its input: trace the model with an example "
+            "input, trace_model(model, example=x)")
+    if len(got) > 1:
+        raise UnsupportedModelError(f"{name}: one {tname} module applied to inputs of "
+                                    f"different shapes {sorted(got)}; use one module per use")
+    c, h, w = next(iter(got))
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        if _pair(m.output_size) != (1, 1):
+            raise UnsupportedModelError(f"{name}: AdaptiveAvgPool2d needs output size 1 "
+                                        "(global average pooling)")
+        k = s = (h, w)
+    else:
+        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
+        if p != (0, 0) or m.ceil_mode or m.divisor_override:
+            raise UnsupportedModelError(
+                f"{name}: AvgPool2d needs no padding, ceil_mode or divisor_override")
+    weight = np.full((c, 1, *k), 1.0 / (k[0] * k[1]))
+    return FLayer("conv", name, weight, np.zeros(c), s, (0, 0), k, c, src=src)
+
+
+def trace_model(model, example=None) -> list[FLayer]:
     """Map a torch model onto the kernel layer list (see module docstring for the limits).
 
     Parameters
@@ -567,6 +635,10 @@ def trace_model(model) -> list[FLayer]:
     model : torch.nn.Module
         A ``nn.Sequential`` (possibly nested) or a module whose ``named_children`` run in order
         and whose ``forward`` is exactly that order.
+    example : numpy.ndarray, optional
+        An ``(N, C, H, W)`` input batch. Needed only by average pooling (``AvgPool2d``,
+        ``AdaptiveAvgPool2d(1)``), which becomes a depthwise conv with constant weights and so
+        needs its input's channels and size, read from one forward pass on ``example[:1]``.
 
     Returns
     -------
@@ -580,10 +652,11 @@ def trace_model(model) -> list[FLayer]:
     import torch.nn as nn
 
     model.eval()
+    shapes = _pool_input_shapes(model, example)
     if not isinstance(model, nn.Sequential):
         gm = _reject_non_chain(model)
         if gm is not None:
-            return _trace_fx(model, gm)
+            return _trace_fx(model, gm, shapes)
     mods = list(_flatten_modules(model)) if isinstance(model, nn.Sequential) else [
         (n2, m2) for n, m in model.named_children() for n2, m2 in
         _flatten_modules(m, n)]
@@ -631,12 +704,14 @@ def trace_model(model) -> list[FLayer]:
             layers.append(FLayer("maxpool", name, kernel=k, stride=s))
         elif isinstance(m, nn.Flatten):
             layers.append(FLayer("flatten", name))
+        elif isinstance(m, _avg_pools()):
+            layers.append(_avgpool_layer(name, m, shapes))
         elif isinstance(m, (nn.Dropout, nn.Identity)):
             continue
         else:
             raise UnsupportedModelError(
                 f"{name}: {tname} is not supported; supported modules: {list(SUPPORTED_MODULES)} "
-                "in sequential order (residual adds, concatenation and average pooling are not "
+                "in sequential order (residual adds and concatenation are not "
                 "supported by the sequential intake yet)")
     comp = [l for l in layers if l.is_compute]
     if not comp:
@@ -680,7 +755,7 @@ def _reject_non_chain(model):
     return gm if has_add else None
 
 
-def _trace_fx(model, gm) -> list[FLayer]:
+def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     """Trace a model with residual adds from its ``torch.fx`` graph (topological order).
 
     Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
@@ -737,6 +812,8 @@ def _trace_fx(model, gm) -> list[FLayer]:
             new = FLayer("flatten", n.name, src=srcs)
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
             new = _leaf_layer(n.target, m, srcs)
+        elif isinstance(m, _avg_pools()):
+            new = _avgpool_layer(n.target, m, shapes or {}, srcs)
         else:
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) is not supported; "

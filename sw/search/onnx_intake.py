@@ -10,7 +10,10 @@ model").
 Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either
 exporter): ``Conv`` (2-D, symmetric ``pads``, any ``group``), ``Gemm`` (``transA = 0``),
 ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
-``BatchNormalization`` (inference form), ``MaxPool``, ``Add`` of two tensors (a residual add),
+``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
+``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average
+pooling; see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two
+tensors (a residual add),
 ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten), ``Identity``
 and ``Dropout`` (skipped) and ``Constant``. The graph needs one input of rank 4 (NCHW; a 1-D
 model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input, as the
@@ -33,8 +36,9 @@ from .models import UnsupportedModelError
 __all__ = ["FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
 
 #: ONNX operators the intake converts (everything else is refused, naming the node).
-SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool", "Add",
-                 "Flatten", "Reshape", "Identity", "Dropout", "Constant")
+SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
+                 "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Reshape",
+                 "Identity", "Dropout", "Constant")
 
 
 #: Added to the errors that a ``x.view(x.size(0), -1)`` in the exported module causes.
@@ -297,6 +301,36 @@ def onnx_to_torch(model):
                                 tuple(a.get("dilations", [1, 1])),
                                 ceil_mode=bool(a.get("ceil_mode", 0))), src)
             rank[out] = 4
+        elif op == "AveragePool":
+            k = tuple(a.get("kernel_shape", []))
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            if len(k) != 2 or any(pads) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
+                    or int(a.get("ceil_mode", 0)) or any(d != 1 for d in a.get("dilations", [1])):
+                raise UnsupportedModelError(f"{where(n)}: only 2-D average pooling without "
+                                            "padding, ceil_mode or dilation is supported")
+            add(n, nn.AvgPool2d(k, tuple(a.get("strides", [1, 1]))), src)
+            rank[out] = 4
+        elif op == "GlobalAveragePool":
+            add(n, nn.AdaptiveAvgPool2d(1), src)
+            rank[out] = 4
+        elif op == "ReduceMean":
+            # torch's default exporter writes AdaptiveAvgPool2d(1) / x.mean((2, 3)) this way
+            axes = a.get("axes")
+            if axes is None and len(ins) > 1 and ins[1]:
+                axes = const(n, ins[1], "axes")
+            axes = sorted(int(v) % 4 for v in np.asarray(axes if axes is not None else [])
+                          .reshape(-1))
+            if rank[src] != 4 or axes != [2, 3]:
+                raise UnsupportedModelError(f"{where(n)}: only a mean over the two spatial "
+                                            "axes (global average pooling) is supported")
+            add(n, nn.AdaptiveAvgPool2d(1), src)
+            rank[out] = 4
+            if not int(a.get("keepdims", 1)):          # (N, C): pooled, then flattened
+                steps[-1] = ("module", steps[-1][1], [src], out + "/pooled")
+                child = _ident(n, used)
+                modules.append((child, nn.Flatten()))
+                steps.append(("module", child, [out + "/pooled"], out))
+                rank[out] = 2
         elif op == "Flatten":
             if int(a.get("axis", 1)) != 1:
                 raise UnsupportedModelError(f"{where(n)}: only axis=1 (keep the batch) is "

@@ -43,8 +43,8 @@ from .solvers import (InfeasibleBudget, Problem, Solution, feasible_configs, fre
                       solve_random, solve_scored, solve_uniform)
 
 __all__ = ["SearchSetup", "prepare", "parse_budget", "make_problem", "run_method", "validate",
-           "train_and_score", "metric_picks", "search", "METHODS", "BUDGET_ALIASES",
-           "EXHAUSTIVE_MAX", "SpaceTooLarge", "layer_shapes", "layer_links"]
+           "train_and_score", "metric_picks", "search", "deploy_error", "METHODS",
+           "BUDGET_ALIASES", "EXHAUSTIVE_MAX", "SpaceTooLarge", "layer_shapes", "layer_links"]
 
 #: methods of ``rvmpq search --method`` (``all`` runs every one)
 METHODS = ("dp", "ilp", "greedy", "diff", "rerank", "local", "exhaustive")
@@ -85,6 +85,8 @@ class SearchSetup:
     trained: dict = dataclasses.field(default_factory=dict, repr=False)
     #: memo of test-split accuracies of trained configurations (filled by :func:`validate`)
     tested: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: memo of :func:`deploy_error` of trained configurations (filled by :func:`validate`)
+    deploy_checked: dict = dataclasses.field(default_factory=dict, repr=False)
     #: tie groups: compute-layer indices that read one tensor and take one option
     #: (:meth:`Quantizer.tie_groups`); empty for a chain
     ties: list = dataclasses.field(default_factory=list)
@@ -200,7 +202,7 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
     if not isinstance(cost_model, CostModel):
         raise TypeError("cost_model must provide .source and .layer_cost() (CostModel)")
     m, ds = _load_model(model, data, log, cache_dir, recipe)
-    layers = trace_model(m)
+    layers = trace_model(m, ds.x_val[:1])
     check_trace(m, layers, ds.x_val[:16])
     n_out = [l for l in layers if l.is_compute][-1].weight.shape[0]
     top = int(max(ds.y_train.max(), ds.y_val.max(), ds.y_test.max()))
@@ -496,6 +498,8 @@ def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool =
     test_acc = setup.tested[key]
     int8 = setup.int8_totals()
     names = [l.name for l in qz.layers if l.is_compute]
+    if key not in setup.deploy_checked:
+        setup.deploy_checked[key] = deploy_error(net)
     return {
         "method": sol.method,
         "layers": [{"name": n, "w_bits": w, "a_bits": a, "needs_qat": f,
@@ -512,8 +516,23 @@ def validate(setup: SearchSetup, sol: Solution, *, tau: float = 0.5, qat: bool =
         "cycles_vs_int8": sol.costs["cycles"] / int8["cycles"],
         "feasible": sol.feasible,
         "solver_seconds": sol.seconds,
+        "deploy_error": setup.deploy_checked[key],
         "_net": net,
     }
+
+
+def deploy_error(net) -> str | None:
+    """Why the layer kernels cannot run ``net`` on the ``mpq`` core (``rvmpq deploy``'s plan:
+    for example a depthwise conv, or an average pool, whose channel count does not fill the
+    narrower output words), or ``None`` where they can. Memory sizes are not checked here
+    (``rvmpq deploy`` says by how much a program does not fit)."""
+    from rvmpq.sw.deploy import DeployError, plan_network
+
+    try:
+        plan_network(net, "mpq")
+    except DeployError as exc:
+        return str(exc)
+    return None
 
 
 def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True, qat=True,
@@ -521,7 +540,8 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
     """Run ``methods`` (and baselines) under ``budgets``; validate each; pick the best.
 
     The best of ``methods`` is the one with the highest validation-split integer accuracy
-    (ties: fewer cycles). Raises :class:`InfeasibleBudget` naming the closest configuration.
+    (ties: fewer cycles) among those the layer kernels can run (:func:`deploy_error`; only if
+    none can, the best of all, its ``deploy_error`` saying why). Raises :class:`InfeasibleBudget` naming the closest configuration.
     ``exhaustive`` is skipped, with a log line, where more than :data:`EXHAUSTIVE_MAX`
     configurations meet the budgets, unless it is the only method (:class:`SpaceTooLarge`).
     """
@@ -540,6 +560,8 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
         log(f"method {m}: bits {r['bits']} predicted {r['predicted_accuracy']:.2f}% "
             f"validated {r['validated_accuracy']:.2f}% cycles {r['cycles_vs_int8']:.3f}x INT8 "
             f"({sol.seconds:.2f} s)")
+        if r["deploy_error"]:
+            log(f"method {m}: the kernels cannot run this configuration: {r['deploy_error']}")
         results[m] = r
     if baselines:
         for m in ["hawq-ilp", "random", "uniform-16", "uniform-8", "uniform-4", "uniform-2"]:
@@ -553,6 +575,7 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
                 f"cycles {r['cycles_vs_int8']:.3f}x INT8{'' if r['feasible'] else ' (over budget)'}")
             results[m] = r
     best = max((m for m in methods if m in results),
-               key=lambda m: (results[m]["validation_split_accuracy"],
+               key=lambda m: (results[m]["deploy_error"] is None,
+                              results[m]["validation_split_accuracy"],
                               -results[m]["costs"]["cycles"]))
     return {"budgets": budgets, "results": results, "best": best}

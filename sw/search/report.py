@@ -46,6 +46,8 @@ def config_json(setup, res: dict) -> dict:
         "predicted_cycles": best["costs"]["cycles"],
         "cycles_vs_int8": best["cycles_vs_int8"],
         "costs": best["costs"],
+        # why rvmpq deploy's kernels cannot run the configuration (None: they can)
+        "deploy_error": best.get("deploy_error"),
         "int8_costs": setup.int8_totals(),
         "spearman": setup.corr["spearman"],
         "all_methods": {m: _public(r) for m, r in res["results"].items()},
@@ -105,8 +107,13 @@ def markdown(setup, res: dict) -> str:
                      f"{'' if r['feasible'] else ' (over)'} | {r['costs']['weight_bytes']:.0f} | "
                      f"{r['solver_seconds']:.3f} |")
     best = res["results"][res["best"]]
-    lines += ["", "training: P = PTQ, Q = QAT fine-tuned (per layer)", "",
-              f"## Per-layer costs of the best configuration (`{res['best']}`, "
+    lines += ["", "training: P = PTQ, Q = QAT fine-tuned (per layer)", ""]
+    cannot = [m for m, r in res["results"].items() if r.get("deploy_error")]
+    if cannot:
+        lines += ["configurations the layer kernels cannot run on the `mpq` core (never picked "
+                  "as the best while another can run): " + "; ".join(
+                      f"`{m}` ({res['results'][m]['deploy_error']})" for m in cannot), ""]
+    lines += [f"## Per-layer costs of the best configuration (`{res['best']}`, "
               f"{setup.cost_model.source})", "",
               "energy: proxy in units of one INT16 `mpq.dot` (see `rvmpq.sw.costs`)", "",
               "| layer | shape | bits | training | cycles | weight bytes | act bytes | energy |",

@@ -137,7 +137,8 @@ def onnx_to_torch(model):
             "needs exactly one (an NCHW batch)")
     if len(g.output) != 1:
         raise UnsupportedModelError(
-            f"the ONNX graph has {len(g.output)} outputs; the intake needs exactly one (the logits)")
+            f"the ONNX graph has {len(g.output)} outputs; the intake needs exactly one (the "
+            "logits)")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     if len(shape) != 4:

@@ -33,8 +33,8 @@ import numpy as np
 
 from .costs_api import (BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table,
                         network_shapes)
-from .models import (BUILTIN_MODELS, DATA_SETS, Dataset, check_trace, get_trained_model, load_dataset,
-                     torch_accuracy, trace_model)
+from .models import (BUILTIN_MODELS, DATA_SETS, Dataset, check_trace, get_trained_model,
+                     load_dataset, torch_accuracy, trace_model)
 from .qnn import int_accuracy
 from .quantizer import QAT_EPOCHS, Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
@@ -541,7 +541,8 @@ def search(setup: SearchSetup, budgets: dict, methods=METHODS, *, baselines=True
 
     The best of ``methods`` is the one with the highest validation-split integer accuracy
     (ties: fewer cycles) among those the layer kernels can run (:func:`deploy_error`; only if
-    none can, the best of all, its ``deploy_error`` saying why). Raises :class:`InfeasibleBudget` naming the closest configuration.
+    none can, the best of all, its ``deploy_error`` saying why). Raises
+    :class:`InfeasibleBudget` naming the closest configuration.
     ``exhaustive`` is skipped, with a log line, where more than :data:`EXHAUSTIVE_MAX`
     configurations meet the budgets, unless it is the only method (:class:`SpaceTooLarge`).
     """

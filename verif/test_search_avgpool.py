@@ -7,9 +7,6 @@ for the programs on the RTL (bit for bit). Random parts are seeded by the ``seed
 which prints its replay command.
 """
 
-import logging
-import warnings
-
 import numpy as np
 import pytest
 
@@ -168,20 +165,13 @@ def test_average_pooling_from_onnx(tmp_path, dynamo):
     pytest.importorskip("onnx")
     if dynamo:
         pytest.importorskip("onnxscript")
+    from test_search_onnx import _export
+
     from rvmpq.sw.search.onnx_intake import load_onnx
 
     model, x = _seq_model(), _x()
     path = tmp_path / "m.onnx"
-    kw = ({"dynamic_shapes": ({0: "batch"},)} if dynamo
-          else {"dynamic_axes": {"x": {0: "batch"}}})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), dynamo=dynamo,
-                              input_names=["x"], verbose=False, **kw)
-        finally:
-            logging.disable(logging.NOTSET)
+    _export(model, (1, 8, 8), path, dynamo)
     net = load_onnx(path)
     layers = trace_model(net, x[:1])
     ref_layers = trace_model(model, x[:1])

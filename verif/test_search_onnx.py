@@ -217,6 +217,12 @@ def test_onnx_bias_folding_and_names(tmp_path):
     x = np.random.default_rng(1).uniform(-1, 1, (3, 1, 4, 4)).astype(np.float32)
     ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
     assert np.allclose(float_forward(trace_model(net), x), ref, rtol=1e-4, atol=1e-4)
+    nodes[2] = helper.make_node("Add", ["i", "b1d"], ["a"], name="bias")   # (C,): adds along W
+    model = _graph_model(nodes, list(model.graph.initializer) + [_init("b1d", [0.5, -0.5])],
+                         (1, 4, 4), (3,))
+    onnx.save(model, str(path))
+    with pytest.raises(UnsupportedModelError, match="Add of a constant is supported only as"):
+        load_onnx(path)
     relu_add = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
                 helper.make_node("Add", ["r", "k"], ["y"], name="shift")]
     onnx.save(_graph_model(relu_add, [_init("k", [0.5])], (1, 4, 4), (1, 4, 4)), str(path))

@@ -252,9 +252,13 @@ def onnx_to_torch(model):
             c = np.asarray(consts[ins[1]], dtype=np.float64)
             nout = m.out_features if isinstance(m, nn.Linear) else (
                 m.out_channels if isinstance(m, nn.Conv2d) else 0)
+            # ONNX broadcasts from the last axis: a per-channel constant is (C, 1, 1) after a
+            # conv (a (C,) one would add along W) and (C,) after a linear
+            per_channel = np.size(c) == 1 or (
+                isinstance(m, nn.Conv2d) and c.ndim >= 3 and c.shape[-3:] == (nout, 1, 1)) or (
+                isinstance(m, nn.Linear) and c.ndim >= 1 and c.shape[-1] == nout)
             if not isinstance(m, (nn.Linear, nn.Conv2d)) or readers.get(src, 0) != 1 or \
-                    np.size(c) not in (1, nout) or (
-                    isinstance(m, nn.Conv2d) and c.ndim > 1 and c.shape[-2:] != (1, 1)):
+                    not per_channel or np.size(c) not in (1, nout):
                 raise UnsupportedModelError(
                     f"{where(n)}: an Add of a constant is supported only as the per-channel bias "
                     "of the Conv/Gemm/MatMul directly before it")

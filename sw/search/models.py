@@ -53,6 +53,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -498,7 +499,9 @@ def get_trained_model(name: str, cache_dir: str | Path | None = None, seed: int 
     if log:
         log(f"trained {name} in {time.time() - t0:.1f} s, val acc {acc:.2f}%")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # one temporary file per process: two processes training the same model at once (pytest
+    # workers) each write their own and rename it into place (same weights either way)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
     return model, data

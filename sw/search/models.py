@@ -674,6 +674,7 @@ def trace_model(model, example=None) -> list[FLayer]:
                 raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
             if _pair(m.dilation) != (1, 1):
                 raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
+            _check_groups(name, m)
             w = m.weight.detach().double().numpy().copy()
             b = (m.bias.detach().double().numpy().copy() if m.bias is not None
                  else np.zeros(w.shape[0]))
@@ -835,6 +836,15 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     return layers
 
 
+def _check_groups(name: str, m) -> None:
+    """Refuse a grouped ``Conv2d`` other than depthwise (the kernels run groups 1 or
+    groups == in == out channels)."""
+    if m.groups != 1 and not (m.groups == m.in_channels == m.out_channels):
+        raise UnsupportedModelError(
+            f"{name}: Conv2d with groups={m.groups} ({m.in_channels} -> {m.out_channels} "
+            "channels); supported: groups=1 or depthwise (groups == in == out channels)")
+
+
 def _leaf_layer(name: str, m, src) -> FLayer:
     """The FLayer of one Conv2d / Linear / MaxPool2d / Flatten module (graph intake)."""
     import torch.nn as nn
@@ -857,6 +867,7 @@ def _leaf_layer(name: str, m, src) -> FLayer:
         raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
     if _pair(m.dilation) != (1, 1):
         raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
+    _check_groups(name, m)
     return FLayer("conv", name, w, b, _pair(m.stride), _pair(m.padding), tuple(w.shape[2:]),
                   m.groups, src=src)
 

@@ -28,7 +28,7 @@ Built-in models (weights cached under ``<build>/models/``, ``<build>`` being
 
 Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (``nn.Sequential``
 nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
-padding given as ints or pairs, groups, i.e. depthwise too), ``Linear``, ``BatchNorm2d`` /
+padding given as ints or pairs, groups 1 or depthwise), ``Linear``, ``BatchNorm2d`` /
 ``BatchNorm1d`` directly after a conv/linear (folded into it), ``ReLU`` directly after a
 conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
 ``Flatten``, and ``Dropout`` / ``Identity`` (skipped). A module that is not an

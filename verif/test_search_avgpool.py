@@ -186,24 +186,21 @@ def test_onnx_reduce_mean_without_keepdims(tmp_path):
     """``ReduceMean`` over H and W with ``keepdims=0`` ((N, C) out) is a global average pool
     and a flatten, against ONNX's reference evaluator."""
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
+    from test_search_onnx import _graph_model, _init
 
     from rvmpq.sw.search.onnx_intake import load_onnx
 
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.normal(size=(3, 1, 3, 3)).astype(np.float32), "w")
-    fw = numpy_helper.from_array(rng.normal(size=(2, 3)).astype(np.float32), "fw")
     axes = numpy_helper.from_array(np.array([-1, -2], dtype=np.int64), "axes")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("ReduceMean", ["r", "axes"], ["m"], name="mean", keepdims=0),
              helper.make_node("Gemm", ["m", "fw"], ["y"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 5, 5])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-                          initializer=[w, fw, axes])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model = _graph_model(nodes, [_init("w", rng.normal(size=(3, 1, 3, 3))),
+                                 _init("fw", rng.normal(size=(2, 3)))], (1, 5, 5), (2,),
+                         ints=[axes], opset=18)     # ReduceMean takes its axes as an input
     path = tmp_path / "mean.onnx"
     onnx.save(model, str(path))
     x = _x(4, (1, 5, 5))

@@ -87,12 +87,12 @@ def _init(name, a):
     return numpy_helper.from_array(np.asarray(a, dtype=np.float32), name)
 
 
-def _graph_model(nodes, inits, in_shape, out_shape, ints=()):
+def _graph_model(nodes, inits, in_shape, out_shape, ints=(), opset=17):
     g = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])],
         initializer=list(inits) + list(ints))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _hand_model(rng):

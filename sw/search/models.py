@@ -569,8 +569,6 @@ def _flatten_modules(module, prefix=""):
 def _pool_input_shapes(model, example) -> dict:
     """``{module: input shape}`` of every average-pooling module, from one forward pass on
     ``example`` (empty without pooling modules or without ``example``)."""
-    import torch
-
     pools = [m for m in model.modules() if isinstance(m, _avg_pools())]
     if not pools or example is None:
         return {}
@@ -581,16 +579,25 @@ def _pool_input_shapes(model, example) -> dict:
 
     handles = [m.register_forward_hook(hook) for m in pools]
     try:
-        with torch.no_grad():
-            model(torch.from_numpy(np.asarray(example[:1], dtype=np.float32)))
-    except RuntimeError as exc:
-        raise UnsupportedModelError(
-            f"the model cannot run on the data set's samples of shape (C, H, W) = "
-            f"{tuple(np.shape(example)[1:])} ({str(exc).splitlines()[0]})") from None
+        _run_model(model, example[:1])
     finally:
         for h in handles:
             h.remove()
     return seen
+
+
+def _run_model(model, x):
+    """``model(x)`` (torch, no gradients) for an NCHW numpy batch; a RuntimeError (a sample
+    shape the model cannot take) becomes an :class:`UnsupportedModelError` saying so."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"the model cannot run on the data set's samples of shape (C, H, W) = "
+            f"{tuple(np.shape(x)[1:])} ({str(exc).splitlines()[0]})") from None
 
 
 def _avg_pools() -> tuple:
@@ -911,16 +918,8 @@ def layer_inputs(layers: list[FLayer], i: int) -> tuple:
 def check_trace(model, layers: list[FLayer], x: np.ndarray, rtol: float = 1e-4) -> None:
     """Raise :class:`UnsupportedModelError` unless the traced layers reproduce ``model(x)``
     (catches a ``forward`` that does something other than running the children in order)."""
-    import torch
-
     model.eval()
-    with torch.no_grad():
-        try:
-            ref = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).double().numpy()
-        except RuntimeError as exc:
-            raise UnsupportedModelError(
-                f"the model cannot run on the data set's samples of shape (C, H, W) = "
-                f"{tuple(np.shape(x)[1:])} ({str(exc).splitlines()[0]})") from None
+    ref = _run_model(model, x).double().numpy()
     try:
         got = float_forward(layers, x)
     except (RuntimeError, ValueError) as exc:

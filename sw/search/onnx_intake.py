@@ -8,8 +8,8 @@ same rules and error messages as for a module written in PyTorch (README, "Bring
 model").
 
 Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either
-exporter): ``Conv`` (2-D, symmetric ``pads``, any ``group``), ``Gemm`` (``transA = 0``),
-``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
+exporter): ``Conv`` (2-D, symmetric ``pads``, ``group`` 1 or depthwise), ``Gemm``
+(``transA = 0``), ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
 ``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
 ``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average
 pooling; see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two
@@ -166,6 +166,17 @@ def onnx_to_torch(model):
             raise UnsupportedModelError(f"{where(n)}: its {what} ({name!r}) must be a constant")
         return consts[name]
 
+    def sym_pads(n, a) -> tuple:
+        """``(pad_h, pad_w)`` of a Conv / pooling node: explicit symmetric pads, or none."""
+        auto = a.get("auto_pad", "NOTSET")
+        if auto not in ("NOTSET", "VALID"):
+            raise UnsupportedModelError(f"{where(n)}: auto_pad={auto} is not supported; give "
+                                        "explicit pads")
+        pads = list(a.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        if pads[:2] != pads[2:]:
+            raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
+        return tuple(pads[:2])
+
     def add(n, m, src):
         child = _ident(n, used)
         modules.append((child, m))
@@ -203,16 +214,10 @@ def onnx_to_torch(model):
                 raise UnsupportedModelError(
                     f"{where(n)}: a {w.ndim - 2}-D convolution; the intake takes 2-D ones (write "
                     "a 1-D conv as a 2-D conv with a (1, k) kernel)")
-            if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-                raise UnsupportedModelError(f"{where(n)}: auto_pad={a['auto_pad']} is not "
-                                            "supported; give explicit pads")
-            pads = list(a.get("pads", [0, 0, 0, 0])) if a.get("auto_pad", "NOTSET") == "NOTSET" \
-                else [0, 0, 0, 0]
-            if pads[:2] != pads[2:]:
-                raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
+            pads = sym_pads(n, a)
             group = int(a.get("group", 1))
             m = nn.Conv2d(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]),
-                          stride=tuple(a.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                          stride=tuple(a.get("strides", [1, 1])), padding=pads,
                           dilation=tuple(a.get("dilations", [1, 1])), groups=group,
                           bias=len(n.input) > 2 and bool(n.input[2]))
             m.weight.data = torch.tensor(w, dtype=torch.float32)
@@ -296,21 +301,17 @@ def onnx_to_torch(model):
             k = tuple(a.get("kernel_shape", []))
             if len(k) != 2:
                 raise UnsupportedModelError(f"{where(n)}: only 2-D max pooling is supported")
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or pads[:2] != pads[2:]:
-                raise UnsupportedModelError(f"{where(n)}: auto_pad / asymmetric pads are not "
-                                            "supported")
+            pads = sym_pads(n, a)
             if len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the Indices output is not supported")
-            add(n, nn.MaxPool2d(k, tuple(a.get("strides", [1, 1])), tuple(pads[:2]),
+            add(n, nn.MaxPool2d(k, tuple(a.get("strides", [1, 1])), pads,
                                 tuple(a.get("dilations", [1, 1])),
                                 ceil_mode=bool(a.get("ceil_mode", 0))), src)
             rank[out] = 4
         elif op == "AveragePool":
             k = tuple(a.get("kernel_shape", []))
-            pads = list(a.get("pads", [0, 0, 0, 0]))
-            if len(k) != 2 or any(pads) or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") \
-                    or int(a.get("ceil_mode", 0)) or any(d != 1 for d in a.get("dilations", [1])):
+            if len(k) != 2 or any(sym_pads(n, a)) or int(a.get("ceil_mode", 0)) \
+                    or any(d != 1 for d in a.get("dilations", [1])):
                 raise UnsupportedModelError(f"{where(n)}: only 2-D average pooling without "
                                             "padding, ceil_mode or dilation is supported")
             add(n, nn.AvgPool2d(k, tuple(a.get("strides", [1, 1]))), src)

@@ -7,17 +7,16 @@ nodes in the graph's (topological) order. The usual intake then traces that modu
 same rules and error messages as for a module written in PyTorch (README, "Bring your own
 model").
 
-Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either
-exporter): ``Conv`` (2-D, symmetric ``pads``, ``group`` 1 or depthwise), ``Gemm``
-(``transA = 0``), ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
+Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either exporter):
+``Conv`` (2-D, symmetric ``pads``, ``group`` 1 or depthwise), ``Gemm`` (``transA = 0``),
+``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
 ``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
-``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average
-pooling; see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two
-tensors (a residual add),
-``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten), ``Identity``
-and ``Dropout`` (skipped) and ``Constant``. The graph needs one input of rank 4 (NCHW; a 1-D
-model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input, as the
-built-in MNIST-1D models are) and one output.
+``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average pooling;
+see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two tensors (a
+residual add), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
+``Identity`` and ``Dropout`` (skipped) and ``Constant``. The graph needs one input of rank 4
+(NCHW; a 1-D model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input,
+as the built-in MNIST-1D models are) and one output.
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a

@@ -83,6 +83,102 @@ def test_onnx_export_of_builtin_architectures(tmp_path, name, dynamo):
         assert [l.name for l in layers] == [l.name for l in ref_layers]
 
 
+class _ViewNet(torch.nn.Module):
+    """The flatten most PyTorch code writes: ``x.view(x.size(0), -1)`` (``arith=False``), or
+    a reshape to ``(x.shape[0], C * H * W)`` computed from the tensor's shape."""
+
+    def __init__(self, arith):
+        super().__init__()
+        self.arith = arith
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if self.arith:
+            return self.fc(x.reshape(x.shape[0], x.shape[1] * x.shape[2] * x.shape[3]))
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.mark.parametrize("arith", [False, True], ids=["view", "reshape_product"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed_batch", "dynamic_batch"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_flatten_by_the_tensors_own_shape(tmp_path, dynamo, dynamic, arith):
+    """``x.view(x.size(0), -1)`` and its relatives, exported with a symbolic batch size (the
+    TorchScript exporter writes Shape / Gather / Unsqueeze / Concat, with Mul for the
+    product) or at the export's fixed batch size (a constant reshape to ``(2, K)``), become a
+    flatten: the converted module computes the exported module's function at any batch
+    size."""
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model = _ViewNet(arith).eval()
+    path = tmp_path / "view.onnx"
+    x = torch.zeros((2, 1, 8, 8))
+    kw = ({"dynamic_shapes": ({0: "batch"},) if dynamic else None} if dynamo
+          else {"dynamic_axes": {"x": {0: "batch"}} if dynamic else None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            torch.onnx.export(model, (x,), str(path), dynamo=dynamo, input_names=["x"],
+                              output_names=["y"], verbose=False, **kw)
+        finally:
+            logging.disable(logging.NOTSET)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    if dynamic and not dynamo:
+        assert {"Shape", "Gather", "Concat"} <= ops     # the case this test is about
+    net = load_onnx(path)
+    assert net.batch == (None if dynamic else 2)
+    layers = trace_model(net)
+    assert [l.kind for l in layers] == ["conv", "flatten", "linear"]
+    xs = np.random.default_rng(1).uniform(-1, 1, (5, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(xs)).double().numpy()
+    assert np.allclose(float_forward(layers, xs), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def _shape_graph(scale_batch: int):
+    """A 1x1 conv, a reshape to ``(scale_batch * N, -1)`` with N taken from Shape, a Gemm."""
+    ints = [numpy_helper.from_array(np.array(v, dtype=np.int64), k)
+            for k, v in (("zero", [0]), ("minus1", [-1]), ("k", scale_batch))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["r"], name="conv"),
+             helper.make_node("Shape", ["r"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="batch"),
+             helper.make_node("Mul", ["n", "k"], ["nk"], name="times"),
+             helper.make_node("Concat", ["nk", "minus1"], ["t"], name="target", axis=0),
+             helper.make_node("Reshape", ["r", "t"], ["f"], name="resh"),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], name="fc", transB=1)]
+    rng = np.random.default_rng(0)
+    return _graph_model(nodes, [_init("w", rng.normal(size=(2, 2, 1, 1))),
+                                _init("fw", rng.normal(size=(3, 8 // scale_batch)))],
+                        (2, 2, 2), (3,), ints=ints)
+
+
+def test_onnx_shape_computations_are_folded_or_refused(tmp_path):
+    """A target shape built from Shape folds where it only copies the batch size (times 1);
+    one that scales the batch (times 2) is refused by name; a constant subgraph that ONNX's
+    reference evaluator cannot run is refused naming its node."""
+    path = tmp_path / "shape.onnx"
+    model = _shape_graph(1)
+    onnx.save(model, str(path))
+    net = load_onnx(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 2, 2, 2)).astype(np.float32)
+    assert np.allclose(float_forward(trace_model(net), x),
+                       ReferenceEvaluator(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    onnx.save(_shape_graph(2), str(path))
+    with pytest.raises(UnsupportedModelError, match=r"node resh \(Reshape\): its target shape "
+                                                    "depends on the batch size"):
+        load_onnx(path)
+    bad = [helper.make_node("Reshape", ["w", "s"], ["w2"], name="bad_fold"),
+           helper.make_node("Conv", ["x", "w2"], ["y"], name="conv")]
+    onnx.save(_graph_model(bad, [_init("w", np.ones(18))], (2, 3, 3), (1, 1, 1), ints=[
+        numpy_helper.from_array(np.array([1, 2, 3, 4], dtype=np.int64), "s")]), str(path))
+    with pytest.raises(UnsupportedModelError, match=r"node bad_fold \(Reshape\): its inputs "
+                                                    "are constants, but"):
+        load_onnx(path)
+
+
 def _init(name, a):
     return numpy_helper.from_array(np.asarray(a, dtype=np.float32), name)
 

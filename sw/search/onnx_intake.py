@@ -14,7 +14,13 @@ Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with ei
 ``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average pooling;
 see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two tensors (a
 residual add), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
-``Identity`` and ``Dropout`` (skipped) and ``Constant``. The graph needs one input of rank 4
+``Identity`` and ``Dropout`` (skipped) and ``Constant``. A node whose inputs are all constants
+is evaluated once, at conversion, by ONNX's reference evaluator (constant folding); ``Shape``
+of a computed tensor gives its shape with the batch size left open, so the ``Shape`` /
+``Gather`` / ``Unsqueeze`` / ``Concat`` that ``x.view(x.size(0), -1)`` exports as folds into a
+flatten's target shape (a shape that depends on the batch size in any other way is refused).
+A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(B, -1)`` or
+``(B, K)``; the converted module takes any batch size. The graph needs one input of rank 4
 (NCHW; a 1-D model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input,
 as the built-in MNIST-1D models are) and one output.
 
@@ -32,18 +38,28 @@ import numpy as np
 
 from .models import UnsupportedModelError
 
-__all__ = ["FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
+__all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
 
 #: ONNX operators the intake converts (everything else is refused, naming the node).
+#: Any other node is taken only when all its inputs are constants (it is folded), and
+#: ``Shape`` of a computed tensor only as part of a shape computation (see the module docstring).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Reshape",
-                 "Identity", "Dropout", "Constant")
+                 "Identity", "Dropout", "Constant", "Shape")
 
 
-#: Added to the errors that a ``x.view(x.size(0), -1)`` in the exported module causes.
-FLATTEN_HINT = ("a x.view(x.size(0), -1) in forward() exports as Shape/Gather/Concat/Reshape "
-                "or as a reshape to the export's batch size: flatten with torch.flatten(x, 1) or "
-                "nn.Flatten() instead")
+#: Added to the error for a ``Reshape`` that is not a flatten.
+FLATTEN_HINT = ("the reshapes supported flatten each sample: torch.flatten(x, 1), nn.Flatten(), "
+                "x.view(x.size(0), -1) or x.view(-1, K)")
+
+#: Two stand-ins for the batch size while shape computations are folded: a shape value that is
+#: the first under one and the second under the other is the batch size, and one that differs
+#: in any other way depends on it (and cannot be a flatten's target shape).
+BATCH_PROBES = (9973, 7919)
+
+#: Operators that are never folded (not deterministic).
+_NOT_FOLDED = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+               "Multinomial", "Bernoulli")
 
 
 def _attrs(node) -> dict:
@@ -56,7 +72,7 @@ def _attrs(node) -> dict:
     return out
 
 
-_RESERVED = {"steps", "input_name", "output_name", "input_shape"}
+_RESERVED = {"steps", "input_name", "output_name", "input_shape", "batch"}
 
 
 def _ident(node, used: set) -> str:
@@ -90,7 +106,7 @@ def _module_class():
         the two inputs) or ``"alias"`` (pass ``inputs[0]`` through).
         """
 
-        def __init__(self, input_name, output_name, steps, modules, input_shape):
+        def __init__(self, input_name, output_name, steps, modules, input_shape, batch=None):
             super().__init__()
             for name, m in modules:          # registered in graph order: the chain intake
                 self.add_module(name, m)     # walks the children in this order
@@ -98,6 +114,9 @@ def _module_class():
             self.input_name, self.output_name = input_name, output_name
             #: ``(C, H, W)`` of one sample, as the ONNX graph declares it.
             self.input_shape = input_shape
+            #: The batch size the graph's input declares, where it is a fixed number (the
+            #: module itself takes any batch size), else ``None``.
+            self.batch = batch
 
         def forward(self, x):
             """Run the converted graph on an ``(N, C, H, W)`` batch."""
@@ -125,7 +144,7 @@ def onnx_to_torch(model):
     """
     import torch
     import torch.nn as nn
-    from onnx import numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -149,10 +168,12 @@ def onnx_to_torch(model):
         raise UnsupportedModelError(
             f"input {inputs[0].name!r} has shape {shape}: the channel and spatial sizes must be "
             "fixed numbers (only the batch size may be symbolic)")
+    batch = shape[0] if shape[0] is not None and shape[0] > 0 else None
     rank = {inputs[0].name: 4}
+    consts2: dict = {}      # constants that differ under the second batch probe: that value
     readers: dict = {}
     for n in g.node:
-        for i in n.input:
+        for i in n.input if n.op_type != "Shape" else ():    # Shape reads no values
             readers[i] = readers.get(i, 0) + 1
     steps, modules, used = [], [], set()
     made: dict = {}                       # tensor name -> (module, child name) that produced it
@@ -176,6 +197,43 @@ def onnx_to_torch(model):
             raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
         return tuple(pads[:2])
 
+    def fold(n):
+        """Evaluate a node whose inputs are all constants, once per batch probe."""
+        from onnx.reference import ReferenceEvaluator
+
+        def run(values):
+            sub = helper.make_graph(
+                [n], "fold", [], [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None)
+                                  for o in n.output if o],
+                initializer=[numpy_helper.from_array(np.asarray(v), i)
+                             for i, v in zip(n.input, values) if i])
+            m = helper.make_model(sub, opset_imports=model.opset_import)
+            m.ir_version = model.ir_version
+            return ReferenceEvaluator(m).run(None, {})
+
+        try:
+            first = run([consts[i] if i else None for i in n.input])
+            second = (run([consts2.get(i, consts[i]) if i else None for i in n.input])
+                      if any(i in consts2 for i in n.input) else first)
+        except Exception as exc:  # noqa: BLE001 - the reference evaluator's own failures
+            raise UnsupportedModelError(f"{where(n)}: its inputs are constants, but ONNX's "
+                                        f"reference evaluator cannot evaluate it "
+                                        f"({type(exc).__name__}: {exc})") from None
+        for o, v1, v2 in zip([o for o in n.output if o], first, second):
+            consts[o] = np.asarray(v1)
+            if np.shape(v1) != np.shape(v2) or not np.array_equal(v1, v2):
+                consts2[o] = np.asarray(v2)
+
+    def sample_shape(t) -> tuple:
+        """The shape of one sample of the computed tensor ``t``: the graph so far, run on a
+        batch of one zero sample."""
+        if t == inputs[0].name:
+            return tuple(shape[1:])
+        part = _module_class()(inputs[0].name, t, list(steps), list(modules),
+                               tuple(shape[1:])).eval()
+        with torch.no_grad():
+            return tuple(part(torch.zeros((1, *shape[1:]))).shape[1:])
+
     def add(n, m, src):
         child = _ident(n, used)
         modules.append((child, m))
@@ -192,22 +250,28 @@ def onnx_to_torch(model):
                 raise UnsupportedModelError(f"{where(n)}: only the 'value' form is supported")
             consts[n.output[0]] = numpy_helper.to_array(a["value"])
             continue
+        if ins and all(i in consts for i in ins if i) and op not in _NOT_FOLDED:
+            fold(n)                                  # e.g. a flatten's target shape
+            continue
         if op not in SUPPORTED_OPS:
             raise UnsupportedModelError(
-                f"{where(n)} is not supported; supported ONNX operators: {list(SUPPORTED_OPS)}"
-                + (f" ({FLATTEN_HINT})" if op in ("Shape", "Gather", "Unsqueeze", "Concat")
-                   else ""))
+                f"{where(n)} is not supported; supported ONNX operators: {list(SUPPORTED_OPS)}, "
+                "and any node whose inputs are all constants")
         src = ins[0]
-        if op in ("Identity", "Dropout") and src in consts:
-            consts[n.output[0]] = consts[src]        # e.g. a shared weight, passed through
-            continue
         if src in consts:
             raise UnsupportedModelError(f"{where(n)}: its input {src!r} is a constant; the "
                                         "intake needs it computed from the network input")
         if src not in rank:
             raise UnsupportedModelError(f"{where(n)}: input {src!r} is not computed before it")
         out = n.output[0]
-        if op == "Conv":
+        if op == "Shape":
+            full = np.array([BATCH_PROBES[0], *sample_shape(src)], dtype=np.int64)
+            cut = slice(a.get("start", 0), a.get("end"))
+            consts[out] = full[cut].copy()
+            full[0] = BATCH_PROBES[1]
+            if np.any(full[cut] != consts[out]):
+                consts2[out] = full[cut]
+        elif op == "Conv":
             w = const(n, n.input[1], "weight")
             if w.ndim != 4:
                 raise UnsupportedModelError(
@@ -343,7 +407,19 @@ def onnx_to_torch(model):
             add(n, nn.Flatten(), src)
             rank[out] = 2
         elif op == "Reshape":
-            shp = [int(v) for v in np.asarray(const(n, n.input[1], "shape")).reshape(-1)]
+            shp = []
+            for v1, v2 in zip(np.asarray(const(n, n.input[1], "shape")).reshape(-1),
+                              np.asarray(consts2.get(n.input[1], consts[n.input[1]])
+                                         ).reshape(-1)):
+                if v1 != v2 and (v1, v2) != BATCH_PROBES:
+                    raise UnsupportedModelError(
+                        f"{where(n)}: its target shape depends on the batch size other than "
+                        f"by copying it ({FLATTEN_HINT})")
+                if int(a.get("allowzero", 0)) and v1 == 0:
+                    raise UnsupportedModelError(f"{where(n)}: a reshape to a size of 0")
+                shp.append(0 if v1 != v2 else int(v1))
+            if len(shp) == 2 and batch is not None and shp[0] == batch:
+                shp[0] = 0                  # exported at a fixed batch size: keep the batch
             if len(shp) != 2 or not (shp[0] in (0, -1) and shp[1] > 0 or shp == [0, -1]):
                 raise UnsupportedModelError(
                     f"{where(n)}: a reshape to {shp}; only a flatten to (N, -1) or (-1, K) is "
@@ -361,7 +437,8 @@ def onnx_to_torch(model):
     if out_name not in rank:
         raise UnsupportedModelError(f"the graph output {out_name!r} is not computed by a "
                                     "supported node")
-    return _module_class()(inputs[0].name, out_name, steps, modules, tuple(shape[1:])).eval()
+    return _module_class()(inputs[0].name, out_name, steps, modules, tuple(shape[1:]),
+                           batch).eval()
 
 
 def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
@@ -372,7 +449,8 @@ def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
     path : path
         The ONNX file.
     n_check : int
-        Batch size of the random input the converted module and ``onnx.reference`` both run.
+        Number of random samples the converted module and ``onnx.reference`` both run (as one
+        batch, or, where the graph's input has a fixed batch size, in batches of that size).
     seed : int
         Seed of that input (uniform in [-1, 1]).
     rtol : float
@@ -407,9 +485,14 @@ def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
     net = onnx_to_torch(model)
     from onnx.reference import ReferenceEvaluator
 
-    x = np.random.default_rng(seed).uniform(-1, 1, (n_check, *net.input_shape)).astype(np.float32)
+    # a graph with a fixed batch size B runs batches of B
+    bsz = net.batch or n_check
+    x = np.random.default_rng(seed).uniform(
+        -1, 1, (-(-n_check // bsz) * bsz, *net.input_shape)).astype(np.float32)
     try:
-        ref = np.asarray(ReferenceEvaluator(model).run(None, {net.input_name: x})[0])
+        ev = ReferenceEvaluator(model)
+        ref = np.concatenate([np.asarray(ev.run(None, {net.input_name: x[i:i + bsz]})[0])
+                              for i in range(0, len(x), bsz)])
     except Exception as exc:  # noqa: BLE001 - the reference evaluator's own failures
         raise UnsupportedModelError(f"{p}: ONNX's reference evaluator cannot run the graph on an "
                                     f"input of shape {x.shape} ({type(exc).__name__}: {exc})"

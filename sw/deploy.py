@@ -1161,14 +1161,10 @@ class DeployResult:
 
 
 def _test_data(model: str, data: str | None, n: int):
-    from rvmpq.sw.search.models import BUILTIN_MODELS, load_dataset
+    from rvmpq.sw.search.models import load_dataset, model_data
 
-    name = data or (model if model in BUILTIN_MODELS else None)
-    if name is None:
-        raise DeployError(f"model {model!r} is not built in ({list(BUILTIN_MODELS)}): name its "
-                          "data set with --data digits|mnist1d|PATH.npz")
     try:
-        ds = load_dataset(name)
+        ds = load_dataset(model_data(model, data))
     except ValueError as exc:          # a missing or malformed .npz, an unknown name
         raise DeployError(str(exc)) from None
     if n < 1:

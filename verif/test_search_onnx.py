@@ -435,9 +435,16 @@ def test_search_onnx_model_needs_matching_data(tmp_path, capsys):
 
 
 def test_deploy_data_errors_are_deploy_errors(tmp_path):
-    """`rvmpq deploy --data` with a missing or malformed .npz is a DeployError (exit status 2,
-    one line), not a traceback."""
+    """`rvmpq deploy --data` with a missing or malformed .npz, a model file without --data and
+    a built-in model with another data set are DeployErrors (exit status 2, one line), not a
+    traceback or a run on the wrong data."""
     from rvmpq.sw.deploy import DeployError, _test_data
+
+    with pytest.raises(DeployError, match=r"uses its own data set \(digits\)"):
+        _test_data("digits-cnn", "mnist1d", 2)
+    with pytest.raises(DeployError, match="is not built in"):
+        _test_data("m.onnx", None, 2)
+    assert _test_data("digits-cnn", "digits", 2)[0].name == "digits"
 
     with pytest.raises(DeployError, match="no such file"):
         _test_data("m.onnx", str(tmp_path / "missing.npz"), 2)

@@ -69,6 +69,7 @@ __all__ = [
     "FLayer",
     "NPZ_KEYS",
     "data_spec",
+    "model_data",
     "load_dataset",
     "load_npz_dataset",
     "mnist1d_raw",
@@ -194,6 +195,27 @@ def mnist1d_extra_validation(standard: dict | None = None) -> tuple[np.ndarray, 
 DATA_SETS = ("digits", "mnist1d")
 #: Arrays an ``.npz`` data set holds (:func:`load_npz_dataset`).
 NPZ_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def model_data(model: str, data: str | None) -> str:
+    """The data set ``model`` runs on: a built-in model's own (``data`` may only name that
+    one), else ``data``, which a model file needs.
+
+    Raises
+    ------
+    ValueError
+        A built-in model given another data set, or a model file given none.
+    """
+    if model in BUILTIN_MODELS:
+        own = model.split("-")[0]
+        if data and data != own:
+            raise ValueError(f"--data {data}: the built-in model {model} uses its own data set "
+                             f"({own}); --data is for a model PATH")
+        return own
+    if not data:
+        raise ValueError(f"model {model!r} is not built in ({list(BUILTIN_MODELS)}): name its "
+                         f"data set with --data {'|'.join(DATA_SETS)}|PATH.npz")
+    return data
 
 
 def data_spec(value: str) -> str:

@@ -33,8 +33,8 @@ import numpy as np
 
 from .costs_api import (BITS, COST_METRICS, AnalyticStandIn, CostModel, LayerShape, cost_table,
                         network_shapes)
-from .models import (BUILTIN_MODELS, DATA_SETS, Dataset, check_trace, get_trained_model,
-                     load_dataset, torch_accuracy, trace_model)
+from .models import (BUILTIN_MODELS, Dataset, check_trace, get_trained_model, load_dataset,
+                     model_data, torch_accuracy, trace_model)
 from .qnn import int_accuracy
 from .quantizer import QAT_EPOCHS, Quantizer, needs_qat, qat_finetune
 from .sensitivity import METRICS, Evaluator, all_metrics, correlation_study
@@ -124,17 +124,13 @@ def layer_links(qz: Quantizer) -> tuple[list[LayerShape], list]:
 
 def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=None):
     if spec in BUILTIN_MODELS:
-        own = spec.split("-")[0]
-        if data_name and data_name != own:
-            raise ValueError(f"--data {data_name}: the built-in model {spec} uses its own data "
-                             f"set ({own}); --data is for a model PATH")
+        model_data(spec, data_name)
         return get_trained_model(spec, cache_dir, recipe=recipe, log=log)
     p = Path(spec)
     if not p.exists():
         raise ValueError(f"--model {spec!r}: not a built-in model ({list(BUILTIN_MODELS)}) "
                          "and no such file")
-    if not data_name:
-        raise ValueError(f"a model file needs --data {'|'.join(DATA_SETS)}|PATH.npz")
+    data_name = model_data(spec, data_name)
     if p.suffix.lower() == ".onnx":
         try:
             from .onnx_intake import load_onnx

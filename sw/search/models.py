@@ -33,10 +33,12 @@ padding given as ints or pairs, groups 1 or depthwise), ``Linear``, ``BatchNorm2
 conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
 ``Flatten``, and ``Dropout`` / ``Identity`` (skipped). A module that is not an
 ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has residual adds
-(``a + b`` of two tensors) it is traced as a graph (layers in topological order, each naming
-the layers it reads in ``FLayer.src``; ``torch.relu`` / ``torch.flatten(x, 1)`` accepted),
-otherwise its children are walked in order; :func:`check_trace` then verifies that the traced
-layers reproduce ``model(x)``. ``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d(1)``
+(``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``, ``F.dropout``,
+a flatten such as ``x.view(x.size(0), -1)``) it is traced as a graph (layers in topological
+order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back as the
+sequential walk gives it), otherwise its children are walked in order; :func:`check_trace`
+then verifies that the traced layers reproduce ``model(x)``. ``AvgPool2d`` (no padding) and
+``AdaptiveAvgPool2d(1)``
 (global average pooling) become the depthwise conv that computes them, with constant weights
 ``1 / (kh * kw)`` (so they get a precision like any conv; :func:`trace_model` needs an
 example input to size them). Concatenation is rejected with an error
@@ -460,7 +462,7 @@ def torch_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
     model.eval()
     with torch.no_grad():
-        pred = model(torch.from_numpy(x)).argmax(1).numpy()
+        pred = model(_batch(x)).argmax(1).numpy()
     return float((pred == y).mean() * 100)
 
 
@@ -608,6 +610,16 @@ def _pool_input_shapes(model, example) -> dict:
     return seen
 
 
+def _batch(x):
+    """A float32 torch tensor of an NCHW numpy batch, in a fresh row-major copy. The data sets'
+    arrays can have other strides along their size-1 axes (``digits`` is ``(64, 1, 8, 1)``
+    elements); torch then takes them for channels-last, its convs write channels-last
+    outputs, and a model's own ``x.view(x.size(0), -1)`` fails on them."""
+    import torch
+
+    return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
+
+
 def _run_model(model, x):
     """``model(x)`` (torch, no gradients) for an NCHW numpy batch; a RuntimeError (a sample
     shape the model cannot take) becomes an :class:`UnsupportedModelError` saying so."""
@@ -615,7 +627,7 @@ def _run_model(model, x):
 
     try:
         with torch.no_grad():
-            return model(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+            return model(_batch(x))
     except RuntimeError as exc:
         raise UnsupportedModelError(
             f"the model cannot run on the data set's samples of shape (C, H, W) = "
@@ -768,9 +780,11 @@ def _is_add(n) -> bool:
 
 def _reject_non_chain(model):
     """Look at a non-``Sequential`` module's forward with ``torch.fx``: return the traced
-    graph module when it has residual adds (traced as a graph by :func:`_trace_fx`), ``None``
-    for a plain chain (walked in module order, checked later by :func:`check_trace`), and
-    refuse concatenation. Modules ``torch.fx`` cannot trace are left to :func:`check_trace`."""
+    graph module when it has residual adds or functional operations (``F.relu``,
+    ``F.max_pool2d``, ``x.view(x.size(0), -1)``, ...: traced as a graph by :func:`_trace_fx`),
+    ``None`` for a forward that only calls modules (walked in module order, checked later by
+    :func:`check_trace`), and refuse concatenation. Modules ``torch.fx`` cannot trace are left
+    to :func:`check_trace`."""
     import torch
 
     try:
@@ -778,13 +792,13 @@ def _reject_non_chain(model):
     except Exception:  # noqa: BLE001 - any tracing failure: fall back to the numeric check
         return None
     merges = {torch.cat, torch.concat, torch.stack}
-    has_add = False
+    has_add = False                  # an add, or any other operation that is not a module
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in merges:
             raise UnsupportedModelError(
                 f"{n.name} ({getattr(n.target, '__name__', n.target)}): concatenation is not "
                 f"supported; supported: modules {list(SUPPORTED_MODULES)}, residual add")
-        has_add = has_add or _is_add(n)
+        has_add = has_add or n.op in ("call_function", "call_method")
     return gm if has_add else None
 
 
@@ -794,18 +808,37 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
     conv/linear it directly follows when that output has no other reader; ReLU, also
     ``torch.relu`` / ``F.relu``, fused into its producer when that output has no other
-    reader), ``torch.flatten(x, 1)``, and ``a + b`` of two tensors (an ``"add"`` layer).
+    reader), ``F.max_pool2d`` (as ``MaxPool2d``), ``F.dropout`` (skipped), a flatten
+    (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
+    ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), and ``a + b`` of two tensors (an
+    ``"add"`` layer). A graph without adds in which every layer reads the one before it comes
+    back as the sequential walk gives it (``src`` ``None``).
     """
+    import operator
+
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
     mods = dict(gm.named_modules())
+    gm.graph.eliminate_dead_code()
     layers: list[FLayer] = []
     where: dict = {}                 # fx node -> index of the layer producing it (-1: input)
+    sizes: set = set()               # fx nodes holding a tensor's size / shape
+    batch: set = set()               # fx nodes holding a tensor's batch size
 
     def only_reader(node) -> bool:
         return len(node.users) == 1
+
+    def flatten_dims(n):
+        """The target shape of a view / reshape node, if it flattens each sample."""
+        dims = n.args[1:] or tuple(n.kwargs.get("shape", ()))
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        ok = len(dims) == 2 and (
+            (dims[0] in batch or dims[0] == -1) and isinstance(dims[1], int) and dims[1] > 0
+            or dims[0] in batch and dims[1] == -1)
+        return ok, dims
 
     for n in gm.graph.nodes:
         if n.op == "placeholder":
@@ -813,7 +846,35 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
             continue
         if n.op == "output":
             break
+        if (n.op == "call_method" and n.target == "size") or (
+                n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",)):
+            if n.target == "size" and n.args[1:] not in ((), (0,)) or n.kwargs:
+                raise UnsupportedModelError(
+                    f"{n.name}: the size of a dimension other than the batch; a reshape may "
+                    "use x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
+            (batch if n.args[1:] == (0,) else sizes).add(n)
+            continue
+        if n.op == "call_function" and n.target is operator.getitem and n.args[0] in sizes:
+            if n.args[1] != 0:
+                raise UnsupportedModelError(
+                    f"{n.name}: the size of a dimension other than the batch; a reshape may "
+                    "use x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
+            batch.add(n)
+            continue
         args = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        if n.op == "call_method" and n.target in ("view", "reshape") or (
+                n.op == "call_function" and n.target is torch.reshape):
+            ok, dims = flatten_dims(n)
+            if not ok:
+                raise UnsupportedModelError(
+                    f"{n.name}: a {n.target if n.op == 'call_method' else 'reshape'} to "
+                    f"{tuple('N' if d in batch else d for d in dims)}; supported: a flatten "
+                    "to (N, -1), (N, K) or (-1, K) (x.view(x.size(0), -1), torch.flatten(x, 1))")
+            args = args[:1]
+        if any(a not in where for a in args):
+            raise UnsupportedModelError(
+                f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) reads a tensor's "
+                "size; only a flatten (x.view(x.size(0), -1)) may")
         srcs = tuple(where[a] for a in args)
         m = mods.get(n.target) if n.op == "call_module" else None
         relu_fn = (n.op == "call_function" and n.target in (torch.relu, F.relu)) or (
@@ -835,14 +896,21 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
                 prev.bias = (prev.bias - m.running_mean.double().numpy()) * s + be
             where[n] = srcs[0]
             continue
-        if isinstance(m, (nn.Dropout, nn.Identity)):
+        if isinstance(m, (nn.Dropout, nn.Identity)) or (
+                n.op == "call_function" and n.target in (F.dropout, F.dropout2d)):
             where[n] = srcs[0]
             continue
         if _is_add(n):
             new = FLayer("add", n.name, src=srcs)
-        elif n.op == "call_function" and n.target is torch.flatten and (
-                n.args[1:] == (1,) or n.kwargs.get("start_dim") == 1):
+        elif (n.op == "call_function" and n.target is torch.flatten or
+              n.op == "call_method" and n.target == "flatten") and (
+                n.args[1:] == (1,) or n.kwargs == {"start_dim": 1}):
             new = FLayer("flatten", n.name, src=srcs)
+        elif n.op in ("call_method", "call_function") and n.target in (
+                "view", "reshape", torch.reshape):
+            new = FLayer("flatten", n.name, src=srcs)
+        elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d):
+            new = _functional_maxpool(n, srcs)
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
             new = _leaf_layer(n.target, m, srcs)
         elif isinstance(m, _avg_pools()):
@@ -850,8 +918,9 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
         else:
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) is not supported; "
-                f"supported: modules {list(SUPPORTED_MODULES)}, torch.relu, torch.flatten(x, 1), "
-                "residual add")
+                f"supported: modules {list(SUPPORTED_MODULES)}, torch.relu / F.relu, "
+                "F.max_pool2d, F.dropout, a flatten (torch.flatten(x, 1), x.view(x.size(0), -1), "
+                "...), residual add")
         where[n] = len(layers)
         layers.append(new)
     out_src = [where[a] for a in n.args if isinstance(a, torch.fx.Node)]
@@ -862,7 +931,24 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
         raise UnsupportedModelError(
             "the last operation must be a Conv2d/Linear without ReLU (it produces the int32 "
             "logits)")
+    if all(l.src == (i - 1,) for i, l in enumerate(layers)):
+        for l in layers:                 # a chain: as the sequential walk gives it
+            l.src = None
     return layers
+
+
+def _functional_maxpool(n, srcs) -> FLayer:
+    """The FLayer of an ``F.max_pool2d`` call (graph intake), with ``MaxPool2d``'s rules."""
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    a = dict(zip(names, n.args[1:]))
+    a.update(n.kwargs)
+    k = _pair(a["kernel_size"])
+    s = _pair(a.get("stride") or a["kernel_size"])
+    if k != s or _pair(a.get("padding", 0)) != (0, 0) or _pair(a.get("dilation", 1)) != (1, 1) \
+            or a.get("ceil_mode") or a.get("return_indices"):
+        raise UnsupportedModelError(
+            f"{n.name}: max_pool2d needs kernel == stride, no padding/dilation/ceil_mode")
+    return FLayer("maxpool", n.name, kernel=k, stride=s, src=srcs)
 
 
 def _check_groups(name: str, m) -> None:

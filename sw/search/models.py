@@ -93,7 +93,8 @@ __all__ = [
 ]
 
 BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet")
-SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "MaxPool2d",
+SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "ReLU6",
+                     "Hardtanh (min_val 0)", "MaxPool2d",
                      "AvgPool2d", "AdaptiveAvgPool2d",
                      "Flatten", "Dropout", "Identity")
 
@@ -553,6 +554,11 @@ class FLayer:
         Conv groups.
     relu : bool
         ReLU fused after this layer.
+    relu_max : float, optional
+        With ``relu``: the ReLU's upper bound (6 for ``ReLU6``; ``Hardtanh(0, m)``,
+        ``clamp(x, 0, m)``), ``None`` for a plain ReLU. The integer model needs nothing more:
+        the tensor's grid is calibrated on the bounded values, so its clamp to ``[0, qmax]``
+        already bounds it at or below ``relu_max``.
     src : tuple of int, optional
         Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
         network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
@@ -569,6 +575,7 @@ class FLayer:
     groups: int = 1
     relu: bool = False
     src: tuple | None = None
+    relu_max: float | None = None
 
     @property
     def is_compute(self) -> bool:
@@ -735,12 +742,12 @@ def trace_model(model, example=None) -> list[FLayer]:
             s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
             last.weight = last.weight * s.reshape((-1,) + (1,) * (last.weight.ndim - 1))
             last.bias = (last.bias - m.running_mean.double().numpy()) * s + be
-        elif isinstance(m, nn.ReLU):
+        elif isinstance(m, (nn.ReLU, nn.Hardtanh)):
             if last is None or not last.is_compute or last.relu:
                 raise UnsupportedModelError(
-                    f"{name}: ReLU must directly follow a Conv2d/Linear/BatchNorm (it is fused "
-                    "into the requantization clamp)")
-            last.relu = True
+                    f"{name}: {tname} must directly follow a Conv2d/Linear/BatchNorm (it is "
+                    "fused into the requantization clamp)")
+            last.relu, last.relu_max = True, _relu_max(name, m)
         elif isinstance(m, nn.MaxPool2d):
             k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
             if k != s or p != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
@@ -877,8 +884,10 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
                 "size; only a flatten (x.view(x.size(0), -1)) may")
         srcs = tuple(where[a] for a in args)
         m = mods.get(n.target) if n.op == "call_module" else None
-        relu_fn = (n.op == "call_function" and n.target in (torch.relu, F.relu)) or (
-            n.op == "call_method" and n.target == "relu") or isinstance(m, nn.ReLU)
+        relu_fn = (n.op == "call_function" and n.target in (
+            torch.relu, F.relu, F.relu6, F.hardtanh, torch.clamp)) or (
+            n.op == "call_method" and n.target in ("relu", "clamp")) or isinstance(
+            m, (nn.ReLU, nn.Hardtanh))
         if relu_fn or isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             prev = layers[srcs[0]] if srcs and srcs[0] >= 0 else None
             ok_kinds = ("conv", "linear", "add") if relu_fn else ("conv", "linear")
@@ -887,7 +896,7 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
                     f"{n.name}: {'ReLU' if relu_fn else 'BatchNorm'} must directly follow a "
                     f"{'/'.join(ok_kinds)} whose output nothing else reads (it is fused)")
             if relu_fn:
-                prev.relu = True
+                prev.relu, prev.relu_max = True, _relu_max(n.name, m, n)
             else:
                 g = (m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features))
                 be = (m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features))
@@ -935,6 +944,37 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
         for l in layers:                 # a chain: as the sequential walk gives it
             l.src = None
     return layers
+
+
+def _relu_max(name: str, m=None, n=None) -> float | None:
+    """The upper bound of a ReLU-like activation: ``None`` for ``ReLU`` / ``F.relu``, 6 for
+    ``ReLU6`` / ``F.relu6``, ``m`` for ``Hardtanh(0, m)`` / ``F.hardtanh(x, 0, m)`` /
+    ``clamp(x, 0, m)`` (module ``m`` or fx node ``n``); anything else is refused."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    if m is not None:
+        if not isinstance(m, nn.Hardtanh):
+            return None
+        lo, hi = float(m.min_val), float(m.max_val)
+    elif n.target in (F.relu6,):
+        return 6.0
+    elif n.target in (F.hardtanh, torch.clamp, "clamp"):
+        names = ("min_val", "max_val") if n.target is F.hardtanh else ("min", "max")
+        a = dict(zip(names, n.args[1:]))
+        a.update({k: v for k, v in n.kwargs.items() if k in names})
+        lo = a.get(names[0], -1.0 if n.target is F.hardtanh else None)
+        hi = a.get(names[1], 1.0 if n.target is F.hardtanh else None)
+    else:
+        return None
+    if lo == 0 and hi is None and n is not None and n.target != F.hardtanh:
+        return None                              # clamp(x, min=0): a plain ReLU
+    if lo != 0 or not isinstance(hi, (int, float)) or not hi > 0:
+        raise UnsupportedModelError(
+            f"{name}: a clamp to [{lo}, {hi}]; supported: a ReLU with an upper bound, [0, m] "
+            "with m > 0 (ReLU6, Hardtanh(0, m), clamp(x, 0, m))")
+    return float(hi)
 
 
 def _functional_maxpool(n, srcs) -> FLayer:
@@ -1011,7 +1051,7 @@ def run_graph(layers: list[FLayer], x, compute, post=None):
             k += 1
             h = compute(k, l, h)
         if l.relu:
-            h = torch.relu(h)
+            h = torch.relu(h) if l.relu_max is None else torch.clamp(h, 0.0, l.relu_max)
         if post is not None:
             h = post(i, h)
         outs.append(h)
@@ -1071,7 +1111,7 @@ def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
             elif l.kind == "flatten":
                 h = h.flatten(1)
             if l.relu:
-                h = torch.relu(h)
+                h = torch.relu(h) if l.relu_max is None else torch.clamp(h, 0.0, l.relu_max)
             outs.append(h)
     return outs[-1].numpy()
 

@@ -10,6 +10,7 @@ model").
 Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either exporter):
 ``Conv`` (2-D, symmetric ``pads``, ``group`` 1 or depthwise), ``Gemm`` (``transA = 0``),
 ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
+``Clip`` to ``[0, m]`` (``ReLU6``; a ReLU with an upper bound),
 ``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
 ``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average pooling;
 see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two tensors (a
@@ -45,7 +46,7 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 #: ``Shape`` of a computed tensor only as part of a shape computation (see the module docstring).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Reshape",
-                 "Identity", "Dropout", "Constant", "Shape")
+                 "Identity", "Dropout", "Constant", "Shape", "Clip")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -345,6 +346,18 @@ def onnx_to_torch(model):
             rank[out] = rank[src]
         elif op == "Relu":
             add(n, nn.ReLU(), src)
+            rank[out] = rank[src]
+        elif op == "Clip":                    # torch writes ReLU6 / Hardtanh / clamp this way
+            lo, hi = a.get("min"), a.get("max")          # opset < 11: attributes
+            if len(ins) > 1 and ins[1]:
+                lo = float(np.asarray(const(n, ins[1], "min")))
+            if len(ins) > 2 and ins[2]:
+                hi = float(np.asarray(const(n, ins[2], "max")))
+            if lo != 0 or hi is not None and not hi > 0:
+                raise UnsupportedModelError(
+                    f"{where(n)}: a clip to [{lo}, {hi}]; supported: [0, m] with m > 0 (a ReLU "
+                    "with an upper bound, as ReLU6) or [0, none] (a ReLU)")
+            add(n, nn.ReLU() if hi is None else nn.Hardtanh(0.0, hi), src)
             rank[out] = rank[src]
         elif op == "BatchNormalization":
             if int(a.get("training_mode", 0)) or len(n.output) > 1 and any(n.output[1:]):

@@ -209,6 +209,14 @@ class Quantizer:
                 else:
                     self._signed.append(not layers[self.comp_idx[k - 1]].relu)
         self._x_signed = bool(x.min() < 0)
+        # inputs bounded by a ReLU with an upper bound (ReLU6): their integer values must
+        # stay within the calibrated grid, see qmax
+        self._bounded = []
+        for i in self.comp_idx:
+            s = self._src(i)[0]
+            while s >= 0 and layers[s].kind in ("maxpool", "flatten"):
+                s = self._src(s)[0]
+            self._bounded.append(s >= 0 and layers[s].relu_max is not None)
         self._scale_cache: dict = {}
         # tied layers (readers of one tensor) get one input grid, so one scale at equal
         # a_bits whatever their w_bits: qa from the group's longest dot product at 16-bit
@@ -263,7 +271,7 @@ class Quantizer:
             ins = [outs[s] for s in (l.src if l.src is not None else (i - 1,))]
             if l.kind == "add":
                 h = ins[0] + ins[1]
-                outs[i] = np.maximum(h, 0) if l.relu else h
+                outs[i] = np.clip(h, 0, l.relu_max) if l.relu else h
             elif l.kind == "flatten":
                 outs[i] = ins[0].reshape(ins[0].shape[0], -1)
             else:
@@ -289,6 +297,14 @@ class Quantizer:
         of a tie group (:meth:`tie_groups`) gets the group's ``qa``: the one of its longest
         dot product at 16-bit weights; its ``qw`` then halves until the layer's own dot
         product fits."""
+        if self._bounded[k]:
+            # the requantizer clamps to the bits' full range, not to a reduced qa: only a
+            # full-range grid keeps the bound (values above the calibrated clip, which is at
+            # most the bound, cannot be represented), so the weights give up the headroom
+            qa, qw = _qmax(a_bits, False), _qmax(w_bits, True)
+            while self.dot_len(k) * qa * qw > 2 ** 31 - 1:
+                qw //= 2
+            return qa, qw
         if k in self._tie_k:
             qa = headroom_qmax(self._tie_k[k], a_bits, self._signed[k], 16)[0]
             qw = _qmax(w_bits, True)

@@ -42,10 +42,11 @@ def _random_bn(model, seed):
     return model
 
 
-def _export(model, shape, path, dynamo):
+def _export(model, shape, path, dynamo, dynamic=True):
+    """Export ``model`` on a batch of 2 ``shape`` samples, the batch size symbolic or fixed."""
     x = torch.zeros((2, *shape))
-    kw = ({"dynamic_shapes": ({0: "batch"},)} if dynamo
-          else {"dynamic_axes": {"x": {0: "batch"}}})
+    kw = ({"dynamic_shapes": ({0: "batch"},) if dynamic else None} if dynamo
+          else {"dynamic_axes": {"x": {0: "batch"}} if dynamic else None})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
@@ -114,17 +115,7 @@ def test_onnx_flatten_by_the_tensors_own_shape(tmp_path, dynamo, dynamic, arith)
     torch.manual_seed(0)
     model = _ViewNet(arith).eval()
     path = tmp_path / "view.onnx"
-    x = torch.zeros((2, 1, 8, 8))
-    kw = ({"dynamic_shapes": ({0: "batch"},) if dynamic else None} if dynamo
-          else {"dynamic_axes": {"x": {0: "batch"}} if dynamic else None})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            torch.onnx.export(model, (x,), str(path), dynamo=dynamo, input_names=["x"],
-                              output_names=["y"], verbose=False, **kw)
-        finally:
-            logging.disable(logging.NOTSET)
+    _export(model, (1, 8, 8), path, dynamo, dynamic)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     if dynamic and not dynamo:
         assert {"Shape", "Gather", "Concat"} <= ops     # the case this test is about

@@ -4,8 +4,7 @@ traced as a ReLU with ``relu_max``, and followed by the quantizer and the intege
 References: the model's own ``forward`` (torch), never the traced layers.
 """
 
-import logging
-import warnings
+import dataclasses
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_bounded_relu_reaches_the_integer_model(make, bounds):
     check_trace(model, layers, x)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).double().numpy()
-    unbounded = float_forward([dataclasses_replace(l, relu_max=None) for l in layers], x)
+    unbounded = float_forward([dataclasses.replace(l, relu_max=None) for l in layers], x)
     scale = np.abs(ref).max()
     assert np.abs(unbounded - ref).max() > 0.05 * scale      # the bounds matter here
     qz = Quantizer(layers, x)
@@ -80,12 +79,6 @@ def test_bounded_relu_reaches_the_integer_model(make, bounds):
     z = int_forward(net, x).astype(np.float64) * net.logit_scale
     assert np.abs(z - ref).max() <= 1e-2 * scale, np.abs(z - ref).max() / scale
     assert np.abs(z - unbounded).max() > 0.04 * scale
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 class _Fn(nn.Module):
@@ -130,17 +123,11 @@ def test_onnx_clip_is_a_bounded_relu(tmp_path):
     """torch writes ReLU6 / Hardtanh(0, m) as Clip(x, 0, m) (both exporters)."""
     pytest.importorskip("onnx")
     from rvmpq.sw.search.onnx_intake import load_onnx
+    from test_search_onnx import _export
 
     model, x = _seq(), _x(8)
     path = tmp_path / "r6.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), dynamo=False,
-                              input_names=["x"], dynamic_axes={"x": {0: "batch"}})
-        finally:
-            logging.disable(logging.NOTSET)
+    _export(model, (1, 8, 8), path, dynamo=False)
     layers = trace_model(load_onnx(path))
     assert [l.relu_max for l in layers if l.is_compute] == [6.0, 3.0, None]
     with torch.no_grad():

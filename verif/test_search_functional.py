@@ -22,6 +22,7 @@ from rvmpq.sw.search.models import (  # noqa: E402
 
 FLATTENS = {
     "view_size0": lambda x: x.view(x.size(0), -1),
+    "contiguous_view": lambda x: x.contiguous().view(x.size(0), -1),
     "reshape_shape0": lambda x: x.reshape(x.shape[0], -1),
     "view_size0_k": lambda x: x.view(x.size(0), 32 * 4 * 4),
     "view_minus1_k": lambda x: x.view(-1, 32 * 4 * 4),

@@ -557,8 +557,9 @@ class FLayer:
     relu_max : float, optional
         With ``relu``: the ReLU's upper bound (6 for ``ReLU6``; ``Hardtanh(0, m)``,
         ``clamp(x, 0, m)``), ``None`` for a plain ReLU. The integer model needs nothing more:
-        the tensor's grid is calibrated on the bounded values, so its clamp to ``[0, qmax]``
-        already bounds it at or below ``relu_max``.
+        the tensor's grid is calibrated on the bounded values and spans its bits' full range
+        (:meth:`~.quantizer.Quantizer.qmax`), so the requantizer's clamp to that range bounds
+        it at or below ``relu_max``.
     src : tuple of int, optional
         Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
         network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
@@ -815,7 +816,8 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
     conv/linear it directly follows when that output has no other reader; ReLU, also
     ``torch.relu`` / ``F.relu``, fused into its producer when that output has no other
-    reader), ``F.max_pool2d`` (as ``MaxPool2d``), ``F.dropout`` (skipped), a flatten
+    reader), ``F.max_pool2d`` (as ``MaxPool2d``), ``F.dropout`` and ``.contiguous()``
+    (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
     ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), and ``a + b`` of two tensors (an
     ``"add"`` layer). A graph without adds in which every layer reads the one before it comes
@@ -906,7 +908,8 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
             where[n] = srcs[0]
             continue
         if isinstance(m, (nn.Dropout, nn.Identity)) or (
-                n.op == "call_function" and n.target in (F.dropout, F.dropout2d)):
+                n.op == "call_function" and n.target in (F.dropout, F.dropout2d)) or (
+                n.op == "call_method" and n.target in ("contiguous", "clone", "detach")):
             where[n] = srcs[0]
             continue
         if _is_add(n):

@@ -13,7 +13,9 @@ Quantization scheme (what the kernels run):
   weights, start at the full range of their bits and the larger one loses one bit at a time
   until ``2 * K * qa * qw <= 2**31 - 1`` (``K`` = dot-product length, factor 2 = margin for
   activations above the calibrated clip, which stay representable up to the bits' full range).
-  Only 16-bit operands (or huge K) are affected; the integer model counts no wrap in practice;
+  Only 16-bit operands (or huge K) are affected; the integer model counts no wrap in practice.
+  The input of a layer behind a bounded ReLU (ReLU6) keeps its full range, only ``qw`` shrinks,
+  so that the requantizer's clamp keeps the bound (:meth:`Quantizer.qmax`);
 * bias: int32 at scale ``s_in * s_w[c]``; requant multiplier ``M[c] = s_in * s_w[c] / s_out``
   as ``mult[c] * 2**-shift`` with the largest per-layer shift that keeps every ``|mult|`` below
   2**31 (shift clamped to 0..63).
@@ -296,7 +298,8 @@ class Quantizer:
         """``(qa, qw)`` integer ranges of compute layer ``k`` (accumulator headroom). A member
         of a tie group (:meth:`tie_groups`) gets the group's ``qa``: the one of its longest
         dot product at 16-bit weights; its ``qw`` then halves until the layer's own dot
-        product fits."""
+        product fits. A layer whose input a bounded ReLU (``FLayer.relu_max``, e.g. ReLU6)
+        produced keeps the full-range ``qa`` and only ``qw`` halves."""
         if self._bounded[k]:
             # the requantizer clamps to the bits' full range, not to a reduced qa: only a
             # full-range grid keeps the bound (values above the calibrated clip, which is at

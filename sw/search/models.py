@@ -834,6 +834,8 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     layers: list[FLayer] = []
     where: dict = {}                 # fx node -> index of the layer producing it (-1: input)
     sizes: set = set()               # fx nodes holding a tensor's size / shape
+    only_batch_size = ("the size of a dimension other than the batch; a reshape may use "
+                       "x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
     batch: set = set()               # fx nodes holding a tensor's batch size
 
     def only_reader(node) -> bool:
@@ -858,16 +860,12 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
         if (n.op == "call_method" and n.target == "size") or (
                 n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",)):
             if n.target == "size" and n.args[1:] not in ((), (0,)) or n.kwargs:
-                raise UnsupportedModelError(
-                    f"{n.name}: the size of a dimension other than the batch; a reshape may "
-                    "use x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
+                raise UnsupportedModelError(f"{n.name}: {only_batch_size}")
             (batch if n.args[1:] == (0,) else sizes).add(n)
             continue
         if n.op == "call_function" and n.target is operator.getitem and n.args[0] in sizes:
             if n.args[1] != 0:
-                raise UnsupportedModelError(
-                    f"{n.name}: the size of a dimension other than the batch; a reshape may "
-                    "use x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
+                raise UnsupportedModelError(f"{n.name}: {only_batch_size}")
             batch.add(n)
             continue
         args = [a for a in n.args if isinstance(a, torch.fx.Node)]

@@ -215,9 +215,7 @@ class Quantizer:
         # stay within the calibrated grid, see qmax
         self._bounded = []
         for i in self.comp_idx:
-            s = self._src(i)[0]
-            while s >= 0 and layers[s].kind in ("maxpool", "flatten"):
-                s = self._src(s)[0]
+            s = self._producer(self._src(i)[0])
             self._bounded.append(s >= 0 and layers[s].relu_max is not None)
         self._scale_cache: dict = {}
         # tied layers (readers of one tensor) get one input grid, so one scale at equal
@@ -250,16 +248,21 @@ class Quantizer:
             return []
         roots: dict = {}
         for k, i in enumerate(self.comp_idx):
-            s = self._src(i)[0]
-            while s >= 0 and self.layers[s].kind in ("maxpool", "flatten"):
-                s = self._src(s)[0]
-            roots.setdefault(s, []).append(k)
+            roots.setdefault(self._producer(self._src(i)[0]), []).append(k)
         return sorted((g for g in roots.values() if len(g) > 1), key=lambda g: g[0])
 
     def _src(self, i: int) -> tuple:
         from .models import layer_inputs
 
         return layer_inputs(self.layers, i)
+
+    def _producer(self, i: int) -> int:
+        """The layer that computed the values of layer ``i``'s output: ``i`` itself, or
+        through max pooling and flattening (which only select and reorder values) the layer
+        before them; ``-1`` for the network input."""
+        while i >= 0 and self.layers[i].kind in ("maxpool", "flatten"):
+            i = self._src(i)[0]
+        return i
 
     @staticmethod
     def _collect_outputs(layers, x) -> dict:
@@ -284,8 +287,7 @@ class Quantizer:
     def tensor_signed(self, i: int) -> bool:
         """Whether the output of layer ``i`` (``-1``: the input) is quantized signed: not after
         a ReLU (pooling and flattening keep their input's sign)."""
-        while i >= 0 and self.layers[i].kind in ("maxpool", "flatten"):
-            i = self._src(i)[0]
+        i = self._producer(i)
         if i < 0:
             return bool(self._outs[-1].min() < 0)
         return not self.layers[i].relu

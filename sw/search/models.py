@@ -31,17 +31,21 @@ nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any
 padding given as ints or pairs, groups 1 or depthwise), ``Linear``, ``BatchNorm2d`` /
 ``BatchNorm1d`` directly after a conv/linear (folded into it), ``ReLU`` directly after a
 conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
-``Flatten``, and ``Dropout`` / ``Identity`` (skipped). A module that is not an
-``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has residual adds
-(``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``, ``F.dropout``,
-a flatten such as ``x.view(x.size(0), -1)``) it is traced as a graph (layers in topological
-order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back as the
-sequential walk gives it), otherwise its children are walked in order; :func:`check_trace`
-then verifies that the traced layers reproduce ``model(x)``. ``AvgPool2d`` (no padding) and
-``AdaptiveAvgPool2d(1)``
-(global average pooling) become the depthwise conv that computes them, with constant weights
-``1 / (kh * kw)`` (so they get a precision like any conv; :func:`trace_model` needs an
-example input to size them). Concatenation is rejected with an error
+``Flatten``, ``Dropout`` / ``Identity`` (skipped), and a final ``Softmax`` / ``LogSoftmax``
+over the classes (left out: the layers, the integer model and the deployed program end at the
+logits, whose largest is the same class; recorded in the last layer's ``FLayer.out_fn``). A
+module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
+residual adds (``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``,
+``F.avg_pool2d``, ``x.mean((2, 3))``, ``F.dropout``, a flatten such as
+``x.view(x.size(0), -1)``, a final ``F.log_softmax``) it is traced as a graph (layers in
+topological order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back
+as the sequential walk gives it), otherwise its children are walked in order;
+:func:`check_trace` then verifies that the traced layers reproduce ``model(x)``.
+``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d(1)`` (global average pooling), and their
+functional forms (``F.avg_pool2d``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``),
+become the depthwise conv that computes them, with constant weights ``1 / (kh * kw)`` (so they
+get a precision like any conv; :func:`trace_model` needs an example input to size them).
+Concatenation is rejected with an error
 naming what is supported; the last layer must be a conv/linear without ReLU (it produces the
 int32 logits). Residual adds run in the quantizer and the integer model, and ``rvmpq deploy``
 runs each as a stage of its own (the one-layer kernels reject an add with a clear error).
@@ -66,6 +70,7 @@ from rvmpq.sw.tools import build_root
 
 __all__ = [
     "BUILTIN_MODELS",
+    "OUTPUT_FNS",
     "DATA_SETS",
     "Dataset",
     "FLayer",
@@ -93,10 +98,13 @@ __all__ = [
 ]
 
 BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet")
+#: Functions of the logits a model's ``forward`` may end with (``FLayer.out_fn``): left out,
+#: since they keep the order of the logits (so the predicted class, and every accuracy).
+OUTPUT_FNS = ("softmax", "log_softmax")
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "ReLU6",
                      "Hardtanh (min_val 0)", "MaxPool2d",
                      "AvgPool2d", "AdaptiveAvgPool2d",
-                     "Flatten", "Dropout", "Identity")
+                     "Flatten", "Dropout", "Identity", "Softmax (last)", "LogSoftmax (last)")
 
 
 class UnsupportedModelError(ValueError):
@@ -564,6 +572,12 @@ class FLayer:
         Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
         network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
         layer (residual add) reads two.
+    out_fn : str, optional
+        On the last layer only: the function of the logits the model's ``forward`` ends with
+        (one of :data:`OUTPUT_FNS`, over the class axis), which the traced layers, the integer
+        model and the deployed program leave out (the largest logit is the largest
+        probability, so every accuracy is the same). Only :func:`check_trace` applies it, to
+        compare with the model's own output.
     """
 
     kind: str
@@ -577,6 +591,7 @@ class FLayer:
     relu: bool = False
     src: tuple | None = None
     relu_max: float | None = None
+    out_fn: str | None = None
 
     @property
     def is_compute(self) -> bool:
@@ -664,17 +679,28 @@ def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
     if len(got) > 1:
         raise UnsupportedModelError(f"{name}: one {tname} module applied to inputs of "
                                     f"different shapes {sorted(got)}; use one module per use")
-    c, h, w = next(iter(got))
+    chw = next(iter(got))
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if _pair(m.output_size) != (1, 1):
             raise UnsupportedModelError(f"{name}: AdaptiveAvgPool2d needs output size 1 "
                                         "(global average pooling)")
-        k = s = (h, w)
-    else:
-        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-        if p != (0, 0) or m.ceil_mode or m.divisor_override:
-            raise UnsupportedModelError(
-                f"{name}: AvgPool2d needs no padding, ceil_mode or divisor_override")
+        return _pool_conv(name, chw, None, None, src)
+    if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override:
+        raise UnsupportedModelError(
+            f"{name}: AvgPool2d needs no padding, ceil_mode or divisor_override")
+    return _pool_conv(name, chw, _pair(m.kernel_size), _pair(m.stride or m.kernel_size), src)
+
+
+def _pool_conv(name: str, chw: tuple, k, s, src=None) -> FLayer:
+    """The depthwise conv computing an average pooling of a ``(C, H, W)`` input: kernel ``k``
+    and stride ``s`` (``None``: the whole map, global average pooling), no padding, every
+    weight ``1 / (kh * kw)``, no bias."""
+    if len(chw) != 3:
+        raise UnsupportedModelError(f"{name}: average pooling of a tensor of shape (N, "
+                                    f"{', '.join(map(str, chw))}); it needs (N, C, H, W)")
+    c, h, w = chw
+    k = k or (h, w)
+    s = s or k
     weight = np.full((c, 1, *k), 1.0 / (k[0] * k[1]))
     return FLayer("conv", name, weight, np.zeros(c), s, (0, 0), k, c, src=src)
 
@@ -689,8 +715,9 @@ def trace_model(model, example=None) -> list[FLayer]:
         and whose ``forward`` is exactly that order.
     example : numpy.ndarray, optional
         An ``(N, C, H, W)`` input batch. Needed only by average pooling (``AvgPool2d``,
-        ``AdaptiveAvgPool2d(1)``), which becomes a depthwise conv with constant weights and so
-        needs its input's channels and size, read from one forward pass on ``example[:1]``.
+        ``AdaptiveAvgPool2d(1)``, ``F.avg_pool2d``, ``x.mean((2, 3))``, ...), which becomes a
+        depthwise conv with constant weights and so needs its input's channels and size, read
+        from one forward pass on ``example[:1]``.
 
     Returns
     -------
@@ -708,17 +735,22 @@ def trace_model(model, example=None) -> list[FLayer]:
     if not isinstance(model, nn.Sequential):
         gm = _reject_non_chain(model)
         if gm is not None:
-            return _trace_fx(model, gm, shapes)
+            return _trace_fx(model, gm, shapes, example)
     mods = list(_flatten_modules(model)) if isinstance(model, nn.Sequential) else [
         (n2, m2) for n, m in model.named_children() for n2, m2 in
         _flatten_modules(m, n)]
     if not mods:
         raise UnsupportedModelError("the model has no child modules to trace")
     layers: list[FLayer] = []
+    out_fn = None                    # (module name, function, dim) of a final (Log)Softmax
     for name, m in mods:
         last = layers[-1] if layers else None
         tname = type(m).__name__
-        if isinstance(m, nn.Conv2d):
+        if out_fn and not isinstance(m, (nn.Dropout, nn.Identity)):
+            raise UnsupportedModelError(f"{out_fn[0]}: {LAST_ONLY}")
+        if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+            out_fn = (name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", m.dim)
+        elif isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
             if _pair(m.dilation) != (1, 1):
@@ -772,7 +804,27 @@ def trace_model(model, example=None) -> list[FLayer]:
     if layers[-1] is not comp[-1] or comp[-1].relu:
         raise UnsupportedModelError(
             "the last module must be a Conv2d/Linear without ReLU (it produces the int32 logits)")
+    if out_fn:
+        layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
     return layers
+
+
+#: Why a softmax anywhere but at the end is refused.
+LAST_ONLY = ("a softmax / log_softmax is supported only as the model's last operation, over the "
+             "classes of the last conv / linear layer's logits (it is left out: the integer "
+             "model outputs the logits, whose largest is the same class)")
+
+
+def _output_fn(name: str, fn: str, dim, last: FLayer) -> str:
+    """``fn`` (``"softmax"`` / ``"log_softmax"``) as ``last``'s ``out_fn``, after checking it
+    runs over the class axis: ``dim`` 1, ``-1`` after a linear layer (2-D logits), or ``None``
+    (torch's implicit choice, 1 for a 2-D or 4-D tensor)."""
+    nd = 2 if last.kind == "linear" else 4
+    if dim is not None and (not isinstance(dim, int) or dim % nd != 1):
+        raise UnsupportedModelError(
+            f"{name}: a {fn} over dim {dim} of {nd}-D logits; supported: over the classes "
+            f"(dim=1{', or -1' if nd == 2 else ''})")
+    return fn
 
 
 def _is_add(n) -> bool:
@@ -810,18 +862,21 @@ def _reject_non_chain(model):
     return gm if has_add else None
 
 
-def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
+def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     """Trace a model with residual adds from its ``torch.fx`` graph (topological order).
 
     Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
     conv/linear it directly follows when that output has no other reader; ReLU, also
     ``torch.relu`` / ``F.relu``, fused into its producer when that output has no other
-    reader), ``F.max_pool2d`` (as ``MaxPool2d``), ``F.dropout`` and ``.contiguous()``
-    (skipped), a flatten
+    reader), ``F.max_pool2d`` (as ``MaxPool2d``), average pooling (``F.avg_pool2d`` without
+    padding, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))`` / ``torch.mean``, as the
+    modules; their input shapes come from one forward pass on ``example[:1]``),
+    ``F.dropout`` and ``.contiguous()`` (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
-    ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), and ``a + b`` of two tensors (an
-    ``"add"`` layer). A graph without adds in which every layer reads the one before it comes
-    back as the sequential walk gives it (``src`` ``None``).
+    ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), ``a + b`` of two tensors (an
+    ``"add"`` layer), and a final softmax / log_softmax (``FLayer.out_fn``). A graph without
+    adds in which every layer reads the one before it comes back as the sequential walk gives
+    it (``src`` ``None``).
     """
     import operator
 
@@ -837,6 +892,18 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
     only_batch_size = ("the size of a dimension other than the batch; a reshape may use "
                        "x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
     batch: set = set()               # fx nodes holding a tensor's batch size
+    out_fn = None                    # (node name, function, dim) of a final softmax
+    shapes_of: dict = {}             # fx node -> one sample's shape, once asked for
+
+    def in_shape(node) -> tuple:
+        """``(C, H, W)`` (one sample) of the tensor a pooling node reads."""
+        if example is None:
+            raise UnsupportedModelError(
+                f"{node.name}: average pooling needs the shape of its input: trace the model "
+                "with an example input, trace_model(model, example=x)")
+        if not shapes_of:
+            shapes_of.update(_node_shapes(gm, example))
+        return shapes_of[node.args[0]]
 
     def only_reader(node) -> bool:
         return len(node.users) == 1
@@ -884,6 +951,14 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
                 "size; only a flatten (x.view(x.size(0), -1)) may")
         srcs = tuple(where[a] for a in args)
         m = mods.get(n.target) if n.op == "call_module" else None
+        fn = _softmax_fn(n, m)
+        if fn:
+            if any(u.op != "output" for u in n.users):
+                raise UnsupportedModelError(f"{n.name}: {LAST_ONLY}")
+            out_fn = (n.name, fn, m.dim if m is not None else (
+                n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")))
+            where[n] = srcs[0]
+            continue
         relu_fn = (n.op == "call_function" and n.target in (
             torch.relu, F.relu, F.relu6, F.hardtanh, torch.clamp)) or (
             n.op == "call_method" and n.target in ("relu", "clamp")) or isinstance(
@@ -921,6 +996,11 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
             new = FLayer("flatten", n.name, src=srcs)
         elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d):
             new = _functional_maxpool(n, srcs)
+        elif _is_avg_pool(n):
+            new, keep = _functional_avgpool(n, srcs, lambda: in_shape(n))
+            if not keep:                     # x.mean((2, 3)): pooled, then flattened
+                layers.append(new)
+                new = FLayer("flatten", n.name + "_flatten", src=(len(layers) - 1,))
         elif isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
             new = _leaf_layer(n.target, m, srcs)
         elif isinstance(m, _avg_pools()):
@@ -929,8 +1009,9 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) is not supported; "
                 f"supported: modules {list(SUPPORTED_MODULES)}, torch.relu / F.relu, "
-                "F.max_pool2d, F.dropout, a flatten (torch.flatten(x, 1), x.view(x.size(0), -1), "
-                "...), residual add")
+                "F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d(x, 1), x.mean((2, 3)), "
+                "F.dropout, a flatten (torch.flatten(x, 1), x.view(x.size(0), -1), ...), "
+                "residual add, a final softmax / log_softmax")
         where[n] = len(layers)
         layers.append(new)
     out_src = [where[a] for a in n.args if isinstance(a, torch.fx.Node)]
@@ -941,10 +1022,93 @@ def _trace_fx(model, gm, shapes=None) -> list[FLayer]:
         raise UnsupportedModelError(
             "the last operation must be a Conv2d/Linear without ReLU (it produces the int32 "
             "logits)")
+    if out_fn:
+        layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
     if all(l.src == (i - 1,) for i, l in enumerate(layers)):
         for l in layers:                 # a chain: as the sequential walk gives it
             l.src = None
     return layers
+
+
+def _node_shapes(gm, example) -> dict:
+    """``{fx node: shape of one sample}`` of every tensor the graph module ``gm`` computes, from
+    one run on ``example[:1]`` (a failure is the model's: :func:`_run_model`'s message)."""
+    import torch
+
+    shapes: dict = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if isinstance(out, torch.Tensor):
+                shapes[node] = tuple(out.shape[1:])
+            return out
+
+    _run_model(Recorder(gm).run, example[:1])
+    return shapes
+
+
+def _softmax_fn(n, m) -> str | None:
+    """``"softmax"`` / ``"log_softmax"`` if fx node ``n`` (module ``m``) is one, else None."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        return "softmax" if isinstance(m, nn.Softmax) else "log_softmax"
+    if n.op == "call_function" and n.target in (F.softmax, torch.softmax):
+        return "softmax"
+    if n.op == "call_function" and n.target in (F.log_softmax, torch.log_softmax):
+        return "log_softmax"
+    if n.op == "call_method" and n.target in OUTPUT_FNS:
+        return n.target
+    return None
+
+
+def _is_avg_pool(n) -> bool:
+    """True for an fx node of functional average pooling (or a mean, checked later)."""
+    import torch
+    import torch.nn.functional as F
+
+    return (n.op == "call_function" and n.target in (F.avg_pool2d, F.adaptive_avg_pool2d,
+                                                      torch.mean)
+            or n.op == "call_method" and n.target == "mean")
+
+
+def _functional_avgpool(n, srcs, shape) -> tuple[FLayer, bool]:
+    """``(conv, keep)``: the depthwise conv of a functional average pooling (graph intake),
+    with the modules' rules, and False where the result drops the pooled axes
+    (``x.mean((2, 3))`` without ``keepdim``: a flatten follows). ``shape()`` gives the input's
+    ``(C, H, W)``; it is asked for once the call's arguments are found supported."""
+    import torch.nn.functional as F
+
+    if n.target is F.avg_pool2d:
+        names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
+        a = dict(zip(names, n.args[1:]))
+        a.update(n.kwargs)
+        if _pair(a.get("padding", 0)) != (0, 0) or a.get("ceil_mode") or \
+                a.get("divisor_override"):
+            raise UnsupportedModelError(
+                f"{n.name}: avg_pool2d needs no padding, ceil_mode or divisor_override")
+        k = _pair(a["kernel_size"])
+        return _pool_conv(n.name, shape(), k, _pair(a.get("stride") or k), srcs), True
+    if n.target is F.adaptive_avg_pool2d:
+        size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
+        if size is None or _pair(size) != (1, 1):
+            raise UnsupportedModelError(f"{n.name}: adaptive_avg_pool2d needs output size 1 "
+                                        "(global average pooling)")
+        return _pool_conv(n.name, shape(), None, None, srcs), True
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    if not all(isinstance(d, int) for d in dims) or len(dims) != 2 or \
+            n.kwargs.get("dtype") is not None or sorted(d % 4 for d in dims) != [2, 3] or \
+            len(shape()) != 3:
+        raise UnsupportedModelError(
+            f"{n.name}: a mean over dims {dims or 'all'}; supported: over the two spatial "
+            "dims of an (N, C, H, W) tensor, x.mean((2, 3)) (global average pooling)")
+    return _pool_conv(n.name, shape(), None, None, srcs), bool(keep)
 
 
 def _relu_max(name: str, m=None, n=None) -> float | None:
@@ -1071,6 +1235,9 @@ def check_trace(model, layers: list[FLayer], x: np.ndarray, rtol: float = 1e-4) 
     ref = _run_model(model, x).double().numpy()
     try:
         got = float_forward(layers, x)
+        if layers and layers[-1].out_fn:        # the model ends with it; the layers do not
+            import torch
+            got = getattr(torch, layers[-1].out_fn)(torch.from_numpy(got), 1).numpy()
     except (RuntimeError, ValueError) as exc:
         raise UnsupportedModelError(
             f"the traced layer sequence does not reproduce the model's forward ({exc}): the "

@@ -15,7 +15,9 @@ Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with ei
 ``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average pooling;
 see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two tensors (a
 residual add), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
-``Identity`` and ``Dropout`` (skipped) and ``Constant``. A node whose inputs are all constants
+``Identity`` and ``Dropout`` (skipped), ``Constant``, and a ``Softmax`` / ``LogSoftmax`` over
+the classes of 2-D logits as the graph's last node (left out of the integer model, as a final
+softmax in PyTorch is: :data:`~.models.OUTPUT_FNS`). A node whose inputs are all constants
 is evaluated once, at conversion, by ONNX's reference evaluator (constant folding); ``Shape``
 of a computed tensor gives its shape with the batch size left open, so the ``Shape`` /
 ``Gather`` / ``Unsqueeze`` / ``Concat`` that ``x.view(x.size(0), -1)`` exports as folds into a
@@ -46,7 +48,7 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 #: ``Shape`` of a computed tensor only as part of a shape computation (see the module docstring).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Reshape",
-                 "Identity", "Dropout", "Constant", "Shape", "Clip")
+                 "Identity", "Dropout", "Constant", "Shape", "Clip", "Softmax", "LogSoftmax")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -413,6 +415,16 @@ def onnx_to_torch(model):
                 modules.append((child, nn.Flatten()))
                 steps.append(("module", child, [out + "/pooled"], out))
                 rank[out] = 2
+        elif op in ("Softmax", "LogSoftmax"):
+            # over axis 1 of 2-D logits; opsets before 13 (default axis 1) coerce to 2-D at
+            # the axis, later ones (default -1) run along it: the same on a 2-D tensor
+            axis = int(a.get("axis", 1))
+            if rank[src] != 2 or axis not in (1, -1):
+                raise UnsupportedModelError(
+                    f"{where(n)}: a {op} over axis {axis} of a rank-{rank[src]} tensor; "
+                    "supported: over the classes (axis 1 or -1) of 2-D logits")
+            add(n, (nn.Softmax if op == "Softmax" else nn.LogSoftmax)(dim=1), src)
+            rank[out] = 2
         elif op == "Flatten":
             if int(a.get("axis", 1)) != 1:
                 raise UnsupportedModelError(f"{where(n)}: only axis=1 (keep the batch) is "

@@ -379,3 +379,31 @@ def test_onnx_softmax_the_intake_cannot_leave_out_is_refused(tmp_path):
         assert ("a Softmax over axis 0 of a rank-2 tensor" if case == "axis 0" else
                 "supported only as the model's last operation") in str(err.value), case
 
+
+def test_a_saved_model_whose_class_is_not_importable(tmp_path, capsys, monkeypatch):
+    """``torch.save`` pickles a module's class by name: a class from the training script's
+    ``__main__``, or from a module not on the path, cannot be loaded; the error says why and
+    what to do instead of calling the file corrupt."""
+    import sys
+
+    (tmp_path / "gone_net.py").write_text(
+        "import torch.nn as nn\n\n\nclass GoneNet(nn.Sequential):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_net
+
+    main_mod = sys.modules["__main__"]
+    script_cls = type("ScriptNet", (nn.Sequential,), {"__module__": "__main__"})
+    monkeypatch.setattr(main_mod, "ScriptNet", script_cls, raising=False)
+    cases = {"gone": (gone_net.GoneNet, "class is in module 'gone_net', which cannot be imported"),
+             "script": (script_cls, "class 'ScriptNet' is not defined in module '")}
+    for name, (cls, _) in cases.items():
+        torch.save(cls(nn.Linear(64, 10)), tmp_path / f"{name}.pt")
+    monkeypatch.delitem(sys.modules, "gone_net")
+    monkeypatch.delattr(main_mod, "ScriptNet")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    for name, (_, want) in cases.items():
+        rc = main(["search", "--model", str(tmp_path / f"{name}.pt"), "--data", "digits",
+                   "--costs", "stand-in", "-o", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err and "PYTHONPATH" in err and "ONNX" in err, err
+    assert not (tmp_path / "out").exists()

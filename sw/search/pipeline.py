@@ -122,6 +122,24 @@ def layer_links(qz: Quantizer) -> tuple[list[LayerShape], list]:
     return network_shapes(qz.export([8] * qz.n_compute, [8] * qz.n_compute))
 
 
+def _class_not_found(exc: Exception) -> str:
+    """What to do when ``torch.load`` cannot find the class of a saved module: the pickle
+    holds the class's module and name, not its code."""
+    import re
+
+    fix = ("torch.save stores a module's class by name, not its code: define the class in a "
+           "file of its own (my_net.py), import it in the script that saves the model, and "
+           "run rvmpq with that file's folder on PYTHONPATH (PYTHONPATH=DIR rvmpq ...); or "
+           "export the model to ONNX (torch.onnx.export) and pass the .onnx file")
+    m = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
+    if m:
+        return f"the saved model's class {m[1]!r} is not defined in module {m[2]!r} here ({fix})"
+    m = re.search(r"No module named '([^']+)'", str(exc))
+    if m:
+        return f"the saved model's class is in module {m[1]!r}, which cannot be imported ({fix})"
+    return f"the saved model's class cannot be found ({type(exc).__name__}: {exc}; {fix})"
+
+
 def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=None):
     if spec in BUILTIN_MODELS:
         model_data(spec, data_name)
@@ -144,6 +162,8 @@ def _load_model(spec: str, data_name: str | None, log, cache_dir=None, recipe=No
 
         try:
             model = torch.load(p, weights_only=False)
+        except (AttributeError, ImportError) as exc:   # the pickle names a class not found
+            raise ValueError(f"{p}: {_class_not_found(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - unpickling / zip errors of a corrupt file
             raise ValueError(f"{p}: not a torch.save'd module nor an .onnx file "
                              f"({type(exc).__name__}: {exc})") from None

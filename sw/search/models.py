@@ -28,10 +28,13 @@ Built-in models (weights cached under ``<build>/models/``, ``<build>`` being
 
 Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (``nn.Sequential``
 nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
-padding given as ints or pairs, groups 1 or depthwise), ``Linear``, ``BatchNorm2d`` /
-``BatchNorm1d`` directly after a conv/linear (folded into it), ``ReLU`` directly after a
-conv/linear/BN (fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
-``Flatten``, ``Dropout`` / ``Identity`` (skipped), and a final ``Softmax`` / ``LogSoftmax``
+padding given as ints or pairs, ``"same"`` with an odd kernel, or ``"valid"``; groups 1 or
+depthwise), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
+into it), ``ReLU`` directly after a conv/linear/BN (fused as the requant clamp), ``MaxPool2d``
+(kernel == stride, no padding), ``Flatten``, ``Dropout`` / ``Identity`` (skipped), the 1-D
+layers (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d(1)``: a model with
+``Conv1d`` and no ``Conv2d`` takes ``(N, C, L)`` batches, fed from the data's ``(N, C, 1, L)``
+samples, and each 1-D layer becomes the 2-D layer of a ``(1, k)`` kernel), and a final ``Softmax`` / ``LogSoftmax``
 over the classes (left out: the layers, the integer model and the deployed program end at the
 logits, whose largest is the same class; recorded in the last layer's ``FLayer.out_fn``). A
 module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
@@ -103,7 +106,8 @@ BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet"
 OUTPUT_FNS = ("softmax", "log_softmax")
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "ReLU6",
                      "Hardtanh (min_val 0)", "MaxPool2d",
-                     "AvgPool2d", "AdaptiveAvgPool2d",
+                     "AvgPool2d", "AdaptiveAvgPool2d", "Conv1d", "MaxPool1d", "AvgPool1d",
+                     "AdaptiveAvgPool1d",
                      "Flatten", "Dropout", "Identity", "Softmax (last)", "LogSoftmax (last)")
 
 
@@ -471,7 +475,7 @@ def torch_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
     model.eval()
     with torch.no_grad():
-        pred = model(_batch(x)).argmax(1).numpy()
+        pred = model(_model_input(model, x)).argmax(1).numpy()
     return float((pred == y).mean() * 100)
 
 
@@ -599,8 +603,22 @@ class FLayer:
         return self.kind in ("conv", "linear")
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _geom(v, one_d: bool = False, fill: int = 1) -> tuple[int, int]:
+    """A kernel size / stride / padding / dilation as ``(height, width)``. A 1-D layer's
+    (``Conv1d``, ``MaxPool1d``, ...: an int or a 1-tuple) runs along the width of an
+    ``(N, C, 1, L)`` tensor: ``(fill, v)``, ``fill`` 1 (0 for a padding)."""
+    if isinstance(v, int):
+        return (fill, v) if one_d else (v, v)
+    return (fill, int(v[0])) if one_d else (int(v[0]), int(v[1]))
+
+
+def _is_1d(model) -> bool:
+    """True for a 1-D model: ``Conv1d`` layers and no ``Conv2d``. It takes ``(N, C, L)``
+    batches; the data sets store a 1-D signal as ``(N, C, 1, L)`` (:func:`_model_input`)."""
+    import torch.nn as nn
+
+    kinds = {type(m) for m in model.modules()}
+    return nn.Conv1d in kinds and nn.Conv2d not in kinds
 
 
 def _flatten_modules(module, prefix=""):
@@ -643,14 +661,28 @@ def _batch(x):
     return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
 
 
-def _run_model(model, x):
-    """``model(x)`` (torch, no gradients) for an NCHW numpy batch; a RuntimeError (a sample
-    shape the model cannot take) becomes an :class:`UnsupportedModelError` saying so."""
+def _model_input(model, x):
+    """The torch batch ``model`` takes for the NCHW numpy batch ``x``: :func:`_batch`, and for a
+    1-D model (:func:`_is_1d`) the ``(N, C, L)`` batch of its ``(N, C, 1, L)`` samples."""
+    t = _batch(x)
+    if _is_1d(model):
+        if t.dim() != 4 or t.shape[2] != 1:
+            raise UnsupportedModelError(
+                f"a 1-D model (Conv1d) takes (N, C, L) batches, stored as samples of shape "
+                f"(C, 1, L); the data set's are (C, H, W) = {tuple(t.shape[1:])}")
+        t = t[:, :, 0, :].contiguous()
+    return t
+
+
+def _run_model(model, x, call=None):
+    """``model(x)`` (torch, no gradients; ``call(x)`` in its place where given) for an NCHW
+    numpy batch (:func:`_model_input`); a RuntimeError (a sample shape the model cannot take)
+    becomes an :class:`UnsupportedModelError` saying so."""
     import torch
 
     try:
         with torch.no_grad():
-            return model(_batch(x))
+            return (call or model)(_model_input(model, x))
     except RuntimeError as exc:
         raise UnsupportedModelError(
             f"the model cannot run on the data set's samples of shape (C, H, W) = "
@@ -661,7 +693,7 @@ def _avg_pools() -> tuple:
     """The average-pooling module classes of ``torch.nn`` the intake maps to depthwise convs."""
     import torch.nn as nn
 
-    return (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    return (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
 
 
 def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
@@ -680,21 +712,26 @@ def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
         raise UnsupportedModelError(f"{name}: one {tname} module applied to inputs of "
                                     f"different shapes {sorted(got)}; use one module per use")
     chw = next(iter(got))
-    if isinstance(m, nn.AdaptiveAvgPool2d):
-        if _pair(m.output_size) != (1, 1):
-            raise UnsupportedModelError(f"{name}: AdaptiveAvgPool2d needs output size 1 "
+    one_d = isinstance(m, (nn.AvgPool1d, nn.AdaptiveAvgPool1d))
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)):
+        if _geom(m.output_size, one_d) != (1, 1):
+            raise UnsupportedModelError(f"{name}: {tname} needs output size 1 "
                                         "(global average pooling)")
         return _pool_conv(name, chw, None, None, src)
-    if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override:
+    if _geom(m.padding, one_d, 0) != (0, 0) or m.ceil_mode or getattr(m, "divisor_override",
+                                                                         None):
         raise UnsupportedModelError(
-            f"{name}: AvgPool2d needs no padding, ceil_mode or divisor_override")
-    return _pool_conv(name, chw, _pair(m.kernel_size), _pair(m.stride or m.kernel_size), src)
+            f"{name}: {tname} needs no padding, ceil_mode or divisor_override")
+    k = _geom(m.kernel_size, one_d)
+    return _pool_conv(name, chw, k, _geom(m.stride or m.kernel_size, one_d), src)
 
 
 def _pool_conv(name: str, chw: tuple, k, s, src=None) -> FLayer:
-    """The depthwise conv computing an average pooling of a ``(C, H, W)`` input: kernel ``k``
-    and stride ``s`` (``None``: the whole map, global average pooling), no padding, every
-    weight ``1 / (kh * kw)``, no bias."""
+    """The depthwise conv computing an average pooling of a ``(C, H, W)`` input (``(C, L)``:
+    a 1-D one, ``(C, 1, L)``): kernel ``k`` and stride ``s`` (``None``: the whole map, global
+    average pooling), no padding, every weight ``1 / (kh * kw)``, no bias."""
+    if len(chw) == 2:
+        chw = (chw[0], 1, chw[1])
     if len(chw) != 3:
         raise UnsupportedModelError(f"{name}: average pooling of a tensor of shape (N, "
                                     f"{', '.join(map(str, chw))}); it needs (N, C, H, W)")
@@ -750,22 +787,8 @@ def trace_model(model, example=None) -> list[FLayer]:
             raise UnsupportedModelError(f"{out_fn[0]}: {LAST_ONLY}")
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             out_fn = (name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", m.dim)
-        elif isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
-            if _pair(m.dilation) != (1, 1):
-                raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
-            _check_groups(name, m)
-            w = m.weight.detach().double().numpy().copy()
-            b = (m.bias.detach().double().numpy().copy() if m.bias is not None
-                 else np.zeros(w.shape[0]))
-            layers.append(FLayer("conv", name, w, b, _pair(m.stride), _pair(m.padding),
-                                 tuple(w.shape[2:]), m.groups))
-        elif isinstance(m, nn.Linear):
-            w = m.weight.detach().double().numpy().copy()
-            b = (m.bias.detach().double().numpy().copy() if m.bias is not None
-                 else np.zeros(w.shape[0]))
-            layers.append(FLayer("linear", name, w, b))
+        elif isinstance(m, _leaf_types()):
+            layers.append(_leaf_layer(name, m, None))
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             if last is None or not last.is_compute or last.relu:
                 raise UnsupportedModelError(
@@ -781,14 +804,6 @@ def trace_model(model, example=None) -> list[FLayer]:
                     f"{name}: {tname} must directly follow a Conv2d/Linear/BatchNorm (it is "
                     "fused into the requantization clamp)")
             last.relu, last.relu_max = True, _relu_max(name, m)
-        elif isinstance(m, nn.MaxPool2d):
-            k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-            if k != s or p != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
-                raise UnsupportedModelError(
-                    f"{name}: MaxPool2d needs kernel == stride, no padding/dilation/ceil_mode")
-            layers.append(FLayer("maxpool", name, kernel=k, stride=s))
-        elif isinstance(m, nn.Flatten):
-            layers.append(FLayer("flatten", name))
         elif isinstance(m, _avg_pools()):
             layers.append(_avgpool_layer(name, m, shapes))
         elif isinstance(m, (nn.Dropout, nn.Identity)):
@@ -994,14 +1009,15 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         elif n.op in ("call_method", "call_function") and n.target in (
                 "view", "reshape", torch.reshape):
             new = FLayer("flatten", n.name, src=srcs)
-        elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d):
-            new = _functional_maxpool(n, srcs)
+        elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d,
+                                                      F.max_pool1d, torch.max_pool1d):
+            new = _functional_maxpool(n, srcs, n.target in (F.max_pool1d, torch.max_pool1d))
         elif _is_avg_pool(n):
             new, keep = _functional_avgpool(n, srcs, lambda: in_shape(n))
             if not keep:                     # x.mean((2, 3)): pooled, then flattened
                 layers.append(new)
                 new = FLayer("flatten", n.name + "_flatten", src=(len(layers) - 1,))
-        elif isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
+        elif isinstance(m, _leaf_types()):
             new = _leaf_layer(n.target, m, srcs)
         elif isinstance(m, _avg_pools()):
             new = _avgpool_layer(n.target, m, shapes or {}, srcs)
@@ -1044,7 +1060,7 @@ def _node_shapes(gm, example) -> dict:
                 shapes[node] = tuple(out.shape[1:])
             return out
 
-    _run_model(Recorder(gm).run, example[:1])
+    _run_model(gm, example[:1], Recorder(gm).run)
     return shapes
 
 
@@ -1071,6 +1087,7 @@ def _is_avg_pool(n) -> bool:
     import torch.nn.functional as F
 
     return (n.op == "call_function" and n.target in (F.avg_pool2d, F.adaptive_avg_pool2d,
+                                                      F.avg_pool1d, F.adaptive_avg_pool1d,
                                                       torch.mean)
             or n.op == "call_method" and n.target == "mean")
 
@@ -1082,32 +1099,38 @@ def _functional_avgpool(n, srcs, shape) -> tuple[FLayer, bool]:
     ``(C, H, W)``; it is asked for once the call's arguments are found supported."""
     import torch.nn.functional as F
 
-    if n.target is F.avg_pool2d:
+    if n.target in (F.avg_pool2d, F.avg_pool1d):
+        one_d = n.target is F.avg_pool1d
+        what = "avg_pool1d" if one_d else "avg_pool2d"
         names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                  "divisor_override")
         a = dict(zip(names, n.args[1:]))
         a.update(n.kwargs)
-        if _pair(a.get("padding", 0)) != (0, 0) or a.get("ceil_mode") or \
+        if _geom(a.get("padding", 0), one_d, 0) != (0, 0) or a.get("ceil_mode") or \
                 a.get("divisor_override"):
             raise UnsupportedModelError(
-                f"{n.name}: avg_pool2d needs no padding, ceil_mode or divisor_override")
-        k = _pair(a["kernel_size"])
-        return _pool_conv(n.name, shape(), k, _pair(a.get("stride") or k), srcs), True
-    if n.target is F.adaptive_avg_pool2d:
+                f"{n.name}: {what} needs no padding, ceil_mode or divisor_override")
+        k = _geom(a["kernel_size"], one_d)
+        return _pool_conv(n.name, shape(), k, _geom(a.get("stride") or a["kernel_size"], one_d),
+                          srcs), True
+    if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
+        one_d = n.target is F.adaptive_avg_pool1d
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
-        if size is None or _pair(size) != (1, 1):
-            raise UnsupportedModelError(f"{n.name}: adaptive_avg_pool2d needs output size 1 "
-                                        "(global average pooling)")
+        if size is None or _geom(size, one_d) != (1, 1):
+            raise UnsupportedModelError(
+                f"{n.name}: adaptive_avg_pool{1 if one_d else 2}d needs output size 1 (global "
+                "average pooling)")
         return _pool_conv(n.name, shape(), None, None, srcs), True
     dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or [])
     keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
-    if not all(isinstance(d, int) for d in dims) or len(dims) != 2 or \
-            n.kwargs.get("dtype") is not None or sorted(d % 4 for d in dims) != [2, 3] or \
-            len(shape()) != 3:
+    nd = len(shape()) + 1 if dims and all(isinstance(d, int) for d in dims) else 0
+    if nd not in (3, 4) or n.kwargs.get("dtype") is not None or \
+            sorted(d % nd for d in dims) != list(range(2, nd)):
         raise UnsupportedModelError(
-            f"{n.name}: a mean over dims {dims or 'all'}; supported: over the two spatial "
-            "dims of an (N, C, H, W) tensor, x.mean((2, 3)) (global average pooling)")
+            f"{n.name}: a mean over dims {dims or 'all'}; supported: over the spatial dims, "
+            "x.mean((2, 3)) of an (N, C, H, W) tensor or x.mean(2) of an (N, C, L) one "
+            "(global average pooling)")
     return _pool_conv(n.name, shape(), None, None, srcs), bool(keep)
 
 
@@ -1142,54 +1165,87 @@ def _relu_max(name: str, m=None, n=None) -> float | None:
     return float(hi)
 
 
-def _functional_maxpool(n, srcs) -> FLayer:
-    """The FLayer of an ``F.max_pool2d`` call (graph intake), with ``MaxPool2d``'s rules."""
+def _functional_maxpool(n, srcs, one_d: bool) -> FLayer:
+    """The FLayer of an ``F.max_pool2d`` / ``F.max_pool1d`` call (graph intake), with the
+    modules' rules."""
     names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
     a = dict(zip(names, n.args[1:]))
     a.update(n.kwargs)
-    k = _pair(a["kernel_size"])
-    s = _pair(a.get("stride") or a["kernel_size"])
-    if k != s or _pair(a.get("padding", 0)) != (0, 0) or _pair(a.get("dilation", 1)) != (1, 1) \
-            or a.get("ceil_mode") or a.get("return_indices"):
-        raise UnsupportedModelError(
-            f"{n.name}: max_pool2d needs kernel == stride, no padding/dilation/ceil_mode")
-    return FLayer("maxpool", n.name, kernel=k, stride=s, src=srcs)
+    what = "max_pool1d" if one_d else "max_pool2d"
+    if a.get("return_indices"):
+        raise UnsupportedModelError(f"{n.name}: {what} with return_indices is not supported")
+    return _maxpool_layer(n.name, what, one_d, a["kernel_size"], a.get("stride"),
+                          a.get("padding", 0), a.get("dilation", 1), a.get("ceil_mode"), srcs)
 
 
 def _check_groups(name: str, m) -> None:
-    """Refuse a grouped ``Conv2d`` other than depthwise (the kernels run groups 1 or
+    """Refuse a grouped conv other than depthwise (the kernels run groups 1 or
     groups == in == out channels)."""
     if m.groups != 1 and not (m.groups == m.in_channels == m.out_channels):
         raise UnsupportedModelError(
-            f"{name}: Conv2d with groups={m.groups} ({m.in_channels} -> {m.out_channels} "
-            "channels); supported: groups=1 or depthwise (groups == in == out channels)")
+            f"{name}: {type(m).__name__} with groups={m.groups} ({m.in_channels} -> "
+            f"{m.out_channels} channels); supported: groups=1 or depthwise (groups == in == "
+            "out channels)")
+
+
+def _leaf_types() -> tuple:
+    """The module classes :func:`_leaf_layer` maps to one layer each."""
+    import torch.nn as nn
+
+    return (nn.Conv2d, nn.Conv1d, nn.Linear, nn.MaxPool2d, nn.MaxPool1d, nn.Flatten)
+
+
+def _maxpool_layer(name: str, what: str, one_d: bool, kernel, stride, padding, dilation,
+                   ceil_mode, src) -> FLayer:
+    """A max pooling (module or functional call ``what``) as the kernels run it: kernel ==
+    stride, no padding, dilation or ceil mode."""
+    k, s = _geom(kernel, one_d), _geom(stride or kernel, one_d)
+    if k != s or _geom(padding, one_d, 0) != (0, 0) or _geom(dilation, one_d) != (1, 1) \
+            or ceil_mode:
+        raise UnsupportedModelError(
+            f"{name}: {what} needs kernel == stride, no padding/dilation/ceil_mode")
+    return FLayer("maxpool", name, kernel=k, stride=s, src=src)
 
 
 def _leaf_layer(name: str, m, src) -> FLayer:
-    """The FLayer of one Conv2d / Linear / MaxPool2d / Flatten module (graph intake)."""
+    """The FLayer of one Conv2d / Conv1d / Linear / MaxPool2d / MaxPool1d / Flatten module.
+
+    A 1-D layer runs along the width of an ``(N, C, 1, L)`` tensor (kernel ``(1, k)``); a
+    conv's ``padding="same"`` (stride 1, an odd kernel: the symmetric padding ``k // 2``) and
+    ``"valid"`` (none) become numbers."""
     import torch.nn as nn
 
+    tname = type(m).__name__
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise UnsupportedModelError(f"{name}: Flatten must flatten dims 1..-1")
         return FLayer("flatten", name, src=src)
-    if isinstance(m, nn.MaxPool2d):
-        k, s, p = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding)
-        if k != s or p != (0, 0) or _pair(m.dilation) != (1, 1) or m.ceil_mode:
-            raise UnsupportedModelError(
-                f"{name}: MaxPool2d needs kernel == stride, no padding/dilation/ceil_mode")
-        return FLayer("maxpool", name, kernel=k, stride=s, src=src)
+    if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d)):
+        return _maxpool_layer(name, tname, isinstance(m, nn.MaxPool1d), m.kernel_size,
+                              m.stride, m.padding, m.dilation, m.ceil_mode, src)
     w = m.weight.detach().double().numpy().copy()
     b = m.bias.detach().double().numpy().copy() if m.bias is not None else np.zeros(w.shape[0])
     if isinstance(m, nn.Linear):
         return FLayer("linear", name, w, b, src=src)
-    if m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise UnsupportedModelError(f"{name}: Conv2d padding must be numeric zeros")
-    if _pair(m.dilation) != (1, 1):
-        raise UnsupportedModelError(f"{name}: dilated Conv2d is not supported")
+    one_d = isinstance(m, nn.Conv1d)
+    if one_d:
+        w = w[:, :, None, :]
+    k = tuple(w.shape[2:])
+    if m.padding_mode != "zeros":
+        raise UnsupportedModelError(f"{name}: {tname} padding_mode={m.padding_mode!r}; "
+                                    "supported: 'zeros'")
+    if _geom(m.dilation, one_d) != (1, 1):
+        raise UnsupportedModelError(f"{name}: dilated {tname} is not supported")
+    if m.padding == "same":                     # torch allows it at stride 1 only
+        if k[0] % 2 == 0 or k[1] % 2 == 0:
+            raise UnsupportedModelError(
+                f"{name}: {tname} padding='same' with the even kernel {k[1] if one_d else k} "
+                "pads one side more than the other; supported: odd kernels, or numbers")
+        pad = (k[0] // 2, k[1] // 2)
+    else:
+        pad = (0, 0) if m.padding == "valid" else _geom(m.padding, one_d, 0)
     _check_groups(name, m)
-    return FLayer("conv", name, w, b, _pair(m.stride), _pair(m.padding), tuple(w.shape[2:]),
-                  m.groups, src=src)
+    return FLayer("conv", name, w, b, _geom(m.stride, one_d), pad, k, m.groups, src=src)
 
 
 def run_graph(layers: list[FLayer], x, compute, post=None):

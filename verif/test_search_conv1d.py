@@ -1,0 +1,172 @@
+"""Model intake of 1-D models (``Conv1d``, ``BatchNorm1d``, ``MaxPool1d``, ``AvgPool1d``,
+``AdaptiveAvgPool1d``, their functional forms, ``x.mean(2)``) and of ``padding="same"``.
+
+A 1-D model takes ``(N, C, L)`` batches; the data sets store a 1-D signal as ``(N, C, 1, L)``
+(MNIST-1D). The reference is the same network written with 2-D layers of ``(1, k)`` kernels on
+``(N, C, 1, L)`` inputs, the way the built-in MNIST-1D models are written, and the 1-D model's
+own output.
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # 2 shared cores
+
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rvmpq.sw.cli import main  # noqa: E402
+from rvmpq.sw.search.models import (  # noqa: E402
+    UnsupportedModelError, check_trace, float_forward, torch_accuracy, trace_model)
+
+
+def _net_1d():
+    """conv5-BN-ReLU, maxpool 2, conv3 ('same')-ReLU, avgpool 2, conv3-ReLU, global average
+    pool, flatten, fc, with random BatchNorm statistics."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(16, 16, 3, padding="same"), nn.ReLU(), nn.AvgPool1d(2),
+        nn.Conv1d(16, 32, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(), nn.Linear(32, 10))
+    bn = net[1]
+    bn.running_mean.uniform_(-0.3, 0.3)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _twin_2d(net):
+    """The same network with 2-D layers of (1, k) kernels (the built-in models' form)."""
+    def conv(c, pad):
+        m = nn.Conv2d(c.in_channels, c.out_channels, (1, c.kernel_size[0]), padding=(0, pad),
+                      bias=c.bias is not None)
+        m.weight.data = c.weight.data[:, :, None, :].clone()
+        if c.bias is not None:
+            m.bias.data = c.bias.data.clone()
+        return m
+
+    bn = nn.BatchNorm2d(16)
+    bn.load_state_dict(net[1].state_dict())
+    return nn.Sequential(conv(net[0], 2), bn, nn.ReLU(), nn.MaxPool2d((1, 2)), conv(net[4], 1),
+                         nn.ReLU(), nn.AvgPool2d((1, 2)), conv(net[7], 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), net[11]).eval()
+
+
+class _Functional(nn.Module):
+    """The 1-D network's forward written with functional calls."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.c1, self.bn, self.c2, self.c3, self.fc = net[0], net[1], net[4], net[7], net[11]
+
+    def forward(self, x):
+        """The network."""
+        x = F.max_pool1d(F.relu(self.bn(self.c1(x))), 2)
+        x = F.avg_pool1d(F.relu(self.c2(x)), kernel_size=2)
+        return self.fc(F.relu(self.c3(x)).mean(-1))
+
+
+def _x(n=8, length=40, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 1, 1, length)).astype(np.float32)
+
+
+@pytest.mark.parametrize("form", ["sequential", "functional"])
+def test_1d_model_traces_like_its_2d_twin(form):
+    net = _net_1d()
+    model = net if form == "sequential" else _Functional(net).eval()
+    twin = _twin_2d(net)
+    x = _x()
+    layers, ref = trace_model(model, x[:1]), trace_model(twin, x[:1])
+    assert [l.kind for l in layers] == ["conv", "maxpool", "conv", "conv", "conv", "conv",
+                                        "flatten", "linear"]
+    for a, b in zip(layers, ref):
+        assert (a.kind, a.relu, a.kernel, a.stride, a.padding, a.groups) == (
+            b.kind, b.relu, b.kernel, b.stride, b.padding, b.groups)
+        if a.is_compute:
+            assert np.allclose(a.weight, b.weight, rtol=1e-12) and np.allclose(a.bias, b.bias)
+    with torch.no_grad():                # the 1-D model on (N, C, L), the twin on (N, C, 1, L)
+        want = model(torch.from_numpy(x[:, :, 0])).double().numpy()
+        assert np.allclose(twin(torch.from_numpy(x)).double().numpy(), want, atol=1e-5)
+    assert np.allclose(float_forward(layers, x), want, atol=1e-5)
+    check_trace(model, layers, x)
+    y = np.arange(len(x)) % 10
+    assert torch_accuracy(model, x, y) == torch_accuracy(twin, x, y)
+
+
+def test_1d_model_needs_samples_of_height_1():
+    with pytest.raises(UnsupportedModelError, match=re.escape(
+            "a 1-D model (Conv1d) takes (N, C, L) batches, stored as samples of shape "
+            "(C, 1, L); the data set's are (C, H, W) = (1, 8, 8)")):
+        trace_model(_net_1d(), np.zeros((1, 1, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Conv2d(1, 4, (3, 4), padding="same"),
+     "0: Conv2d padding='same' with the even kernel (3, 4) pads one side more"),
+    (lambda: nn.Conv1d(1, 4, 4, padding="same"), "0: Conv1d padding='same' with the even kernel 4"),
+    (lambda: nn.Conv1d(1, 4, 3, padding_mode="circular"), "0: Conv1d padding_mode='circular'"),
+    (lambda: nn.Conv1d(1, 4, 3, dilation=2), "0: dilated Conv1d is not supported"),
+    (lambda: nn.Conv1d(4, 8, 3, groups=2), "0: Conv1d with groups=2 (4 -> 8 channels)"),
+    (lambda: nn.MaxPool1d(3, 2), "0: MaxPool1d needs kernel == stride"),
+    (lambda: nn.Sequential(nn.Conv1d(1, 4, 3), nn.AvgPool1d(2, padding=1)),
+     "0.1: AvgPool1d needs no padding"),
+])
+def test_1d_and_padding_forms_the_kernels_cannot_run_are_refused(make, message):
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+        trace_model(nn.Sequential(make(), nn.Flatten(), nn.LazyLinear(3)),
+                    np.zeros((1, 1, 1, 8), np.float32))
+
+
+def test_padding_same_and_valid_are_numbers():
+    torch.manual_seed(1)
+    same = nn.Sequential(nn.Conv2d(1, 4, (3, 5), padding="same"), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding="valid"), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 3)).eval()
+    layers = trace_model(same)
+    assert [l.padding for l in layers if l.kind == "conv"] == [(1, 2), (0, 0)]
+    x = np.random.default_rng(2).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    check_trace(same, layers, x)
+
+
+@pytest.mark.parametrize("glob, message", [
+    (lambda x: x.mean(1), "a mean over dims [1]; supported: over the spatial dims"),
+    (lambda x: F.adaptive_avg_pool1d(x, 2).flatten(1),
+     "adaptive_avg_pool1d needs output size 1"),
+])
+def test_1d_functional_pooling_the_kernels_cannot_run_is_refused(glob, message):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv1d(1, 4, 3), nn.LazyLinear(3)
+
+        def forward(self, x):
+            return self.fc(glob(F.relu(self.conv(x))))
+
+    x = np.zeros((1, 1, 1, 10), np.float32)
+    net = Net().eval()
+    with torch.no_grad():
+        net(torch.from_numpy(x[:, :, 0]))     # the model runs (and sizes its LazyLinear)
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+        trace_model(net, x)
+
+
+def test_search_takes_a_saved_1d_model_on_mnist1d(tmp_path, capsys):
+    """``rvmpq search --model PATH.pt --data mnist1d`` on a Conv1d model: the plumbing end to
+    end, on the data set's (N, 1, 1, 40) samples."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 16, 5, padding="same"), nn.BatchNorm1d(16), nn.ReLU(),
+                        nn.MaxPool1d(4), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    path = tmp_path / "net1d.pt"
+    torch.save(net, path)
+    rc = main(["search", "--model", str(path), "--data", "mnist1d", "--budget", "latency=0.8",
+               "--method", "greedy", "--no-qat", "--configs", "4", "--costs", "stand-in",
+               "-o", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert [l["name"] for l in cfg["layers"]] == ["0", "4", "6", "8"]

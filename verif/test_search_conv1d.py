@@ -170,3 +170,56 @@ def test_search_takes_a_saved_1d_model_on_mnist1d(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert [l["name"] for l in cfg["layers"]] == ["0", "4", "6", "8"]
+
+
+class _Onnx1d(nn.Module):
+    """A 1-D network for ONNX export: its flatten computed from the tensor's own shape
+    (``view``: ``x.size(0)`` only; ``reshape``: the product of the channel and length sizes,
+    which a 1-D graph's ``Shape`` must give as ONNX sees them, ``(N, C, L)``)."""
+
+    def __init__(self, flatten):
+        super().__init__()
+        torch.manual_seed(0)
+        self.flatten = flatten
+        self.c1, self.bn = nn.Conv1d(1, 8, 5, padding=2), nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 10, 10)
+        self.bn.running_mean.uniform_(-0.3, 0.3)
+        self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        """The network."""
+        x = F.max_pool1d(F.relu(self.bn(self.c1(x))), 2)
+        x = F.avg_pool1d(F.relu(self.c2(x)), 2)
+        x = x.view(x.size(0), -1) if self.flatten == "view" else x.reshape(
+            x.shape[0], x.shape[1] * x.shape[2])
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("flatten", ["view", "reshape_product"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_1d_graph(tmp_path, dynamo, flatten):
+    """An ONNX graph with an (N, C, L) input (1-D Conv, BatchNormalization, MaxPool,
+    AveragePool) becomes a module on (N, C, 1, L) whose layers are those of the torch model it
+    came from (the ``view`` form, which the torch intake takes), checked by :func:`load_onnx`
+    against ONNX's reference evaluator on the graph's own (N, C, L) input."""
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    from test_search_onnx import _export
+
+    from rvmpq.sw.search.onnx_intake import load_onnx
+
+    model = _Onnx1d(flatten).eval()
+    path = tmp_path / "net1d.onnx"
+    _export(model, (1, 40), path, dynamo)
+    net = load_onnx(path)
+    assert net.one_d and net.input_shape == (1, 1, 40)
+    x = _x(6)
+    layers, ref = trace_model(net, x[:1]), trace_model(_Onnx1d("view").eval(), x[:1])
+    assert [(l.kind, l.kernel, l.stride, l.padding) for l in layers] == [
+        (l.kind, l.kernel, l.stride, l.padding) for l in ref]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x[:, :, 0])).double().numpy()
+    assert np.allclose(float_forward(layers, x), want, atol=1e-4)
+    check_trace(net, layers, x)

@@ -24,8 +24,10 @@ of a computed tensor gives its shape with the batch size left open, so the ``Sha
 flatten's target shape (a shape that depends on the batch size in any other way is refused).
 A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(B, -1)`` or
 ``(B, K)``; the converted module takes any batch size. The graph needs one input of rank 4
-(NCHW; a 1-D model is written as 2-D convs with ``(1, k)`` kernels on an ``(N, C, 1, L)`` input,
-as the built-in MNIST-1D models are) and one output.
+(NCHW) or 3 (``(N, C, L)``, a 1-D model: its 1-D ``Conv`` / ``MaxPool`` / ``AveragePool`` become
+2-D layers of ``(1, k)`` kernels, as the built-in MNIST-1D models are written, and the converted
+module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) and one output (a 1-D
+graph's of rank 2, the logits).
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a
@@ -75,7 +77,7 @@ def _attrs(node) -> dict:
     return out
 
 
-_RESERVED = {"steps", "input_name", "output_name", "input_shape", "batch"}
+_RESERVED = {"steps", "input_name", "output_name", "input_shape", "batch", "one_d"}
 
 
 def _ident(node, used: set) -> str:
@@ -109,7 +111,8 @@ def _module_class():
         the two inputs) or ``"alias"`` (pass ``inputs[0]`` through).
         """
 
-        def __init__(self, input_name, output_name, steps, modules, input_shape, batch=None):
+        def __init__(self, input_name, output_name, steps, modules, input_shape, batch=None,
+                     one_d=False):
             super().__init__()
             for name, m in modules:          # registered in graph order: the chain intake
                 self.add_module(name, m)     # walks the children in this order
@@ -120,6 +123,9 @@ def _module_class():
             #: The batch size the graph's input declares, where it is a fixed number (the
             #: module itself takes any batch size), else ``None``.
             self.batch = batch
+            #: True for a 1-D graph (an ``(N, C, L)`` input): the module takes ``(N, C, 1, L)``
+            #: (``input_shape`` is ``(C, 1, L)``) and runs 2-D layers of ``(1, k)`` kernels.
+            self.one_d = one_d
 
         def forward(self, x):
             """Run the converted graph on an ``(N, C, H, W)`` batch."""
@@ -162,17 +168,20 @@ def onnx_to_torch(model):
             "logits)")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(shape) != 4:
+    if len(shape) not in (3, 4):
         raise UnsupportedModelError(
             f"input {inputs[0].name!r} has rank {len(shape)}; the intake needs an NCHW input of "
-            "rank 4 (write a 1-D model with 2-D convs of (1, k) kernels on (N, C, 1, L), as the "
-            "built-in MNIST-1D models are)")
+            "rank 4, or an (N, C, L) one of rank 3 (a 1-D model)")
     if any(d is None or d < 1 for d in shape[1:]):
         raise UnsupportedModelError(
             f"input {inputs[0].name!r} has shape {shape}: the channel and spatial sizes must be "
             "fixed numbers (only the batch size may be symbolic)")
     batch = shape[0] if shape[0] is not None and shape[0] > 0 else None
-    rank = {inputs[0].name: 4}
+    # a 1-D graph's tensors of rank 3, (N, C, L), run as (N, C, 1, L); ``rank`` is the ONNX one
+    one_d = len(shape) == 3
+    in_shape = (shape[1], 1, shape[2]) if one_d else tuple(shape[1:])
+    nsp = len(shape) - 2                  # spatial axes of a conv / pooling
+    rank = {inputs[0].name: len(shape)}
     consts2: dict = {}      # constants that differ under the second batch probe: that value
     readers: dict = {}
     for n in g.node:
@@ -190,15 +199,28 @@ def onnx_to_torch(model):
         return consts[name]
 
     def sym_pads(n, a) -> tuple:
-        """``(pad_h, pad_w)`` of a Conv / pooling node: explicit symmetric pads, or none."""
+        """``(pad_h, pad_w)`` of a Conv / pooling node: explicit symmetric pads, or none
+        (a 1-D node's ``(0, pad)``)."""
         auto = a.get("auto_pad", "NOTSET")
         if auto not in ("NOTSET", "VALID"):
             raise UnsupportedModelError(f"{where(n)}: auto_pad={auto} is not supported; give "
                                         "explicit pads")
-        pads = list(a.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
-        if pads[:2] != pads[2:]:
+        pads = list(a.get("pads", [0] * 2 * nsp)) if auto == "NOTSET" else [0] * 2 * nsp
+        if pads[:nsp] != pads[nsp:]:
             raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
-        return tuple(pads[:2])
+        return hw(pads[:nsp], 0)
+
+    def hw(v, fill=1) -> tuple:
+        """A kernel / stride / dilation / padding attribute as ``(height, width)``; a 1-D
+        graph's runs along the width, ``(fill, v)``."""
+        return (fill, int(v[0])) if one_d else tuple(int(i) for i in v)
+
+    def spatial(n, k, what):
+        """Refuse a ``what`` whose kernel has not the graph's spatial rank."""
+        if len(k) != nsp:
+            raise UnsupportedModelError(
+                f"{where(n)}: a {len(k)}-D {what} in a graph with a rank-{nsp + 2} input; the "
+                "intake takes 2-D ones on (N, C, H, W), 1-D ones on (N, C, L)")
 
     def fold(n):
         """Evaluate a node whose inputs are all constants, once per batch probe."""
@@ -232,10 +254,10 @@ def onnx_to_torch(model):
         batch of one zero sample."""
         if t == inputs[0].name:
             return tuple(shape[1:])
-        part = _module_class()(inputs[0].name, t, list(steps), list(modules),
-                               tuple(shape[1:])).eval()
+        part = _module_class()(inputs[0].name, t, list(steps), list(modules), in_shape).eval()
         with torch.no_grad():
-            return tuple(part(torch.zeros((1, *shape[1:]))).shape[1:])
+            got = tuple(part(torch.zeros((1, *in_shape))).shape[1:])
+        return (got[0], got[2]) if one_d and rank[t] == 3 else got      # (C, 1, L): (C, L)
 
     def add(n, m, src):
         child = _ident(n, used)
@@ -276,22 +298,21 @@ def onnx_to_torch(model):
                 consts2[out] = full[cut]
         elif op == "Conv":
             w = const(n, n.input[1], "weight")
-            if w.ndim != 4:
-                raise UnsupportedModelError(
-                    f"{where(n)}: a {w.ndim - 2}-D convolution; the intake takes 2-D ones (write "
-                    "a 1-D conv as a 2-D conv with a (1, k) kernel)")
+            spatial(n, w.shape[2:], "convolution")
+            if one_d:
+                w = w[:, :, None, :]
             pads = sym_pads(n, a)
             group = int(a.get("group", 1))
             m = nn.Conv2d(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]),
-                          stride=tuple(a.get("strides", [1, 1])), padding=pads,
-                          dilation=tuple(a.get("dilations", [1, 1])), groups=group,
+                          stride=hw(a.get("strides", [1] * nsp)), padding=pads,
+                          dilation=hw(a.get("dilations", [1] * nsp)), groups=group,
                           bias=len(n.input) > 2 and bool(n.input[2]))
             m.weight.data = torch.tensor(w, dtype=torch.float32)
             if m.bias is not None:
                 m.bias.data = torch.tensor(const(n, n.input[2], "bias"),
                                            dtype=torch.float32).reshape(-1)
             add(n, m, src)
-            rank[out] = 4
+            rank[out] = nsp + 2
         elif op in ("Gemm", "MatMul"):
             if op == "Gemm" and int(a.get("transA", 0)):
                 raise UnsupportedModelError(f"{where(n)}: transA=1 is not supported")
@@ -367,7 +388,7 @@ def onnx_to_torch(model):
                                             "export the model in eval mode")
             scale, bias, mean, var = (const(n, n.input[i], what) for i, what in
                                       ((1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")))
-            m = (nn.BatchNorm2d if rank[src] == 4 else nn.BatchNorm1d)(
+            m = (nn.BatchNorm2d if rank[src] > 2 else nn.BatchNorm1d)(
                 scale.size, eps=float(a.get("epsilon", 1e-5)))
             m.weight.data = torch.tensor(scale, dtype=torch.float32)
             m.bias.data = torch.tensor(bias, dtype=torch.float32)
@@ -377,38 +398,38 @@ def onnx_to_torch(model):
             rank[out] = rank[src]
         elif op == "MaxPool":
             k = tuple(a.get("kernel_shape", []))
-            if len(k) != 2:
-                raise UnsupportedModelError(f"{where(n)}: only 2-D max pooling is supported")
+            spatial(n, k, "max pooling")
             pads = sym_pads(n, a)
             if len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the Indices output is not supported")
-            add(n, nn.MaxPool2d(k, tuple(a.get("strides", [1, 1])), pads,
-                                tuple(a.get("dilations", [1, 1])),
+            add(n, nn.MaxPool2d(hw(k), hw(a.get("strides", [1] * nsp)), pads,
+                                hw(a.get("dilations", [1] * nsp)),
                                 ceil_mode=bool(a.get("ceil_mode", 0))), src)
-            rank[out] = 4
+            rank[out] = nsp + 2
         elif op == "AveragePool":
             k = tuple(a.get("kernel_shape", []))
-            if len(k) != 2 or any(sym_pads(n, a)) or int(a.get("ceil_mode", 0)) \
+            spatial(n, k, "average pooling")
+            if any(sym_pads(n, a)) or int(a.get("ceil_mode", 0)) \
                     or any(d != 1 for d in a.get("dilations", [1])):
-                raise UnsupportedModelError(f"{where(n)}: only 2-D average pooling without "
+                raise UnsupportedModelError(f"{where(n)}: only average pooling without "
                                             "padding, ceil_mode or dilation is supported")
-            add(n, nn.AvgPool2d(k, tuple(a.get("strides", [1, 1]))), src)
-            rank[out] = 4
+            add(n, nn.AvgPool2d(hw(k), hw(a.get("strides", [1] * nsp))), src)
+            rank[out] = nsp + 2
         elif op == "GlobalAveragePool":
             add(n, nn.AdaptiveAvgPool2d(1), src)
-            rank[out] = 4
+            rank[out] = rank[src]
         elif op == "ReduceMean":
             # torch's default exporter writes AdaptiveAvgPool2d(1) / x.mean((2, 3)) this way
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1]:
                 axes = const(n, ins[1], "axes")
-            axes = sorted(int(v) % 4 for v in np.asarray(axes if axes is not None else [])
-                          .reshape(-1))
-            if rank[src] != 4 or axes != [2, 3]:
-                raise UnsupportedModelError(f"{where(n)}: only a mean over the two spatial "
-                                            "axes (global average pooling) is supported")
+            axes = sorted(int(v) % rank[src] for v in np.asarray(
+                axes if axes is not None else []).reshape(-1))
+            if rank[src] < 3 or axes != list(range(2, rank[src])):
+                raise UnsupportedModelError(f"{where(n)}: only a mean over the spatial axes "
+                                            "(global average pooling) is supported")
             add(n, nn.AdaptiveAvgPool2d(1), src)
-            rank[out] = 4
+            rank[out] = rank[src]
             if not int(a.get("keepdims", 1)):          # (N, C): pooled, then flattened
                 steps[-1] = ("module", steps[-1][1], [src], out + "/pooled")
                 child = _ident(n, used)
@@ -449,6 +470,11 @@ def onnx_to_torch(model):
                 raise UnsupportedModelError(
                     f"{where(n)}: a reshape to {shp}; only a flatten to (N, -1) or (-1, K) is "
                     f"supported ({FLATTEN_HINT})")
+            feats = int(np.prod(sample_shape(src)))
+            if shp[1] > 0 and shp[1] != feats:
+                raise UnsupportedModelError(
+                    f"{where(n)}: a reshape to {shp} of samples of {feats} values; a flatten "
+                    f"keeps each sample's values together ({FLATTEN_HINT})")
             add(n, nn.Flatten(), src)
             rank[out] = 2
         else:                                       # Identity, Dropout (inference: identity)
@@ -462,8 +488,12 @@ def onnx_to_torch(model):
     if out_name not in rank:
         raise UnsupportedModelError(f"the graph output {out_name!r} is not computed by a "
                                     "supported node")
-    return _module_class()(inputs[0].name, out_name, steps, modules, tuple(shape[1:]),
-                           batch).eval()
+    if one_d and rank[out_name] != 2:
+        raise UnsupportedModelError(
+            f"the graph output {out_name!r} has rank {rank[out_name]}; a 1-D graph must end "
+            "with (N, classes) logits (a Gemm / MatMul after a flatten)")
+    return _module_class()(inputs[0].name, out_name, steps, modules, in_shape, batch,
+                           one_d).eval()
 
 
 def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
@@ -516,7 +546,8 @@ def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
         -1, 1, (-(-n_check // bsz) * bsz, *net.input_shape)).astype(np.float32)
     try:
         ev = ReferenceEvaluator(model)
-        ref = np.concatenate([np.asarray(ev.run(None, {net.input_name: x[i:i + bsz]})[0])
+        feed = x[:, :, 0, :] if net.one_d else x        # the graph's own (N, C, L)
+        ref = np.concatenate([np.asarray(ev.run(None, {net.input_name: feed[i:i + bsz]})[0])
                               for i in range(0, len(x), bsz)])
     except Exception as exc:  # noqa: BLE001 - the reference evaluator's own failures
         raise UnsupportedModelError(f"{p}: ONNX's reference evaluator cannot run the graph on an "

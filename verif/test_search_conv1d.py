@@ -7,7 +7,6 @@ A 1-D model takes ``(N, C, L)`` batches; the data sets store a 1-D signal as ``(
 own output.
 """
 
-import json
 import re
 
 import numpy as np
@@ -19,7 +18,6 @@ torch.set_num_threads(1)  # 2 shared cores
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rvmpq.sw.cli import main  # noqa: E402
 from rvmpq.sw.search.models import (  # noqa: E402
     UnsupportedModelError, check_trace, float_forward, torch_accuracy, trace_model)
 
@@ -158,17 +156,13 @@ def test_1d_functional_pooling_the_kernels_cannot_run_is_refused(glob, message):
 def test_search_takes_a_saved_1d_model_on_mnist1d(tmp_path, capsys):
     """``rvmpq search --model PATH.pt --data mnist1d`` on a Conv1d model: the plumbing end to
     end, on the data set's (N, 1, 1, 40) samples."""
+    from test_search_functional import quick_search
+
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(1, 16, 5, padding="same"), nn.BatchNorm1d(16), nn.ReLU(),
                         nn.MaxPool1d(4), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
-    path = tmp_path / "net1d.pt"
-    torch.save(net, path)
-    rc = main(["search", "--model", str(path), "--data", "mnist1d", "--budget", "latency=0.8",
-               "--method", "greedy", "--no-qat", "--configs", "4", "--costs", "stand-in",
-               "-o", str(tmp_path / "out")])
-    assert rc == 0, capsys.readouterr().err
-    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    cfg, _ = quick_search(tmp_path, capsys, net, "mnist1d")
     assert [l["name"] for l in cfg["layers"]] == ["0", "4", "6", "8"]
 
 

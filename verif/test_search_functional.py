@@ -123,15 +123,22 @@ def test_functional_forms_the_kernels_cannot_run_are_refused(how, message):
         trace_model(_Bad(how).eval())
 
 
-def test_search_takes_a_saved_functional_model(tmp_path, capsys):
-    """``rvmpq search --model PATH.pt`` on a tutorial-style model: the plumbing end to end."""
+def quick_search(tmp_path, capsys, model, data="digits"):
+    """``torch.save`` ``model`` and run a short ``rvmpq search --model PATH.pt`` on it (greedy,
+    no QAT, stand-in costs): the plumbing end to end. Returns ``(config.json, log)``."""
     path = tmp_path / "net.pt"
-    torch.save(TutorialNet().eval(), path)
-    rc = main(["search", "--model", str(path), "--data", "digits", "--budget", "latency=0.8",
+    torch.save(model, path)
+    rc = main(["search", "--model", str(path), "--data", data, "--budget", "latency=0.8",
                "--method", "greedy", "--no-qat", "--configs", "4", "--costs", "stand-in",
                "-o", str(tmp_path / "out")])
-    assert rc == 0, capsys.readouterr().err
-    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return json.loads((tmp_path / "out" / "config.json").read_text()), out.out + out.err
+
+
+def test_search_takes_a_saved_functional_model(tmp_path, capsys):
+    """``rvmpq search --model PATH.pt`` on a tutorial-style model."""
+    cfg, _ = quick_search(tmp_path, capsys, TutorialNet().eval())
     assert [l["name"] for l in cfg["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
 
 
@@ -316,15 +323,8 @@ class GapNet(nn.Module):
 def test_search_takes_a_model_ending_in_log_softmax(tmp_path, capsys):
     """``rvmpq search --model PATH.pt``: the plumbing end to end, and the log says what was
     left out."""
-    path = tmp_path / "net.pt"
-    torch.save(GapNet().eval(), path)
-    rc = main(["search", "--model", str(path), "--data", "digits", "--budget", "latency=0.8",
-               "--method", "greedy", "--no-qat", "--configs", "4", "--costs", "stand-in",
-               "-o", str(tmp_path / "out")])
-    out = capsys.readouterr()
-    assert rc == 0, out.err
-    assert "final log_softmax is left out" in out.out + out.err
-    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    cfg, log = quick_search(tmp_path, capsys, GapNet().eval())
+    assert "final log_softmax is left out" in log
     assert [l["name"] for l in cfg["layers"]] == ["conv1", "conv2", "mean", "fc"]
 
 

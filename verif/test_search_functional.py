@@ -288,7 +288,8 @@ def test_functional_average_pooling_traces_like_the_modules(pool, glob):
 
 
 @pytest.mark.parametrize("glob, features, message", [
-    (lambda x: x.mean(1).flatten(1), 16, "mean: a mean over dims [1]; supported: over the spatial dims"),
+    (lambda x: x.mean(1).flatten(1), 16,
+     "mean: a mean over dims [1]; supported: over the spatial dims"),
     (lambda x: x.mean().expand(x.size(0), 32), 32, "a mean over dims all"),
     (lambda x: F.adaptive_avg_pool2d(x, 2).flatten(1), 128,
      "adaptive_avg_pool2d: adaptive_avg_pool2d needs output size 1"),

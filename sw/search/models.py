@@ -34,9 +34,10 @@ into it), ``ReLU`` directly after a conv/linear/BN (fused as the requant clamp),
 (kernel == stride, no padding), ``Flatten``, ``Dropout`` / ``Identity`` (skipped), the 1-D
 layers (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d(1)``: a model with
 ``Conv1d`` and no ``Conv2d`` takes ``(N, C, L)`` batches, fed from the data's ``(N, C, 1, L)``
-samples, and each 1-D layer becomes the 2-D layer of a ``(1, k)`` kernel), and a final ``Softmax`` / ``LogSoftmax``
-over the classes (left out: the layers, the integer model and the deployed program end at the
-logits, whose largest is the same class; recorded in the last layer's ``FLayer.out_fn``). A
+samples, and each 1-D layer becomes the 2-D layer of a ``(1, k)`` kernel), and a final
+``Softmax`` / ``LogSoftmax`` over the classes (left out: the layers, the integer model and the
+deployed program end at the logits, whose largest is the same class; recorded in the last
+layer's ``FLayer.out_fn``). A
 module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
 residual adds (``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``,
 ``F.avg_pool2d``, ``x.mean((2, 3))``, ``F.dropout``, a flatten such as

@@ -606,8 +606,9 @@ class FLayer:
 
 def _geom(v, one_d: bool = False, fill: int = 1) -> tuple[int, int]:
     """A kernel size / stride / padding / dilation as ``(height, width)``. A 1-D layer's
-    (``Conv1d``, ``MaxPool1d``, ...: an int or a 1-tuple) runs along the width of an
-    ``(N, C, 1, L)`` tensor: ``(fill, v)``, ``fill`` 1 (0 for a padding)."""
+    (``Conv1d``, ``MaxPool1d``, an ONNX node of a 1-D graph, ...: an int or a 1-sequence) runs
+    along the width of an ``(N, C, 1, L)`` tensor: ``(fill, v)``, ``fill`` 1 (0 for a
+    padding)."""
     if isinstance(v, int):
         return (fill, v) if one_d else (v, v)
     return (fill, int(v[0])) if one_d else (int(v[0]), int(v[1]))

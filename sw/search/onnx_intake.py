@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import UnsupportedModelError
+from .models import UnsupportedModelError, _geom
 
 __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
 
@@ -208,12 +208,7 @@ def onnx_to_torch(model):
         pads = list(a.get("pads", [0] * 2 * nsp)) if auto == "NOTSET" else [0] * 2 * nsp
         if pads[:nsp] != pads[nsp:]:
             raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
-        return hw(pads[:nsp], 0)
-
-    def hw(v, fill=1) -> tuple:
-        """A kernel / stride / dilation / padding attribute as ``(height, width)``; a 1-D
-        graph's runs along the width, ``(fill, v)``."""
-        return (fill, int(v[0])) if one_d else tuple(int(i) for i in v)
+        return _geom(pads[:nsp], one_d, 0)
 
     def spatial(n, k, what):
         """Refuse a ``what`` whose kernel has not the graph's spatial rank."""
@@ -304,8 +299,8 @@ def onnx_to_torch(model):
             pads = sym_pads(n, a)
             group = int(a.get("group", 1))
             m = nn.Conv2d(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]),
-                          stride=hw(a.get("strides", [1] * nsp)), padding=pads,
-                          dilation=hw(a.get("dilations", [1] * nsp)), groups=group,
+                          stride=_geom(a.get("strides", [1] * nsp), one_d), padding=pads,
+                          dilation=_geom(a.get("dilations", [1] * nsp), one_d), groups=group,
                           bias=len(n.input) > 2 and bool(n.input[2]))
             m.weight.data = torch.tensor(w, dtype=torch.float32)
             if m.bias is not None:
@@ -402,8 +397,8 @@ def onnx_to_torch(model):
             pads = sym_pads(n, a)
             if len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the Indices output is not supported")
-            add(n, nn.MaxPool2d(hw(k), hw(a.get("strides", [1] * nsp)), pads,
-                                hw(a.get("dilations", [1] * nsp)),
+            add(n, nn.MaxPool2d(_geom(k, one_d), _geom(a.get("strides", [1] * nsp), one_d), pads,
+                                _geom(a.get("dilations", [1] * nsp), one_d),
                                 ceil_mode=bool(a.get("ceil_mode", 0))), src)
             rank[out] = nsp + 2
         elif op == "AveragePool":
@@ -413,7 +408,7 @@ def onnx_to_torch(model):
                     or any(d != 1 for d in a.get("dilations", [1])):
                 raise UnsupportedModelError(f"{where(n)}: only average pooling without "
                                             "padding, ceil_mode or dilation is supported")
-            add(n, nn.AvgPool2d(hw(k), hw(a.get("strides", [1] * nsp))), src)
+            add(n, nn.AvgPool2d(_geom(k, one_d), _geom(a.get("strides", [1] * nsp), one_d)), src)
             rank[out] = nsp + 2
         elif op == "GlobalAveragePool":
             add(n, nn.AdaptiveAvgPool2d(1), src)

@@ -716,16 +716,29 @@ def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
     chw = next(iter(got))
     one_d = isinstance(m, (nn.AvgPool1d, nn.AdaptiveAvgPool1d))
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)):
-        if _geom(m.output_size, one_d) != (1, 1):
-            raise UnsupportedModelError(f"{name}: {tname} needs output size 1 "
-                                        "(global average pooling)")
-        return _pool_conv(name, chw, None, None, src)
-    if _geom(m.padding, one_d, 0) != (0, 0) or m.ceil_mode or getattr(m, "divisor_override",
-                                                                         None):
+        return _global_avgpool(name, tname, one_d, lambda: chw, m.output_size, src)
+    return _local_avgpool(name, tname, one_d, lambda: chw, m.kernel_size, m.stride, m.padding,
+                          m.ceil_mode, getattr(m, "divisor_override", None), src)
+
+
+def _local_avgpool(name: str, what: str, one_d: bool, shape, kernel, stride, padding,
+                   ceil_mode, divisor_override, src) -> FLayer:
+    """An average pooling (module or functional call ``what``) as the kernels run it (no
+    padding, ceil mode or divisor override): :func:`_pool_conv` of the input shape
+    ``shape()``, asked for once the arguments are found supported."""
+    if _geom(padding, one_d, 0) != (0, 0) or ceil_mode or divisor_override:
         raise UnsupportedModelError(
-            f"{name}: {tname} needs no padding, ceil_mode or divisor_override")
-    k = _geom(m.kernel_size, one_d)
-    return _pool_conv(name, chw, k, _geom(m.stride or m.kernel_size, one_d), src)
+            f"{name}: {what} needs no padding, ceil_mode or divisor_override")
+    return _pool_conv(name, shape(), _geom(kernel, one_d), _geom(stride or kernel, one_d), src)
+
+
+def _global_avgpool(name: str, what: str, one_d: bool, shape, output_size, src) -> FLayer:
+    """An adaptive average pooling (module or functional call ``what``) to output size 1,
+    global average pooling: :func:`_pool_conv` over the whole map of ``shape()``."""
+    if output_size is None or _geom(output_size, one_d) != (1, 1):
+        raise UnsupportedModelError(
+            f"{name}: {what} needs output size 1 (global average pooling)")
+    return _pool_conv(name, shape(), None, None, src)
 
 
 def _pool_conv(name: str, chw: tuple, k, s, src=None) -> FLayer:
@@ -1108,21 +1121,14 @@ def _functional_avgpool(n, srcs, shape) -> tuple[FLayer, bool]:
                  "divisor_override")
         a = dict(zip(names, n.args[1:]))
         a.update(n.kwargs)
-        if _geom(a.get("padding", 0), one_d, 0) != (0, 0) or a.get("ceil_mode") or \
-                a.get("divisor_override"):
-            raise UnsupportedModelError(
-                f"{n.name}: {what} needs no padding, ceil_mode or divisor_override")
-        k = _geom(a["kernel_size"], one_d)
-        return _pool_conv(n.name, shape(), k, _geom(a.get("stride") or a["kernel_size"], one_d),
-                          srcs), True
+        return _local_avgpool(n.name, what, one_d, shape, a["kernel_size"], a.get("stride"),
+                              a.get("padding", 0), a.get("ceil_mode"),
+                              a.get("divisor_override"), srcs), True
     if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
         one_d = n.target is F.adaptive_avg_pool1d
         size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
-        if size is None or _geom(size, one_d) != (1, 1):
-            raise UnsupportedModelError(
-                f"{n.name}: adaptive_avg_pool{1 if one_d else 2}d needs output size 1 (global "
-                "average pooling)")
-        return _pool_conv(n.name, shape(), None, None, srcs), True
+        return _global_avgpool(n.name, f"adaptive_avg_pool{1 if one_d else 2}d", one_d, shape,
+                               size, srcs), True
     dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or [])
     keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)

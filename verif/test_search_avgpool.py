@@ -76,7 +76,8 @@ def test_average_pooling_refusals():
     with pytest.raises(UnsupportedModelError, match="needs the shape of its input"):
         trace_model(_seq_model())                          # no example input
     bad = [(nn.AvgPool2d(2, padding=1), "no padding"),
-           (nn.AdaptiveAvgPool2d(2), "output size 1"),
+           (nn.AdaptiveAvgPool2d(3), "to output size 3x3 of an input of 8x8; supported: "
+                                     "output sizes that divide the input's"),
            (nn.AvgPool2d(2, ceil_mode=True), "no padding, ceil_mode")]
     for pool, message in bad:
         m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), pool, nn.Flatten(),

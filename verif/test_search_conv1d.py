@@ -133,8 +133,9 @@ def test_padding_same_and_valid_are_numbers():
 
 @pytest.mark.parametrize("glob, message", [
     (lambda x: x.mean(1), "a mean over dims [1]; supported: over the spatial dims"),
-    (lambda x: F.adaptive_avg_pool1d(x, 2).flatten(1),
-     "adaptive_avg_pool1d needs output size 1"),
+    (lambda x: F.adaptive_avg_pool1d(x, 3).flatten(1),
+     "adaptive_avg_pool1d to output size 3 of an input of length 8; supported: output sizes "
+     "that divide the input's"),
 ])
 def test_1d_functional_pooling_the_kernels_cannot_run_is_refused(glob, message):
     class Net(nn.Module):

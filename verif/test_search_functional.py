@@ -115,7 +115,7 @@ class _Bad(nn.Module):
     ("pool_overlap", "max_pool2d needs kernel == stride"),
     ("avg_pool_padded", "avg_pool2d needs no padding"),
     ("view_3d", "a view to ('N', 4, -1); supported: a flatten"),
-    ("size1", "the size of a dimension other than the batch"),
+    ("size1", "mul (call_function mul) reads a tensor's size; only a flatten"),
 ])
 def test_functional_forms_the_kernels_cannot_run_are_refused(how, message):
     with pytest.raises(UnsupportedModelError, match=re.escape(message)):
@@ -289,8 +289,9 @@ def test_functional_average_pooling_traces_like_the_modules(pool, glob):
     (lambda x: x.mean(1).flatten(1), 16,
      "mean: a mean over dims [1]; supported: over the spatial dims"),
     (lambda x: x.mean().expand(x.size(0), 32), 32, "a mean over dims all"),
-    (lambda x: F.adaptive_avg_pool2d(x, 2).flatten(1), 128,
-     "adaptive_avg_pool2d: adaptive_avg_pool2d needs output size 1"),
+    (lambda x: F.adaptive_avg_pool2d(x, 3).flatten(1), 288,
+     "adaptive_avg_pool2d: adaptive_avg_pool2d to output size 3x3 of an input of 4x4; "
+     "supported: output sizes that divide the input's"),
 ])
 def test_functional_average_pooling_the_kernels_cannot_run_is_refused(glob, features, message):
     net = PoolNet("F.avg_pool2d", "x.mean").eval()

@@ -30,23 +30,28 @@ Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (`
 nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
 padding given as ints or pairs, ``"same"`` with an odd kernel, or ``"valid"``; groups 1 or
 depthwise), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
-into it), ``ReLU`` directly after a conv/linear/BN (fused as the requant clamp), ``MaxPool2d``
-(kernel == stride, no padding), ``Flatten``, ``Dropout`` / ``Identity`` (skipped), the 1-D
-layers (``Conv1d``, ``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d(1)``: a model with
-``Conv1d`` and no ``Conv2d`` takes ``(N, C, L)`` batches, fed from the data's ``(N, C, 1, L)``
-samples, and each 1-D layer becomes the 2-D layer of a ``(1, k)`` kernel), and a final
+into it), ``ReLU`` after a conv/linear/BN, directly or through max pooling / flattens (with
+which it commutes; fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
+``AdaptiveMaxPool2d`` (global max pooling, or any output size dividing the input's: the max
+pooling of that window), ``Flatten``, every dropout and ``Identity`` (skipped), the 1-D
+layers (``Conv1d``, ``MaxPool1d``, ``AdaptiveMaxPool1d``, ``AvgPool1d``,
+``AdaptiveAvgPool1d``: a model with ``Conv1d`` and no ``Conv2d`` takes ``(N, C, L)`` batches,
+fed from the data's ``(N, C, 1, L)`` samples, and each 1-D layer becomes the 2-D layer of a
+``(1, k)`` kernel), and a final
 ``Softmax`` / ``LogSoftmax`` over the classes (left out: the layers, the integer model and the
 deployed program end at the logits, whose largest is the same class; recorded in the last
 layer's ``FLayer.out_fn``). A
 module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
 residual adds (``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``,
-``F.avg_pool2d``, ``x.mean((2, 3))``, ``F.dropout``, a flatten such as
+``F.avg_pool2d``, ``x.mean((2, 3))``, ``x.amax((2, 3))``, ``x.max(2)[0]``, ``F.dropout``, a
+flatten such as
 ``x.view(x.size(0), -1)``, a final ``F.log_softmax``) it is traced as a graph (layers in
 topological order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back
 as the sequential walk gives it), otherwise its children are walked in order;
 :func:`check_trace` then verifies that the traced layers reproduce ``model(x)``.
-``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d(1)`` (global average pooling), and their
-functional forms (``F.avg_pool2d``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``),
+``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d`` (global average pooling, or an output
+size dividing the input's), and their functional forms (``F.avg_pool2d``,
+``F.adaptive_avg_pool2d``, ``x.mean((2, 3))``),
 become the depthwise conv that computes them, with constant weights ``1 / (kh * kw)`` (so they
 get a precision like any conv; :func:`trace_model` needs an example input to size them).
 Concatenation is rejected with an error
@@ -66,6 +71,7 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +112,11 @@ BUILTIN_MODELS = ("digits-cnn", "mnist1d-cnn", "mnist1d-cnn-l", "mnist1d-resnet"
 #: since they keep the order of the logits (so the predicted class, and every accuracy).
 OUTPUT_FNS = ("softmax", "log_softmax")
 SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "ReLU6",
-                     "Hardtanh (min_val 0)", "MaxPool2d",
-                     "AvgPool2d", "AdaptiveAvgPool2d", "Conv1d", "MaxPool1d", "AvgPool1d",
-                     "AdaptiveAvgPool1d",
-                     "Flatten", "Dropout", "Identity", "Softmax (last)", "LogSoftmax (last)")
+                     "Hardtanh (min_val 0)", "MaxPool2d", "AdaptiveMaxPool2d",
+                     "AvgPool2d", "AdaptiveAvgPool2d", "Conv1d", "MaxPool1d",
+                     "AdaptiveMaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d",
+                     "Flatten", "Dropout (any)", "Identity", "Softmax (last)",
+                     "LogSoftmax (last)")
 
 
 class UnsupportedModelError(ValueError):
@@ -634,9 +641,10 @@ def _flatten_modules(module, prefix=""):
 
 
 def _pool_input_shapes(model, example) -> dict:
-    """``{module: input shape}`` of every average-pooling module, from one forward pass on
-    ``example`` (empty without pooling modules or without ``example``)."""
-    pools = [m for m in model.modules() if isinstance(m, _avg_pools())]
+    """``{module: input shapes}`` of every pooling module whose layer depends on its input's
+    size (:func:`_shaped_pools`), from one forward pass on ``example`` (empty without such
+    modules or without ``example``)."""
+    pools = [m for m in model.modules() if isinstance(m, _shaped_pools())]
     if not pools or example is None:
         return {}
     seen: dict = {}
@@ -691,17 +699,38 @@ def _run_model(model, x, call=None):
             f"{tuple(np.shape(x)[1:])} ({str(exc).splitlines()[0]})") from None
 
 
-def _avg_pools() -> tuple:
-    """The average-pooling module classes of ``torch.nn`` the intake maps to depthwise convs."""
+def _skipped_modules() -> tuple:
+    """The module classes the intake skips: every dropout (``Dropout``, ``Dropout1d/2d/3d``,
+    ``AlphaDropout``, ...: the identity in eval mode) and ``Identity``."""
+    import torch.nn as nn
+    from torch.nn.modules.dropout import _DropoutNd
+
+    return (_DropoutNd, nn.Identity)
+
+
+def _skipped_functions() -> tuple:
+    """The functional dropouts (skipped, as the modules)."""
+    import torch.nn.functional as F
+
+    return (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+            F.feature_alpha_dropout)
+
+
+def _shaped_pools() -> tuple:
+    """The pooling module classes of ``torch.nn`` whose layer depends on the size of their
+    input: average pooling (the depthwise conv computing it has a weight per channel) and
+    adaptive pooling (its window is the input size over the output size)."""
     import torch.nn as nn
 
-    return (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
+    return (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
+            nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d)
 
 
-def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
-    """An average pooling as the depthwise conv that computes it: kernel ``k``, stride as
-    pooled, no padding, every weight ``1 / (kh * kw)``, no bias. ``AdaptiveAvgPool2d(1)``
-    (global average pooling) is the kernel of the whole input map."""
+def _shaped_pool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
+    """The layer of a :func:`_shaped_pools` module: an average pooling as the depthwise conv
+    that computes it (:func:`_pool_conv`), an adaptive max pooling as a max pooling of the
+    window it implies (:func:`_adaptive_window`). ``shapes`` is
+    :func:`_pool_input_shapes`'s."""
     import torch.nn as nn
 
     tname = type(m).__name__
@@ -714,9 +743,13 @@ def _avgpool_layer(name: str, m, shapes: dict, src=None) -> FLayer:
         raise UnsupportedModelError(f"{name}: one {tname} module applied to inputs of "
                                     f"different shapes {sorted(got)}; use one module per use")
     chw = next(iter(got))
-    one_d = isinstance(m, (nn.AvgPool1d, nn.AdaptiveAvgPool1d))
+    one_d = isinstance(m, (nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d))
+    if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d)):
+        if m.return_indices:
+            raise UnsupportedModelError(f"{name}: {tname} with return_indices is not supported")
+        return _adaptive_maxpool(name, tname, one_d, lambda: chw, m.output_size, src)
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool1d)):
-        return _global_avgpool(name, tname, one_d, lambda: chw, m.output_size, src)
+        return _adaptive_avgpool(name, tname, one_d, lambda: chw, m.output_size, src)
     return _local_avgpool(name, tname, one_d, lambda: chw, m.kernel_size, m.stride, m.padding,
                           m.ceil_mode, getattr(m, "divisor_override", None), src)
 
@@ -732,25 +765,65 @@ def _local_avgpool(name: str, what: str, one_d: bool, shape, kernel, stride, pad
     return _pool_conv(name, shape(), _geom(kernel, one_d), _geom(stride or kernel, one_d), src)
 
 
-def _global_avgpool(name: str, what: str, one_d: bool, shape, output_size, src) -> FLayer:
-    """An adaptive average pooling (module or functional call ``what``) to output size 1,
-    global average pooling: :func:`_pool_conv` over the whole map of ``shape()``."""
-    if output_size is None or _geom(output_size, one_d) != (1, 1):
+def _chw(name: str, shape) -> tuple[int, int, int]:
+    """One sample's ``(C, H, W)`` of a pooling's input shape; a 1-D tensor's ``(C, L)`` is
+    ``(C, 1, L)``."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        shape = (shape[0], 1, shape[1])
+    if len(shape) != 3:
+        raise UnsupportedModelError(f"{name}: pooling of a tensor of shape (N, "
+                                    f"{', '.join(map(str, shape))}); it needs (N, C, H, W) "
+                                    "or (N, C, L)")
+    return shape
+
+
+def _adaptive_window(name: str, what: str, one_d: bool, chw, output_size) -> tuple[int, int]:
+    """The window (kernel == stride) of an adaptive pooling (module or functional call
+    ``what``) to ``output_size`` of an input of one-sample shape ``chw``: the input size over
+    the output size along each axis, where it divides (torch's adaptive windows are then equal
+    and do not overlap, as a pooling kernel's); output size 1 is global pooling. ``None`` in
+    ``output_size`` keeps that axis's size."""
+    _, h, w = _chw(name, chw)
+    if output_size is None:
+        raise UnsupportedModelError(f"{name}: {what} needs an output size")
+    seq = [output_size] if isinstance(output_size, int) else list(output_size)
+    if len(seq) == 1 and not one_d:
+        seq = seq * 2
+    out = tuple(full if v is None else int(v)
+                for v, full in zip([None] + seq if one_d else seq, (h, w)))
+    if any(o <= 0 or full % o for o, full in zip(out, (h, w))):
+        size = f"length {w}" if one_d else f"{h}x{w}"
+        got = out[1] if one_d else f"{out[0]}x{out[1]}"
         raise UnsupportedModelError(
-            f"{name}: {what} needs output size 1 (global average pooling)")
-    return _pool_conv(name, shape(), None, None, src)
+            f"{name}: {what} to output size {got} of an input of {size}; supported: output "
+            "sizes that divide the input's (equal windows that do not overlap; output size 1 "
+            "is global pooling)")
+    return (h // out[0], w // out[1])
+
+
+def _adaptive_avgpool(name: str, what: str, one_d: bool, shape, output_size, src) -> FLayer:
+    """An adaptive average pooling (module or functional call ``what``):
+    :func:`_pool_conv` of its window (:func:`_adaptive_window`) over the input of
+    ``shape()``; output size 1 is global average pooling."""
+    chw = shape()
+    k = _adaptive_window(name, what, one_d, chw, output_size)
+    return _pool_conv(name, chw, k, k, src)
+
+
+def _adaptive_maxpool(name: str, what: str, one_d: bool, shape, output_size, src) -> FLayer:
+    """An adaptive max pooling (module or functional call ``what``) as the max pooling of its
+    window (:func:`_adaptive_window`) over the input of ``shape()``; output size 1 is global
+    max pooling."""
+    k = _adaptive_window(name, what, one_d, shape(), output_size)
+    return FLayer("maxpool", name, kernel=k, stride=k, src=src)
 
 
 def _pool_conv(name: str, chw: tuple, k, s, src=None) -> FLayer:
     """The depthwise conv computing an average pooling of a ``(C, H, W)`` input (``(C, L)``:
     a 1-D one, ``(C, 1, L)``): kernel ``k`` and stride ``s`` (``None``: the whole map, global
     average pooling), no padding, every weight ``1 / (kh * kw)``, no bias."""
-    if len(chw) == 2:
-        chw = (chw[0], 1, chw[1])
-    if len(chw) != 3:
-        raise UnsupportedModelError(f"{name}: average pooling of a tensor of shape (N, "
-                                    f"{', '.join(map(str, chw))}); it needs (N, C, H, W)")
-    c, h, w = chw
+    c, h, w = _chw(name, chw)
     k = k or (h, w)
     s = s or k
     weight = np.full((c, 1, *k), 1.0 / (k[0] * k[1]))
@@ -767,9 +840,11 @@ def trace_model(model, example=None) -> list[FLayer]:
         and whose ``forward`` is exactly that order.
     example : numpy.ndarray, optional
         An ``(N, C, H, W)`` input batch. Needed only by average pooling (``AvgPool2d``,
-        ``AdaptiveAvgPool2d(1)``, ``F.avg_pool2d``, ``x.mean((2, 3))``, ...), which becomes a
-        depthwise conv with constant weights and so needs its input's channels and size, read
-        from one forward pass on ``example[:1]``.
+        ``AdaptiveAvgPool2d``, ``F.avg_pool2d``, ``x.mean((2, 3))``, ...), which becomes a
+        depthwise conv with constant weights and so needs its input's channels and size, by
+        adaptive and global max pooling (``AdaptiveMaxPool2d``, ``x.amax((2, 3))``, ...),
+        whose window is its input's size, and by a pooling window given by a tensor's size
+        (``F.max_pool1d(x, x.size(2))``): read from one forward pass on ``example[:1]``.
 
     Returns
     -------
@@ -798,7 +873,7 @@ def trace_model(model, example=None) -> list[FLayer]:
     for name, m in mods:
         last = layers[-1] if layers else None
         tname = type(m).__name__
-        if out_fn and not isinstance(m, (nn.Dropout, nn.Identity)):
+        if out_fn and not isinstance(m, _skipped_modules()):
             raise UnsupportedModelError(f"{out_fn[0]}: {LAST_ONLY}")
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             out_fn = (name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", m.dim)
@@ -814,14 +889,19 @@ def trace_model(model, example=None) -> list[FLayer]:
             last.weight = last.weight * s.reshape((-1,) + (1,) * (last.weight.ndim - 1))
             last.bias = (last.bias - m.running_mean.double().numpy()) * s + be
         elif isinstance(m, (nn.ReLU, nn.Hardtanh)):
-            if last is None or not last.is_compute or last.relu:
+            # through max pooling / flatten, with which it commutes
+            j = len(layers) - 1
+            while j >= 0 and layers[j].kind in ("maxpool", "flatten"):
+                j -= 1
+            into = layers[j] if j >= 0 else None
+            if into is None or not into.is_compute or into.relu:
                 raise UnsupportedModelError(
-                    f"{name}: {tname} must directly follow a Conv2d/Linear/BatchNorm (it is "
-                    "fused into the requantization clamp)")
-            last.relu, last.relu_max = True, _relu_max(name, m)
-        elif isinstance(m, _avg_pools()):
-            layers.append(_avgpool_layer(name, m, shapes))
-        elif isinstance(m, (nn.Dropout, nn.Identity)):
+                    f"{name}: {tname} must follow a Conv2d/Linear/BatchNorm, directly or "
+                    "through max pooling / flatten (it is fused into the requantization clamp)")
+            into.relu, into.relu_max = True, _relu_max(name, m)
+        elif isinstance(m, _shaped_pools()):
+            layers.append(_shaped_pool_layer(name, m, shapes))
+        elif isinstance(m, _skipped_modules()):
             continue
         else:
             raise UnsupportedModelError(
@@ -897,11 +977,15 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
 
     Nodes: the supported modules (as in the sequential walk; BatchNorm folded into the
     conv/linear it directly follows when that output has no other reader; ReLU, also
-    ``torch.relu`` / ``F.relu``, fused into its producer when that output has no other
-    reader), ``F.max_pool2d`` (as ``MaxPool2d``), average pooling (``F.avg_pool2d`` without
-    padding, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))`` / ``torch.mean``, as the
-    modules; their input shapes come from one forward pass on ``example[:1]``),
-    ``F.dropout`` and ``.contiguous()`` (skipped), a flatten
+    ``torch.relu`` / ``F.relu``, fused into its producer, directly or through max pooling and
+    flattens, when each of those outputs has no other reader), ``F.max_pool2d`` (as
+    ``MaxPool2d``; its window may be a tensor's size, ``x.size(2)``, ``x.shape[-1]``,
+    ``x.size()[2:]``: one sample's, from the example run), adaptive and global max pooling
+    (``F.adaptive_max_pool2d``, ``x.amax((2, 3))`` / ``torch.amax``, and a max along one
+    axis, ``x.max(2)[0]`` / ``.values``, of a 1-D tensor; not its indices), average pooling
+    (``F.avg_pool2d`` without padding, ``F.adaptive_avg_pool2d``, ``x.mean((2, 3))`` /
+    ``torch.mean``, as the modules; the input shapes of these come from one forward pass on
+    ``example[:1]``), every functional dropout and ``.contiguous()`` (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
     ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), ``a + b`` of two tensors (an
     ``"add"`` layer), and a final softmax / log_softmax (``FLayer.out_fn``). A graph without
@@ -919,24 +1003,51 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     layers: list[FLayer] = []
     where: dict = {}                 # fx node -> index of the layer producing it (-1: input)
     sizes: set = set()               # fx nodes holding a tensor's size / shape
-    only_batch_size = ("the size of a dimension other than the batch; a reshape may use "
-                       "x.size(0) / x.shape[0] only (or flatten with torch.flatten(x, 1))")
+    only_batch_size = ("a slice of a tensor's size that includes the batch size; a reshape "
+                       "may use x.size(0) / x.shape[0] only (or flatten with "
+                       "torch.flatten(x, 1))")
     batch: set = set()               # fx nodes holding a tensor's batch size
+    static: set = set()              # fx nodes holding sizes of one sample (x.size(2), ...)
+    max_nodes: set = set()           # fx nodes of a max along a dim: (values, indices)
+    made: dict = {}                  # layer index -> the fx node that made it
     out_fn = None                    # (node name, function, dim) of a final softmax
-    shapes_of: dict = {}             # fx node -> one sample's shape, once asked for
+    run: list = []                   # [(shapes, values)] of one example run, once asked for
+
+    def ran(node, what: str) -> tuple:
+        """:func:`_node_shapes` of one run on the example (made once)."""
+        if example is None:
+            raise UnsupportedModelError(
+                f"{node.name}: {what} needs the shape of its input: trace the model with an "
+                "example input, trace_model(model, example=x)")
+        if not run:
+            run.append(_node_shapes(gm, example))
+        return run[0]
 
     def in_shape(node) -> tuple:
         """``(C, H, W)`` (one sample) of the tensor a pooling node reads."""
-        if example is None:
-            raise UnsupportedModelError(
-                f"{node.name}: average pooling needs the shape of its input: trace the model "
-                "with an example input, trace_model(model, example=x)")
-        if not shapes_of:
-            shapes_of.update(_node_shapes(gm, example))
-        return shapes_of[node.args[0]]
+        return ran(node, "this pooling")[0][node.args[0]]
 
     def only_reader(node) -> bool:
-        return len(node.users) == 1
+        """One node reads ``node``'s values (reading its size, ``x.size(2)``, does not count)."""
+        return sum(not (u.op == "call_method" and u.target == "size" or u.op ==
+                        "call_function" and u.target is getattr and u.args[1:] == ("shape",))
+                   for u in node.users) == 1
+
+    def fused_into(a, relu: bool):
+        """The index of the layer that a ReLU (``relu``) or a BatchNorm reading node ``a``
+        fuses into, or None: the conv / linear (for a ReLU also an add) whose output reaches
+        ``a`` through skipped nodes and, for a ReLU, max pooling and flattens (a ReLU commutes
+        with both: max(relu(x)) == relu(max(x))), each read by the next alone."""
+        kinds = ("conv", "linear", "add") if relu else ("conv", "linear")
+        while where.get(a, -1) >= 0 and only_reader(a):
+            i = where[a]
+            if made.get(i) is a:
+                if layers[i].kind in kinds:
+                    return i
+                if not (relu and layers[i].kind in ("maxpool", "flatten")):
+                    return None
+            a = a.args[0]            # a skipped node's, a pooling's or a flatten's input
+        return None
 
     def flatten_dims(n):
         """The target shape of a view / reshape node, if it flattens each sample."""
@@ -954,18 +1065,39 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             continue
         if n.op == "output":
             break
+        if n.op == "call_function" and n.target in (operator.getitem, getattr) and \
+                n.args[0] in max_nodes:      # x.max(dim)[0] / .values
+            if n.args[1] not in (0, "values"):
+                raise UnsupportedModelError(
+                    f"{n.name}: the indices of a max are not supported (only its values: "
+                    "x.amax(dim), x.max(dim)[0] or x.max(dim).values)")
+            where[n] = where[n.args[0]]
+            continue
         if (n.op == "call_method" and n.target == "size") or (
                 n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",)):
-            if n.target == "size" and n.args[1:] not in ((), (0,)) or n.kwargs:
-                raise UnsupportedModelError(f"{n.name}: {only_batch_size}")
-            (batch if n.args[1:] == (0,) else sizes).add(n)
+            dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) \
+                if n.target == "size" else None
+            (sizes if dim is None else batch if dim == 0 else static).add(n)
             continue
         if n.op == "call_function" and n.target is operator.getitem and n.args[0] in sizes:
-            if n.args[1] != 0:
+            i = n.args[1]
+            if isinstance(i, slice) and (i.start or 0) == 0 and (i.step or 1) > 0:
                 raise UnsupportedModelError(f"{n.name}: {only_batch_size}")
-            batch.add(n)
+            (batch if i == 0 else static).add(n)
             continue
         args = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        pool = n.op == "call_function" and n.target in (
+            F.max_pool2d, torch.max_pool2d, F.max_pool1d, torch.max_pool1d) or _is_shaped_pool(n)
+        call = n                     # n, with one sample's sizes in a pooling's arguments
+        if pool and any(a in static for a in n.all_input_nodes):
+            # F.max_pool1d(x, x.size(2)): the sizes are those of the example run
+            values = ran(n, "a pooling window given by a tensor's size")[1]
+            call = types.SimpleNamespace(
+                op=n.op, name=n.name, target=n.target, args=torch.fx.node.map_arg(
+                    n.args, lambda a: values[a] if a in static else a),
+                kwargs=torch.fx.node.map_arg(n.kwargs,
+                                             lambda a: values[a] if a in static else a))
+            args = args[:1]
         if n.op == "call_method" and n.target in ("view", "reshape") or (
                 n.op == "call_function" and n.target is torch.reshape):
             ok, dims = flatten_dims(n)
@@ -978,7 +1110,8 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         if any(a not in where for a in args):
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) reads a tensor's "
-                "size; only a flatten (x.view(x.size(0), -1)) may")
+                "size; only a flatten (x.view(x.size(0), -1)) or a pooling window "
+                "(F.max_pool1d(x, x.size(2))) may")
         srcs = tuple(where[a] for a in args)
         m = mods.get(n.target) if n.op == "call_module" else None
         fn = _softmax_fn(n, m)
@@ -994,12 +1127,14 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             n.op == "call_method" and n.target in ("relu", "clamp")) or isinstance(
             m, (nn.ReLU, nn.Hardtanh))
         if relu_fn or isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            prev = layers[srcs[0]] if srcs and srcs[0] >= 0 else None
-            ok_kinds = ("conv", "linear", "add") if relu_fn else ("conv", "linear")
-            if prev is None or prev.kind not in ok_kinds or prev.relu or not only_reader(args[0]):
+            i = fused_into(args[0], relu_fn) if args else None
+            prev = layers[i] if i is not None else None
+            if prev is None or prev.relu:
                 raise UnsupportedModelError(
-                    f"{n.name}: {'ReLU' if relu_fn else 'BatchNorm'} must directly follow a "
-                    f"{'/'.join(ok_kinds)} whose output nothing else reads (it is fused)")
+                    f"{n.name}: ReLU must follow a conv/linear/add, directly or through max "
+                    "pooling / flatten, whose output nothing else reads (it is fused)"
+                    if relu_fn else f"{n.name}: BatchNorm must directly follow a conv/linear "
+                    "whose output nothing else reads (it is folded)")
             if relu_fn:
                 prev.relu, prev.relu_max = True, _relu_max(n.name, m, n)
             else:
@@ -1010,8 +1145,8 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 prev.bias = (prev.bias - m.running_mean.double().numpy()) * s + be
             where[n] = srcs[0]
             continue
-        if isinstance(m, (nn.Dropout, nn.Identity)) or (
-                n.op == "call_function" and n.target in (F.dropout, F.dropout2d)) or (
+        if isinstance(m, _skipped_modules()) or (
+                n.op == "call_function" and n.target in _skipped_functions()) or (
                 n.op == "call_method" and n.target in ("contiguous", "clone", "detach")):
             where[n] = srcs[0]
             continue
@@ -1026,24 +1161,28 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             new = FLayer("flatten", n.name, src=srcs)
         elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d,
                                                       F.max_pool1d, torch.max_pool1d):
-            new = _functional_maxpool(n, srcs, n.target in (F.max_pool1d, torch.max_pool1d))
-        elif _is_avg_pool(n):
-            new, keep = _functional_avgpool(n, srcs, lambda: in_shape(n))
+            new = _functional_maxpool(call, srcs, n.target in (F.max_pool1d, torch.max_pool1d))
+        elif pool:
+            new, keep = _functional_pool(call, srcs, lambda: in_shape(n))
+            if n.target in (torch.max, "max"):
+                max_nodes.add(n)
             if not keep:                     # x.mean((2, 3)): pooled, then flattened
+                made[len(layers)] = n
                 layers.append(new)
                 new = FLayer("flatten", n.name + "_flatten", src=(len(layers) - 1,))
         elif isinstance(m, _leaf_types()):
             new = _leaf_layer(n.target, m, srcs)
-        elif isinstance(m, _avg_pools()):
-            new = _avgpool_layer(n.target, m, shapes or {}, srcs)
+        elif isinstance(m, _shaped_pools()):
+            new = _shaped_pool_layer(n.target, m, shapes or {}, srcs)
         else:
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) is not supported; "
                 f"supported: modules {list(SUPPORTED_MODULES)}, torch.relu / F.relu, "
-                "F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d(x, 1), x.mean((2, 3)), "
-                "F.dropout, a flatten (torch.flatten(x, 1), x.view(x.size(0), -1), ...), "
-                "residual add, a final softmax / log_softmax")
+                "F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, "
+                "x.mean((2, 3)), x.amax((2, 3)), F.dropout, a flatten (torch.flatten(x, 1), "
+                "x.view(x.size(0), -1), ...), residual add, a final softmax / log_softmax")
         where[n] = len(layers)
+        made[len(layers)] = n
         layers.append(new)
     out_src = [where[a] for a in n.args if isinstance(a, torch.fx.Node)]
     comp = [l for l in layers if l.is_compute]
@@ -1061,22 +1200,26 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     return layers
 
 
-def _node_shapes(gm, example) -> dict:
-    """``{fx node: shape of one sample}`` of every tensor the graph module ``gm`` computes, from
-    one run on ``example[:1]`` (a failure is the model's: :func:`_run_model`'s message)."""
+def _node_shapes(gm, example) -> tuple[dict, dict]:
+    """``(shapes, values)`` of one run of the graph module ``gm`` on ``example[:1]`` (a failure
+    is the model's: :func:`_run_model`'s message): ``{fx node: shape of one sample}`` of every
+    tensor it computes and ``{fx node: value}`` of every other node (a size, ...)."""
     import torch
 
     shapes: dict = {}
+    values: dict = {}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, node):
             out = super().run_node(node)
             if isinstance(out, torch.Tensor):
                 shapes[node] = tuple(out.shape[1:])
+            else:
+                values[node] = out
             return out
 
     _run_model(gm, example[:1], Recorder(gm).run)
-    return shapes
+    return shapes, values
 
 
 def _softmax_fn(n, m) -> str | None:
@@ -1096,22 +1239,33 @@ def _softmax_fn(n, m) -> str | None:
     return None
 
 
-def _is_avg_pool(n) -> bool:
-    """True for an fx node of functional average pooling (or a mean, checked later)."""
+def _is_shaped_pool(n) -> bool:
+    """True for an fx node of a functional pooling whose layer depends on its input's size
+    (average pooling, adaptive max pooling) or of a reduction that may be one (a mean, an
+    ``amax``, a ``max`` along a dim: checked by :func:`_functional_pool`)."""
     import torch
     import torch.nn.functional as F
 
+    if n.op == "call_function" and n.target is torch.max or n.op == "call_method" and \
+            n.target == "max":           # max along a dim; max(x) or max(x, y) is no pooling
+        return len(n.args) > 1 and isinstance(n.args[1], (int, tuple, list)) or \
+            "dim" in n.kwargs
     return (n.op == "call_function" and n.target in (F.avg_pool2d, F.adaptive_avg_pool2d,
                                                       F.avg_pool1d, F.adaptive_avg_pool1d,
-                                                      torch.mean)
-            or n.op == "call_method" and n.target == "mean")
+                                                      F.adaptive_max_pool2d,
+                                                      F.adaptive_max_pool1d,
+                                                      torch.mean, torch.amax)
+            or n.op == "call_method" and n.target in ("mean", "amax"))
 
 
-def _functional_avgpool(n, srcs, shape) -> tuple[FLayer, bool]:
-    """``(conv, keep)``: the depthwise conv of a functional average pooling (graph intake),
-    with the modules' rules, and False where the result drops the pooled axes
-    (``x.mean((2, 3))`` without ``keepdim``: a flatten follows). ``shape()`` gives the input's
-    ``(C, H, W)``; it is asked for once the call's arguments are found supported."""
+def _functional_pool(n, srcs, shape) -> tuple[FLayer, bool]:
+    """``(layer, keep)``: the layer of a :func:`_is_shaped_pool` node (graph intake), with the
+    modules' rules, and False where the result drops the pooled axes (``x.mean((2, 3))``,
+    ``x.amax(2)``, ``x.max(2)`` without ``keepdim``: a flatten follows). Average pooling and
+    a mean become a depthwise conv, adaptive max pooling and a max over the spatial axes a
+    max pooling. ``shape()`` gives the input's ``(C, H, W)`` (``(C, L)``); it is asked for
+    once the call's arguments are found supported."""
+    import torch
     import torch.nn.functional as F
 
     if n.target in (F.avg_pool2d, F.avg_pool1d):
@@ -1124,22 +1278,36 @@ def _functional_avgpool(n, srcs, shape) -> tuple[FLayer, bool]:
         return _local_avgpool(n.name, what, one_d, shape, a["kernel_size"], a.get("stride"),
                               a.get("padding", 0), a.get("ceil_mode"),
                               a.get("divisor_override"), srcs), True
-    if n.target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d):
-        one_d = n.target is F.adaptive_avg_pool1d
-        size = n.args[1] if len(n.args) > 1 else n.kwargs.get("output_size")
-        return _global_avgpool(n.name, f"adaptive_avg_pool{1 if one_d else 2}d", one_d, shape,
-                               size, srcs), True
+    adaptive = {F.adaptive_avg_pool2d: ("adaptive_avg_pool2d", False, _adaptive_avgpool),
+                F.adaptive_avg_pool1d: ("adaptive_avg_pool1d", True, _adaptive_avgpool),
+                F.adaptive_max_pool2d: ("adaptive_max_pool2d", False, _adaptive_maxpool),
+                F.adaptive_max_pool1d: ("adaptive_max_pool1d", True, _adaptive_maxpool)}
+    if n.target in adaptive:
+        what, one_d, make = adaptive[n.target]
+        a = dict(zip(("output_size", "return_indices"), n.args[1:]))
+        a.update(n.kwargs)
+        if a.get("return_indices"):
+            raise UnsupportedModelError(f"{n.name}: {what} with return_indices is not "
+                                        "supported")
+        return make(n.name, what, one_d, shape, a.get("output_size"), srcs), True
+    mean = n.target in (torch.mean, "mean")
     dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
     dims = [dims] if isinstance(dims, int) else list(dims or [])
     keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
     nd = len(shape()) + 1 if dims and all(isinstance(d, int) for d in dims) else 0
     if nd not in (3, 4) or n.kwargs.get("dtype") is not None or \
             sorted(d % nd for d in dims) != list(range(2, nd)):
+        how = ("x.mean((2, 3)) of an (N, C, H, W) tensor or x.mean(2) of an (N, C, L) one "
+               "(global average pooling)" if mean else
+               "x.amax((2, 3)) of an (N, C, H, W) tensor or x.amax(2) / x.max(2) of an "
+               "(N, C, L) one (global max pooling)")
         raise UnsupportedModelError(
-            f"{n.name}: a mean over dims {dims or 'all'}; supported: over the spatial dims, "
-            "x.mean((2, 3)) of an (N, C, H, W) tensor or x.mean(2) of an (N, C, L) one "
-            "(global average pooling)")
-    return _pool_conv(n.name, shape(), None, None, srcs), bool(keep)
+            f"{n.name}: a {'mean' if mean else 'max'} over dims {dims or 'all'}; supported: "
+            f"over the spatial dims, {how}")
+    if mean:
+        return _pool_conv(n.name, shape(), None, None, srcs), bool(keep)
+    _, h, w = _chw(n.name, shape())
+    return FLayer("maxpool", n.name, kernel=(h, w), stride=(h, w), src=srcs), bool(keep)
 
 
 def _relu_max(name: str, m=None, n=None) -> float | None:

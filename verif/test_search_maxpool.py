@@ -1,0 +1,319 @@
+"""Max pooling in the intake beyond ``MaxPool2d``: global and adaptive max pooling in every
+form torch writes it (modules, functions, ``x.amax`` / ``x.max(dim)``, a window given by the
+tensor's own size), adaptive pooling to an output size that divides the input, a ReLU after
+max pooling or a flatten (the older PyTorch examples' ``F.relu(F.max_pool2d(conv(x), 2))``),
+and every dropout module.
+
+References: each model is compared with a twin written in the layers the intake took before
+(``MaxPool1d`` / ``MaxPool2d`` of the window, the ReLU before the pooling): the same traced
+layers and weights, and :func:`check_trace` against the model's own forward. On the RTL the
+deployed programs are compared bit for bit with ``int_forward``. Random parts are seeded by the
+``seed`` fixture, which prints its replay command.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # 2 shared cores
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from rvmpq.sw.deploy import run_network  # noqa: E402
+from rvmpq.sw.search.models import (  # noqa: E402
+    UnsupportedModelError, check_trace, float_forward, trace_model)
+from rvmpq.sw.search.pipeline import deploy_error  # noqa: E402
+from rvmpq.sw.search.qnn import int_forward, quantize_input  # noqa: E402
+from rvmpq.sw.search.quantizer import Quantizer  # noqa: E402
+
+
+def _x(shape, n=8, seed=0):
+    """``n`` samples of one-sample ``shape`` (``(1, 1, 40)``: MNIST-1D's layout), in [-1, 1]."""
+    return np.random.default_rng(seed).uniform(-1, 1, (n, *shape)).astype(np.float32)
+
+
+def _inputs(shape, n=2):
+    """``(x, t)``: ``n`` data set samples for a model taking one-sample ``shape`` (``(C, L)``: a
+    1-D model, stored as ``(C, 1, L)``) and the torch batch the model takes."""
+    if len(shape) == 2:
+        x = _x((shape[0], 1, shape[1]), n)
+        return x, torch.from_numpy(x[:, :, 0])
+    x = _x(shape, n)
+    return x, torch.from_numpy(x)
+
+
+def _summary(layers):
+    """What must agree between a model and its twin: kinds, fused ReLUs, geometry, weights."""
+    return [(l.kind, l.relu, tuple(l.kernel), tuple(l.stride), l.groups,
+             None if l.weight is None else l.weight.round(12).tobytes(),
+             None if l.bias is None else l.bias.round(12).tobytes()) for l in layers]
+
+
+#: A global max pooling of an (N, C, L) tensor in the forms torch code writes it, each
+#: followed by what drops the pooled axis.
+GLOBAL_1D = {
+    "nn.AdaptiveMaxPool1d(1)": lambda net, x: net.gmp(x).flatten(1),
+    "F.adaptive_max_pool1d": lambda net, x: F.adaptive_max_pool1d(x, 1).flatten(1),
+    "x.amax(2)": lambda net, x: x.amax(2),
+    "torch.amax keepdim": lambda net, x: torch.amax(x, dim=-1, keepdim=True).flatten(1),
+    "x.max(2)[0]": lambda net, x: x.max(2)[0],
+    "x.max(dim=-1).values": lambda net, x: x.max(dim=-1).values,
+    "torch.max keepdim": lambda net, x: torch.max(x, 2, keepdim=True)[0].view(x.size(0), -1),
+    "F.max_pool1d(x, x.size(2))": lambda net, x: F.max_pool1d(x, x.size(2)).view(x.size(0),
+                                                                                  -1),
+    "kernel_size=x.shape[-1]": lambda net, x: F.max_pool1d(x, kernel_size=x.shape[-1]
+                                                           ).flatten(1),
+}
+
+
+class Net1d(nn.Module):
+    """conv-ReLU, conv, a global max pooling written as ``how``, ReLU, fc: a text CNN's
+    max-over-time ending, with the ReLU after the pooling."""
+
+    def __init__(self, how):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = nn.Conv1d(1, 8, 5, padding=2), nn.Conv1d(8, 12, 3, padding=1)
+        self.gmp, self.fc, self.how = nn.AdaptiveMaxPool1d(1), nn.Linear(12, 5), how
+
+    def forward(self, x):
+        """The network."""
+        x = self.c2(F.relu(self.c1(x)))
+        return self.fc(F.relu(GLOBAL_1D[self.how](self, x)))
+
+
+def _twin_1d(net):
+    """``net`` in the layers the intake took before: the ReLU, then ``MaxPool1d(40)``."""
+    return nn.Sequential(net.c1, nn.ReLU(), net.c2, nn.ReLU(), nn.MaxPool1d(40), nn.Flatten(),
+                         net.fc).eval()
+
+
+@pytest.mark.parametrize("how", list(GLOBAL_1D))
+def test_global_max_pooling_1d_traces_as_a_max_pooling_of_the_whole_length(how):
+    net, x = Net1d(how).eval(), _x((1, 1, 40))
+    layers = trace_model(net, x[:1])
+    assert [l.kind for l in layers] == ["conv", "conv", "maxpool", "flatten", "linear"]
+    assert layers[2].kernel == (1, 40) and layers[1].relu
+    assert _summary(layers) == _summary(trace_model(_twin_1d(net), x[:1]))
+    check_trace(net, layers, x)
+
+
+GLOBAL_2D = {
+    "nn.AdaptiveMaxPool2d(1)": lambda net, x: net.gmp(x),
+    "F.adaptive_max_pool2d(x, (1, 1))": lambda net, x: F.adaptive_max_pool2d(x, (1, 1)),
+    "x.amax((2, 3), keepdim=True)": lambda net, x: x.amax((2, 3), keepdim=True),
+    "F.max_pool2d(x, x.size()[2:])": lambda net, x: F.max_pool2d(x, x.size()[2:]),
+}
+
+
+class Net2d(nn.Module):
+    """conv-ReLU, a global max pooling written as ``how``, flatten, fc."""
+
+    def __init__(self, how):
+        super().__init__()
+        torch.manual_seed(1)
+        self.c, self.gmp, self.fc, self.how = (nn.Conv2d(1, 6, 3, padding=1),
+                                               nn.AdaptiveMaxPool2d(1), nn.Linear(6, 4), how)
+
+    def forward(self, x):
+        """The network."""
+        return self.fc(torch.flatten(GLOBAL_2D[self.how](self, F.relu(self.c(x))), 1))
+
+
+@pytest.mark.parametrize("how", list(GLOBAL_2D))
+def test_global_max_pooling_2d_traces_as_a_max_pooling_of_the_whole_map(how):
+    net, x = Net2d(how).eval(), _x((1, 8, 8))
+    twin = nn.Sequential(net.c, nn.ReLU(), nn.MaxPool2d(8), nn.Flatten(), net.fc).eval()
+    layers = trace_model(net, x[:1])
+    assert _summary(layers) == _summary(trace_model(twin, x[:1]))
+    check_trace(net, layers, x)
+
+
+@pytest.mark.parametrize("pool, twin", [
+    (nn.AdaptiveMaxPool2d(2), nn.MaxPool2d(4)),
+    (nn.AdaptiveMaxPool2d((None, 2)), nn.MaxPool2d((1, 4))),
+    (nn.AdaptiveMaxPool2d((4, None)), nn.MaxPool2d((2, 1))),
+    (nn.AdaptiveAvgPool2d(2), nn.AvgPool2d(4)),
+    (nn.AdaptiveAvgPool2d((2, 8)), nn.AvgPool2d((4, 1))),
+], ids=["max2", "max-none-2", "max-4-none", "avg2", "avg-2-8"])
+def test_adaptive_pooling_to_a_dividing_size_is_its_pooling(pool, twin):
+    """torch's adaptive windows are equal and do not overlap when the output size divides
+    the input's: they are those of the pooling with kernel == stride = input / output."""
+    torch.manual_seed(2)
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    x = _x((1, 8, 8))
+    model = nn.Sequential(conv, nn.ReLU(), pool, nn.Flatten(), nn.LazyLinear(4))
+    model(torch.from_numpy(x[:1]))                      # size the lazy layer
+    model = model.eval()
+    ref = nn.Sequential(conv, nn.ReLU(), twin, nn.Flatten(), model[4]).eval()
+    layers = trace_model(model, x[:1])
+    assert _summary(layers) == _summary(trace_model(ref, x[:1]))
+    check_trace(model, layers, x)
+
+
+class LeNet(nn.Module):
+    """The older PyTorch MNIST example's network, sized for 8x8 digits: the ReLU after each
+    max pooling, ``nn.Dropout2d``, ``x.view(-1, K)``, ``F.dropout``, ``F.log_softmax``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1, self.conv2 = nn.Conv2d(1, 10, 3, padding=1), nn.Conv2d(10, 20, 3, padding=1)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1, self.fc2 = nn.Linear(80, 50), nn.Linear(50, 10)
+
+    def forward(self, x):
+        """The network."""
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = x.view(-1, 80)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, training=self.training)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def _lenet_twin(net):
+    """``LeNet`` with each ReLU before its max pooling, and no dropout."""
+    return nn.Sequential(net.conv1, nn.ReLU(), nn.MaxPool2d(2), net.conv2, nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), net.fc1, nn.ReLU(), net.fc2).eval()
+
+
+@pytest.mark.parametrize("form", ["graph", "sequential", "flatten"])
+def test_relu_after_max_pooling_is_fused_into_the_layer_before(form):
+    """max(relu(x)) == relu(max(x)) and a flatten moves nothing, so a ReLU after max pooling
+    or a flatten is the requantization clamp of the conv before, as if written before them."""
+    net, x = LeNet().eval(), _x((1, 8, 8))
+    twin = _lenet_twin(net)
+    if form == "sequential":
+        model = nn.Sequential(net.conv1, nn.MaxPool2d(2), nn.ReLU(), net.conv2, nn.Dropout2d(),
+                              nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), net.fc1, nn.ReLU(),
+                              nn.AlphaDropout(), net.fc2).eval()
+    elif form == "flatten":
+        class Flat(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                """conv1, pool, ReLU, conv2, pool, flatten, then the ReLU; F.dropout1d."""
+                x = F.relu(F.max_pool2d(self.net.conv1(x), 2))
+                x = F.relu(torch.flatten(F.max_pool2d(self.net.conv2(x), 2), 1))
+                return self.net.fc2(F.alpha_dropout(F.relu(self.net.fc1(x)), 0.5, False))
+        model = Flat().eval()
+    else:
+        model = net
+    layers = trace_model(model, x[:1])
+    assert _summary(layers) == _summary(trace_model(twin, x[:1]))
+    assert [l.relu for l in layers if l.is_compute] == [True, True, True, False]
+    check_trace(model, layers, x)
+
+
+class Shared(nn.Module):
+    """A ReLU after a max pooling whose input another pooling reads too: the ReLU cannot move
+    into the conv (the other reader needs the values without it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(64, 3)
+
+    def forward(self, x):
+        """conv, two poolings of its output (one then ReLU), add, flatten, fc."""
+        h = self.c(x)
+        return self.fc(torch.flatten(F.relu(F.max_pool2d(h, 2)) + F.max_pool2d(h, 2), 1))
+
+
+class Indices(nn.Module):
+    """A global max pooling whose indices are used."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.c, self.fc, self.how = nn.Conv1d(1, 4, 3, padding=1), nn.Linear(4, 3), how
+        self.gmp = nn.AdaptiveMaxPool1d(1, return_indices=True)
+
+    def forward(self, x):
+        """conv, a pooling with indices, fc."""
+        h = self.c(x)
+        if self.how == "module":
+            return self.fc(self.gmp(h)[0].flatten(1))
+        if self.how == "channels":
+            return self.fc(F.relu(h).max(2)[1].float() + h.max(1)[0][:, :4])
+        return self.fc(h.max(2)[1].float())
+
+
+@pytest.mark.parametrize("model, shape, message", [
+    (Shared(), (1, 8, 8), "ReLU must follow a conv/linear/add, directly or through max "
+                          "pooling / flatten, whose output nothing else reads"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.BatchNorm2d(2), nn.Flatten(),
+                   nn.Linear(18, 3)), (1, 8, 8),
+     "BatchNorm must directly follow a Conv2d/Linear"),
+    (nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.AdaptiveMaxPool1d(3), nn.Flatten(),
+                   nn.Linear(6, 3)), (1, 40),
+     "AdaptiveMaxPool1d to output size 3 of an input of length 40; supported: output sizes "
+     "that divide the input's"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d((4, 3)), nn.Flatten(),
+                   nn.Linear(24, 3)), (1, 8, 8),
+     "AdaptiveMaxPool2d to output size 4x3 of an input of 6x6"),
+    (Indices("module"), (1, 40), "AdaptiveMaxPool1d with return_indices is not supported"),
+    (Indices("values"), (1, 40), "the indices of a max are not supported"),
+], ids=["relu-shared", "bn-after-pool", "adaptive-1d", "adaptive-2d", "return-indices",
+        "max-indices"])
+def test_max_pooling_the_kernels_cannot_run_is_refused(model, shape, message):
+    x, t = _inputs(shape)
+    with torch.no_grad():
+        model.eval()(t)                           # the model runs; the intake refuses it
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+        trace_model(model, x[:1])
+
+
+class Reduce(nn.Module):
+    """conv, then a reduction or reshape written as ``how``, fc."""
+
+    def __init__(self, how, features):
+        super().__init__()
+        self.c, self.fc, self.how = nn.Conv1d(1, 4, 3, padding=1), nn.Linear(features, 3), how
+
+    def forward(self, x):
+        """The network."""
+        h = F.relu(self.c(x))
+        if self.how == "channels":
+            return self.fc(h.amax(1))                  # over the channels: no pooling
+        if self.how == "batch-slice":
+            return self.fc(h.reshape(h.size()[:2] + (-1,)).flatten(1))
+        return self.fc(F.max_pool1d(h, h.size(1) * 10).flatten(1))
+
+
+@pytest.mark.parametrize("how, features, message", [
+    ("channels", 40, "amax: a max over dims [1]; supported: over the spatial dims, "
+                     "x.amax((2, 3))"),
+    ("batch-slice", 160, "a slice of a tensor's size that includes the batch size"),
+    ("size-arith", 4, "mul (call_function mul) reads a tensor's size; only a flatten "
+                      "(x.view(x.size(0), -1)) or a pooling window"),
+])
+def test_reductions_and_sizes_the_kernels_cannot_run_are_refused(how, features, message):
+    net, (x, t) = Reduce(how, features).eval(), _inputs((1, 40))
+    with torch.no_grad():
+        net(t)                                    # the model runs; the intake refuses it
+    with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+        trace_model(net, x[:1])
+
+
+@pytest.mark.parametrize("impl", ["mpq", "baseline"])
+def test_global_max_pooling_deploys_bit_exact(impl, seed, tmp_path):
+    """The text-CNN ending (a max over the whole length, the ReLU after it) exported at seeded
+    mixed bits runs on the RTL bit for bit like the integer model: the pooling is the glue's
+    max pooling of a (1, 40) window."""
+    net, x = Net1d("x.max(2)[0]").eval(), _x((1, 1, 40), 64, seed=1)
+    qz = Quantizer(trace_model(net, x[:1]), x)
+    rng = np.random.default_rng(seed)
+    opts = [2, 4, 8, 16] if impl == "mpq" else [8, 16]
+    while True:
+        bits = [int(b) for b in rng.choice(opts, qz.n_compute)]
+        q = qz.export(bits, bits)
+        if deploy_error(q) is None:
+            break
+    print(f"{impl} bits {bits}")
+    xs = x[rng.choice(len(x), 2, replace=False)]
+    run = run_network(q, quantize_input(xs, q), impl, tmp_path, "prog")
+    assert np.array_equal(run.logits, int_forward(q, xs, exact="int64")), f"{tmp_path}/prog.c"

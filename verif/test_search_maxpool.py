@@ -2,7 +2,7 @@
 form torch writes it (modules, functions, ``x.amax`` / ``x.max(dim)``, a window given by the
 tensor's own size), adaptive pooling to an output size that divides the input, a ReLU after
 max pooling or a flatten (the older PyTorch examples' ``F.relu(F.max_pool2d(conv(x), 2))``),
-and every dropout module.
+every dropout module, and the ONNX nodes both torch exporters write for them.
 
 References: each model is compared with a twin written in the layers the intake took before
 (``MaxPool1d`` / ``MaxPool2d`` of the window, the ReLU before the pooling): the same traced
@@ -297,6 +297,66 @@ def test_reductions_and_sizes_the_kernels_cannot_run_are_refused(how, features, 
         net(t)                                    # the model runs; the intake refuses it
     with pytest.raises(UnsupportedModelError, match=re.escape(message)):
         trace_model(net, x[:1])
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("model, shape", [
+    (Net1d("nn.AdaptiveMaxPool1d(1)"), (1, 40)),
+    (Net1d("x.max(2)[0]"), (1, 40)),
+    (Net2d("x.amax((2, 3), keepdim=True)"), (1, 8, 8)),
+    (LeNet(), (1, 8, 8)),
+], ids=["AdaptiveMaxPool1d", "max-values", "amax-2d", "lenet"])
+def test_max_pooling_from_onnx(tmp_path, dynamo, model, shape):
+    """Both torch exporters (``GlobalMaxPool``, ``ReduceMax``, the dynamo exporter's
+    ``Unsqueeze`` / ``ReduceMax`` / ``Squeeze`` of a 1-D pooling, ``Relu`` after ``MaxPool``)
+    come back as the layers of the torch model, computing its function."""
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    from test_search_onnx import _export
+
+    from rvmpq.sw.search.onnx_intake import load_onnx
+
+    path = tmp_path / "m.onnx"
+    _export(model.eval(), shape, path, dynamo)
+    x, t = _inputs(shape, 8)
+    layers = trace_model(load_onnx(path), x[:1])
+    ref = trace_model(model, x[:1])
+    assert [(l.kind, l.relu, l.kernel) for l in layers if l.kind != "flatten"] == \
+        [(l.kind, l.relu, l.kernel) for l in ref if l.kind != "flatten"]
+    with torch.no_grad():
+        want = model(t).double().numpy()
+    got = float_forward(layers, x)
+    if ref[-1].out_fn == "log_softmax":          # LeNet's; the layers end at the logits
+        got = got - np.log(np.exp(got).sum(1, keepdims=True))
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_squeeze_other_than_the_1d_axis_is_refused():
+    """An ``Unsqueeze`` in a 2-D graph, or of another axis in a 1-D one, is refused by name."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+    from test_search_onnx import _graph_model, _init
+
+    from rvmpq.sw.search.onnx_intake import onnx_to_torch
+
+    def graph(in_shape, axis):
+        ax = numpy_helper.from_array(np.array([axis], dtype=np.int64), "ax")
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                 helper.make_node("Unsqueeze", ["r", "ax"], ["u"], name="unsq"),
+                 helper.make_node("Flatten", ["u"], ["f"], name="flat"),
+                 helper.make_node("Gemm", ["f", "w"], ["y"], name="fc", transB=1)]
+        feats = int(np.prod(in_shape))
+        return _graph_model(nodes, [_init("w", np.zeros((3, feats)))], in_shape, [3],
+                            ints=[ax])
+
+    for in_shape, axis in (((1, 8, 8), 2), ((1, 40), 3)):
+        m = graph(in_shape, axis)
+        onnx.checker.check_model(m)
+        with pytest.raises(UnsupportedModelError, match=re.escape(
+                f"node unsq (Unsqueeze): an Unsqueeze of axes [{axis}] of a rank-"
+                f"{len(in_shape) + 1} tensor; supported: only between a 1-D graph's")):
+            onnx_to_torch(m)
 
 
 @pytest.mark.parametrize("impl", ["mpq", "baseline"])

@@ -12,8 +12,9 @@ Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with ei
 ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
 ``Clip`` to ``[0, m]`` (``ReLU6``; a ReLU with an upper bound),
 ``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
-``GlobalAveragePool`` and ``ReduceMean`` over the two spatial axes (both global average pooling;
-see :func:`~.models.trace_model` for how average pooling runs), ``Add`` of two tensors (a
+``GlobalAveragePool`` and ``ReduceMean`` over the spatial axes (both global average pooling;
+see :func:`~.models.trace_model` for how average pooling runs), ``GlobalMaxPool`` and
+``ReduceMax`` over the spatial axes (global max pooling), ``Add`` of two tensors (a
 residual add), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
 ``Identity`` and ``Dropout`` (skipped), ``Constant``, and a ``Softmax`` / ``LogSoftmax`` over
 the classes of 2-D logits as the graph's last node (left out of the integer model, as a final
@@ -26,8 +27,9 @@ A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(
 ``(B, K)``; the converted module takes any batch size. The graph needs one input of rank 4
 (NCHW) or 3 (``(N, C, L)``, a 1-D model: its 1-D ``Conv`` / ``MaxPool`` / ``AveragePool`` become
 2-D layers of ``(1, k)`` kernels, as the built-in MNIST-1D models are written, and the converted
-module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) and one output (a 1-D
-graph's of rank 2, the logits).
+module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``; an ``Unsqueeze`` /
+``Squeeze`` of axis 2, between ``(N, C, L)`` and ``(N, C, 1, L)``, is then the identity, as
+torch's exporter writes 1-D pooling) and one output (a 1-D graph's of rank 2, the logits).
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a
@@ -49,8 +51,9 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 #: Any other node is taken only when all its inputs are constants (it is folded), and
 #: ``Shape`` of a computed tensor only as part of a shape computation (see the module docstring).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
-                 "AveragePool", "GlobalAveragePool", "ReduceMean", "Add", "Flatten", "Reshape",
-                 "Identity", "Dropout", "Constant", "Shape", "Clip", "Softmax", "LogSoftmax")
+                 "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+                 "Add", "Flatten", "Reshape", "Identity", "Dropout", "Constant", "Shape", "Clip",
+                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -410,20 +413,24 @@ def onnx_to_torch(model):
                                             "padding, ceil_mode or dilation is supported")
             add(n, nn.AvgPool2d(_geom(k, one_d), _geom(a.get("strides", [1] * nsp), one_d)), src)
             rank[out] = nsp + 2
-        elif op == "GlobalAveragePool":
-            add(n, nn.AdaptiveAvgPool2d(1), src)
+        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
+            add(n, (nn.AdaptiveAvgPool2d if op == "GlobalAveragePool" else
+                    nn.AdaptiveMaxPool2d)(1), src)
             rank[out] = rank[src]
-        elif op == "ReduceMean":
-            # torch's default exporter writes AdaptiveAvgPool2d(1) / x.mean((2, 3)) this way
+        elif op in ("ReduceMean", "ReduceMax"):
+            # torch's default exporter writes AdaptiveAvgPool2d(1) / x.mean((2, 3)) and
+            # AdaptiveMaxPool2d(1) / x.amax((2, 3)) this way
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1]:
                 axes = const(n, ins[1], "axes")
             axes = sorted(int(v) % rank[src] for v in np.asarray(
                 axes if axes is not None else []).reshape(-1))
+            what = "mean" if op == "ReduceMean" else "max"
             if rank[src] < 3 or axes != list(range(2, rank[src])):
-                raise UnsupportedModelError(f"{where(n)}: only a mean over the spatial axes "
-                                            "(global average pooling) is supported")
-            add(n, nn.AdaptiveAvgPool2d(1), src)
+                raise UnsupportedModelError(
+                    f"{where(n)}: only a {what} over the spatial axes (global "
+                    f"{'average' if what == 'mean' else 'max'} pooling) is supported")
+            add(n, (nn.AdaptiveAvgPool2d if what == "mean" else nn.AdaptiveMaxPool2d)(1), src)
             rank[out] = rank[src]
             if not int(a.get("keepdims", 1)):          # (N, C): pooled, then flattened
                 steps[-1] = ("module", steps[-1][1], [src], out + "/pooled")
@@ -472,6 +479,22 @@ def onnx_to_torch(model):
                     f"keeps each sample's values together ({FLATTEN_HINT})")
             add(n, nn.Flatten(), src)
             rank[out] = 2
+        elif op in ("Unsqueeze", "Squeeze"):
+            # a 1-D graph's (N, C, L) runs as (N, C, 1, L): adding or removing axis 2 changes
+            # nothing there (torch's dynamo exporter writes AdaptiveMaxPool1d(1) this way)
+            axes = a.get("axes")
+            if axes is None and len(ins) > 1 and ins[1]:
+                axes = const(n, ins[1], "axes")
+            r_out = rank[src] + (1 if op == "Unsqueeze" else -1)
+            axes = sorted(int(v) % max(r_out, rank[src]) for v in np.asarray(
+                axes if axes is not None else []).reshape(-1))
+            if not one_d or axes != [2] or rank[src] != (3 if op == "Unsqueeze" else 4):
+                raise UnsupportedModelError(
+                    f"{where(n)}: an {op} of axes {axes} of a rank-{rank[src]} tensor; "
+                    "supported: only between a 1-D graph's (N, C, L) and (N, C, 1, L), axis 2 "
+                    "(as torch exports 1-D pooling)")
+            steps.append(("alias", None, [src], out))
+            rank[out] = r_out
         else:                                       # Identity, Dropout (inference: identity)
             if op == "Dropout" and len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the mask output is not supported")

@@ -103,15 +103,14 @@ def test_average_pooling_refusals():
         trace_model(Twice().eval(), x[:1])
 
 
-@pytest.mark.parametrize("impl", ["mpq", "baseline"])
-def test_average_pooling_deploys_bit_exact(impl, seed, tmp_path):
-    """The sequential model exported at seeded mixed bits runs on the RTL bit for bit like
-    the integer model (the pools are depthwise-conv kernels)."""
-    model, x = _seq_model(), _x(64)
+def deploys_bit_exact(model, x, impl, seed, tmp_path):
+    """Export ``model`` (calibrated on ``x``) at seeded random bits that ``rvmpq deploy`` can
+    run on ``impl`` and check that the program's logits on 2 of ``x`` equal ``int_forward``'s
+    bit for bit."""
     qz = Quantizer(trace_model(model, x[:1]), x)
     rng = np.random.default_rng(seed)
     opts = [2, 4, 8, 16] if impl == "mpq" else [8, 16]
-    while True:    # 6 and 5 channels: some narrowing pools cannot run (the next test)
+    while True:    # e.g. 6 and 5 channels: some narrowing pools cannot run (the next test)
         bits = [int(b) for b in rng.choice(opts, qz.n_compute)]
         net = qz.export(bits, bits)
         if deploy_error(net) is None:
@@ -120,6 +119,13 @@ def test_average_pooling_deploys_bit_exact(impl, seed, tmp_path):
     xs = x[rng.choice(len(x), 2, replace=False)]
     run = run_network(net, quantize_input(xs, net), impl, tmp_path, "prog")
     assert np.array_equal(run.logits, int_forward(net, xs, exact="int64")), f"{tmp_path}/prog.c"
+
+
+@pytest.mark.parametrize("impl", ["mpq", "baseline"])
+def test_average_pooling_deploys_bit_exact(impl, seed, tmp_path):
+    """The sequential model exported at seeded mixed bits runs on the RTL bit for bit like
+    the integer model (the pools are depthwise-conv kernels)."""
+    deploys_bit_exact(_seq_model(), _x(64), impl, seed, tmp_path)
 
 
 def test_configuration_the_kernels_cannot_run_is_named():

@@ -21,12 +21,8 @@ torch.set_num_threads(1)  # 2 shared cores
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from rvmpq.sw.deploy import run_network  # noqa: E402
 from rvmpq.sw.search.models import (  # noqa: E402
     UnsupportedModelError, check_trace, float_forward, trace_model)
-from rvmpq.sw.search.pipeline import deploy_error  # noqa: E402
-from rvmpq.sw.search.qnn import int_forward, quantize_input  # noqa: E402
-from rvmpq.sw.search.quantizer import Quantizer  # noqa: E402
 
 
 def _x(shape, n=8, seed=0):
@@ -364,16 +360,7 @@ def test_global_max_pooling_deploys_bit_exact(impl, seed, tmp_path):
     """The text-CNN ending (a max over the whole length, the ReLU after it) exported at seeded
     mixed bits runs on the RTL bit for bit like the integer model: the pooling is the glue's
     max pooling of a (1, 40) window."""
-    net, x = Net1d("x.max(2)[0]").eval(), _x((1, 1, 40), 64, seed=1)
-    qz = Quantizer(trace_model(net, x[:1]), x)
-    rng = np.random.default_rng(seed)
-    opts = [2, 4, 8, 16] if impl == "mpq" else [8, 16]
-    while True:
-        bits = [int(b) for b in rng.choice(opts, qz.n_compute)]
-        q = qz.export(bits, bits)
-        if deploy_error(q) is None:
-            break
-    print(f"{impl} bits {bits}")
-    xs = x[rng.choice(len(x), 2, replace=False)]
-    run = run_network(q, quantize_input(xs, q), impl, tmp_path, "prog")
-    assert np.array_equal(run.logits, int_forward(q, xs, exact="int64")), f"{tmp_path}/prog.c"
+    from test_search_avgpool import deploys_bit_exact
+
+    deploys_bit_exact(Net1d("x.max(2)[0]").eval(), _x((1, 1, 40), 64, seed=1), impl, seed,
+                      tmp_path)

@@ -350,7 +350,7 @@ def test_onnx_squeeze_other_than_the_1d_axis_is_refused():
         m = graph(in_shape, axis)
         onnx.checker.check_model(m)
         with pytest.raises(UnsupportedModelError, match=re.escape(
-                f"node unsq (Unsqueeze): an Unsqueeze of axes [{axis}] of a rank-"
+                f"node unsq (Unsqueeze): axes [{axis}] of a rank-"
                 f"{len(in_shape) + 1} tensor; supported: only between a 1-D graph's")):
             onnx_to_torch(m)
 

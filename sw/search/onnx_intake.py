@@ -490,7 +490,7 @@ def onnx_to_torch(model):
                 axes if axes is not None else []).reshape(-1))
             if not one_d or axes != [2] or rank[src] != (3 if op == "Unsqueeze" else 4):
                 raise UnsupportedModelError(
-                    f"{where(n)}: an {op} of axes {axes} of a rank-{rank[src]} tensor; "
+                    f"{where(n)}: axes {axes} of a rank-{rank[src]} tensor; "
                     "supported: only between a 1-D graph's (N, C, L) and (N, C, 1, L), axis 2 "
                     "(as torch exports 1-D pooling)")
             steps.append(("alias", None, [src], out))

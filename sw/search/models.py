@@ -1086,8 +1086,9 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             (batch if i == 0 else static).add(n)
             continue
         args = [a for a in n.args if isinstance(a, torch.fx.Node)]
-        pool = n.op == "call_function" and n.target in (
-            F.max_pool2d, torch.max_pool2d, F.max_pool1d, torch.max_pool1d) or _is_shaped_pool(n)
+        max_pool = n.op == "call_function" and n.target in (
+            F.max_pool2d, torch.max_pool2d, F.max_pool1d, torch.max_pool1d)
+        pool = max_pool or _is_shaped_pool(n)
         call = n                     # n, with one sample's sizes in a pooling's arguments
         if pool and any(a in static for a in n.all_input_nodes):
             # F.max_pool1d(x, x.size(2)): the sizes are those of the example run
@@ -1159,8 +1160,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         elif n.op in ("call_method", "call_function") and n.target in (
                 "view", "reshape", torch.reshape):
             new = FLayer("flatten", n.name, src=srcs)
-        elif n.op == "call_function" and n.target in (F.max_pool2d, torch.max_pool2d,
-                                                      F.max_pool1d, torch.max_pool1d):
+        elif max_pool:
             new = _functional_maxpool(call, srcs, n.target in (F.max_pool1d, torch.max_pool1d))
         elif pool:
             new, keep = _functional_pool(call, srcs, lambda: in_shape(n))

@@ -883,11 +883,7 @@ def trace_model(model, example=None) -> list[FLayer]:
             if last is None or not last.is_compute or last.relu:
                 raise UnsupportedModelError(
                     f"{name}: BatchNorm must directly follow a Conv2d/Linear (it is folded)")
-            g = (m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features))
-            be = (m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features))
-            s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
-            last.weight = last.weight * s.reshape((-1,) + (1,) * (last.weight.ndim - 1))
-            last.bias = (last.bias - m.running_mean.double().numpy()) * s + be
+            _fold_bn(last, m)
         elif isinstance(m, (nn.ReLU, nn.Hardtanh)):
             # through max pooling / flatten, with which it commutes
             j = len(layers) - 1
@@ -917,6 +913,17 @@ def trace_model(model, example=None) -> list[FLayer]:
     if out_fn:
         layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
     return layers
+
+
+def _fold_bn(layer: FLayer, m) -> None:
+    """Fold the inference-mode BatchNorm module ``m`` into the conv / linear ``layer`` it
+    follows: each output channel's weights and bias scaled by ``gamma / sqrt(var + eps)``, the
+    bias shifted by the running mean and ``beta``."""
+    g = m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features)
+    be = m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features)
+    s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
+    layer.weight = layer.weight * s.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+    layer.bias = (layer.bias - m.running_mean.double().numpy()) * s + be
 
 
 #: Why a softmax anywhere but at the end is refused.
@@ -1139,11 +1146,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             if relu_fn:
                 prev.relu, prev.relu_max = True, _relu_max(n.name, m, n)
             else:
-                g = (m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features))
-                be = (m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features))
-                s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
-                prev.weight = prev.weight * s.reshape((-1,) + (1,) * (prev.weight.ndim - 1))
-                prev.bias = (prev.bias - m.running_mean.double().numpy()) * s + be
+                _fold_bn(prev, m)
             where[n] = srcs[0]
             continue
         if isinstance(m, _skipped_modules()) or (

@@ -328,8 +328,9 @@ def test_max_pooling_from_onnx(tmp_path, dynamo, model, shape):
     assert np.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_onnx_squeeze_other_than_the_1d_axis_is_refused():
-    """An ``Unsqueeze`` in a 2-D graph, or of another axis in a 1-D one, is refused by name."""
+def test_onnx_unsqueeze_that_moves_the_channels_is_refused():
+    """An ``Unsqueeze`` in front of the channels (of more than one), in a 2-D or a 1-D graph,
+    is refused by name, with the shapes (test_search_reshape.py has the accepted ones)."""
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
     from test_search_onnx import _graph_model, _init
@@ -346,12 +347,13 @@ def test_onnx_squeeze_other_than_the_1d_axis_is_refused():
         return _graph_model(nodes, [_init("w", np.zeros((3, feats)))], in_shape, [3],
                             ints=[ax])
 
-    for in_shape, axis in (((1, 8, 8), 2), ((1, 40), 3)):
+    for in_shape, axis in (((2, 4, 4), 1), ((2, 20), 1), ((2, 20), -3)):
         m = graph(in_shape, axis)
         onnx.checker.check_model(m)
         with pytest.raises(UnsupportedModelError, match=re.escape(
-                f"node unsq (Unsqueeze): axes [{axis}] of a rank-"
-                f"{len(in_shape) + 1} tensor; supported: only between a 1-D graph's")):
+                f"node unsq (Unsqueeze): axes [1] of a rank-{len(in_shape) + 1} tensor; "
+                f"supported: axes of size 1 behind the channels; here one sample's shape "
+                f"{in_shape} becomes {(1, *in_shape)}")):
             onnx_to_torch(m)
 
 

@@ -210,7 +210,7 @@ def test_mnist1d_resnet_builds_traces_and_quantizes():
 @pytest.mark.parametrize("mod, msg", [
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(2, 2)),
      "LPPool2d is not supported; supported modules"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)),
+    (nn.Sequential(nn.ReLU(), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)),
      "ReLU must follow a Conv2d/Linear/BatchNorm, directly or through max pooling"),
     (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()), "last module"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2, 2)), "dilated"),

@@ -31,7 +31,8 @@ nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any
 padding given as ints or pairs, ``"same"`` with an odd kernel, or ``"valid"``; groups 1 or
 depthwise), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
 into it), ``ReLU`` after a conv/linear/BN, directly or through max pooling / flattens (with
-which it commutes; fused as the requant clamp), ``MaxPool2d`` (kernel == stride, no padding),
+which it commutes; fused as the requant clamp; a second one on the same layer is the clamp to
+the smaller bound), ``MaxPool2d`` (kernel == stride, no padding),
 ``AdaptiveMaxPool2d`` (global max pooling, or any output size dividing the input's: the max
 pooling of that window), ``Flatten``, every dropout and ``Identity`` (skipped), the 1-D
 layers (``Conv1d``, ``MaxPool1d``, ``AdaptiveMaxPool1d``, ``AvgPool1d``,
@@ -44,8 +45,10 @@ layer's ``FLayer.out_fn``). A
 module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
 residual adds (``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``,
 ``F.avg_pool2d``, ``x.mean((2, 3))``, ``x.amax((2, 3))``, ``x.max(2)[0]``, ``F.dropout``, a
-flatten such as
-``x.view(x.size(0), -1)``, a final ``F.log_softmax``) it is traced as a graph (layers in
+flatten such as ``x.view(x.size(0), -1)`` or ``x.squeeze(-1)`` of a pooled ``(N, C, 1)``, a
+reshape that only adds or removes axes of size 1 behind the channels, such as
+``x.view(-1, 1, x.shape[-1])`` of a 1-D input, a final ``F.log_softmax``) it is traced as a
+graph (layers in
 topological order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back
 as the sequential walk gives it), otherwise its children are walked in order;
 :func:`check_trace` then verifies that the traced layers reproduce ``model(x)``.
@@ -890,11 +893,11 @@ def trace_model(model, example=None) -> list[FLayer]:
             while j >= 0 and layers[j].kind in ("maxpool", "flatten"):
                 j -= 1
             into = layers[j] if j >= 0 else None
-            if into is None or not into.is_compute or into.relu:
+            if into is None or not into.is_compute:
                 raise UnsupportedModelError(
                     f"{name}: {tname} must follow a Conv2d/Linear/BatchNorm, directly or "
                     "through max pooling / flatten (it is fused into the requantization clamp)")
-            into.relu, into.relu_max = True, _relu_max(name, m)
+            _fuse_relu(into, _relu_max(name, m))
         elif isinstance(m, _shaped_pools()):
             layers.append(_shaped_pool_layer(name, m, shapes))
         elif isinstance(m, _skipped_modules()):
@@ -913,6 +916,18 @@ def trace_model(model, example=None) -> list[FLayer]:
     if out_fn:
         layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
     return layers
+
+
+def _fuse_relu(layer: FLayer, bound: float | None) -> None:
+    """Fuse a ReLU with upper bound ``bound`` (``None``: a plain ReLU) into ``layer``'s
+    requantization clamp. On a layer that already has one it is the clamp to the smaller bound
+    (a ReLU is idempotent, ``relu(relu6(x)) == relu6(relu(x)) == relu6(x)``), so
+    ``relu(max_pool(relu(conv(x))))`` is the conv with one ReLU."""
+    if layer.relu:
+        bounds = [b for b in (layer.relu_max, bound) if b is not None]
+        layer.relu_max = min(bounds) if bounds else None
+    else:
+        layer.relu, layer.relu_max = True, bound
 
 
 def _fold_bn(layer: FLayer, m) -> None:
@@ -994,7 +1009,12 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     ``torch.mean``, as the modules; the input shapes of these come from one forward pass on
     ``example[:1]``), every functional dropout and ``.contiguous()`` (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
-    ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``), ``a + b`` of two tensors (an
+    ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``, and a squeeze, view or reshape that
+    leaves one axis, ``x.squeeze(-1)`` of a pooled ``(N, C, 1)``), a squeeze / unsqueeze /
+    view / reshape that only adds or removes axes of size 1 behind the channels (skipped:
+    ``x.view(-1, 1, x.shape[-1])`` of a 1-D input, ``x.unsqueeze(2)`` of ``(N, C, L)``; these
+    shapes come from one run of the graph on two samples of ``example``), a ReLU after a
+    layer that has one (the clamp to the smaller bound), ``a + b`` of two tensors (an
     ``"add"`` layer), and a final softmax / log_softmax (``FLayer.out_fn``). A graph without
     adds in which every layer reads the one before it comes back as the sequential walk gives
     it (``src`` ``None``).
@@ -1056,6 +1076,48 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             a = a.args[0]            # a skipped node's, a pooling's or a flatten's input
         return None
 
+    def reshaped(n, refusal: str) -> str:
+        """``"alias"`` or ``"flatten"`` for a view / reshape / squeeze / unsqueeze node that
+        keeps each sample's values in their order, from the shapes of the example run: one
+        sample's shape is its input's (``x.view(-1, 1, x.shape[-1])`` of a 1-D model's input:
+        the identity), or the same with axes of size 1 added or removed behind the channels
+        (``(C, 1, L)`` <-> ``(C, L)``, ``(C, 1, 1)`` -> ``(C, 1)``: the identity on the
+        ``(N, C, H, W)`` tensors of the traced layers), or one axis (``x.squeeze(-1)`` after
+        a global pooling: a flatten). Anything else is refused with ``refusal``."""
+        if example is None:
+            raise UnsupportedModelError(
+                f"{n.name}: {refusal} (which needs the shapes of an example input: "
+                "trace_model(model, example=x))")
+        shp = ran(n, "this reshape")[0]
+        src = shp[n.args[0]]
+        if n.target in ("squeeze", torch.squeeze):
+            # from the input's shape: x.squeeze() of a run's batch of one would drop the batch
+            dims = n.args[1:] or tuple(v for k, v in n.kwargs.items() if k == "dim")
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = tuple(dims[0])
+            nd = len(src) + 1
+            if not all(isinstance(d, int) for d in dims):
+                raise UnsupportedModelError(f"{n.name}: a squeeze of dims {dims}")
+            dims = {d % nd for d in dims} if dims else {k for k in range(1, nd)
+                                                        if src[k - 1] == 1}
+            if 0 in dims:
+                raise UnsupportedModelError(
+                    f"{n.name}: a squeeze of the batch axis (dim 0); supported: of size-1 axes "
+                    "behind the channels, x.squeeze(-1), x.squeeze((2, 3))")
+            out = tuple(v for k, v in enumerate(src, 1) if not (k in dims and v == 1))
+        else:
+            out = shp[n]
+
+        def kept(t):                 # channels, then the axes longer than 1
+            return (t[0], *[v for v in t[1:] if v != 1])
+
+        if out == src or 2 <= len(out) <= 3 and 2 <= len(src) <= 3 and kept(out) == kept(src):
+            return "alias"
+        if len(out) == 1 and out[0] == int(np.prod(src)):
+            return "flatten"
+        raise UnsupportedModelError(
+            f"{n.name}: {refusal}; here one sample's shape {src} becomes {out}")
+
     def flatten_dims(n):
         """The target shape of a view / reshape node, if it flattens each sample."""
         dims = n.args[1:] or tuple(n.kwargs.get("shape", ()))
@@ -1106,14 +1168,22 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 kwargs=torch.fx.node.map_arg(n.kwargs,
                                              lambda a: values[a] if a in static else a))
             args = args[:1]
+        reshape = None               # a view / squeeze that only reshapes: flatten, alias
         if n.op == "call_method" and n.target in ("view", "reshape") or (
                 n.op == "call_function" and n.target is torch.reshape):
             ok, dims = flatten_dims(n)
-            if not ok:
-                raise UnsupportedModelError(
-                    f"{n.name}: a {n.target if n.op == 'call_method' else 'reshape'} to "
-                    f"{tuple('N' if d in batch else d for d in dims)}; supported: a flatten "
-                    "to (N, -1), (N, K) or (-1, K) (x.view(x.size(0), -1), torch.flatten(x, 1))")
+            reshape = "flatten" if ok else reshaped(
+                n, f"a {n.target if n.op == 'call_method' else 'reshape'} to "
+                f"{tuple('N' if d in batch else d for d in dims)}; supported: a flatten "
+                "to (N, -1), (N, K) or (-1, K) (x.view(x.size(0), -1), torch.flatten(x, 1)), "
+                "or a reshape that only adds or removes axes of size 1 behind the channels")
+            args = args[:1]
+        elif n.op == "call_method" and n.target in ("squeeze", "unsqueeze") or (
+                n.op == "call_function" and n.target in (torch.squeeze, torch.unsqueeze)):
+            reshape = reshaped(n, f"an {n.target if n.op == 'call_method' else n.target.__name__}"
+                               " that moves the channels; supported: adding or removing axes "
+                               "of size 1 behind the channels (x.squeeze(-1) after a global "
+                               "pooling is a flatten)")
             args = args[:1]
         if any(a not in where for a in args):
             raise UnsupportedModelError(
@@ -1137,19 +1207,19 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         if relu_fn or isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             i = fused_into(args[0], relu_fn) if args else None
             prev = layers[i] if i is not None else None
-            if prev is None or prev.relu:
+            if prev is None or prev.relu and not relu_fn:
                 raise UnsupportedModelError(
                     f"{n.name}: ReLU must follow a conv/linear/add, directly or through max "
                     "pooling / flatten, whose output nothing else reads (it is fused)"
                     if relu_fn else f"{n.name}: BatchNorm must directly follow a conv/linear "
                     "whose output nothing else reads (it is folded)")
             if relu_fn:
-                prev.relu, prev.relu_max = True, _relu_max(n.name, m, n)
+                _fuse_relu(prev, _relu_max(n.name, m, n))
             else:
                 _fold_bn(prev, m)
             where[n] = srcs[0]
             continue
-        if isinstance(m, _skipped_modules()) or (
+        if reshape == "alias" or isinstance(m, _skipped_modules()) or (
                 n.op == "call_function" and n.target in _skipped_functions()) or (
                 n.op == "call_method" and n.target in ("contiguous", "clone", "detach")):
             where[n] = srcs[0]
@@ -1160,8 +1230,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
               n.op == "call_method" and n.target == "flatten") and (
                 n.args[1:] == (1,) or n.kwargs == {"start_dim": 1}):
             new = FLayer("flatten", n.name, src=srcs)
-        elif n.op in ("call_method", "call_function") and n.target in (
-                "view", "reshape", torch.reshape):
+        elif reshape == "flatten":
             new = FLayer("flatten", n.name, src=srcs)
         elif max_pool:
             new = _functional_maxpool(call, srcs, n.target in (F.max_pool1d, torch.max_pool1d))
@@ -1204,9 +1273,10 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
 
 
 def _node_shapes(gm, example) -> tuple[dict, dict]:
-    """``(shapes, values)`` of one run of the graph module ``gm`` on ``example[:1]`` (a failure
-    is the model's: :func:`_run_model`'s message): ``{fx node: shape of one sample}`` of every
-    tensor it computes and ``{fx node: value}`` of every other node (a size, ...)."""
+    """``(shapes, values)`` of one run of the graph module ``gm`` on two samples of ``example``
+    (a failure is the model's: :func:`_run_model`'s message): ``{fx node: shape of one
+    sample}`` of every tensor it computes and ``{fx node: value}`` of every other node (a
+    size, ...)."""
     import torch
 
     shapes: dict = {}
@@ -1221,7 +1291,9 @@ def _node_shapes(gm, example) -> tuple[dict, dict]:
                 values[node] = out
             return out
 
-    _run_model(gm, example[:1], Recorder(gm).run)
+    # two samples (the one given, twice if that is all): a squeeze() then keeps the batch axis
+    _run_model(gm, np.concatenate([example[:1], example[1:2] if len(example) > 1 else
+                                   example[:1]]), Recorder(gm).run)
     return shapes, values
 
 

@@ -27,9 +27,12 @@ A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(
 ``(B, K)``; the converted module takes any batch size. The graph needs one input of rank 4
 (NCHW) or 3 (``(N, C, L)``, a 1-D model: its 1-D ``Conv`` / ``MaxPool`` / ``AveragePool`` become
 2-D layers of ``(1, k)`` kernels, as the built-in MNIST-1D models are written, and the converted
-module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``; an ``Unsqueeze`` /
-``Squeeze`` of axis 2, between ``(N, C, L)`` and ``(N, C, 1, L)``, is then the identity, as
-torch's exporter writes 1-D pooling) and one output (a 1-D graph's of rank 2, the logits).
+module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) and one output (a 1-D
+graph's of rank 2, the logits). ``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` that is no
+flatten, are taken where they only add or remove axes of size 1 behind the channels (the
+identity: ``(N, C, L)`` <-> ``(N, C, 1, L)``, as torch's exporter writes 1-D pooling, or
+``x.view(-1, 1, x.shape[-1])`` of a 1-D input) or leave ``(N, K)`` (a flatten:
+``x.squeeze(-1)`` after a global pooling).
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a
@@ -247,15 +250,43 @@ def onnx_to_torch(model):
             if np.shape(v1) != np.shape(v2) or not np.array_equal(v1, v2):
                 consts2[o] = np.asarray(v2)
 
+    shape_of: dict = {}                   # one sample's ONNX shape of an aliased tensor
+
     def sample_shape(t) -> tuple:
         """The shape of one sample of the computed tensor ``t``: the graph so far, run on a
         batch of one zero sample."""
         if t == inputs[0].name:
             return tuple(shape[1:])
+        if t in shape_of:
+            return shape_of[t]
         part = _module_class()(inputs[0].name, t, list(steps), list(modules), in_shape).eval()
         with torch.no_grad():
             got = tuple(part(torch.zeros((1, *in_shape))).shape[1:])
         return (got[0], got[2]) if one_d and rank[t] == 3 else got      # (C, 1, L): (C, L)
+
+    def reshaped(n, src, out_shape, refusal: str) -> None:
+        """A node that only reshapes (one sample's shape ``sample_shape(src)`` becomes
+        ``out_shape``): the identity when the shape stays, or only gains or loses axes of size
+        1 behind the channels (``(C, L)`` <-> ``(C, 1, L)``, ``(C, 1, 1)`` -> ``(C, 1)``: the
+        module's tensors keep their ``(N, C, H, W)`` / ``(N, C, 1, L)`` shape), a flatten
+        when one axis is left; else refused with ``refusal``."""
+        src_shape, out_shape = sample_shape(src), tuple(int(v) for v in out_shape)
+
+        def kept(t):                  # the channels, then the axes longer than 1
+            return (t[0], *[v for v in t[1:] if v != 1])
+
+        out = n.output[0]
+        if out_shape == src_shape or 2 <= len(out_shape) <= 3 and 2 <= len(src_shape) <= 3 \
+                and kept(out_shape) == kept(src_shape):
+            steps.append(("alias", None, [src], out))
+            shape_of[out] = out_shape
+        elif len(out_shape) == 1 and out_shape[0] == int(np.prod(src_shape)):
+            add(n, nn.Flatten(), src)
+        else:
+            raise UnsupportedModelError(
+                f"{where(n)}: {refusal}; here one sample's shape {src_shape} becomes "
+                f"{out_shape}")
+        rank[out] = len(out_shape) + 1
 
     def add(n, m, src):
         child = _ident(n, used)
@@ -466,8 +497,24 @@ def onnx_to_torch(model):
                 if int(a.get("allowzero", 0)) and v1 == 0:
                     raise UnsupportedModelError(f"{where(n)}: a reshape to a size of 0")
                 shp.append(0 if v1 != v2 else int(v1))
-            if len(shp) == 2 and batch is not None and shp[0] == batch:
+            if shp and batch is not None and shp[0] == batch:
                 shp[0] = 0                  # exported at a fixed batch size: keep the batch
+            if len(shp) != 2 and shp[0] in (0, -1) and shp.count(-1) <= 1:
+                # not a flatten: a reshape that keeps each sample's values in order
+                feats, known = int(np.prod(sample_shape(src))), sample_shape(src)
+                dims = [known[k - 1] if v == 0 and k - 1 < len(known) else v
+                        for k, v in enumerate(shp) if k]
+                if -1 in dims:
+                    rest = int(np.prod([v for v in dims if v != -1]))
+                    dims[dims.index(-1)] = feats // rest if rest and feats % rest == 0 else -1
+                if shp[0] == -1 and int(np.prod(dims)) != feats or -1 in dims:
+                    raise UnsupportedModelError(
+                        f"{where(n)}: a reshape to {shp} of samples of {feats} values; a "
+                        f"reshape keeps each sample's values together ({FLATTEN_HINT})")
+                reshaped(n, src, dims, f"a reshape to {shp}; supported: a flatten to (N, -1) "
+                         "or (-1, K), or a reshape that only adds or removes axes of size 1 "
+                         f"behind the channels ({FLATTEN_HINT})")
+                continue
             if len(shp) != 2 or not (shp[0] in (0, -1) and shp[1] > 0 or shp == [0, -1]):
                 raise UnsupportedModelError(
                     f"{where(n)}: a reshape to {shp}; only a flatten to (N, -1) or (-1, K) is "
@@ -480,21 +527,34 @@ def onnx_to_torch(model):
             add(n, nn.Flatten(), src)
             rank[out] = 2
         elif op in ("Unsqueeze", "Squeeze"):
-            # a 1-D graph's (N, C, L) runs as (N, C, 1, L): adding or removing axis 2 changes
-            # nothing there (torch's dynamo exporter writes AdaptiveMaxPool1d(1) this way)
+            # axes of size 1 behind the channels: a 1-D graph's (N, C, L) runs as (N, C, 1, L)
+            # (torch's dynamo exporter writes AdaptiveMaxPool1d(1) with an Unsqueeze of axis
+            # 2), x.squeeze(-1) after a global pooling is a flatten (reshaped)
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1]:
                 axes = const(n, ins[1], "axes")
-            r_out = rank[src] + (1 if op == "Unsqueeze" else -1)
-            axes = sorted(int(v) % max(r_out, rank[src]) for v in np.asarray(
-                axes if axes is not None else []).reshape(-1))
-            if not one_d or axes != [2] or rank[src] != (3 if op == "Unsqueeze" else 4):
-                raise UnsupportedModelError(
-                    f"{where(n)}: axes {axes} of a rank-{rank[src]} tensor; "
-                    "supported: only between a 1-D graph's (N, C, L) and (N, C, 1, L), axis 2 "
-                    "(as torch exports 1-D pooling)")
-            steps.append(("alias", None, [src], out))
-            rank[out] = r_out
+            axes = [int(v) for v in np.asarray(axes if axes is not None else []).reshape(-1)]
+            full = [1, *sample_shape(src)]          # the batch axis, then one sample's
+            if op == "Squeeze":
+                axes = sorted({v % len(full) for v in axes} if axes else
+                              {k for k, v in enumerate(full) if k and v == 1})
+                if 0 in axes or any(full[k] != 1 for k in axes):
+                    raise UnsupportedModelError(
+                        f"{where(n)}: axes {axes} of a tensor of shape (N, "
+                        f"{', '.join(map(str, full[1:]))}); supported: axes of size 1 behind "
+                        "the channels")
+                res = [v for k, v in enumerate(full) if k not in axes]
+            else:
+                r_out = len(full) + len(axes)
+                axes = sorted(v % r_out for v in axes)
+                res = list(full)
+                for k in axes:
+                    res.insert(k, 1)
+                if 0 in axes:
+                    raise UnsupportedModelError(f"{where(n)}: an Unsqueeze of axis 0 (the "
+                                                "batch)")
+            reshaped(n, src, res[1:], f"axes {axes} of a rank-{rank[src]} tensor; supported: "
+                     "axes of size 1 behind the channels")
         else:                                       # Identity, Dropout (inference: identity)
             if op == "Dropout" and len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the mask output is not supported")

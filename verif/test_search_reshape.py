@@ -1,5 +1,5 @@
 """Reshapes and repeated ReLUs in the intake: ``x.squeeze(-1)`` / ``x.squeeze()`` /
-``torch.squeeze`` after a global pooling (a flatten), a view of a 1-D model's input that keeps
+``torch.squeeze`` / ``x[:, :, 0]`` after a global pooling (a flatten), a view of a 1-D model's input that keeps
 its shape (``x.view(-1, 1, x.shape[-1])``, as the models of the MNIST-1D repository begin),
 ``unsqueeze`` / ``squeeze`` around a 2-D pooling of a 1-D tensor, a ReLU after a layer that
 already has one (``F.relu(F.max_pool2d(F.relu(conv(x)), 2))``), and the ONNX nodes both torch
@@ -34,6 +34,8 @@ SQUEEZE_1D = {
     "torch.squeeze(x, -1)": lambda net, x: torch.squeeze(net.gmp(x), -1),
     "x.view(x.size(0), x.size(1))": lambda net, x: net.gap(x).view(x.size(0), x.size(1)),
     "x.reshape(-1, x.shape[1])": lambda net, x: net.gap(x).reshape(-1, x.shape[1]),
+    "x[:, :, 0]": lambda net, x: net.gap(x)[:, :, 0],
+    "x[..., -1]": lambda net, x: net.gmp(x)[..., -1],
 }
 
 #: The same after a 2-D global pooling (``(N, C, 1, 1)``).
@@ -43,6 +45,7 @@ SQUEEZE_2D = {
     "x.squeeze()": lambda net, x: net.gap(x).squeeze(),
     "torch.squeeze(x)": lambda net, x: torch.squeeze(net.gmp(x)),
     "x.squeeze(3).squeeze(2)": lambda net, x: net.gmp(x).squeeze(3).squeeze(2),
+    "x[:, :, 0, 0]": lambda net, x: net.gap(x)[:, :, 0, 0],
 }
 
 
@@ -211,6 +214,8 @@ class Moves(nn.Module):
             return self.fc(h.unsqueeze(1).flatten(1))
         if self.how == "view-split":
             return self.fc(h.view(h.size(0), 4, 20, 2).flatten(1))
+        if self.how == "index-channels":
+            return self.fc(h[:, :2].flatten(1))
         return self.fc(h.squeeze(0).flatten(1))
 
 
@@ -224,7 +229,10 @@ class Moves(nn.Module):
                         "reshape that only adds or removes axes of size 1 behind the channels; "
                         "here one sample's shape (4, 40) becomes (4, 20, 2)"),
     ("squeeze(0)", 160, "squeeze: a squeeze of the batch axis (dim 0)"),
-], ids=["unsqueeze-channels", "view-split", "squeeze-batch"])
+    ("index-channels", 80, "getitem: an index [:, :2] that selects part of a tensor; "
+                           "supported: only indices that drop or add axes of size 1 behind the "
+                           "channels (x[:, :, 0] of an (N, C, 1) tensor)"),
+], ids=["unsqueeze-channels", "view-split", "squeeze-batch", "index-channels"])
 def test_reshapes_the_kernels_cannot_run_are_refused(how, features, message):
     net, (x, t) = Moves(how, features).eval(), _inputs((1, 40))
     with torch.no_grad():
@@ -248,11 +256,14 @@ def test_a_reshape_without_an_example_input_says_what_it_needs():
     (Squeeze("torch.squeeze(x)", False), (1, 8, 8)),
     (InputView("view(-1, 1, x.shape[-1])"), (1, 40)),
     (Squeeze("x.view(x.size(0), x.size(1))", True), (1, 40)),
+    (Squeeze("x[:, :, 0]", True), (1, 40)),
+    (Squeeze("x[:, :, 0, 0]", False), (1, 8, 8)),
     (Twice("relu(max_pool(relu(conv)))"), (1, 8, 8)),
-], ids=["squeeze-1d", "squeeze-2d", "squeeze-all", "input-view", "view-sizes", "relu-twice"])
+], ids=["squeeze-1d", "squeeze-2d", "squeeze-all", "input-view", "view-sizes", "index-1d",
+        "index-2d", "relu-twice"])
 def test_reshapes_from_onnx(tmp_path, dynamo, model, shape):
     """Both torch exporters (``Squeeze`` with and without axes, a ``Reshape`` of the input
-    to its own shape or to ``Shape`` values) come back as the layers of the torch model,
+    to its own shape or to ``Shape`` values, ``Gather`` of a size-1 axis) come back as the layers of the torch model,
     computing its function. (A 2-D pooling of an unsqueezed 1-D tensor is not taken from ONNX:
     the 1-D graph's ``MaxPool`` must be 1-D, and the error says so.)"""
     pytest.importorskip("onnx")
@@ -275,8 +286,8 @@ def test_reshapes_from_onnx(tmp_path, dynamo, model, shape):
 
 
 def test_onnx_reshapes_that_move_values_are_refused():
-    """A ``Reshape`` of a computed tensor that splits an axis, and a ``Squeeze`` of an axis
-    longer than 1, are refused by name, with the shapes."""
+    """A ``Reshape`` of a computed tensor that splits an axis, a ``Squeeze`` of an axis
+    longer than 1 and a ``Gather`` of one channel are refused by name, with the shapes."""
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
     from test_search_onnx import _graph_model, _init
@@ -298,6 +309,9 @@ def test_onnx_reshapes_that_move_values_are_refused():
         (helper.make_node("Squeeze", ["r", "c"], ["u"], name="sq"), [2],
          "node sq (Squeeze): axes [2] of a tensor of shape (N, 2, 40); supported: axes of size "
          "1 behind the channels"),
+        (helper.make_node("Gather", ["r", "c"], ["u"], name="ga", axis=1), 0,
+         "node ga (Gather): indices 0 along axis 1 of a tensor of shape (N, 2, 40); supported: "
+         "the one element of an axis of size 1 behind the channels"),
     ]
     for node, const, message in cases:
         m = graph(node, const)

@@ -1010,8 +1010,9 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     ``example[:1]``), every functional dropout and ``.contiguous()`` (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
     ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``, and a squeeze, view or reshape that
-    leaves one axis, ``x.squeeze(-1)`` of a pooled ``(N, C, 1)``), a squeeze / unsqueeze /
-    view / reshape that only adds or removes axes of size 1 behind the channels (skipped:
+    leaves one axis, ``x.squeeze(-1)`` or ``x[:, :, 0]`` of a pooled ``(N, C, 1)``), a
+    squeeze / unsqueeze / view / reshape / index that only adds or removes axes of size 1
+    behind the channels (skipped:
     ``x.view(-1, 1, x.shape[-1])`` of a 1-D input, ``x.unsqueeze(2)`` of ``(N, C, L)``; these
     shapes come from one run of the graph on two samples of ``example``), a ReLU after a
     layer that has one (the clamp to the smaller bound), ``a + b`` of two tensors (an
@@ -1090,7 +1091,24 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 "trace_model(model, example=x))")
         shp = ran(n, "this reshape")[0]
         src = shp[n.args[0]]
-        if n.target in ("squeeze", torch.squeeze):
+        if n.target is operator.getitem:
+            # x[:, :, 0]: full slices, None and indices of size-1 axes keep every value in
+            # order (checked: the count stays); the batch axis must be a full slice
+            idx = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+            if not all(i is None or i is Ellipsis or isinstance(i, int) or isinstance(
+                    i, slice) and i.step in (None, 1) for i in idx) or \
+                    idx[0] not in (slice(None), Ellipsis) or \
+                    int(np.prod(shp[n])) != int(np.prod(src)):
+                def text(i):
+                    return "..." if i is Ellipsis else str(i) if not isinstance(i, slice) else \
+                        ":".join("" if v is None else str(v) for v in (i.start, i.stop))
+
+                raise UnsupportedModelError(
+                    f"{n.name}: an index [{', '.join(map(text, idx))}] that selects part of a "
+                    "tensor; supported: only indices that drop or add axes of size 1 behind the "
+                    "channels (x[:, :, 0] of an (N, C, 1) tensor)")
+            out = shp[n]
+        elif n.target in ("squeeze", torch.squeeze):
             # from the input's shape: x.squeeze() of a run's batch of one would drop the batch
             dims = n.args[1:] or tuple(v for k, v in n.kwargs.items() if k == "dim")
             if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -1179,11 +1197,13 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 "or a reshape that only adds or removes axes of size 1 behind the channels")
             args = args[:1]
         elif n.op == "call_method" and n.target in ("squeeze", "unsqueeze") or (
-                n.op == "call_function" and n.target in (torch.squeeze, torch.unsqueeze)):
-            reshape = reshaped(n, f"an {n.target if n.op == 'call_method' else n.target.__name__}"
-                               " that moves the channels; supported: adding or removing axes "
-                               "of size 1 behind the channels (x.squeeze(-1) after a global "
-                               "pooling is a flatten)")
+                n.op == "call_function" and n.target in (torch.squeeze, torch.unsqueeze)) or (
+                n.op == "call_function" and n.target is operator.getitem and n.args[0] in where):
+            name = n.target if n.op == "call_method" else n.target.__name__
+            reshape = reshaped(n, f"{'an index' if name == 'getitem' else 'an ' + name} that "
+                               "moves the channels; supported: adding or removing axes of size "
+                               "1 behind the channels (x.squeeze(-1) after a global pooling is "
+                               "a flatten)")
             args = args[:1]
         if any(a not in where for a in args):
             raise UnsupportedModelError(

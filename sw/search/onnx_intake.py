@@ -32,7 +32,8 @@ graph's of rank 2, the logits). ``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` t
 flatten, are taken where they only add or remove axes of size 1 behind the channels (the
 identity: ``(N, C, L)`` <-> ``(N, C, 1, L)``, as torch's exporter writes 1-D pooling, or
 ``x.view(-1, 1, x.shape[-1])`` of a 1-D input) or leave ``(N, K)`` (a flatten:
-``x.squeeze(-1)`` after a global pooling).
+``x.squeeze(-1)`` after a global pooling); so is a ``Gather`` of the one element of a size-1
+axis (``x[:, :, 0]``).
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a
@@ -56,7 +57,7 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
                  "Add", "Flatten", "Reshape", "Identity", "Dropout", "Constant", "Shape", "Clip",
-                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze")
+                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Gather")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -555,6 +556,20 @@ def onnx_to_torch(model):
                                                 "batch)")
             reshaped(n, src, res[1:], f"axes {axes} of a rank-{rank[src]} tensor; supported: "
                      "axes of size 1 behind the channels")
+        elif op == "Gather":
+            # x[:, :, 0] of a pooled (N, C, 1): the only element along a size-1 axis
+            full = [1, *sample_shape(src)]
+            axis = int(a.get("axis", 0)) % len(full)
+            idx = np.asarray(const(n, ins[1], "indices"))
+            if axis == 0 or full[axis] != 1 or idx.size != 1 or \
+                    int(idx.reshape(-1)[0]) not in (0, -1):
+                raise UnsupportedModelError(
+                    f"{where(n)}: indices {idx.tolist()} along axis {axis} of a tensor of shape "
+                    f"(N, {', '.join(map(str, full[1:]))}); supported: the one element of an "
+                    "axis of size 1 behind the channels (x[:, :, 0] of an (N, C, 1) tensor)")
+            res = full if idx.ndim else full[:axis] + full[axis + 1:]
+            reshaped(n, src, res[1:], f"indices along axis {axis} of a rank-{rank[src]} tensor; "
+                     "supported: axes of size 1 behind the channels")
         else:                                       # Identity, Dropout (inference: identity)
             if op == "Dropout" and len(n.output) > 1 and any(n.output[1:]):
                 raise UnsupportedModelError(f"{where(n)}: the mask output is not supported")

@@ -306,6 +306,13 @@ def test_max_pooling_from_onnx(tmp_path, dynamo, model, shape):
     """Both torch exporters (``GlobalMaxPool``, ``ReduceMax``, the dynamo exporter's
     ``Unsqueeze`` / ``ReduceMax`` / ``Squeeze`` of a 1-D pooling, ``Relu`` after ``MaxPool``)
     come back as the layers of the torch model, computing its function."""
+    onnx_matches_torch(model, shape, tmp_path, dynamo)
+
+
+def onnx_matches_torch(model, shape, tmp_path, dynamo):
+    """Export ``model`` (one-sample input ``shape``) with the TorchScript or the dynamo
+    exporter and check that the ONNX intake traces it to the torch model's layers (kinds,
+    ReLUs, kernels; flattens aside) computing the model's function."""
     pytest.importorskip("onnx")
     if dynamo:
         pytest.importorskip("onnxscript")

@@ -1,9 +1,9 @@
 """Reshapes and repeated ReLUs in the intake: ``x.squeeze(-1)`` / ``x.squeeze()`` /
-``torch.squeeze`` / ``x[:, :, 0]`` after a global pooling (a flatten), a view of a 1-D model's input that keeps
-its shape (``x.view(-1, 1, x.shape[-1])``, as the models of the MNIST-1D repository begin),
-``unsqueeze`` / ``squeeze`` around a 2-D pooling of a 1-D tensor, a ReLU after a layer that
-already has one (``F.relu(F.max_pool2d(F.relu(conv(x)), 2))``), and the ONNX nodes both torch
-exporters write for them.
+``torch.squeeze`` / ``x[:, :, 0]`` after a global pooling (a flatten), a view of a 1-D model's
+input that keeps its shape (``x.view(-1, 1, x.shape[-1])``, as the models of the MNIST-1D
+repository begin), ``unsqueeze`` / ``squeeze`` around a 2-D pooling of a 1-D tensor, a ReLU
+after a layer that already has one (``F.relu(F.max_pool2d(F.relu(conv(x)), 2))``), and the
+ONNX nodes both torch exporters write for them.
 
 References: each model is compared with a twin written in the layers the intake took before
 (``flatten(1)``, no reshape, ``MaxPool1d``, one ReLU with the smaller bound): the same traced
@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from test_search_maxpool import _inputs, _summary, _x  # noqa: E402
+from test_search_maxpool import _inputs, _summary, _x, onnx_matches_torch  # noqa: E402
 
 from rvmpq.sw.search.models import (  # noqa: E402
-    UnsupportedModelError, check_trace, float_forward, trace_model)
+    UnsupportedModelError, check_trace, trace_model)
 
 #: The end of a 1-D model after its global pooling (``(N, C, 1)``), in the forms torch code
 #: writes it: each leaves ``(N, C)``.
@@ -263,26 +263,11 @@ def test_a_reshape_without_an_example_input_says_what_it_needs():
         "index-2d", "relu-twice"])
 def test_reshapes_from_onnx(tmp_path, dynamo, model, shape):
     """Both torch exporters (``Squeeze`` with and without axes, a ``Reshape`` of the input
-    to its own shape or to ``Shape`` values, ``Gather`` of a size-1 axis) come back as the layers of the torch model,
-    computing its function. (A 2-D pooling of an unsqueezed 1-D tensor is not taken from ONNX:
-    the 1-D graph's ``MaxPool`` must be 1-D, and the error says so.)"""
-    pytest.importorskip("onnx")
-    if dynamo:
-        pytest.importorskip("onnxscript")
-    from test_search_onnx import _export
-
-    from rvmpq.sw.search.onnx_intake import load_onnx
-
-    path = tmp_path / "m.onnx"
-    _export(model.eval(), shape, path, dynamo)
-    x, t = _inputs(shape, 8)
-    layers = trace_model(load_onnx(path), x[:1])
-    ref = trace_model(model, x[:1])
-    assert [(l.kind, l.relu, l.kernel) for l in layers if l.kind != "flatten"] == \
-        [(l.kind, l.relu, l.kernel) for l in ref if l.kind != "flatten"]
-    with torch.no_grad():
-        want = model(t).double().numpy()
-    assert np.allclose(float_forward(layers, x), want, rtol=1e-4, atol=1e-5)
+    to its own shape or to ``Shape`` values, ``Gather`` of a size-1 axis) come back as the
+    layers of the torch model, computing its function. (A 2-D pooling of an unsqueezed 1-D
+    tensor is not taken from ONNX: the 1-D graph's ``MaxPool`` must be 1-D, and the error says
+    so.)"""
+    onnx_matches_torch(model, shape, tmp_path, dynamo)
 
 
 def test_onnx_reshapes_that_move_values_are_refused():

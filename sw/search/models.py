@@ -106,6 +106,7 @@ __all__ = [
     "run_graph",
     "UnsupportedModelError",
     "check_trace",
+    "size1_reshape",
     "torch_accuracy",
     "train",
 ]
@@ -847,7 +848,8 @@ def trace_model(model, example=None) -> list[FLayer]:
         depthwise conv with constant weights and so needs its input's channels and size, by
         adaptive and global max pooling (``AdaptiveMaxPool2d``, ``x.amax((2, 3))``, ...),
         whose window is its input's size, and by a pooling window given by a tensor's size
-        (``F.max_pool1d(x, x.size(2))``): read from one forward pass on ``example[:1]``.
+        (``F.max_pool1d(x, x.size(2))``), and by a reshape that is no flatten
+        (``x.view(-1, 1, x.shape[-1])``): read from one forward pass on its first samples.
 
     Returns
     -------
@@ -1007,7 +1009,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     axis, ``x.max(2)[0]`` / ``.values``, of a 1-D tensor; not its indices), average pooling
     (``F.avg_pool2d`` without padding, ``F.adaptive_avg_pool2d``, ``x.mean((2, 3))`` /
     ``torch.mean``, as the modules; the input shapes of these come from one forward pass on
-    ``example[:1]``), every functional dropout and ``.contiguous()`` (skipped), a flatten
+    two samples of ``example``), every functional dropout and ``.contiguous()`` (skipped), a flatten
     (``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``,
     ``x.reshape(x.shape[0], -1)``, ``x.view(-1, K)``, and a squeeze, view or reshape that
     leaves one axis, ``x.squeeze(-1)`` or ``x[:, :, 0]`` of a pooled ``(N, C, 1)``), a
@@ -1125,16 +1127,11 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             out = tuple(v for k, v in enumerate(src, 1) if not (k in dims and v == 1))
         else:
             out = shp[n]
-
-        def kept(t):                 # channels, then the axes longer than 1
-            return (t[0], *[v for v in t[1:] if v != 1])
-
-        if out == src or 2 <= len(out) <= 3 and 2 <= len(src) <= 3 and kept(out) == kept(src):
-            return "alias"
-        if len(out) == 1 and out[0] == int(np.prod(src)):
-            return "flatten"
-        raise UnsupportedModelError(
-            f"{n.name}: {refusal}; here one sample's shape {src} becomes {out}")
+        kind = size1_reshape(src, out)
+        if kind is None:
+            raise UnsupportedModelError(
+                f"{n.name}: {refusal}; here one sample's shape {src} becomes {out}")
+        return kind
 
     def flatten_dims(n):
         """The target shape of a view / reshape node, if it flattens each sample."""
@@ -1290,6 +1287,23 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         for l in layers:                 # a chain: as the sequential walk gives it
             l.src = None
     return layers
+
+
+def size1_reshape(src: tuple, out: tuple) -> str | None:
+    """What a reshape of one sample's shape ``src`` to ``out`` is for the traced layers, whose
+    tensors stay ``(N, C, H, W)`` (a 1-D model's ``(N, C, 1, L)``): ``"alias"`` (the identity)
+    when the shape stays or only gains or loses axes of size 1 behind the channels (``(C, L)``
+    <-> ``(C, 1, L)``, ``(C, 1, 1)`` -> ``(C, 1)``), ``"flatten"`` when one axis of all the
+    values is left (``(C, 1, 1)`` -> ``(C,)``), else ``None``. The fx and the ONNX intake
+    both use it."""
+    def kept(t):                     # the channels, then the axes longer than 1
+        return (t[0], *[v for v in t[1:] if v != 1])
+
+    if out == src or 2 <= len(out) <= 3 and 2 <= len(src) <= 3 and kept(out) == kept(src):
+        return "alias"
+    if len(out) == 1 and out[0] == int(np.prod(src)):
+        return "flatten"
+    return None
 
 
 def _node_shapes(gm, example) -> tuple[dict, dict]:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import UnsupportedModelError, _geom
+from .models import UnsupportedModelError, _geom, size1_reshape
 
 __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_to_torch"]
 
@@ -267,21 +267,15 @@ def onnx_to_torch(model):
 
     def reshaped(n, src, out_shape, refusal: str) -> None:
         """A node that only reshapes (one sample's shape ``sample_shape(src)`` becomes
-        ``out_shape``): the identity when the shape stays, or only gains or loses axes of size
-        1 behind the channels (``(C, L)`` <-> ``(C, 1, L)``, ``(C, 1, 1)`` -> ``(C, 1)``: the
-        module's tensors keep their ``(N, C, H, W)`` / ``(N, C, 1, L)`` shape), a flatten
-        when one axis is left; else refused with ``refusal``."""
+        ``out_shape``): an alias or a flatten as :func:`~.models.size1_reshape` says (the
+        module's tensors keep their ``(N, C, H, W)`` / ``(N, C, 1, L)`` shape); else refused
+        with ``refusal``."""
         src_shape, out_shape = sample_shape(src), tuple(int(v) for v in out_shape)
-
-        def kept(t):                  # the channels, then the axes longer than 1
-            return (t[0], *[v for v in t[1:] if v != 1])
-
-        out = n.output[0]
-        if out_shape == src_shape or 2 <= len(out_shape) <= 3 and 2 <= len(src_shape) <= 3 \
-                and kept(out_shape) == kept(src_shape):
+        out, kind = n.output[0], size1_reshape(src_shape, out_shape)
+        if kind == "alias":
             steps.append(("alias", None, [src], out))
             shape_of[out] = out_shape
-        elif len(out_shape) == 1 and out_shape[0] == int(np.prod(src_shape)):
+        elif kind == "flatten":
             add(n, nn.Flatten(), src)
         else:
             raise UnsupportedModelError(

@@ -251,19 +251,19 @@ def onnx_to_torch(model):
             if np.shape(v1) != np.shape(v2) or not np.array_equal(v1, v2):
                 consts2[o] = np.asarray(v2)
 
-    shape_of: dict = {}                   # one sample's ONNX shape of an aliased tensor
+    shape_of: dict = {inputs[0].name: tuple(shape[1:])}   # one sample's ONNX shape, by tensor
 
     def sample_shape(t) -> tuple:
         """The shape of one sample of the computed tensor ``t``: the graph so far, run on a
-        batch of one zero sample."""
-        if t == inputs[0].name:
-            return tuple(shape[1:])
-        if t in shape_of:
-            return shape_of[t]
-        part = _module_class()(inputs[0].name, t, list(steps), list(modules), in_shape).eval()
-        with torch.no_grad():
-            got = tuple(part(torch.zeros((1, *in_shape))).shape[1:])
-        return (got[0], got[2]) if one_d and rank[t] == 3 else got      # (C, 1, L): (C, L)
+        batch of one zero sample (once per tensor; an alias's is set where it is made)."""
+        if t not in shape_of:
+            part = _module_class()(inputs[0].name, t, list(steps), list(modules),
+                                   in_shape).eval()
+            with torch.no_grad():
+                got = tuple(part(torch.zeros((1, *in_shape))).shape[1:])
+            # a 1-D graph's (N, C, L) runs as (N, C, 1, L)
+            shape_of[t] = (got[0], got[2]) if one_d and rank[t] == 3 else got
+        return shape_of[t]
 
     def reshaped(n, src, out_shape, refusal: str) -> None:
         """A node that only reshapes (one sample's shape ``sample_shape(src)`` becomes
@@ -496,7 +496,8 @@ def onnx_to_torch(model):
                 shp[0] = 0                  # exported at a fixed batch size: keep the batch
             if len(shp) != 2 and shp[0] in (0, -1) and shp.count(-1) <= 1:
                 # not a flatten: a reshape that keeps each sample's values in order
-                feats, known = int(np.prod(sample_shape(src))), sample_shape(src)
+                known = sample_shape(src)
+                feats = int(np.prod(known))
                 dims = [known[k - 1] if v == 0 and k - 1 < len(known) else v
                         for k, v in enumerate(shp) if k]
                 if -1 in dims:

@@ -257,7 +257,7 @@ class _Concat(nn.Module):
         self.fc = nn.Linear(64, 3)
 
     def forward(self, x):
-        return self.fc(torch.flatten(torch.cat([x, self.c1(x)], 1), 1))
+        return self.fc(torch.flatten(torch.cat([x, torch.relu(self.c1(x))], 1), 1))
 
 
 def test_residual_add_is_traced_not_dropped():
@@ -268,7 +268,8 @@ def test_residual_add_is_traced_not_dropped():
     assert [l.kind for l in layers].count("add") == 1
     xr = np.random.default_rng(1).random((4, 2, 4, 4)).astype(np.float32)
     check_trace(res, layers, xr)                    # the add is part of the traced graph
-    with pytest.raises(UnsupportedModelError, match="concatenation"):
+    with pytest.raises(UnsupportedModelError, match="concatenates tensors of different "
+                       "activations: the network input .no ReLU., c1 .ReLU."):
         trace_model(_Concat())
     m = _Reordered()
     x = np.random.default_rng(0).random((4, 2, 2, 2)).astype(np.float32)

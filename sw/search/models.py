@@ -43,7 +43,9 @@ fed from the data's ``(N, C, 1, L)`` samples, and each 1-D layer becomes the 2-D
 deployed program end at the logits, whose largest is the same class; recorded in the last
 layer's ``FLayer.out_fn``). A
 module that is not an ``nn.Sequential`` is looked at with ``torch.fx``: if its ``forward`` has
-residual adds (``a + b`` of two tensors) or functional calls (``F.relu``, ``F.max_pool2d``,
+residual adds (``a + b`` of two tensors), concatenations along the channels
+(``torch.cat([a, b], 1)``: the inputs must share one activation, ReLU or none,
+:func:`check_concats`) or functional calls (``F.relu``, ``F.max_pool2d``,
 ``F.avg_pool2d``, ``x.mean((2, 3))``, ``x.amax((2, 3))``, ``x.max(2)[0]``, ``F.dropout``, a
 flatten such as ``x.view(x.size(0), -1)`` or ``x.squeeze(-1)`` of a pooled ``(N, C, 1)``, a
 reshape that only adds or removes axes of size 1 behind the channels, such as
@@ -57,10 +59,13 @@ size dividing the input's), and their functional forms (``F.avg_pool2d``,
 ``F.adaptive_avg_pool2d``, ``x.mean((2, 3))``),
 become the depthwise conv that computes them, with constant weights ``1 / (kh * kw)`` (so they
 get a precision like any conv; :func:`trace_model` needs an example input to size them).
-Concatenation is rejected with an error
-naming what is supported; the last layer must be a conv/linear without ReLU (it produces the
-int32 logits). Residual adds run in the quantizer and the integer model, and ``rvmpq deploy``
-runs each as a stage of its own (the one-layer kernels reject an add with a clear error).
+Stacking (``torch.stack``) is rejected with an error naming what is supported; the last
+layer must be a conv/linear without ReLU (it produces the int32 logits). Residual adds run in
+the quantizer and the integer model, and ``rvmpq deploy`` runs each as a stage of its own (the
+one-layer kernels reject an add with a clear error). A concatenation is one quantized tensor
+whose inputs' producers requantize straight onto its grid (they share their consumers'
+precision: a tie group), and ``rvmpq deploy`` lays the inputs out side by side in the
+consumer's input buffer.
 An ``.onnx`` file is first converted into such a module (:mod:`.onnx_intake`), and a user's
 data set is an ``.npz`` file (:func:`load_npz_dataset`).
 """
@@ -87,6 +92,7 @@ __all__ = [
     "DATA_SETS",
     "Dataset",
     "FLayer",
+    "check_concats",
     "NPZ_KEYS",
     "data_spec",
     "model_data",
@@ -567,7 +573,8 @@ class FLayer:
     Attributes
     ----------
     kind : str
-        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"`` or ``"add"`` (residual add).
+        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"``, ``"add"`` (residual add) or
+        ``"concat"`` (concatenation along the channels, of its ``src`` in order).
     name : str
         Module path in the source model (fx node name for an add).
     weight, bias : numpy.ndarray or None
@@ -587,7 +594,7 @@ class FLayer:
     src : tuple of int, optional
         Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
         network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
-        layer (residual add) reads two.
+        layer (residual add) reads two, a ``"concat"`` two or more.
     out_fn : str, optional
         On the last layer only: the function of the logits the model's ``forward`` ends with
         (one of :data:`OUTPUT_FNS`, over the class axis), which the traced layers, the integer
@@ -907,8 +914,8 @@ def trace_model(model, example=None) -> list[FLayer]:
         else:
             raise UnsupportedModelError(
                 f"{name}: {tname} is not supported; supported modules: {list(SUPPORTED_MODULES)} "
-                "in sequential order (residual adds and concatenation are not "
-                "supported by the sequential intake yet)")
+                "in sequential order (residual adds and concatenations are traced from a "
+                "module's forward, not from an nn.Sequential)")
     comp = [l for l in layers if l.is_compute]
     if not comp:
         raise UnsupportedModelError("the model has no Conv2d/Linear layer")
@@ -977,7 +984,7 @@ def _reject_non_chain(model):
     graph module when it has residual adds or functional operations (``F.relu``,
     ``F.max_pool2d``, ``x.view(x.size(0), -1)``, ...: traced as a graph by :func:`_trace_fx`),
     ``None`` for a forward that only calls modules (walked in module order, checked later by
-    :func:`check_trace`), and refuse concatenation. Modules ``torch.fx`` cannot trace are left
+    :func:`check_trace`), and refuse stacking. Modules ``torch.fx`` cannot trace are left
     to :func:`check_trace`."""
     import torch
 
@@ -985,13 +992,14 @@ def _reject_non_chain(model):
         gm = torch.fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure: fall back to the numeric check
         return None
-    merges = {torch.cat, torch.concat, torch.stack}
     has_add = False                  # an add, or any other operation that is not a module
     for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target in merges:
+        if n.op == "call_function" and n.target in (torch.stack, torch.hstack, torch.vstack,
+                                                    torch.dstack):
             raise UnsupportedModelError(
-                f"{n.name} ({getattr(n.target, '__name__', n.target)}): concatenation is not "
-                f"supported; supported: modules {list(SUPPORTED_MODULES)}, residual add")
+                f"{n.name} ({getattr(n.target, '__name__', n.target)}): stacking is not "
+                f"supported; supported: modules {list(SUPPORTED_MODULES)}, residual add, "
+                "concatenation along the channels (torch.cat(xs, 1))")
         has_add = has_add or n.op in ("call_function", "call_method")
     return gm if has_add else None
 
@@ -1018,9 +1026,12 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     ``x.view(-1, 1, x.shape[-1])`` of a 1-D input, ``x.unsqueeze(2)`` of ``(N, C, L)``; these
     shapes come from one run of the graph on two samples of ``example``), a ReLU after a
     layer that has one (the clamp to the smaller bound), ``a + b`` of two tensors (an
-    ``"add"`` layer), and a final softmax / log_softmax (``FLayer.out_fn``). A graph without
-    adds in which every layer reads the one before it comes back as the sequential walk gives
-    it (``src`` ``None``).
+    ``"add"`` layer), ``torch.cat(xs, 1)`` / ``torch.concat`` of two or more tensors along
+    the channels (a ``"concat"`` layer, :func:`check_concats`; a ReLU after it is fused into
+    each input's producer when the concatenation is their only reader), and a final softmax /
+    log_softmax (``FLayer.out_fn``). A graph without adds or concatenations in which every
+    layer reads the one before it comes back as the sequential walk gives it (``src``
+    ``None``).
     """
     import operator
 
@@ -1068,7 +1079,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         fuses into, or None: the conv / linear (for a ReLU also an add) whose output reaches
         ``a`` through skipped nodes and, for a ReLU, max pooling and flattens (a ReLU commutes
         with both: max(relu(x)) == relu(max(x))), each read by the next alone."""
-        kinds = ("conv", "linear", "add") if relu else ("conv", "linear")
+        kinds = ("conv", "linear", "add", "concat") if relu else ("conv", "linear")
         while where.get(a, -1) >= 0 and only_reader(a):
             i = where[a]
             if made.get(i) is a:
@@ -1078,6 +1089,16 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                     return None
             a = a.args[0]            # a skipped node's, a pooling's or a flatten's input
         return None
+
+    def clamped(a, bound) -> bool:
+        """Whether node ``a``'s values already went through a ReLU at or below ``bound``
+        (``None``: any ReLU), so that another one changes nothing."""
+        i = where.get(a, -1)
+        while i >= 0 and layers[i].kind in ("maxpool", "flatten"):
+            i = layer_inputs(layers, i)[0]
+        if i < 0 or not layers[i].relu or layers[i].kind == "concat":
+            return False
+        return bound is None or layers[i].relu_max is not None and layers[i].relu_max <= bound
 
     def reshaped(n, refusal: str) -> str:
         """``"alias"`` or ``"flatten"`` for a view / reshape / squeeze / unsqueeze node that
@@ -1202,6 +1223,9 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                                "1 behind the channels (x.squeeze(-1) after a global pooling is "
                                "a flatten)")
             args = args[:1]
+        cat = n.op == "call_function" and n.target in _concat_functions()
+        if cat:
+            args = _concat_inputs(n, lambda: ran(n, "a concatenation along a negative dim"))
         if any(a not in where for a in args):
             raise UnsupportedModelError(
                 f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) reads a tensor's "
@@ -1230,7 +1254,20 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                     "pooling / flatten, whose output nothing else reads (it is fused)"
                     if relu_fn else f"{n.name}: BatchNorm must directly follow a conv/linear "
                     "whose output nothing else reads (it is folded)")
-            if relu_fn:
+            if relu_fn and prev.kind == "concat":
+                # relu(cat(a, b)) == cat(relu(a), relu(b)): into each input's producer
+                bound = _relu_max(n.name, m, n)
+                for a in made[i].args[0] if made[i].args else made[i].kwargs["tensors"]:
+                    j = fused_into(a, True)
+                    if j is not None:
+                        _fuse_relu(layers[j], bound)
+                    elif not clamped(a, bound):
+                        raise UnsupportedModelError(
+                            f"{n.name}: a ReLU after the concatenation {made[i].name} is fused "
+                            f"into each input's conv/linear/add, but input {a.name} is not one "
+                            "whose output only the concatenation reads; apply the ReLU to the "
+                            "inputs before torch.cat")
+            elif relu_fn:
                 _fuse_relu(prev, _relu_max(n.name, m, n))
             else:
                 _fold_bn(prev, m)
@@ -1243,6 +1280,8 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             continue
         if _is_add(n):
             new = FLayer("add", n.name, src=srcs)
+        elif cat:
+            new = FLayer("concat", n.name, src=srcs)
         elif (n.op == "call_function" and n.target is torch.flatten or
               n.op == "call_method" and n.target == "flatten") and (
                 n.args[1:] == (1,) or n.kwargs == {"start_dim": 1}):
@@ -1283,10 +1322,79 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             "logits)")
     if out_fn:
         layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
+    check_concats(layers)
     if all(l.src == (i - 1,) for i, l in enumerate(layers)):
         for l in layers:                 # a chain: as the sequential walk gives it
             l.src = None
     return layers
+
+
+def _concat_functions() -> tuple:
+    import torch
+
+    return tuple(f for f in (torch.cat, torch.concat, getattr(torch, "concatenate", None))
+                 if f is not None)
+
+
+def _concat_inputs(n, shapes) -> list:
+    """The input nodes of a ``torch.cat`` fx node ``n`` after checking that it concatenates
+    two or more tensors along the channels (dim 1, or the negative dim that is axis 1 of its
+    rank, read from ``shapes()``: :func:`_node_shapes` of the example run)."""
+    import torch
+
+    xs = n.args[0] if n.args else n.kwargs.get("tensors", ())
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", n.kwargs.get("axis", 0))
+    if not isinstance(xs, (list, tuple)) or not all(isinstance(a, torch.fx.Node) for a in xs):
+        raise UnsupportedModelError(f"{n.name}: a concatenation of {xs!r}; supported: a list "
+                                    "of computed tensors, torch.cat([a, b], 1)")
+    if not isinstance(dim, int):
+        raise UnsupportedModelError(f"{n.name}: a concatenation along dim {dim!r}; supported: "
+                                    "a constant dim, the channels (1)")
+    if dim < 0:
+        dim %= len(shapes()[0][n]) + 1
+    if dim != 1:
+        raise UnsupportedModelError(
+            f"{n.name}: a concatenation along dim {dim}; supported: along the channels (dim 1: "
+            "torch.cat([a, b], 1))")
+    if len(xs) < 2:
+        raise UnsupportedModelError(f"{n.name}: a concatenation of {len(xs)} tensor; "
+                                    "supported: of two or more")
+    return list(xs)
+
+
+def check_concats(layers: list[FLayer]) -> None:
+    """Check each ``"concat"`` layer of a traced graph: its inputs share one quantization grid
+    in the integer model (their producers requantize straight onto it), so their values must
+    have one sign and one bound: each input must come (through max pooling / flattening, or
+    another concatenation) from layers with the same fused ReLU (``relu``, ``relu_max``), the
+    network input counting as no ReLU. Raises :class:`UnsupportedModelError` naming the layers
+    otherwise."""
+    def producers(i: int) -> list:
+        if i < 0:
+            return [-1]
+        l = layers[i]
+        if l.kind in ("maxpool", "flatten"):
+            return producers(layer_inputs(layers, i)[0])
+        if l.kind == "concat":
+            return [p for s in l.src for p in producers(s)]
+        return [i]
+
+    for l in layers:
+        if l.kind != "concat":
+            continue
+        ps = producers(layers.index(l))
+        act = {(False, None) if p < 0 else (layers[p].relu, layers[p].relu_max) for p in ps}
+        if len(act) > 1:
+            def text(p):
+                if p < 0:
+                    return "the network input (no ReLU)"
+                q = layers[p]
+                return f"{q.name} ({'no ReLU' if not q.relu else 'ReLU' if q.relu_max is None else f'ReLU clamped at {q.relu_max:g}'})"
+
+            raise UnsupportedModelError(
+                f"{l.name}: concatenates tensors of different activations: "
+                + ", ".join(text(p) for p in ps) + "; the integer model stores a "
+                "concatenation on one grid, so every input needs the same ReLU (or none)")
 
 
 def size1_reshape(src: tuple, out: tuple) -> str | None:
@@ -1553,6 +1661,8 @@ def run_graph(layers: list[FLayer], x, compute, post=None):
             h = h.flatten(1)
         elif l.kind == "add":
             h = ins[0] + ins[1]
+        elif l.kind == "concat":
+            h = torch.cat(ins, 1)
         else:
             k += 1
             h = compute(k, l, h)
@@ -1588,8 +1698,8 @@ def check_trace(model, layers: list[FLayer], x: np.ndarray, rtol: float = 1e-4) 
         raise UnsupportedModelError(
             "the traced layer sequence does not reproduce the model's forward (max difference "
             f"{float(np.abs(got - ref).max()) if got.shape == ref.shape else 'shape ' + str(got.shape)}"
-            "): the intake runs the children in module order; residual adds, concatenation or "
-            "other operations in forward() are not supported yet")
+            "): the intake runs the children in module order; an operation in forward() that "
+            "torch.fx cannot trace is not supported")
 
 
 def compute_layers(layers: list[FLayer]) -> list[FLayer]:
@@ -1610,6 +1720,8 @@ def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
             h = ins[0]
             if l.kind == "add":
                 h = ins[0] + ins[1]
+            elif l.kind == "concat":
+                h = torch.cat(ins, 1)
             elif l.kind == "conv":
                 h = F.conv2d(h, torch.from_numpy(l.weight), torch.from_numpy(l.bias), l.stride,
                              l.padding, 1, l.groups)

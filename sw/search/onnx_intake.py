@@ -15,7 +15,7 @@ Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with ei
 ``GlobalAveragePool`` and ``ReduceMean`` over the spatial axes (both global average pooling;
 see :func:`~.models.trace_model` for how average pooling runs), ``GlobalMaxPool`` and
 ``ReduceMax`` over the spatial axes (global max pooling), ``Add`` of two tensors (a
-residual add), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
+residual add), ``Concat`` of computed tensors along the channels (``axis = 1``), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
 ``Identity`` and ``Dropout`` (skipped), ``Constant``, and a ``Softmax`` / ``LogSoftmax`` over
 the classes of 2-D logits as the graph's last node (left out of the integer model, as a final
 softmax in PyTorch is: :data:`~.models.OUTPUT_FNS`). A node whose inputs are all constants
@@ -57,7 +57,7 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
                  "Add", "Flatten", "Reshape", "Identity", "Dropout", "Constant", "Shape", "Clip",
-                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Gather")
+                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Gather", "Concat")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -108,6 +108,7 @@ def _ident(node, used: set) -> str:
 
 
 def _module_class():
+    import torch
     import torch.nn as nn
 
     class OnnxNet(nn.Module):
@@ -115,7 +116,8 @@ def _module_class():
 
         ``steps`` lists ``(kind, child, inputs, output)`` in graph order: ``kind`` is
         ``"module"`` (run the child named ``child`` on ``inputs[0]``), ``"add"`` (the sum of
-        the two inputs) or ``"alias"`` (pass ``inputs[0]`` through).
+        the two inputs), ``"concat"`` (the inputs concatenated along the channels) or
+        ``"alias"`` (pass ``inputs[0]`` through).
         """
 
         def __init__(self, input_name, output_name, steps, modules, input_shape, batch=None,
@@ -142,6 +144,8 @@ def _module_class():
                     env[out] = getattr(self, child)(env[ins[0]])
                 elif kind == "add":
                     env[out] = env[ins[0]] + env[ins[1]]
+                elif kind == "concat":
+                    env[out] = torch.cat([env[i] for i in ins], 1)
                 else:
                     env[out] = env[ins[0]]
             return env[self.output_name]
@@ -390,6 +394,19 @@ def onnx_to_torch(model):
             if b not in rank:
                 raise UnsupportedModelError(f"{where(n)}: input {b!r} is not computed before it")
             steps.append(("add", None, [src, b], out))
+            rank[out] = rank[src]
+        elif op == "Concat":
+            ax = int(a.get("axis", 0))
+            if ax % rank[src] != 1:
+                raise UnsupportedModelError(
+                    f"{where(n)}: a concatenation along axis {ax} of rank-{rank[src]} tensors; "
+                    "supported: along the channels (axis 1)")
+            for b in ins[1:]:
+                if b in consts or b not in rank:
+                    raise UnsupportedModelError(
+                        f"{where(n)}: input {b!r} is {'a constant' if b in consts else 'not computed before it'}; "
+                        "a concatenation of computed tensors only is supported")
+            steps.append(("concat", None, ins, out))
             rank[out] = rank[src]
         elif op == "Relu":
             add(n, nn.ReLU(), src)

@@ -18,6 +18,10 @@ never from fake-quantized floats. It computes exactly what the RISC-V kernels co
   tensors at their own scales; ``acc = x_i * mult[0] + x_j * mult[1]`` (exact, ``|acc| < 2**31``
   by construction) and ``y = requant(acc, 1, shift, zp_out, out_bits, out_signed)``, i.e.
   ``mult[n] * 2**-shift`` approximates ``scale_n / scale_out``; ReLU is the unsigned clamp.
+* concatenation along the channels (``kind == "concat"``, two or more sources ``src``): the
+  inputs are integer tensors on one grid (their producers requantize to the concat's
+  ``out_bits`` / ``out_signed`` at one scale), so the output is their integer values side by
+  side (``numpy.concatenate`` over the last, channel axis), no arithmetic.
   A layer reads the output of the previous layer unless its ``src`` names others (``-1`` =
   the quantized network input).
 
@@ -107,7 +111,7 @@ class QLayer:
     Attributes
     ----------
     kind : str
-        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"`` or ``"add"``.
+        ``"conv"``, ``"linear"``, ``"maxpool"``, ``"flatten"``, ``"add"`` or ``"concat"``.
     name : str
         Source module path.
     in_shape, out_shape : tuple of int
@@ -145,7 +149,9 @@ class QLayer:
         Whether this layer was fine-tuned with QAT.
     src : tuple of int, optional
         Indices of the layers read (``-1``: the network input); ``None``: the previous layer.
-        An ``"add"`` layer reads two and keeps its two input multipliers in ``mult``.
+        An ``"add"`` layer reads two and keeps its two input multipliers in ``mult``; a
+        ``"concat"`` layer reads two or more, in channel order, all on its grid
+        (``out_bits``, ``out_signed``).
     """
 
     kind: str
@@ -367,6 +373,12 @@ def int_forward(net: QNetwork, x: np.ndarray, *, exact: str = "auto", trace: lis
                 raise ValueError(f"{l.name}: an add layer needs two sources of equal shape")
             acc = ins[0] * np.int64(l.mult[0]) + ins[1] * np.int64(l.mult[1])
             a = requant(acc, np.int64(1), l.shift, l.zp_out, l.out_bits, l.out_signed)
+        elif l.kind == "concat":
+            if l.src is None or len(l.src) < 2 or len({v.shape[:-1] for v in ins}) > 1:
+                raise ValueError(f"{l.name}: a concat layer needs two or more sources of equal "
+                                 "shape but for the channels, got "
+                                 + ", ".join(str(v.shape[1:]) for v in ins))
+            a = np.concatenate(ins, axis=-1)
         elif l.kind == "conv":
             acc = _conv(a, l, exact)
         elif l.kind == "linear":
@@ -380,7 +392,7 @@ def int_forward(net: QNetwork, x: np.ndarray, *, exact: str = "auto", trace: lis
             a = a.reshape(a.shape[0], -1)
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}; allowed: conv, linear, maxpool, "
-                             "flatten, add")
+                             "flatten, add, concat")
         if l.kind in ("conv", "linear"):
             full = acc + l.bias.astype(np.int64)
             acc = wrap32(wrap32(acc) + l.bias.astype(np.int64))

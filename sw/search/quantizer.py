@@ -20,6 +20,11 @@ Quantization scheme (what the kernels run):
   as ``mult[c] * 2**-shift`` with the largest per-layer shift that keeps every ``|mult|`` below
   2**31 (shift clamped to 0..63).
 
+Concatenations (layer graphs): the concatenated tensor is quantized as its readers' input,
+and its inputs' producers requantize straight onto that grid (one scale, sign and bits), so
+the integer concatenation is exact; the readers of the concatenation and of the tensors in it
+form one tie group, calibrated on the values of all the tensors they read.
+
 Residual adds (layer graphs, ``FLayer.src``): every tensor read by a compute layer is
 quantized as that layer's input (all its compute readers must use the same ``a_bits``: they
 form a *tie group*, :meth:`Quantizer.tie_groups`, and share one input grid: the ``qa`` of
@@ -213,15 +218,23 @@ class Quantizer:
         self._x_signed = bool(x.min() < 0)
         # inputs bounded by a ReLU with an upper bound (ReLU6): their integer values must
         # stay within the calibrated grid, see qmax
-        self._bounded = []
-        for i in self.comp_idx:
-            s = self._producer(self._src(i)[0])
-            self._bounded.append(s >= 0 and layers[s].relu_max is not None)
+        self._bounded = [self._bound(self._src(i)[0]) for i in self.comp_idx]
         self._scale_cache: dict = {}
         # tied layers (readers of one tensor) get one input grid, so one scale at equal
         # a_bits whatever their w_bits: qa from the group's longest dot product at 16-bit
         # weights (the smallest qa any member could need), then each member's qw fits it
-        self._tie_k = {k: max(self.dot_len(m) for m in g) for g in self.tie_groups() for k in g}
+        groups = self.tie_groups()
+        self._tie_k = {k: max(self.dot_len(m) for m in g) for g in groups for k in g}
+        # the calibration values of each layer's input grid: its input's; a tie group whose
+        # members read different tensors of one grid (a concatenation and a tensor in it, or
+        # a tensor and its max pooling) calibrates on all of them
+        self._calib = list(self._acts)
+        for g in groups:
+            ts = list(dict.fromkeys(self._src(self.comp_idx[k])[0] for k in g))
+            if len(ts) > 1:
+                v = np.concatenate([self._outs[t].ravel() for t in ts])
+                for k in g:
+                    self._calib[k] = v
 
     @property
     def n_compute(self) -> int:
@@ -243,12 +256,26 @@ class Quantizer:
         """The compute layers (compute indices, ascending) that read one tensor, directly or
         through max pooling / flattening, as groups of two or more, ordered by first member.
         Their inputs are one quantized tensor, so a configuration must give every member of a
-        group the same ``a_bits`` (the search ties their whole option). ``[]`` for a chain."""
+        group the same ``a_bits`` (the search ties their whole option). A concatenation is one
+        tensor with its inputs (they are requantized onto its grid): the readers of both are
+        one group. ``[]`` for a chain."""
         if not self.graph:
             return []
+        # a concatenation and the tensors in it are one grid: their readers tie too
+        parent: dict = {}
+
+        def find(t):
+            while parent.get(t, t) != t:
+                t = parent[t]
+            return t
+
+        for i, l in enumerate(self.layers):
+            if l.kind == "concat":
+                for s in l.src:
+                    parent[find(self._producer(s))] = find(i)
         roots: dict = {}
         for k, i in enumerate(self.comp_idx):
-            roots.setdefault(self._producer(self._src(i)[0]), []).append(k)
+            roots.setdefault(find(self._producer(self._src(i)[0])), []).append(k)
         return sorted((g for g in roots.values() if len(g) > 1), key=lambda g: g[0])
 
     def _src(self, i: int) -> tuple:
@@ -259,10 +286,19 @@ class Quantizer:
     def _producer(self, i: int) -> int:
         """The layer that computed the values of layer ``i``'s output: ``i`` itself, or
         through max pooling and flattening (which only select and reorder values) the layer
-        before them; ``-1`` for the network input."""
+        before them; ``-1`` for the network input. A concatenation is its own producer (its
+        inputs': :meth:`tensor_signed`, :meth:`_bound`)."""
         while i >= 0 and self.layers[i].kind in ("maxpool", "flatten"):
             i = self._src(i)[0]
         return i
+
+    def _bound(self, i: int) -> bool:
+        """Whether the output of layer ``i`` (``-1``: the input) is bounded by a ReLU with an
+        upper bound (``relu_max``; a concatenation: each of its inputs)."""
+        i = self._producer(i)
+        if i >= 0 and self.layers[i].kind == "concat":
+            return all(self._bound(s) for s in self._src(i))
+        return i >= 0 and self.layers[i].relu_max is not None
 
     @staticmethod
     def _collect_outputs(layers, x) -> dict:
@@ -274,8 +310,8 @@ class Quantizer:
         outs = {-1: x}
         for i, l in enumerate(layers):
             ins = [outs[s] for s in (l.src if l.src is not None else (i - 1,))]
-            if l.kind == "add":
-                h = ins[0] + ins[1]
+            if l.kind in ("add", "concat"):
+                h = ins[0] + ins[1] if l.kind == "add" else np.concatenate(ins, 1)
                 outs[i] = np.clip(h, 0, l.relu_max) if l.relu else h
             elif l.kind == "flatten":
                 outs[i] = ins[0].reshape(ins[0].shape[0], -1)
@@ -286,10 +322,13 @@ class Quantizer:
 
     def tensor_signed(self, i: int) -> bool:
         """Whether the output of layer ``i`` (``-1``: the input) is quantized signed: not after
-        a ReLU (pooling and flattening keep their input's sign)."""
+        a ReLU (pooling and flattening keep their input's sign; a concatenation is signed
+        if any of its inputs is)."""
         i = self._producer(i)
         if i < 0:
             return bool(self._outs[-1].min() < 0)
+        if self.layers[i].kind == "concat":
+            return any(self.tensor_signed(s) for s in self._src(i))
         return not self.layers[i].relu
 
     def dot_len(self, k: int) -> int:
@@ -328,7 +367,7 @@ class Quantizer:
         key = (k, bits, w_bits)
         if key not in self._scale_cache:
             signed = self._signed[k]
-            c = clip_value(self._acts[k], bits, signed, self.act_method)
+            c = clip_value(self._calib[k], bits, signed, self.act_method)
             qa, _ = self.qmax(k, bits, w_bits)
             self._scale_cache[key] = (c / qa, signed)
         return self._scale_cache[key]
@@ -400,8 +439,8 @@ class Quantizer:
         """``{layer index: (scale, signed, bits)}`` of every quantized tensor of a layer graph.
 
         A tensor read by a compute layer gets that layer's input quantization (every compute
-        reader must agree on the bits); pooling / flattening pass their reader's quantization
-        through; a tensor read only by residual adds is calibrated on its own values at the
+        reader must agree on the bits); pooling / flattening / concatenation pass their
+        reader's quantization through (the inputs of a concatenation are on its grid); a tensor read only by residual adds is calibrated on its own values at the
         bits of the add's output. Computed readers-first (reverse topological order).
         """
         n = len(self.layers)
@@ -419,7 +458,7 @@ class Quantizer:
                     k = kof[c]
                     s, sg = self.act_scale(k, a_bits[k], w_bits[k])
                     reqs.append((s, sg, a_bits[k], lc.name))
-                elif lc.kind in ("maxpool", "flatten"):
+                elif lc.kind in ("maxpool", "flatten", "concat"):
                     if q.get(c) is not None:
                         reqs.append((*q[c], lc.name))
                 elif lc.kind == "add":
@@ -512,6 +551,17 @@ class Quantizer:
             if l.kind == "flatten":
                 out.append(QLayer("flatten", l.name, shape, (1, 1, int(np.prod(shape))), src=src))
                 shapes[i] = (1, 1, int(np.prod(shape)))
+                continue
+            if l.kind == "concat":
+                parts = [shapes[v] for v in src]
+                if len({p[:2] for p in parts}) > 1 or q[i] is None:
+                    raise ValueError(f"{l.name}: concatenates tensors of shapes {parts}; "
+                                     "they must share the height and width")
+                so, osg, ob = q[i]
+                oshape = (*shape[:2], sum(p[2] for p in parts))
+                out.append(QLayer("concat", l.name, oshape, oshape, out_bits=ob,
+                                  out_signed=osg, relu=bool(l.relu), src=src))
+                shapes[i] = oshape
                 continue
             if l.kind == "add":
                 if shapes[src[1]] != shape:

@@ -86,7 +86,12 @@ is at the add's output bits (uniform configurations stay exact). The add's code 
 separable in its input and output precisions: on a measured grid of skips at other bits than
 the add's branch and output the split is off by a median 2.8 %, at worst 10.7 % of the add
 (charging the whole add at its output's bits: 5.9 % / 17.9 %; docs/costs.md, "Residual
-adds"). Nothing here is a constant: every term is an RTL measurement.
+adds"). Channel concats: a layer behind a ``concat`` (its link's producer is a ``"concat"``
+shape, its parts the ``feeds``) is charged the glue that gathers the parts into its input
+buffer (measured on :func:`glue_network`'s program with parts of the same output layouts)
+and the parts' output side at its bits (``sum_f R_f(b)``, each part paid by one link); it is
+costed as deploy runs it, reading every part padded to whole words of lanes
+(:func:`deployed_shape`). Nothing here is a constant: every term is an RTL measurement.
 """
 
 from __future__ import annotations
@@ -140,8 +145,12 @@ N_FIT, N_HELD = 40, 15
 REF_OUT_BITS = 2
 #: Version of what the glue cache holds, part of :func:`glue_hash`: ``add-split-1``: add
 #: stages also measured with their inputs at other bits than their output
-#: (``GlueMeasurement.in_bits``, :meth:`RtlCostModel.add_in_delta`).
-GLUE_FORMAT = "add-split-1"
+#: (``GlueMeasurement.in_bits``, :meth:`RtlCostModel.add_in_delta`); ``concat-1``: links
+#: from a channel concat (the glue gathering its parts, keyed by the parts' shapes).
+GLUE_FORMAT = "concat-1"
+#: Longest glue cache file name stem taken from a link's key as it is; a longer one is cut
+#: and ends in a hash of the whole key (:meth:`RtlCostModel._glue_path`).
+GLUE_NAME_MAX = 180
 #: Largest number of INT16 dot instructions of a generated fit/validation shape (keeps each
 #: RTL run under about a second).
 MAX_DOTS = 60_000
@@ -370,6 +379,12 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0,
     map, padding) but a single output channel (depthwise: all of them) as the logits layer.
     The glue depends only on the two layouts, so it is the same code as in the network.
 
+    For a concat producer (``link.feeds`` its parts), one producer per part with the part's
+    output layout (a 1x1 conv / depthwise / linear of its variant, channels and map, ReLU
+    output at ``bits``): the first reads the network input, the later ones the first part
+    (a depthwise part of other channels through a 1x1 helper conv), then the concat: its
+    gathering glue is the same C code as in the network.
+
     ``in_bits``: for an add producer, the precisions of its two inputs (the skip, input 0,
     and the branch, input 1; default both ``bits``, the add's output precision): the add
     stage of :meth:`RtlCostModel.add_in_delta` (an input unpacked at other bits).
@@ -386,9 +401,39 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0,
     if (s0, s1) != (bits, bits):                 # the default keeps its historical seed
         key += [s0, s1]
     rng = np.random.default_rng(key)
-    pv = "add" if p.kind == "add" else shape_variant(p)
+    pv = p.kind if p.kind in ("add", "concat") else shape_variant(p)
     ho, wo, ch = p.h_out, p.w_out, p.cout
-    if pv == "add":
+    if pv == "concat":
+        layers, idx = [], []
+        c0 = link.feeds[0].cout
+        for j, f in enumerate(link.feeds):
+            v, cj = shape_variant(f), f.cout
+            if (f.h_out, f.w_out) != (ho, wo):
+                raise ValueError(f"{link.glue_key()}: part {j} ({f.key()}) has a {f.h_out}x"
+                                 f"{f.w_out} output, the concat {ho}x{wo}")
+            src, cin = ((-1, cj if v == "depthwise" else 1) if j == 0 else (idx[0], c0))
+            if v == "depthwise" and cin != cj:
+                hl = random_layer("pointwise", bits, cin, cj, ho, wo, rng=rng, out_bits=bits,
+                                  a_signed=False, relu=True)
+                hl.name, hl.src = f"helper{j}", (src,)
+                layers.append(hl)
+                src, cin = len(layers) - 1, cj
+            if v == "linear":
+                lj = random_layer("linear", bits, cin, cj, rng=rng, out_bits=bits,
+                                  a_signed=False, relu=True)
+            elif v == "depthwise":
+                lj = random_layer("depthwise", bits, cj, cj, ho, wo, 1, 1, 0, rng=rng,
+                                  out_bits=bits, a_signed=False, relu=True)
+            else:
+                lj = random_layer("pointwise", bits, cin, cj, ho, wo, rng=rng, out_bits=bits,
+                                  a_signed=False, relu=True)
+            lj.name, lj.src = f"part{j}", (src,)
+            idx.append(len(layers))
+            layers.append(lj)
+        layers.append(QLayer("concat", "concat", (ho, wo, ch), (ho, wo, ch), out_bits=bits,
+                             out_signed=False, relu=True, src=tuple(idx)))
+        l0 = layers[0]
+    elif pv == "add":
         # a residual block's add: the skip (a 1x1 conv's ReLU output, unsigned, at ``s0``)
         # plus a 1x1 conv of it without ReLU (signed, at ``s1``), ReLU after the add, output
         # at ``bits``; the add stage and the glue behind it are deploy's code for these
@@ -415,7 +460,7 @@ def glue_network(link: LayerLink, bits: int, seed: int = 0,
     else:
         l0 = random_layer("pointwise", bits, 1, ch, ho, wo, rng=rng, out_bits=bits,
                           a_signed=False, relu=True)
-    if pv != "add":
+    if pv not in ("add", "concat"):
         l0.name = "producer"
         layers = [l0]
     kh, kw = link.pool
@@ -455,8 +500,23 @@ def deployed_shape(shape: LayerShape, link: LayerLink | None, bits: int) -> Laye
     so its input features are pooled pixels x padded channels: ``Cout`` rounded up to the
     GEMM kernel's 16-channel blocks, or for a depthwise producer or a residual add to whole
     words of lanes at ``bits`` (exact when the producer runs at ``bits`` too; an add always
-    writes at its consumer's bits). Every other layer runs as it is.
+    writes at its consumer's bits). Behind a channel concat every part lies padded to whole
+    words of lanes at ``bits`` (:func:`rvmpq.sw.deploy.plan_network`): a conv reads
+    ``sum_j ceil(c_j / lanes) * lanes`` channels (a linear that many per pooled pixel); a
+    depthwise conv runs as it is (deploy takes it only where the parts fill whole words).
+    Every other layer runs as it is.
     """
+    if link is not None and link.producer.kind == "concat":
+        lanes = 32 // check_bits(bits)
+        per = sum(-(-f.cout // lanes) * lanes for f in link.feeds)
+        p = link.producer
+        if shape.kind == "linear":
+            cin = (p.h_out // link.pool[0]) * (p.w_out // link.pool[1]) * per
+        elif shape_variant(shape) == "depthwise":
+            return shape
+        else:
+            cin = per
+        return shape if cin == shape.cin else dataclasses.replace(shape, cin=cin)
     if link is None or shape.kind != "linear" or link.producer.kind == "linear":
         return shape
     from rvmpq.sw.kernels.gen import LDOT_NB
@@ -474,7 +534,8 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     ``bits`` (what the search sums), also split as the deploy program's stages.
 
     Returns ``{"layers": [cycles charged to each layer], "kernels": [predicted kernel stage
-    cycles: the layer at its bits, output at the next layer's], "glue": [predicted glue in
+    cycles: the layer at its bits, output at the next layer's (a concat part's: at its
+    concat's reader's)], "glue": [predicted glue in
     front of each layer], "adds": [predicted residual-add stages in front of each layer, as
     the program runs them: an input another layer decides unpacked at that layer's bits, which
     "layers" charges to that layer], "terms": [in_network_terms per layer], "total",
@@ -494,8 +555,20 @@ def network_prediction(cm, shapes: list[LayerShape], links: list, bits: list[int
     terms = [cm.in_network_terms(s, b, ln, consumer_linked(links, i))
              for i, (s, b, ln) in enumerate(zip(shapes, bits, links))]
     layers = [float(sum(t.values())) for t in terms]
-    kernels = [t["kernel"] + t["own_out"] + (terms[i + 1]["producer_out"] if i + 1 < n else 0.0)
-               for i, t in enumerate(terms)]
+    # each kernel with its output at its reader's bits: the next layer pays it (a chain), a
+    # concat's reader pays each of its parts' (shown with the part's kernel, where the
+    # model splits it: out_delta and the link's sources)
+    out = [0.0] * n
+    for c, (t, ln) in enumerate(zip(terms, links)):
+        split = (ln is not None and ln.producer.kind == "concat" and not ln.shared
+                 and ln.sources is not None and hasattr(cm, "out_delta"))
+        if split:
+            paid = [f for k, f in enumerate(ln.feeds) if k not in ln.unpaid]
+            for j, f in zip(ln.sources, paid):
+                out[j] += cm.out_delta(f, bits[c])
+        elif c > 0:
+            out[c - 1] += t["producer_out"]
+    kernels = [t["kernel"] + t["own_out"] + out[i] for i, t in enumerate(terms)]
     glue = [t["glue"] for t in terms]
     # the add stages as the program runs them: an add input decided by another layer is
     # unpacked at that layer's bits (charged to it as "add_in", shown here with its add)
@@ -750,6 +823,12 @@ class RtlCostModel:
     def _glue_path(self, link: LayerLink, bits: int,
                    in_bits: tuple[int, int] | None = None) -> Path:
         name = link.glue_key().replace(":", "_").replace("|", "__")
+        if len(name) > GLUE_NAME_MAX:
+            # a long key (a concat of many parts): file names have 255 bytes at most, and the
+            # atomic write adds ~30 (the entry keeps the whole key in its "link" field)
+            import hashlib
+            h = hashlib.sha256(name.encode()).hexdigest()[:16]
+            name = f"{name[:GLUE_NAME_MAX - 17]}-{h}"
         tail = "" if in_bits is None or tuple(in_bits) == (bits, bits) else \
             f"-i{in_bits[0]}x{in_bits[1]}"
         return self.dir / f"glue-{glue_hash()}" / f"{name}-b{bits}{tail}.json"
@@ -897,12 +976,16 @@ class RtlCostModel:
 
     def _producer_out(self, link: LayerLink | None, bits: int) -> float:
         """``R(bits)`` of the layers whose output is requantized to the consumer's ``bits``:
-        the producer, or with a residual add producer the ``feeds``; 0 for a ``shared`` link
+        the producer, or with a residual add producer the ``feeds``, with a concat producer its
+        parts (``feeds``) but those another link pays (``unpaid``); 0 for a ``shared`` link
         (another reader of the same tensor pays it)."""
         if link is None or link.shared:
             return 0.0
         if link.producer.kind == "add":
             return float(sum(self.out_delta(f, bits) for f in link.feeds))
+        if link.producer.kind == "concat":
+            return float(sum(self.out_delta(f, bits) for k, f in enumerate(link.feeds)
+                             if k not in link.unpaid))
         return self.out_delta(link.producer, bits)
 
     def in_network_terms(self, shape: LayerShape, bits: int, link: LayerLink | None,
@@ -914,7 +997,8 @@ class RtlCostModel:
         false, i.e. the next layer has no link (it reads the network input) and so does not
         pay it),
         ``producer_out`` (the producer's ``R(bits)``: its output requantized to this layer's
-        bits; with a residual add producer: its ``feeds``), ``glue`` and ``add`` (the
+        bits; with a residual add or a concat producer: its ``feeds``), ``glue`` (with a
+        concat: the gathering of its parts) and ``add`` (the
         residual-add stages in front of it, :meth:`add_cycles`), and, only where the link
         has ``unpacks``, ``add_in`` (the unpacking of the add inputs this layer decides,
         :meth:`unpack_cycles`)."""
@@ -950,7 +1034,8 @@ class RtlCostModel:
                 if not s.logits:
                     items += [(s, REF_OUT_BITS), (s, REF_OUT_BITS, b)]
                 if ln is not None:
-                    for p in (ln.feeds if ln.producer.kind == "add" else (ln.producer,)):
+                    for p in (ln.feeds if ln.producer.kind in ("add", "concat")
+                              else (ln.producer,)):
                         items += [(p, REF_OUT_BITS), (p, REF_OUT_BITS, b)]
                     items.append((ln, b))
                     items += [(LayerLink(a, ln.consumer, ln.pool), b) for a in ln.adds]

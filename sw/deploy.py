@@ -43,6 +43,26 @@ The program
   until its add has read it. The add needs two inputs of its output's shape, each a
   conv / linear / add output as it is (no broadcasting, no pooling or flatten in between);
   anything else is a :class:`DeployError` naming the layer.
+* A channel ``concat`` (``torch.cat(dim=1)``: its parts side by side, all on its grid) is no
+  stage and has no buffer: it is a layout. Its parts are conv / linear / add outputs as they
+  are (same map, each written at the concat's ``out_bits`` / signedness; not the network
+  input, not pooled or flattened, not a concat), and each part stage keeps its own output
+  buffer (another layer may read it directly too). A conv, depthwise conv or linear that
+  reads the concat (through max pooling and / or flatten, as it reads one producer) gets ONE
+  glue function that copies, per output pixel, each part's (max-pooled) first ``u_j`` units
+  into its pre-padded input buffer at unit offset ``o_j = u_0 + ... + u_{j-1}``, with ``u_j
+  = ceil(c_j / lanes)`` (``mpq``: a unit is a word of ``lanes = 32 / bits`` channels;
+  ``baseline``: one element, ``lanes = 1``): every part starts on a word boundary, so the
+  consumer reads ``sum(u_j) * lanes`` input channels and gets zero weights at the padding
+  lanes between parts (conv: zero columns on the Cin axis; linear: the flatten folding, per
+  pixel the parts with their padding). Padding lanes hold whatever the part's kernel wrote
+  there (or ``zp_in`` in the halo): with zero weights the integer result is unchanged, and
+  the bias needs no correction. A depthwise consumer cannot skip lanes (its channels would
+  shift): it is deployed when every part but the last fills whole words at its precision,
+  else a :class:`DeployError` names the part. Its buffer addresses come from a table of its
+  own read through an opaque pointer (as the add's), so its code is the same in every
+  program (the cost model's harness, :func:`rvmpq.sw.costs.glue_network`). A concat read by
+  two consumers gets a glue function for each.
 * The N test inputs sit in DMEM already packed in the first layer's padded input layout.
   ``rdcycle`` is read before the first stage and after every stage (kernel, glue or add) of each
   inference; the stamps and the int32 logits of every inference are the signature
@@ -105,8 +125,9 @@ DEFAULT_N = 32
 #: Cycle limit of one program run (the whole batch).
 DEFAULT_MAX_CYCLES = 500_000_000
 #: Layer kinds the deploy program handles (conv: groups 1 or depthwise; add: a residual add of
-#: two tensors of the same shape).
-SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten", "add")
+#: two tensors of the same shape; concat: channel concatenation of stage outputs, a layout
+#: read by the glue of the layers behind it).
+SUPPORTED_KINDS = ("conv", "linear", "maxpool", "flatten", "add", "concat")
 #: Bytes of DMEM kept free for the stack.
 STACK_RESERVE = 2048
 #: Output words whose ``mpq.rqp`` packing chains a residual add stage on ``mpq`` interleaves
@@ -208,8 +229,11 @@ class _Stage:
     flatten: bool = False
     glue: str = "none"         # "none" (first layer, add), "alias" (reads the producer's
     #                            output buffer in place), "copy"
-    producer: int = -1         # stage whose output this compute stage reads (-1: the input)
+    producer: int = -1         # stage whose output this compute stage reads (-1: the input,
+    #                            or a concat: ``parts``)
     inputs: tuple = ()         # an add: the two stages it reads (``src`` order)
+    parts: tuple = ()          # a compute stage behind a concat: the part stages (channel order)
+    concat: QLayer | None = None   # ... and the concat layer
 
     @property
     def kind(self) -> str:
@@ -299,15 +323,141 @@ def _check_add(l: QLayer, ins: list) -> None:
                           "of range (zp a signed 16-bit integer, shift 0..63)")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Concat:
+    """What a concat layer's output is in the plan (no stage of its own): the layer's index in
+    the network and the stages of its parts, in channel order."""
+
+    index: int
+    parts: tuple
+
+
+def _check_concat(l: QLayer, parts: list) -> None:
+    """What the deploy concat handles: parts of the concat's map, channels adding up to its
+    own, each written at its ``out_bits`` / signedness (one grid, as the integer model says)."""
+    h, w, c = (int(v) for v in l.out_shape)
+    if int(l.out_bits) not in (2, 4, 8, 16):
+        raise DeployError(f"layer {l.name!r} (concat): out_bits={l.out_bits}; a concat holds "
+                          "2, 4, 8 or 16-bit activations (it cannot be the logits layer)")
+    for s in parts:
+        if (s.plan.ho, s.plan.wo) != (h, w):
+            raise DeployError(
+                f"layer {l.name!r} (concat): part {s.source.name!r} has a {s.plan.ho}x"
+                f"{s.plan.wo} map, the concat {h}x{w}; the deploy concat joins parts of one "
+                "map along the channels")
+        sb, ss = int(s.layer.out_bits), bool(s.layer.out_signed)
+        if (sb, ss) != (int(l.out_bits), bool(l.out_signed)):
+            raise DeployError(
+                f"layer {l.name!r} (concat): part {s.source.name!r} writes {sb}-bit "
+                f"{'signed' if ss else 'unsigned'} activations, the concat holds "
+                f"{l.out_bits}-bit {'signed' if l.out_signed else 'unsigned'}; every part "
+                "must requantize to the concat's grid (the network export is inconsistent)")
+    got = sum(int(s.plan.cout) for s in parts)
+    if got != c:
+        raise DeployError(f"layer {l.name!r} (concat): its parts have {got} channels, its "
+                          f"output shape says {c}; the network export is inconsistent")
+
+
+def _concat_units(parts: list, impl: str) -> tuple[int, list, list]:
+    """``(lanes, u, o)`` of a concat on ``impl``: channels per unit (``32 // bits`` on mpq, 1
+    on baseline), each part's units per pixel ``u_j = ceil(c_j / lanes)`` and its unit offset
+    ``o_j = u_0 + ... + u_{j-1}`` in the consumer's pixel."""
+    lanes = 32 // int(parts[0].layer.out_bits) if impl == "mpq" else 1
+    u = [-(-int(s.plan.cout) // lanes) for s in parts]
+    o = [sum(u[:j]) for j in range(len(u))]
+    return lanes, u, o
+
+
+def _concat_layer(l: QLayer, cl: QLayer, parts: list, pool, impl: str) -> QLayer:
+    """Compute layer ``l`` re-indexed to read concat ``cl``'s parts as the glue lays them out:
+    part ``j`` at channel ``o_j * lanes`` of each pixel (:func:`_concat_units`), zero weights
+    at the padding lanes in between (conv: columns of the Cin axis; linear: per pooled pixel,
+    the flatten folded). A depthwise ``l`` cannot skip lanes: every part but the last must
+    fill whole units."""
+    lanes, u, o = _concat_units(parts, impl)
+    cs = [int(s.plan.cout) for s in parts]
+    off = [sum(cs[:j]) for j in range(len(cs))]
+    c, per = sum(cs), sum(u) * lanes
+    if l.kind == "linear":
+        h, w = int(cl.out_shape[0]) // pool[0], int(cl.out_shape[1]) // pool[1]
+        fin = int(l.weight.shape[1])
+        if fin != h * w * c:
+            raise DeployError(f"layer {l.name!r}: linear expects {fin} inputs but concat "
+                              f"{cl.name!r} gives {h}x{w}x{c} = {h * w * c}")
+        if per == c:
+            return l
+        old = np.asarray(l.weight, dtype=np.int64).reshape(-1, h * w, c)
+        wt = np.zeros((old.shape[0], h * w, per), dtype=np.int64)
+        for j in range(len(parts)):
+            wt[:, :, o[j] * lanes:o[j] * lanes + cs[j]] = old[:, :, off[j]:off[j] + cs[j]]
+        return dataclasses.replace(l, weight=wt.reshape(old.shape[0], -1),
+                                   in_shape=(1, 1, h * w * per))
+    if int(l.in_shape[2]) != c:
+        raise DeployError(f"layer {l.name!r}: reads {l.in_shape[2]} channels but concat "
+                          f"{cl.name!r} gives {c}; the network export is inconsistent")
+    if l.groups != 1:
+        if not int(l.groups) == c == int(l.weight.shape[0]):
+            return l                 # neither groups 1 nor depthwise: plan_layer refuses it
+        for j, s in enumerate(parts[:-1]):
+            if cs[j] % lanes:
+                raise DeployError(
+                    f"layer {l.name!r} (depthwise) reads concat {cl.name!r}, whose part "
+                    f"{s.source.name!r} has {cs[j]} channels: at {cl.out_bits} bits that does "
+                    f"not fill whole words of {lanes} lanes, and a depthwise conv cannot skip "
+                    f"padding lanes between parts; use parts (but the last) of a multiple of "
+                    f"{lanes} channels, other precisions, or a groups-1 conv")
+        return l
+    if per == c:
+        return l
+    wt = np.zeros(tuple(l.weight.shape[:3]) + (per,), dtype=np.int64)
+    old = np.asarray(l.weight, dtype=np.int64)
+    for j in range(len(parts)):
+        wt[..., o[j] * lanes:o[j] * lanes + cs[j]] = old[..., off[j]:off[j] + cs[j]]
+    return dataclasses.replace(l, weight=wt, in_shape=tuple(l.in_shape[:2]) + (per,))
+
+
+def _concat_stage(net: QNetwork, l: QLayer, c: _Concat, pool, flatten: bool, stages: list,
+                  impl: str, index: int) -> _Stage:
+    """The stage of compute layer ``l`` reading concat ``c`` (through ``pool`` / ``flatten``):
+    its layer re-indexed to the glue's layout (:func:`_concat_layer`) and planned, the glue
+    always a copy (the parts lie in buffers of their own)."""
+    from rvmpq.sw.kernels.gen import plan_layer
+    from rvmpq.sw.kernels.layer import KernelLayerError
+
+    cl = net.layers[c.index]
+    parts = [stages[j] for j in c.parts]
+    if (int(cl.out_bits), bool(cl.out_signed)) != (int(l.a_bits), bool(l.a_signed)):
+        raise DeployError(
+            f"layer {l.name!r} reads {l.a_bits}-bit {'signed' if l.a_signed else 'unsigned'} "
+            f"activations but concat {cl.name!r} holds {cl.out_bits}-bit "
+            f"{'signed' if cl.out_signed else 'unsigned'}; the network export is inconsistent")
+    if l.kind == "conv" and flatten:
+        raise DeployError(f"layer {l.name!r}: a conv after flatten is not supported")
+    layer = _concat_layer(l, cl, parts, pool, impl)
+    try:
+        pl = plan_layer(layer, impl)
+    except KernelLayerError as exc:
+        raise DeployError(f"layer {l.name!r} ({l.kind}, w{l.w_bits}/a{l.a_bits}): {exc}"
+                          ) from None
+    if l.kind != "linear":
+        h, w = int(cl.out_shape[0]) // pool[0], int(cl.out_shape[1]) // pool[1]
+        if (pl.h, pl.w) != (h, w):
+            raise DeployError(f"layer {l.name!r}: expects a {pl.h}x{pl.w} input, concat "
+                              f"{cl.name!r} gives {h}x{w}")
+    return _Stage(index, layer, l, pl, tuple(pool), flatten, glue="copy", producer=-1,
+                  parts=tuple(c.parts), concat=cl)
+
+
 def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
     """Check ``net`` against what the kernels support and plan the stages: kernels + glue,
     and residual adds.
 
-    A compute layer reads one earlier stage's output (through max pooling / flatten), the
-    first one the network input; an ``add`` reads two earlier stages' outputs of its own
-    shape. Every stage's output buffer stays allocated for the whole program, so a skip
-    tensor is still there when its add reads it. Raises :class:`DeployError` naming the layer
-    and what is supported.
+    A compute layer reads one earlier stage's output or a concat of several (through max
+    pooling / flatten), the first one the network input; an ``add`` reads two earlier
+    stages' outputs of its own shape; a ``concat`` is no stage (the glue of each layer
+    behind it gathers its parts). Every stage's output buffer stays allocated for the whole
+    program, so a skip tensor is still there when its add reads it. Raises
+    :class:`DeployError` naming the layer and what is supported.
     """
     from rvmpq.sw.kernels.gen import plan_layer
     from rvmpq.sw.kernels.layer import KernelLayerError
@@ -328,7 +478,8 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
         raise DeployError(f"last layer {last.name!r} has out_bits={last.out_bits}; the logits "
                           "layer must output the raw int32 accumulators (out_bits 32)")
     stages: list[_Stage] = []
-    # what each layer's output is: (stage index or -1 for the input, pool window, flattened)
+    # what each layer's output is: (stage index, -1 for the input or a _Concat, pool window,
+    # flattened)
     where: list[tuple] = []
 
     def source(i: int, s: int) -> tuple:
@@ -339,12 +490,12 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
 
     for i, l in enumerate(net.layers):
         srcs = net.sources(i)
-        if l.kind != "add" and len(srcs) != 1:
+        if l.kind not in ("add", "concat") and len(srcs) != 1:
             raise DeployError(f"layer {l.name!r} ({l.kind}) reads {len(srcs)} layers; only an "
-                              "add reads two")
+                              "add (two) or a concat (two or more) reads several")
         if l.kind == "maxpool":
             p, pool, flat = source(i, srcs[0])
-            if p < 0:
+            if p == -1:
                 raise DeployError(f"layer {l.name!r}: max pooling before the first conv/linear "
                                   "is not supported; pool the input on the host")
             where.append((p, (pool[0] * int(l.kernel[0]), pool[1] * int(l.kernel[1])), flat))
@@ -360,6 +511,11 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
             ins = []
             for s in srcs:
                 p, pool, flat = source(i, s)
+                if isinstance(p, _Concat):
+                    raise DeployError(
+                        f"layer {l.name!r} (add): reads {net.layers[s].name!r}, a concat (or "
+                        "its pooling); the deploy add reads outputs of conv/linear/add layers, "
+                        "a concat is read by conv / depthwise / linear layers only")
                 if p < 0:
                     raise DeployError(f"layer {l.name!r} (add): reads the network input; the "
                                       "deploy add reads outputs of conv/linear/add layers")
@@ -373,9 +529,39 @@ def plan_network(net: QNetwork, impl: str = "mpq") -> list[_Stage]:
             stages.append(st)
             where.append((st.index, (1, 1), False))
             continue
+        if l.kind == "concat":
+            if len(srcs) < 2:
+                raise DeployError(f"layer {l.name!r} (concat): reads {len(srcs)} layer; a "
+                                  "concat reads two or more (src)")
+            parts = []
+            for s in srcs:
+                p, pool, flat = source(i, s)
+                what = net.layers[s].name if s >= 0 else "the network input"
+                if isinstance(p, _Concat):
+                    raise DeployError(
+                        f"layer {l.name!r} (concat): reads {what!r}, a concat (or its "
+                        "pooling); a concat of a concat is not supported: list the parts "
+                        "in one concat")
+                if p == -1:
+                    raise DeployError(f"layer {l.name!r} (concat): reads the network input; "
+                                      "the deploy concat joins outputs of conv/linear/add "
+                                      "layers")
+                if pool != (1, 1) or flat:
+                    raise DeployError(
+                        f"layer {l.name!r} (concat): reads {what!r} (max pooling / flatten "
+                        "of a stage's output); the deploy concat joins outputs of "
+                        "conv/linear/add layers as they are (pool after the concat instead)")
+                parts.append(stages[p])
+            _check_concat(l, parts)
+            where.append((_Concat(i, tuple(s.index for s in parts)), (1, 1), False))
+            continue
         if l is not last and l.out_bits == 32:
             raise DeployError(f"layer {l.name!r}: out_bits 32 is only allowed on the last layer")
         p, pool, flatten = source(i, srcs[0])
+        if isinstance(p, _Concat):
+            stages.append(_concat_stage(net, l, p, pool, flatten, stages, impl, len(stages)))
+            where.append((len(stages) - 1, (1, 1), False))
+            continue
         prev = stages[p] if p >= 0 else None
         if stages and prev is None:
             raise DeployError(f"layer {l.name!r}: reads the network input, which only the "
@@ -537,6 +723,77 @@ def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[s
             else:
                 L.append(f"                {{ {ut} v = sp[{off} + u]; m = v > m ? v : m; }}")
     L += ["                dp[u] = m;", "            }", "        }", "    }", "}", ""]
+    return "\n".join(L), helpers
+
+
+def _concat_glue_fn(name: str, st: _Stage, parts: list, srcs: list, dst: str) -> tuple[str, set]:
+    """C function ``name`` gathering the outputs of concat ``parts`` (buffers ``srcs``) into
+    ``st``'s input buffer ``dst``: per part, per (max-pooled) pixel, its first ``u_j`` units
+    at unit offset ``o_j`` of the consumer's pixel (:func:`_concat_units`), one loop nest per
+    part. The buffers' addresses come from a table of the function's own read through an
+    opaque pointer: the code depends on the layouts only (each part's units per pixel, the
+    map, the pooling, the consumer's padded layout), not on where the buffers lie or how the
+    compiler merged the program's globals, so it is the same in the cost model's harness."""
+    pl = st.plan
+    kh, kw = st.pool
+    p0 = parts[0]
+    pho, pwo = p0.plan.ho, p0.plan.wo
+    ho, wo = pho // kh, pwo // kw
+    impl = pl.impl
+    _, u, o = _concat_units(parts, impl)
+    if st.layer.kind == "linear":      # flattened: the whole (pooled) map, parts side by side
+        ud, wp, ph, pw = _in_units(pl) // (ho * wo), wo, 0, 0
+        if ud != sum(u) or ud * ho * wo != _in_units(pl):
+            raise DeployError(f"layer {st.source.name!r}: cannot lay the {ho}x{wo} concat "
+                              f"{st.concat.name!r} out as its input")
+    else:
+        ud, wp, ph, pw = _units(pl)[0], pl.wp, pl.ph, pl.pw
+        if ud != sum(u):
+            raise DeployError(f"layer {st.source.name!r}: reads {ud} units per pixel, concat "
+                              f"{st.concat.name!r} gives {sum(u)}")
+    bits, sg = int(p0.layer.out_bits), bool(p0.layer.out_signed)
+    helpers = set()
+    if impl == "mpq":
+        ut = "uint32_t"
+        mx = f"vmax{bits}{'s' if sg else 'u'}"
+        if (kh, kw) != (1, 1):
+            helpers.add((bits, sg))
+    else:
+        ut = _elem_type(bits, sg)
+        mx = None
+    n = len(parts)
+    L = [f"static void *const {name}_prm[{n + 1}] = {{"
+         + ", ".join(f"(void *)({v})" for v in (*srcs, dst)) + "};",
+         f"__attribute__((noinline)) static void {name}(void) {{",
+         f"    void *const *prm = {name}_prm;",
+         "    /* the table's address opaque to the compiler: the code depends on the layouts",
+         "       only, not on where the buffers lie (the cost table's glue harness) */",
+         "    __asm__ volatile (\"\" : \"+r\"(prm));",
+         f"    {ut} *d = ({ut} *)prm[{n}];"]
+    for j, sp_ in enumerate(parts):
+        us = _units(sp_.plan)[1]
+        L += [f"    {{   /* part {j}: {sp_.plan.cout} channels, {u[j]} of {us} units per pixel "
+              f"at unit {o[j]} */",
+              f"        const {ut} *s = (const {ut} *)prm[{j}];",
+              f"        for (int y = 0; y < {ho}; y++) {{",
+              f"            for (int x = 0; x < {wo}; x++) {{",
+              f"                const {ut} *sp = s + ((y * {kh}) * {pwo} + x * {kw}) * {us};",
+              f"                {ut} *dp = d + ((y + {ph}) * {wp} + (x + {pw})) * {ud} + {o[j]};",
+              f"                for (int u = 0; u < {u[j]}; u++) {{",
+              f"                    {ut} m = sp[u];"]
+        for dy in range(kh):
+            for dx in range(kw):
+                if dy == dx == 0:
+                    continue
+                off = (dy * pwo + dx) * us
+                if mx:
+                    L.append(f"                    m = {mx}(m, sp[{off} + u]);")
+                else:
+                    L.append(f"                    {{ {ut} v = sp[{off} + u]; "
+                             "m = v > m ? v : m; }")
+        L += ["                    dp[u] = m;", "                }", "            }", "        }",
+              "    }"]
+    L += ["}", ""]
     return "\n".join(L), helpers
 
 
@@ -797,7 +1054,17 @@ def emit_network(net: QNetwork, xq: np.ndarray, impl: str = "mpq") -> NetworkPro
             * (1 if pl.variant == "depthwise" else pl.cin))
         nbytes += 8 * pl.cout_pad
         L.append(src.text)
-        if k > 0 and st.glue == "copy":
+        if k > 0 and st.parts:
+            text, h = _concat_glue_fn(f"g{k}", st, [stages[j] for j in st.parts],
+                                      [out_buf[j] for j in st.parts], in_sym)
+            helpers |= h
+            glue_text.append(text)
+            what = (f"maxpool {st.pool[0]}x{st.pool[1]} + " if st.pool != (1, 1) else "") + \
+                f"concat {st.concat.name} of {len(st.parts)} + copy"
+            names.append(f"glue -> {st.source.kind} {st.source.name} ({what})")
+            kinds.append("glue")
+            calls.append(f"g{k}();")
+        elif k > 0 and st.glue == "copy":
             text, h = _glue_fn(f"g{k}", st, stages[st.producer], out_buf[st.producer],
                                in_sym)
             helpers |= h

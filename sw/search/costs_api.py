@@ -24,8 +24,8 @@ and optionally
     precision its output is requantized to, plus the work in front of it that depends only on
     its own input precision (the producer's requantize-and-pack at that precision, the max
     pooling and the copy into its padded input buffer, a residual-add stage whose output it
-    reads, and the unpacking of add inputs that are at its bits). Charging that work to the
-    consumer keeps
+    reads, the gathering of a channel concat's parts and their output side, and the unpacking
+    of add inputs that are at its bits). Charging that work to the consumer keeps
     the search separable: one cost per layer and option, summing to the whole program.
     :func:`cost_table` uses it when it is given the network's :class:`LayerLink` list
     (:func:`network_shapes`); ``rvmpq.sw.costs.RtlCostModel`` measures every term on the RTL.
@@ -64,9 +64,9 @@ def consumer_linked(links: list, i: int) -> bool:
     """Whether some layer pays layer ``i``'s output-side work (its output requantized to that
     layer's bits), so that layer ``i`` itself does not: with the links of
     :func:`network_shapes` (``LayerLink.sources`` set), whether ``i`` is in the ``sources`` of
-    a link (the producer it reads, or a layer whose output only residual adds read on the way
-    to it); with links made by hand, whether the next layer has a link. True for the last
-    layer (logits, nothing to pay)."""
+    a link (the producer it reads, a layer whose output only residual adds read on the way
+    to it, or a part of the concat it reads); with links made by hand, whether the next layer
+    has a link. True for the last layer (logits, nothing to pay)."""
     if i + 1 >= len(links):
         return True
     if any(ln is not None and ln.sources is not None for ln in links):
@@ -97,9 +97,10 @@ class LayerShape:
     Attributes
     ----------
     kind : str
-        ``"conv"`` (KxK, 1x1 or depthwise via ``groups``) or ``"linear"``; ``"add"`` only as
-        the producer of a :class:`LayerLink` (a residual add's output: ``cin = cout`` channels,
-        ``h_in`` x ``w_in``, no weights).
+        ``"conv"`` (KxK, 1x1 or depthwise via ``groups``) or ``"linear"``; ``"add"`` and
+        ``"concat"`` only as the producer of a :class:`LayerLink` (a residual add's output, a
+        channel concatenation: ``cin = cout`` channels in all, ``h_in`` x ``w_in``, no
+        weights).
     cin, cout : int
         Input / output channels (features for ``linear``).
     h_in, w_in : int
@@ -131,9 +132,10 @@ class LayerShape:
     logits: bool = False
 
     def __post_init__(self):
-        if self.kind not in ("conv", "linear", "add"):
+        if self.kind not in ("conv", "linear", "add", "concat"):
             raise ValueError(f"LayerShape.kind={self.kind!r}; allowed values: ['conv', "
-                             "'linear', 'add' (a residual add, only as a LayerLink producer)]")
+                             "'linear', 'add' (a residual add) or 'concat' (a channel "
+                             "concatenation), the last two only as a LayerLink producer]")
         object.__setattr__(self, "stride", tuple(int(v) for v in self.stride))
         object.__setattr__(self, "padding", tuple(int(v) for v in self.padding))
 
@@ -216,6 +218,13 @@ class LayerLink:
     too (a block's skip) is at that layer's bits: the unpacking of it is charged to that
     layer's link (``unpacks``) and not to the add's consumer (``external``).
 
+    A channel concat in front of the consumer is a producer of kind ``"concat"`` (channels in
+    all, map): its parts, the compute layers it joins (in channel order), are the ``feeds``;
+    their outputs are requantized to the consumer's bits and the glue gathers them into the
+    consumer's input buffer, so both are charged to the consumer (a feed whose output side
+    another link pays, a part also read directly by a compute layer or by another concat, is
+    listed in ``unpaid``).
+
     Attributes
     ----------
     producer, consumer : LayerShape
@@ -225,7 +234,8 @@ class LayerLink:
         Max-pool window (height, width) applied to the producer's output; ``(1, 1)``: none.
     feeds : tuple of LayerShape
         With an add producer: the compute layers whose outputs only adds read on the way to
-        the consumer (requantized to the consumer's bits).
+        the consumer (requantized to the consumer's bits). With a concat producer: its parts
+        in channel order (part of :meth:`glue_key`: the glue depends on their layouts).
     adds : tuple of LayerShape
         With an add producer: the further adds on the way whose outputs only adds read.
     shared : bool
@@ -252,6 +262,11 @@ class LayerLink:
         ``external`` and ``unpacks`` are part of :meth:`key` (of the cost table's ``network``
         section) but not of :meth:`glue_key` (the glue and add measurements do not depend on
         them); empty for a network without residual adds.
+    unpaid : tuple of int
+        With a concat producer: the indices into ``feeds`` of the parts whose output side
+        another link pays (a part that a compute layer or another concat's consumer reads too,
+        earlier in compute order; every reader has the same bits). Part of :meth:`key` where
+        not empty, not of :meth:`glue_key`.
     """
 
     producer: LayerShape
@@ -263,6 +278,7 @@ class LayerLink:
     sources: tuple | None = None
     external: tuple = ()
     unpacks: tuple = ()
+    unpaid: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "pool", tuple(int(v) for v in self.pool))
@@ -273,6 +289,14 @@ class LayerLink:
         object.__setattr__(self, "external", tuple(
             (int(k), int(j), None if d is None else int(d)) for k, j, d in self.external))
         object.__setattr__(self, "unpacks", tuple((a, int(j)) for a, j in self.unpacks))
+        object.__setattr__(self, "unpaid", tuple(int(k) for k in self.unpaid))
+        if self.producer.kind == "concat" and len(self.feeds) < 2:
+            raise ValueError(f"LayerLink: a concat producer ({self.producer.key()}) needs its "
+                             f"parts as feeds (two or more), got {len(self.feeds)}")
+        for k in self.unpaid:
+            if self.producer.kind != "concat" or not 0 <= k < len(self.feeds):
+                raise ValueError(f"LayerLink.unpaid: {k} does not name a part of a concat "
+                                 "producer (an index into feeds)")
         for a, j in self.unpacks:
             if a.kind != "add" or j not in (0, 1):
                 raise ValueError(f"LayerLink.unpacks: ({a.key()}, {j}); expected (an add "
@@ -300,6 +324,8 @@ class LayerLink:
             k += "|ext" + ",".join(f"{a}.{j}" for a, j, _ in self.external)
         if self.unpacks:
             k += "|unpacks" + ",".join(f"{a.key()}.{j}" for a, j in self.unpacks)
+        if self.unpaid:
+            k += "|unpaid" + ",".join(str(j) for j in self.unpaid)
         return k
 
 
@@ -311,6 +337,18 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     compute layer reads too, ``external``, whose unpacking the link that pays that tensor
     carries as ``unpacks``); ``None`` for a layer that reads the network input. The last
     compute layer is marked ``logits``.
+
+    A layer behind a channel ``concat`` gets a link from it (a ``"concat"`` shape) with its
+    parts as ``feeds``, in channel order; the first link that reads a part pays its output
+    side (a part a compute layer reads too is charged once: ``unpaid``, ``shared``).
+
+    Raises ``ValueError`` naming the layer for the concat forms ``rvmpq deploy`` cannot run
+    whatever the bits (so that the search stops before it spends time): a concat of the
+    network input, of a pooled / flattened tensor or of another concat, a concat read by a
+    residual add, a depthwise conv behind a concat whose parts (but the last) are not whole
+    16-channel multiples (the words at 2 bits; deploy needs whole words of ``32 / bits``
+    lanes), and a concat of a residual add's output (deploy runs it, the cost model does not
+    charge it).
     """
     layers = net.layers
     comp = net.compute_layers
@@ -325,6 +363,27 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
     def only_adds(i):
         return bool(readers[i]) and all(layers[r].kind == "add" for r in readers[i])
 
+    def back(i):
+        """The layer behind ``i`` through max pooling / flatten, and the pool window."""
+        pool = [1, 1]
+        while i >= 0 and layers[i].kind in ("maxpool", "flatten"):
+            if layers[i].kind == "maxpool":
+                pool = [pool[0] * int(layers[i].kernel[0]), pool[1] * int(layers[i].kernel[1])]
+            i = srcs(i)[0]
+        return i, pool
+
+    for i, l in enumerate(layers):
+        if l.kind == "concat":
+            _check_concat_parts(net, i)
+        elif l.kind == "add":
+            for v in srcs(i):
+                q, _ = back(v)
+                if q >= 0 and layers[q].kind == "concat":
+                    raise ValueError(
+                        f"layer {l.name!r} (add) reads the concat {layers[q].name!r}: a concat "
+                        "is read by conv / depthwise / linear layers only (rvmpq deploy); "
+                        "add the parts before concatenating them, or put a conv in between")
+
     shape_of: dict = {}
     comp_index = {id(l): k for k, l in enumerate(comp)}
     charged: set = set()     # layers whose output side / add stage a link already pays
@@ -335,6 +394,10 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
         if l.kind == "add":
             h, w, c = (int(v) for v in l.out_shape)
             shape_of[i] = LayerShape("add", c, c, h, w)
+            continue
+        if l.kind == "concat":
+            h, w, c = (int(v) for v in l.out_shape)
+            shape_of[i] = LayerShape("concat", c, c, h, w)
             continue
         if l.kind not in ("conv", "linear"):
             continue
@@ -348,13 +411,32 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
             s = LayerShape("linear", int(l.weight.shape[1]), int(l.weight.shape[0]), logits=last)
         shape_of[i] = s
         # the producer: through max pooling / flatten
-        p, pool = srcs(i)[0], [1, 1]
-        while p >= 0 and layers[p].kind in ("maxpool", "flatten"):
-            if layers[p].kind == "maxpool":
-                pool = [pool[0] * int(layers[p].kernel[0]), pool[1] * int(layers[p].kernel[1])]
-            p = srcs(p)[0]
+        p, pool = back(srcs(i)[0])
         link = None
-        if p >= 0 and p in shape_of:
+        if p >= 0 and layers[p].kind == "concat":
+            parts = list(srcs(p))
+            if l.kind == "conv" and int(l.groups) > 1 and \
+                    int(l.groups) == int(l.in_shape[2]) == int(l.weight.shape[0]):
+                for j in parts[:-1]:
+                    cj = int(layers[j].out_shape[2])
+                    if cj % 16:
+                        raise ValueError(
+                            f"layer {l.name!r} (depthwise) reads the concat {layers[p].name!r}, "
+                            f"whose part {layers[j].name!r} has {cj} channels: a depthwise conv "
+                            "cannot skip the padding lanes between parts, so rvmpq deploy "
+                            "needs every part but the last to fill whole words (a multiple of "
+                            "32 / bits channels: 16 for every precision the search may pick); "
+                            "use such channel counts or a groups-1 conv after the concat")
+            shared = p in charged
+            pays = [] if shared else [j for j in parts if j not in charged]
+            unpaid = () if shared else tuple(k for k, j in enumerate(parts) if j in charged)
+            charged.update([p, *parts])
+            link = LayerLink(shape_of[p], s, tuple(pool), tuple(shape_of[j] for j in parts),
+                             shared=shared, sources=tuple(comp_index[id(layers[j])] for j in pays),
+                             unpaid=unpaid)
+            for j in pays:
+                payer.setdefault(j, len(links))
+        elif p >= 0 and p in shape_of:
             feeds, adds, seen = [], [], set()
             if layers[p].kind == "add":
                 todo = list(srcs(p))
@@ -394,6 +476,37 @@ def network_shapes(net) -> tuple[list[LayerShape], list[LayerLink | None]]:
         links[c] = dataclasses.replace(links[c], external=tuple(external.get(c, ())),
                                        unpacks=tuple(unpacks.get(c, ())))
     return shapes, links
+
+
+def _check_concat_parts(net, i: int) -> None:
+    """``ValueError`` naming concat layer ``i`` of ``net`` unless each of its two or more
+    sources is a conv / linear layer's output as it is (what :func:`network_shapes` and the
+    cost model charge; ``rvmpq deploy`` runs a residual add's output as a part too)."""
+    layers = net.layers
+    l = layers[i]
+    srcs = net.sources(i)
+    if len(srcs) < 2:
+        raise ValueError(f"layer {l.name!r} (concat) reads {len(srcs)} layer; a concat reads "
+                         "two or more (src)")
+    for v in srcs:
+        if v < 0:
+            raise ValueError(f"layer {l.name!r} (concat) reads the network input; a concat "
+                             "joins conv / linear outputs (rvmpq deploy): put a conv in front")
+        kind, name = layers[v].kind, layers[v].name
+        if kind in ("maxpool", "flatten"):
+            raise ValueError(f"layer {l.name!r} (concat) reads {name!r} ({kind} of a layer's "
+                             "output); a concat joins conv / linear outputs as they are "
+                             "(rvmpq deploy): pool or flatten after the concat instead")
+        if kind == "concat":
+            raise ValueError(f"layer {l.name!r} (concat) reads the concat {name!r}; a concat "
+                             "of a concat is not supported: list all the parts in one concat")
+        if kind == "add":
+            raise ValueError(f"layer {l.name!r} (concat) reads the residual add {name!r}; the "
+                             "cost model charges concat parts that are conv / linear outputs "
+                             "only: put a conv between the add and the concat")
+        if kind not in ("conv", "linear"):
+            raise ValueError(f"layer {l.name!r} (concat) reads {name!r} of kind {kind!r}; a "
+                             "concat joins conv / linear outputs")
 
 
 @runtime_checkable

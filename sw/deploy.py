@@ -677,6 +677,25 @@ def _elem_type(bits: int, signed: bool) -> str:
     return base if signed else "u" + base
 
 
+def _pool_max_lines(kh: int, kw: int, wo: int, us: int, mx: str | None, ut: str,
+                    ind: str) -> list[str]:
+    """The glue's C lines folding the other taps of a ``kh`` x ``kw`` max-pool window into
+    ``m`` (unit ``u`` of the window's first pixel ``sp``; a producer row of ``wo`` pixels of
+    ``us`` units): ``mx`` the SWAR lane-wise max (``mpq``), else a plain compare of elements
+    of type ``ut``."""
+    L = []
+    for dy in range(kh):
+        for dx in range(kw):
+            if dy == dx == 0:
+                continue
+            off = (dy * wo + dx) * us
+            if mx:
+                L.append(f"{ind}m = {mx}(m, sp[{off} + u]);")
+            else:
+                L.append(f"{ind}{{ {ut} v = sp[{off} + u]; m = v > m ? v : m; }}")
+    return L
+
+
 def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[str, set]:
     """C function ``name`` moving ``prev``'s output into ``st``'s input buffer."""
     pp, pl = prev.plan, st.plan
@@ -713,15 +732,7 @@ def _glue_fn(name: str, st: _Stage, prev: _Stage, src: str, dst: str) -> tuple[s
          f"            {ut} *dp = d + ((y + {ph}) * {wp} + (x + {pw})) * {ud};",
          f"            for (int u = 0; u < {ud}; u++) {{",
          f"                {ut} m = sp[u];"]
-    for dy in range(kh):
-        for dx in range(kw):
-            if dy == dx == 0:
-                continue
-            off = (dy * pp.wo + dx) * us
-            if mx:
-                L.append(f"                m = {mx}(m, sp[{off} + u]);")
-            else:
-                L.append(f"                {{ {ut} v = sp[{off} + u]; m = v > m ? v : m; }}")
+    L += _pool_max_lines(kh, kw, pp.wo, us, mx, ut, " " * 16)
     L += ["                dp[u] = m;", "            }", "        }", "    }", "}", ""]
     return "\n".join(L), helpers
 
@@ -781,16 +792,7 @@ def _concat_glue_fn(name: str, st: _Stage, parts: list, srcs: list, dst: str) ->
               f"                {ut} *dp = d + ((y + {ph}) * {wp} + (x + {pw})) * {ud} + {o[j]};",
               f"                for (int u = 0; u < {u[j]}; u++) {{",
               f"                    {ut} m = sp[u];"]
-        for dy in range(kh):
-            for dx in range(kw):
-                if dy == dx == 0:
-                    continue
-                off = (dy * pwo + dx) * us
-                if mx:
-                    L.append(f"                    m = {mx}(m, sp[{off} + u]);")
-                else:
-                    L.append(f"                    {{ {ut} v = sp[{off} + u]; "
-                             "m = v > m ? v : m; }")
+        L += _pool_max_lines(kh, kw, pwo, us, mx, ut, " " * 20)
         L += ["                    dp[u] = m;", "                }", "            }", "        }",
               "    }"]
     L += ["}", ""]

@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rvmpq.sw.deploy import DeployError, emit_network, plan_network, run_network
+from test_deploy import _inputs, _run_exact
+
+from rvmpq.sw.deploy import DeployError, emit_network, plan_network
 from rvmpq.sw.kernels.layer import random_layer
 from rvmpq.sw.search.costs_api import LayerShape, network_shapes
 from rvmpq.sw.search.qnn import QLayer, QNetwork, int_forward
@@ -134,26 +136,6 @@ def _concat_net(rng, kind, bits, chans=None, hw=4, signed=None):
     return QNetwork(1.0, 0, b0, True, _head(rng, layers, len(layers) - 1, bd, pool=2))
 
 
-def _inputs(rng, net, n):
-    """``n`` random inputs of ``net``: (HWC integers, NCHW floats)."""
-    l0 = net.layers[0]
-    lo, hi = -(1 << (l0.a_bits - 1)), (1 << (l0.a_bits - 1)) - 1
-    xq = rng.integers(lo, hi + 1, size=(n,) + tuple(l0.in_shape)).astype(np.int64)
-    return xq, xq.transpose(0, 3, 1, 2).astype(np.float64)
-
-
-def _run_exact(net, impl, seed, tmp_path, n=2):
-    """Run ``net`` on ``n`` seeded inputs on the RTL; every logit must equal int_forward's."""
-    xq, x = _inputs(np.random.default_rng(seed + 1), net, n)
-    run = run_network(net, xq, impl, tmp_path, "prog")
-    ref = int_forward(net, x, exact="int64")
-    bad = np.argwhere(run.logits != ref)
-    assert bad.size == 0, (f"{impl}: {len(bad)} logits differ, first at {bad[0].tolist()}: got "
-                           f"{run.logits[tuple(bad[0])]}, want {ref[tuple(bad[0])]} "
-                           f"({tmp_path}/prog.c)")
-    return run
-
-
 def _readers_of_concats(net) -> int:
     """Compute layers that read a concat (through max pooling / flatten)."""
     n = 0
@@ -179,7 +161,7 @@ def test_concat_conv_mpq_bit_exact(seed, cat_bits, tmp_path):
     bits[2] = cat_bits
     net = _concat_net(rng, "conv", bits)
     print(f"bits {bits}, parts signed: {net.layers[4].out_signed}")
-    run = _run_exact(net, "mpq", seed, tmp_path)
+    run = _run_exact(net, "mpq", seed, tmp_path, 2)
     glue = [nm for nm in run.stage_cycles if nm.startswith("glue -> conv D")]
     assert len(glue) == 1 and "concat cat of 3" in glue[0] and run.stage_cycles[glue[0]] > 0
     assert not any("cat" in nm for nm in run.stage_cycles if not nm.startswith("glue"))
@@ -196,7 +178,7 @@ def test_concat_forms_mpq_bit_exact(seed, kind, tmp_path):
         bits[3] = max(bits[2:])
     net = _concat_net(rng, kind, bits)
     print(f"{kind}: bits {bits}")
-    run = _run_exact(net, "mpq", seed, tmp_path)
+    run = _run_exact(net, "mpq", seed, tmp_path, 2)
     glue = [nm for nm, k in zip(run.stage_cycles, run.stage_kinds) if k == "glue"
             and "concat " in nm]
     assert len(glue) == _readers_of_concats(net) >= 1
@@ -222,7 +204,7 @@ def test_concat_baseline_bit_exact(seed, kind, tmp_path):
         if not stats.get("wraps"):
             break
     print(f"{kind}: bits {bits}")
-    _run_exact(net, "baseline", seed, tmp_path)
+    _run_exact(net, "baseline", seed, tmp_path, 2)
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -422,7 +404,7 @@ def test_whole_program_prediction_is_exact(tmp_path):
     for kind, bits in (("conv", [8, 2, 4, 8]), ("pool_linear", [4, 2, 8, 2]),
                        ("two_readers", [8, 2, 4, 16])):
         net = _concat_net(np.random.default_rng(3), kind, bits, signed=False)
-        run = _run_exact(net, "mpq", 3, tmp_path)
+        run = _run_exact(net, "mpq", 3, tmp_path, 2)
         p = predicted_cycles(net, cm)
         shapes, links = network_shapes(net)
         k = next(i for i, ln in enumerate(links) if ln is not None

@@ -124,6 +124,49 @@ def test_relu_after_concat_is_fused_into_each_input(relu6):
         [("conv", True, 6.0 if relu6 else None)] * 2 + [("concat", False, None)]
 
 
+class BranchBN(nn.Module):
+    """Inception-style: three branch convs, concatenated, one BatchNorm over the
+    concatenation, ReLU (``joint``), or the twin with a BatchNorm per branch holding the same
+    statistics, and a ReLU per branch."""
+
+    def __init__(self, joint: bool):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.ModuleList([nn.Conv2d(8, c, k, padding=k // 2) for c, k in
+                                ((4, 1), (6, 3), (5, 5))])
+        self.bn = nn.BatchNorm2d(15)
+        self.bns = nn.ModuleList([nn.BatchNorm2d(c) for c in (4, 6, 5)])
+        self.fc = nn.Linear(15 * 16, 10)
+        self.joint = joint
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if self.joint:
+            h = F.relu(self.bn(torch.cat([b(x) for b in self.b], 1)))
+        else:
+            h = torch.cat([F.relu(bn(b(x))) for b, bn in zip(self.b, self.bns)], 1)
+        return self.fc(F.max_pool2d(h, 2).flatten(1))
+
+
+def test_batchnorm_after_concat_is_folded_into_each_input():
+    """``relu(bn(cat(a, b, c)))`` traces to the layers of its twin with one BatchNorm per
+    branch (the joint one's statistics, sliced): each branch conv gets its channels'
+    BatchNorm folded in, and the model's output is reproduced."""
+    x = _x((1, 8, 8), 8)
+    m, twin = _model(BranchBN, True), _model(BranchBN, False, seed=1)
+    twin.load_state_dict(m.state_dict())
+    lo = 0
+    for bn, c in zip(twin.bns, (4, 6, 5)):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).data.copy_(getattr(m.bn, name).data[lo:lo + c])
+        lo += c
+    layers = trace_model(m, example=x)
+    check_trace(m, layers, x)
+    check_trace(twin, layers, x)
+    assert _summary(layers) == _summary(trace_model(twin, example=x))
+    assert [l.kind for l in layers][:5] == ["conv"] * 4 + ["concat"]
+
+
 class _Refused(nn.Module):
     def __init__(self, how):
         super().__init__()
@@ -146,8 +189,8 @@ class _Refused(nn.Module):
             return self.fc(torch.cat([F.relu(a), b], 1).flatten(1))
         if self.how == "relu6-and-relu":
             return self.fc(torch.cat([F.relu6(a), F.relu(b)], 1).flatten(1))
-        if self.how == "bn":
-            return self.fc(F.relu(self.bn(torch.cat([a, b], 1))).flatten(1))
+        if self.how == "bn-after-relu":
+            return self.fc(self.bn(torch.cat([F.relu(a), F.relu(b)], 1)).flatten(1))
         if self.how == "relu-shared":      # a is read by the fc too: its ReLU cannot move
             h = F.relu(torch.cat([a, b], 1)).flatten(1)
             return self.fc(h) + self.fc1(a.flatten(1))
@@ -160,7 +203,9 @@ class _Refused(nn.Module):
     ("stack", r"stack \(stack\): stacking is not supported"),
     ("mixed", r"cat: concatenates tensors of different activations: a \(ReLU\), b \(no ReLU\)"),
     ("relu6-and-relu", r"a \(ReLU clamped at 6\), b \(ReLU\)"),
-    ("bn", r"BatchNorm must directly follow a conv/linear"),
+    ("bn-after-relu", r"bn: a BatchNorm after the concatenation cat is folded into each "
+                      r"input's conv/linear, but input relu is not a conv/linear output "
+                      r"without ReLU that only the concatenation reads"),
     ("relu-shared", r"relu: a ReLU after the concatenation cat is fused into each input's "
                     r"conv/linear/add, but input a is not one whose output only the "
                     r"concatenation reads"),
@@ -257,12 +302,13 @@ def test_concat_network_json_round_trip_and_fake_quant(tmp_path):
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("model", ["fire", "cat-relu"])
+@pytest.mark.parametrize("model", ["fire", "cat-relu", "branch-bn"])
 def test_onnx_concat(model, dynamo, tmp_path):
-    """``Concat`` (axis 1) of both exporters: the same layers as the torch model's, computing
-    its function."""
-    m = _model(FireNet) if model == "fire" else _model(CatThenRelu, True)
-    onnx_matches_torch(m, (1, 8, 8) if model == "fire" else (1, 6, 6), tmp_path, dynamo)
+    """``Concat`` (axis 1) of both exporters, with a ReLU or a BatchNormalization after it:
+    the same layers as the torch model's, computing its function."""
+    m = {"fire": lambda: _model(FireNet), "cat-relu": lambda: _model(CatThenRelu, True),
+         "branch-bn": lambda: _model(BranchBN, True)}[model]()
+    onnx_matches_torch(m, (1, 6, 6) if model == "cat-relu" else (1, 8, 8), tmp_path, dynamo)
 
 
 def test_onnx_concat_refusals():

@@ -939,15 +939,21 @@ def _fuse_relu(layer: FLayer, bound: float | None) -> None:
         layer.relu, layer.relu_max = True, bound
 
 
-def _fold_bn(layer: FLayer, m) -> None:
+def _fold_bn(layer: FLayer, m, channels: slice = slice(None)) -> None:
     """Fold the inference-mode BatchNorm module ``m`` into the conv / linear ``layer`` it
     follows: each output channel's weights and bias scaled by ``gamma / sqrt(var + eps)``, the
-    bias shifted by the running mean and ``beta``."""
+    bias shifted by the running mean and ``beta``. ``channels``: the BatchNorm's channels
+    that are ``layer``'s outputs (one input of a concatenation it follows)."""
     g = m.weight.detach().double().numpy() if m.affine else np.ones(m.num_features)
     be = m.bias.detach().double().numpy() if m.affine else np.zeros(m.num_features)
     s = g / np.sqrt(m.running_var.double().numpy() + m.eps)
+    mean = m.running_mean.double().numpy()
+    s, be, mean = s[channels], be[channels], mean[channels]
+    if len(s) != layer.weight.shape[0]:
+        raise UnsupportedModelError(f"{layer.name}: {layer.weight.shape[0]} outputs, but the "
+                                    f"BatchNorm after it has {len(s)} channels for them")
     layer.weight = layer.weight * s.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-    layer.bias = (layer.bias - m.running_mean.double().numpy()) * s + be
+    layer.bias = (layer.bias - mean) * s + be
 
 
 #: Why a softmax anywhere but at the end is refused.
@@ -1028,7 +1034,9 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     layer that has one (the clamp to the smaller bound), ``a + b`` of two tensors (an
     ``"add"`` layer), ``torch.cat(xs, 1)`` / ``torch.concat`` of two or more tensors along
     the channels (a ``"concat"`` layer, :func:`check_concats`; a ReLU after it is fused into
-    each input's producer when the concatenation is their only reader), and a final softmax /
+    each input's producer when the concatenation is their only reader, a BatchNorm after it
+    folded, channel by channel, into each input's conv / linear when that has no ReLU and the
+    concatenation is its only reader), and a final softmax /
     log_softmax (``FLayer.out_fn``). A graph without adds or concatenations in which every
     layer reads the one before it comes back as the sequential walk gives it (``src``
     ``None``).
@@ -1079,7 +1087,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         fuses into, or None: the conv / linear (for a ReLU also an add) whose output reaches
         ``a`` through skipped nodes and, for a ReLU, max pooling and flattens (a ReLU commutes
         with both: max(relu(x)) == relu(max(x))), each read by the next alone."""
-        kinds = ("conv", "linear", "add", "concat") if relu else ("conv", "linear")
+        kinds = ("conv", "linear", "add", "concat") if relu else ("conv", "linear", "concat")
         while where.get(a, -1) >= 0 and only_reader(a):
             i = where[a]
             if made.get(i) is a:
@@ -1269,6 +1277,21 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                             "inputs before torch.cat")
             elif relu_fn:
                 _fuse_relu(prev, _relu_max(n.name, m, n))
+            elif prev.kind == "concat":
+                # bn(cat(a, b)) == cat(bn_a(a), bn_b(b)): each input's channels of the
+                # BatchNorm folded into its conv / linear
+                lo = 0
+                for a in made[i].args[0] if made[i].args else made[i].kwargs["tensors"]:
+                    j = fused_into(a, False)
+                    if j is None or layers[j].kind not in ("conv", "linear") or layers[j].relu:
+                        raise UnsupportedModelError(
+                            f"{n.name}: a BatchNorm after the concatenation {made[i].name} is "
+                            "folded into each input's conv/linear, but input "
+                            f"{a.name} is not a conv/linear output without ReLU that only the "
+                            "concatenation reads")
+                    c = layers[j].weight.shape[0]
+                    _fold_bn(layers[j], m, slice(lo, lo + c))
+                    lo += c
             else:
                 _fold_bn(prev, m)
             where[n] = srcs[0]

@@ -1084,7 +1084,8 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
 
     def fused_into(a, relu: bool):
         """The index of the layer that a ReLU (``relu``) or a BatchNorm reading node ``a``
-        fuses into, or None: the conv / linear (for a ReLU also an add) whose output reaches
+        fuses into, or None: the conv / linear (for a ReLU also an add), or a concatenation
+        (whose inputs it is fused / folded into one by one), whose output reaches
         ``a`` through skipped nodes and, for a ReLU, max pooling and flattens (a ReLU commutes
         with both: max(relu(x)) == relu(max(x))), each read by the next alone."""
         kinds = ("conv", "linear", "add", "concat") if relu else ("conv", "linear", "concat")
@@ -1412,7 +1413,9 @@ def check_concats(layers: list[FLayer]) -> None:
                 if p < 0:
                     return "the network input (no ReLU)"
                 q = layers[p]
-                return f"{q.name} ({'no ReLU' if not q.relu else 'ReLU' if q.relu_max is None else f'ReLU clamped at {q.relu_max:g}'})"
+                act = "no ReLU" if not q.relu else "ReLU" if q.relu_max is None else \
+                    f"ReLU clamped at {q.relu_max:g}"
+                return f"{q.name} ({act})"
 
             raise UnsupportedModelError(
                 f"{l.name}: concatenates tensors of different activations: "

@@ -15,7 +15,8 @@ Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with ei
 ``GlobalAveragePool`` and ``ReduceMean`` over the spatial axes (both global average pooling;
 see :func:`~.models.trace_model` for how average pooling runs), ``GlobalMaxPool`` and
 ``ReduceMax`` over the spatial axes (global max pooling), ``Add`` of two tensors (a
-residual add), ``Concat`` of computed tensors along the channels (``axis = 1``), ``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
+residual add), ``Concat`` of computed tensors along the channels (``axis = 1``),
+``Flatten`` (``axis = 1``), ``Reshape`` to ``(N, -1)`` / ``(-1, K)`` (a flatten),
 ``Identity`` and ``Dropout`` (skipped), ``Constant``, and a ``Softmax`` / ``LogSoftmax`` over
 the classes of 2-D logits as the graph's last node (left out of the integer model, as a final
 softmax in PyTorch is: :data:`~.models.OUTPUT_FNS`). A node whose inputs are all constants
@@ -404,8 +405,9 @@ def onnx_to_torch(model):
             for b in ins[1:]:
                 if b in consts or b not in rank:
                     raise UnsupportedModelError(
-                        f"{where(n)}: input {b!r} is {'a constant' if b in consts else 'not computed before it'}; "
-                        "a concatenation of computed tensors only is supported")
+                        f"{where(n)}: input {b!r} is "
+                        f"{'a constant' if b in consts else 'not computed before it'}; a "
+                        "concatenation of computed tensors only is supported")
             steps.append(("concat", None, ins, out))
             rank[out] = rank[src]
         elif op == "Relu":

@@ -440,7 +440,8 @@ class Quantizer:
 
         A tensor read by a compute layer gets that layer's input quantization (every compute
         reader must agree on the bits); pooling / flattening / concatenation pass their
-        reader's quantization through (the inputs of a concatenation are on its grid); a tensor read only by residual adds is calibrated on its own values at the
+        reader's quantization through (the inputs of a concatenation are on its grid); a
+        tensor read only by residual adds is calibrated on its own values at the
         bits of the add's output. Computed readers-first (reverse topological order).
         """
         n = len(self.layers)

@@ -380,18 +380,9 @@ def _concat_layer(l: QLayer, cl: QLayer, parts: list, pool, impl: str) -> QLayer
     c, per = sum(cs), sum(u) * lanes
     if l.kind == "linear":
         h, w = int(cl.out_shape[0]) // pool[0], int(cl.out_shape[1]) // pool[1]
-        fin = int(l.weight.shape[1])
-        if fin != h * w * c:
-            raise DeployError(f"layer {l.name!r}: linear expects {fin} inputs but concat "
-                              f"{cl.name!r} gives {h}x{w}x{c} = {h * w * c}")
-        if per == c:
-            return l
-        old = np.asarray(l.weight, dtype=np.int64).reshape(-1, h * w, c)
-        wt = np.zeros((old.shape[0], h * w, per), dtype=np.int64)
-        for j in range(len(parts)):
-            wt[:, :, o[j] * lanes:o[j] * lanes + cs[j]] = old[:, :, off[j]:off[j] + cs[j]]
-        return dataclasses.replace(l, weight=wt.reshape(old.shape[0], -1),
-                                   in_shape=(1, 1, h * w * per))
+        return _spread_linear(l, h * w, c, per, [(o[j] * lanes, off[j], cs[j])
+                                                 for j in range(len(parts))],
+                              f"concat {cl.name!r} gives {h}x{w}x{c}")
     if int(l.in_shape[2]) != c:
         raise DeployError(f"layer {l.name!r}: reads {l.in_shape[2]} channels but concat "
                           f"{cl.name!r} gives {c}; the network export is inconsistent")
@@ -607,16 +598,29 @@ def _fold_flatten(l: QLayer, prev_pl, pool, impl: str) -> QLayer:
         per = prev_pl.ocw * prev_pl.lo
     else:
         per = prev_pl.cout_pad
+    return _spread_linear(l, ho * wo, c, per, [(0, 0, c)],
+                          f"the previous layer gives {ho}x{wo}x{c}")
+
+
+def _spread_linear(l: QLayer, pixels: int, c: int, per: int, groups: list,
+                   what: str) -> QLayer:
+    """Linear layer ``l`` (reading ``pixels`` x ``c`` features in HWC order) re-indexed to
+    read ``per`` units per pixel: each ``(dst, src, n)`` of ``groups`` moves the weights of
+    the ``n`` channels from channel ``src`` of a pixel to lane ``dst``; the other lanes get
+    zero weights. ``what`` names the input for the error of a feature count that does not
+    match."""
     fin = int(l.weight.shape[1])
-    if fin != ho * wo * c:
-        raise DeployError(f"layer {l.name!r}: linear expects {fin} inputs but the previous layer "
-                          f"gives {ho}x{wo}x{c} = {ho * wo * c}")
+    if fin != pixels * c:
+        raise DeployError(f"layer {l.name!r}: linear expects {fin} inputs but {what} = "
+                          f"{pixels * c}")
     if per == c:
         return l
-    w = np.zeros((l.weight.shape[0], ho * wo, per), dtype=np.int64)
-    w[:, :, :c] = np.asarray(l.weight, dtype=np.int64).reshape(-1, ho * wo, c)
-    return dataclasses.replace(l, weight=w.reshape(l.weight.shape[0], -1),
-                               in_shape=(1, 1, ho * wo * per))
+    old = np.asarray(l.weight, dtype=np.int64).reshape(-1, pixels, c)
+    w = np.zeros((old.shape[0], pixels, per), dtype=np.int64)
+    for dst, src, n in groups:
+        w[:, :, dst:dst + n] = old[:, :, src:src + n]
+    return dataclasses.replace(l, weight=w.reshape(old.shape[0], -1),
+                               in_shape=(1, 1, pixels * per))
 
 
 # ---- C emission ---------------------------------------------------------------------------

@@ -378,11 +378,10 @@ def _concat_layer(l: QLayer, cl: QLayer, parts: list, pool, impl: str) -> QLayer
     cs = [int(s.plan.cout) for s in parts]
     off = [sum(cs[:j]) for j in range(len(cs))]
     c, per = sum(cs), sum(u) * lanes
+    groups = [(o[j] * lanes, off[j], cs[j]) for j in range(len(parts))]
     if l.kind == "linear":
         h, w = int(cl.out_shape[0]) // pool[0], int(cl.out_shape[1]) // pool[1]
-        return _spread_linear(l, h * w, c, per, [(o[j] * lanes, off[j], cs[j])
-                                                 for j in range(len(parts))],
-                              f"concat {cl.name!r} gives {h}x{w}x{c}")
+        return _spread_linear(l, h * w, c, per, groups, f"concat {cl.name!r} gives {h}x{w}x{c}")
     if int(l.in_shape[2]) != c:
         raise DeployError(f"layer {l.name!r}: reads {l.in_shape[2]} channels but concat "
                           f"{cl.name!r} gives {c}; the network export is inconsistent")
@@ -400,11 +399,8 @@ def _concat_layer(l: QLayer, cl: QLayer, parts: list, pool, impl: str) -> QLayer
         return l
     if per == c:
         return l
-    wt = np.zeros(tuple(l.weight.shape[:3]) + (per,), dtype=np.int64)
-    old = np.asarray(l.weight, dtype=np.int64)
-    for j in range(len(parts)):
-        wt[..., o[j] * lanes:o[j] * lanes + cs[j]] = old[..., off[j]:off[j] + cs[j]]
-    return dataclasses.replace(l, weight=wt, in_shape=tuple(l.in_shape[:2]) + (per,))
+    return dataclasses.replace(l, weight=_spread_lanes(l.weight, per, groups),
+                               in_shape=tuple(l.in_shape[:2]) + (per,))
 
 
 def _concat_stage(net: QNetwork, l: QLayer, c: _Concat, pool, flatten: bool, stages: list,
@@ -615,12 +611,20 @@ def _spread_linear(l: QLayer, pixels: int, c: int, per: int, groups: list,
                           f"{pixels * c}")
     if per == c:
         return l
-    old = np.asarray(l.weight, dtype=np.int64).reshape(-1, pixels, c)
-    w = np.zeros((old.shape[0], pixels, per), dtype=np.int64)
-    for dst, src, n in groups:
-        w[:, :, dst:dst + n] = old[:, :, src:src + n]
-    return dataclasses.replace(l, weight=w.reshape(old.shape[0], -1),
+    w = _spread_lanes(np.asarray(l.weight).reshape(-1, pixels, c), per, groups)
+    return dataclasses.replace(l, weight=w.reshape(w.shape[0], -1),
                                in_shape=(1, 1, pixels * per))
+
+
+def _spread_lanes(w, per: int, groups: list) -> np.ndarray:
+    """``w`` (int64) with its last axis widened to ``per`` lanes: each ``(dst, src, n)`` of
+    ``groups`` moves the ``n`` entries from ``src`` to lane ``dst``; the other lanes are 0
+    (the zero weights of padding lanes)."""
+    old = np.asarray(w, dtype=np.int64)
+    out = np.zeros(old.shape[:-1] + (per,), dtype=np.int64)
+    for dst, src, n in groups:
+        out[..., dst:dst + n] = old[..., src:src + n]
+    return out
 
 
 # ---- C emission ---------------------------------------------------------------------------

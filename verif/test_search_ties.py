@@ -248,3 +248,56 @@ def test_metrics_count_a_shared_input_once(monkeypatch):
     for k in range(qz.n_compute):
         if k != second:
             assert np.all(loud[k] > base[k] + 1e-6), k
+
+
+class PoolPair(nn.Module):
+    """A tensor and its max pooling read by two convs whose outputs are added: ``a`` reads
+    ``h`` (8x8) through a 3x3 conv and a stride-2 conv, ``b`` reads ``max_pool2d(h, 2)``
+    (4x4) through a 1x1 conv. One tie group whose members read different tensors of one
+    grid (the pooled values are a subset of ``h``'s)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.d = nn.Conv2d(4, 4, 2, stride=2)
+        self.b = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x))
+        a = self.d(torch.relu(self.a(h)))
+        b = self.b(nn.functional.max_pool2d(h, 2))
+        return self.fc(torch.flatten(torch.relu(a + b), 1))
+
+
+def test_tensor_and_its_pooling_share_one_calibrated_grid():
+    """The readers of a tensor and of its max pooling are one tie group calibrated on both
+    inputs' values: every uniform precision exports (each member calibrated on its own input
+    alone would give the one grid two scales, and the export would be refused), the two share
+    one scale, and the integer model tracks the float one."""
+    from rvmpq.sw.search.models import float_forward, trace_model
+    from rvmpq.sw.search.qnn import int_logits
+    from rvmpq.sw.search.quantizer import Quantizer
+
+    torch.manual_seed(0)
+    layers = trace_model(PoolPair().eval(), example=np.zeros((2, 1, 8, 8), np.float32))
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    qz = Quantizer(layers, x)
+    names = [l.name for l in layers if l.is_compute]
+    ka, kb = names.index("a"), names.index("b")
+    assert [[names[k] for k in g] for g in qz.tie_groups()] == [["a", "b"]]
+    # the members' own inputs differ (the pooled tensor is smaller), the group grid covers h
+    assert qz._acts[ka].size == 4 * qz._acts[kb].size
+    ref = float_forward(layers, x)
+    for bits in (16, 8, 4):
+        n = len(names)
+        qnet = qz.export([bits] * n, [bits] * n)
+        assert qz.act_scale(ka, bits) == qz.act_scale(kb, bits)
+        err = np.abs(int_logits(qnet, x) - ref).max() / np.abs(ref).max()
+        print(f"INT{bits}: largest logit error {err:.4f} of the largest logit")
+        assert err < {16: 1e-3, 8: 0.03, 4: 0.3}[bits], (bits, err)
+    with pytest.raises(ValueError, match="equal a_bits"):
+        ab = [8] * len(names)
+        ab[kb] = 4
+        qz.export([8] * len(names), ab)

@@ -465,11 +465,17 @@ class Quantizer:
                 elif lc.kind == "add":
                     adds.append(c)
             if reqs:
-                if len({r[:3] for r in reqs}) > 1:
+                if len({r[2] for r in reqs}) > 1:
                     raise ValueError(
                         "layers " + ", ".join(r[3] for r in reqs) + " read the same tensor but "
                         "need different precisions " + str(sorted({r[2] for r in reqs})) +
                         "; give them equal a_bits")
+                if len({r[:3] for r in reqs}) > 1:   # a tie group's one grid: cannot happen
+                    raise AssertionError(
+                        "layers " + ", ".join(r[3] for r in reqs) + " read the same tensor at "
+                        f"{reqs[0][2]} bits on different grids (scale, signed) "
+                        + str(sorted({(float(r[0]), r[1]) for r in reqs})) + ": a quantizer bug, please "
+                        "report it")
                 q[i] = reqs[0][:3]
             elif adds:
                 bits = q[adds[0]][2]

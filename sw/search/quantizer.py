@@ -474,8 +474,8 @@ class Quantizer:
                     raise AssertionError(
                         "layers " + ", ".join(r[3] for r in reqs) + " read the same tensor at "
                         f"{reqs[0][2]} bits on different grids (scale, signed) "
-                        + str(sorted({(float(r[0]), r[1]) for r in reqs})) + ": a quantizer bug, please "
-                        "report it")
+                        + str(sorted({(float(r[0]), r[1]) for r in reqs}))
+                        + ": a quantizer bug, please report it")
                 q[i] = reqs[0][:3]
             elif adds:
                 bits = q[adds[0]][2]

@@ -265,7 +265,8 @@ def _conv_model(**conv_attrs):
      "the graph output 'y' has rank 3; a 1-D graph must end with (N, classes) logits"),
     (lambda: _graph_model([helper.make_node("Conv", ["x", "w"], ["y"], name="c1d")],
                           [_init("w", np.ones((2, 1, 3)))], (1, 4, 4, 8), (2, 4, 4, 6)),
-     "rank 5; the intake needs an NCHW input of rank 4, or an (N, C, L) one of rank 3"),
+     "rank 5; the intake needs an NCHW input of rank 4, an (N, C, L) one of rank 3 (a 1-D "
+     "model) or an (N, F) one of rank 2"),
     (lambda: _graph_model([helper.make_node("Conv", ["x", "w"], ["y"], name="c2d")],
                           [_init("w", np.ones((2, 1, 1, 3)))], (1, 8), (2, 6)),
      "node c2d (Conv): a 2-D convolution in a graph with a rank-3 input"),

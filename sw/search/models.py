@@ -54,6 +54,12 @@ graph (layers in
 topological order, each naming the layers it reads in ``FLayer.src``; a plain chain comes back
 as the sequential walk gives it), otherwise its children are walked in order;
 :func:`check_trace` then verifies that the traced layers reproduce ``model(x)``.
+A model that runs on none of those batches but on flat ones, ``(N, C*H*W)``, takes those
+(:func:`_input_form`): an MLP whose first layer is a ``Linear`` (a flatten is put in front
+of it: the layers of its ``nn.Flatten`` twin), a 1-D CNN whose ``forward`` begins
+``x.unsqueeze(1)`` / ``x[:, None]`` / ``x.view(x.size(0), 1, -1)`` of ``(N, L)`` signals, a
+2-D CNN that views ``(N, 64)`` rows as ``(N, 1, 8, 8)``; that reshape is the identity on the
+traced layers when it gives the data's own layout, and is refused otherwise.
 ``AvgPool2d`` (no padding) and ``AdaptiveAvgPool2d`` (global average pooling, or an output
 size dividing the input's), and their functional forms (``F.avg_pool2d``,
 ``F.adaptive_avg_pool2d``, ``x.mean((2, 3))``),
@@ -80,6 +86,7 @@ import os
 import sys
 import time
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -682,17 +689,74 @@ def _batch(x):
     return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
 
 
-def _model_input(model, x):
-    """The torch batch ``model`` takes for the NCHW numpy batch ``x``: :func:`_batch`, and for a
-    1-D model (:func:`_is_1d`) the ``(N, C, L)`` batch of its ``(N, C, 1, L)`` samples."""
-    t = _batch(x)
+#: How a model takes a data batch, per model and sample shape (:func:`_input_form`).
+_INPUT_FORMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _natural_batch(model, t):
+    """A data batch ``t`` (``(N, C, H, W)``) in a model's natural layout: ``(N, C, L)`` for a
+    1-D model (:func:`_is_1d`), else as it is."""
     if _is_1d(model):
         if t.dim() != 4 or t.shape[2] != 1:
             raise UnsupportedModelError(
                 f"a 1-D model (Conv1d) takes (N, C, L) batches, stored as samples of shape "
                 f"(C, 1, L); the data set's are (C, H, W) = {tuple(t.shape[1:])}")
-        t = t[:, :, 0, :].contiguous()
+        return t[:, :, 0, :].contiguous()
     return t
+
+
+def _input_form(model, t) -> str:
+    """How ``model`` takes the data batch ``t``: ``"natural"`` (:func:`_natural_batch`:
+    ``(N, C, H, W)``, a 1-D model's ``(N, C, L)``) or ``"flat"`` (``(N, C*H*W)``: an MLP
+    whose first layer is a ``Linear``, a 1-D model whose ``forward`` begins
+    ``x.unsqueeze(1)`` of ``(N, L)`` signals). The first of the two on which the model runs
+    and returns ``(N, K)`` logits, tried once per model and sample shape on two zero
+    samples in eval mode (no BatchNorm statistics change); neither is an
+    :class:`UnsupportedModelError` with both failures."""
+    import torch
+
+    key = tuple(t.shape[1:])
+    forms = _INPUT_FORMS.setdefault(model, {})
+    if key in forms:
+        return forms[key]
+    probe = torch.zeros((2, *key), dtype=t.dtype)
+    why = []
+    was_training = model.training
+    model.eval()
+    try:
+        for form in ("natural", "flat"):
+            try:
+                x = _natural_batch(model, probe) if form == "natural" else probe.flatten(1)
+                with torch.no_grad():
+                    out = model(x)
+            except UnsupportedModelError as exc:
+                why.append(f"as {form} batches: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever the model's forward raises
+                why.append(f"as {tuple(x.shape)} batches: "
+                           f"{(str(exc).splitlines() or [type(exc).__name__])[0]}")
+                continue
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == 2:
+                forms[key] = form
+                return form
+            why.append(f"as {tuple(x.shape)} batches it returns "
+                       + (f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else
+                          type(out).__name__) + ", not (N, K) logits")
+    finally:
+        model.train(was_training)
+    raise UnsupportedModelError(
+        f"the model cannot run on the data set's samples of shape (C, H, W) = {key}: "
+        + "; ".join(why))
+
+
+def _model_input(model, x):
+    """The torch batch ``model`` takes for the NCHW numpy batch ``x``: :func:`_batch`, in the
+    layout :func:`_input_form` found for it (a 1-D model's ``(N, C, L)`` of its
+    ``(N, C, 1, L)`` samples, or ``(N, C*H*W)`` for a model that takes flat samples)."""
+    t = _batch(x)
+    if _input_form(model, t) == "flat":
+        return t.flatten(1)
+    return _natural_batch(model, t)
 
 
 def _run_model(model, x, call=None):
@@ -701,9 +765,10 @@ def _run_model(model, x, call=None):
     becomes an :class:`UnsupportedModelError` saying so."""
     import torch
 
+    t = _model_input(model, x)
     try:
         with torch.no_grad():
-            return (call or model)(_model_input(model, x))
+            return (call or model)(t)
     except RuntimeError as exc:
         raise UnsupportedModelError(
             f"the model cannot run on the data set's samples of shape (C, H, W) = "
@@ -890,6 +955,8 @@ def trace_model(model, example=None) -> list[FLayer]:
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             out_fn = (name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", m.dim)
         elif isinstance(m, _leaf_types()):
+            if not layers and isinstance(m, nn.Linear):
+                layers.append(_input_flatten(None))
             layers.append(_leaf_layer(name, m, None))
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             if last is None or not last.is_compute or last.relu:
@@ -1323,6 +1390,9 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 layers.append(new)
                 new = FLayer("flatten", n.name + "_flatten", src=(len(layers) - 1,))
         elif isinstance(m, _leaf_types()):
+            if isinstance(m, nn.Linear) and srcs == (-1,):
+                layers.append(_input_flatten((-1,)))
+                srcs = (len(layers) - 1,)
             new = _leaf_layer(n.target, m, srcs)
         elif isinstance(m, _shaped_pools()):
             new = _shaped_pool_layer(n.target, m, shapes or {}, srcs)
@@ -1460,8 +1530,14 @@ def _node_shapes(gm, example) -> tuple[dict, dict]:
             return out
 
     # two samples (the one given, twice if that is all): a squeeze() then keeps the batch axis
-    _run_model(gm, np.concatenate([example[:1], example[1:2] if len(example) > 1 else
-                                   example[:1]]), Recorder(gm).run)
+    two = np.concatenate([example[:1], example[1:2] if len(example) > 1 else example[:1]])
+    _run_model(gm, two, Recorder(gm).run)
+    # a model that takes flat samples (:func:`_input_form`) reshapes them into the layout
+    # the traced layers keep, so its input's shape is that one (``x.unsqueeze(1)`` of a
+    # 1-D model's ``(N, L)`` is then the identity)
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and n in shapes:
+            shapes[n] = tuple(_natural_batch(gm, _batch(two[:1])).shape[1:])
     return shapes, values
 
 
@@ -1624,6 +1700,13 @@ def _maxpool_layer(name: str, what: str, one_d: bool, kernel, stride, padding, d
         raise UnsupportedModelError(
             f"{name}: {what} needs kernel == stride, no padding/dilation/ceil_mode")
     return FLayer("maxpool", name, kernel=k, stride=s, src=src)
+
+
+def _input_flatten(src) -> FLayer:
+    """The flatten in front of a ``Linear`` that reads the network input: the traced layers
+    take the data's ``(N, C, H, W)`` batches, the model flat ones (:func:`_input_form`) or
+    ``(N, 1, 1, F)`` ones, so both give the ``nn.Flatten`` twin's layers."""
+    return FLayer("flatten", "flatten_input", src=src)
 
 
 def _leaf_layer(name: str, m, src) -> FLayer:

@@ -28,8 +28,11 @@ A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(
 ``(B, K)``; the converted module takes any batch size. The graph needs one input of rank 4
 (NCHW) or 3 (``(N, C, L)``, a 1-D model: its 1-D ``Conv`` / ``MaxPool`` / ``AveragePool`` become
 2-D layers of ``(1, k)`` kernels, as the built-in MNIST-1D models are written, and the converted
-module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) and one output (a 1-D
-graph's of rank 2, the logits). ``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` that is no
+module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) or 2 (``(N, F)``:
+an MLP's, whose module takes the data's samples flattened, or one that every reader of it,
+an ``Unsqueeze`` / ``Reshape``, gives one ``(N, C, L)`` or ``(N, C, H, W)`` layout, which
+the module takes instead: ``x.unsqueeze(1)`` of ``(N, L)`` signals; ``OnnxNet.flat_input``)
+and one output (a 1-D graph's of rank 2, the logits). ``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` that is no
 flatten, are taken where they only add or remove axes of size 1 behind the channels (the
 identity: ``(N, C, L)`` <-> ``(N, C, 1, L)``, as torch's exporter writes 1-D pooling, or
 ``x.view(-1, 1, x.shape[-1])`` of a 1-D input) or leave ``(N, K)`` (a flatten:
@@ -85,7 +88,8 @@ def _attrs(node) -> dict:
     return out
 
 
-_RESERVED = {"steps", "input_name", "output_name", "input_shape", "batch", "one_d"}
+_RESERVED = {"steps", "input_name", "output_name", "input_shape", "batch", "one_d",
+             "flat_input"}
 
 
 def _ident(node, used: set) -> str:
@@ -122,7 +126,7 @@ def _module_class():
         """
 
         def __init__(self, input_name, output_name, steps, modules, input_shape, batch=None,
-                     one_d=False):
+                     one_d=False, flat_input=False):
             super().__init__()
             for name, m in modules:          # registered in graph order: the chain intake
                 self.add_module(name, m)     # walks the children in this order
@@ -136,6 +140,12 @@ def _module_class():
             #: True for a 1-D graph (an ``(N, C, L)`` input): the module takes ``(N, C, 1, L)``
             #: (``input_shape`` is ``(C, 1, L)``) and runs 2-D layers of ``(1, k)`` kernels.
             self.one_d = one_d
+            #: True where the graph's input is ``(N, F)``: an MLP's module takes ``(N, F)``
+            #: batches (``input_shape`` is ``(F,)``; the intake flattens the data's samples
+            #: for it, ``models._input_form``), a CNN's takes them in the layout the graph's
+            #: ``Unsqueeze`` / ``Reshape`` of its input gives them (``input_shape`` is that
+            #: one, ``(C, 1, L)`` for a 1-D graph).
+            self.flat_input = flat_input
 
         def forward(self, x):
             """Run the converted graph on an ``(N, C, H, W)`` batch."""
@@ -180,20 +190,27 @@ def onnx_to_torch(model):
             "logits)")
     dims = inputs[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    if len(shape) not in (3, 4):
+    if len(shape) not in (2, 3, 4):
         raise UnsupportedModelError(
             f"input {inputs[0].name!r} has rank {len(shape)}; the intake needs an NCHW input of "
-            "rank 4, or an (N, C, L) one of rank 3 (a 1-D model)")
+            "rank 4, an (N, C, L) one of rank 3 (a 1-D model) or an (N, F) one of rank 2 (an "
+            "MLP, or a model that reshapes it to one of the others first)")
     if any(d is None or d < 1 for d in shape[1:]):
         raise UnsupportedModelError(
             f"input {inputs[0].name!r} has shape {shape}: the channel and spatial sizes must be "
             "fixed numbers (only the batch size may be symbolic)")
     batch = shape[0] if shape[0] is not None and shape[0] > 0 else None
+    # an (N, F) input: the layout its Unsqueeze / Reshape readers give it (x.unsqueeze(1) of
+    # a 1-D model's signals), which the module takes instead; else an MLP's flat features
+    flat_input = len(shape) == 2
+    layout = _flat_input_layout(model, inputs[0].name, shape[1]) if flat_input else None
+    if layout is not None:
+        shape = [shape[0], *layout[0]]
     # a 1-D graph's tensors of rank 3, (N, C, L), run as (N, C, 1, L); ``rank`` is the ONNX one
     one_d = len(shape) == 3
     in_shape = (shape[1], 1, shape[2]) if one_d else tuple(shape[1:])
     nsp = len(shape) - 2                  # spatial axes of a conv / pooling
-    rank = {inputs[0].name: len(shape)}
+    rank = {inputs[0].name: 2 if flat_input else len(shape)}
     consts2: dict = {}      # constants that differ under the second batch probe: that value
     readers: dict = {}
     for n in g.node:
@@ -224,6 +241,11 @@ def onnx_to_torch(model):
 
     def spatial(n, k, what):
         """Refuse a ``what`` whose kernel has not the graph's spatial rank."""
+        if nsp == 0:
+            raise UnsupportedModelError(
+                f"{where(n)}: a {what} in a graph with an (N, F) input; the intake takes one "
+                "where every reader of the input is an Unsqueeze / Reshape to one (N, C, L) or "
+                "(N, C, H, W) shape (x.unsqueeze(1) of (N, L) signals)")
         if len(k) != nsp:
             raise UnsupportedModelError(
                 f"{where(n)}: a {len(k)}-D {what} in a graph with a rank-{nsp + 2} input; the "
@@ -256,7 +278,9 @@ def onnx_to_torch(model):
             if np.shape(v1) != np.shape(v2) or not np.array_equal(v1, v2):
                 consts2[o] = np.asarray(v2)
 
-    shape_of: dict = {inputs[0].name: tuple(shape[1:])}   # one sample's ONNX shape, by tensor
+    # one sample's ONNX shape, by tensor
+    shape_of: dict = {inputs[0].name: (int(np.prod(shape[1:])),) if flat_input else
+                      tuple(shape[1:])}
 
     def sample_shape(t) -> tuple:
         """The shape of one sample of the computed tensor ``t``: the graph so far, run on a
@@ -283,6 +307,9 @@ def onnx_to_torch(model):
         elif kind == "flatten":
             add(n, nn.Flatten(), src)
         else:
+            if flat_input and src == inputs[0].name:
+                refusal += (" (an (N, F) input is taken in an (N, C, L) / (N, C, H, W) layout "
+                            "where every reader of it is an Unsqueeze / Reshape to that shape)")
             raise UnsupportedModelError(
                 f"{where(n)}: {refusal}; here one sample's shape {src_shape} becomes "
                 f"{out_shape}")
@@ -318,6 +345,11 @@ def onnx_to_torch(model):
         if src not in rank:
             raise UnsupportedModelError(f"{where(n)}: input {src!r} is not computed before it")
         out = n.output[0]
+        if layout is not None and n.name in layout[1]:
+            # the reshape of the (N, F) input to the layout the module takes it in
+            steps.append(("alias", None, [src], out))
+            shape_of[out], rank[out] = tuple(layout[0]), len(layout[0]) + 1
+            continue
         if op == "Shape":
             full = np.array([BATCH_PROBES[0], *sample_shape(src)], dtype=np.int64)
             cut = slice(a.get("start", 0), a.get("end"))
@@ -600,7 +632,43 @@ def onnx_to_torch(model):
             f"the graph output {out_name!r} has rank {rank[out_name]}; a 1-D graph must end "
             "with (N, classes) logits (a Gemm / MatMul after a flatten)")
     return _module_class()(inputs[0].name, out_name, steps, modules, in_shape, batch,
-                           one_d).eval()
+                           one_d, flat_input).eval()
+
+
+def _flat_input_layout(model, name: str, features: int):
+    """``(shape, nodes)`` for an ``(N, F)`` graph input ``name`` whose every reader is an
+    ``Unsqueeze`` / ``Reshape`` to one ``(N, C, L)`` or ``(N, C, H, W)`` shape of ``F``
+    values (a ``Shape`` of it reads no values; the shape from ONNX shape inference with data
+    propagation, so ``x.view(x.size(0), 1, -1)``'s computed one counts, its one ``-1``
+    resolved from ``F``): ``shape`` is one sample's, ``nodes`` the readers' names. ``None``
+    where the input has another reader (an MLP's ``Gemm``) or the shape is not known."""
+    from onnx import shape_inference
+
+    readers = [n for n in model.graph.node if name in n.input and n.op_type != "Shape"]
+    if not readers or any(n.op_type not in ("Unsqueeze", "Reshape") or not n.name
+                          for n in readers):
+        return None
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - a graph shape inference cannot handle: no layout
+        return None
+    known = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    shapes = set()
+    for n in readers:
+        v = known.get(n.output[0])
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in v.type.tensor_type.shape.dim] if v is not None else []
+        dims = [d if d else None for d in dims[1:]]
+        unknown = [i for i, d in enumerate(dims) if d is None]
+        rest = int(np.prod([d for d in dims if d is not None]))
+        if len(unknown) == 1 and features % rest == 0:
+            dims[unknown[0]] = features // rest     # a -1 behind a symbolic batch size
+        if len(dims) not in (2, 3) or None in dims or int(np.prod(dims)) != features:
+            return None
+        shapes.add(tuple(dims))
+    if len(shapes) != 1:
+        return None
+    return shapes.pop(), {n.name for n in readers}
 
 
 def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
@@ -653,7 +721,8 @@ def load_onnx(path, n_check: int = 4, seed: int = 0, rtol: float = 1e-4):
         -1, 1, (-(-n_check // bsz) * bsz, *net.input_shape)).astype(np.float32)
     try:
         ev = ReferenceEvaluator(model)
-        feed = x[:, :, 0, :] if net.one_d else x        # the graph's own (N, C, L)
+        # the graph's own (N, F) / (N, C, L)
+        feed = x.reshape(len(x), -1) if net.flat_input else x[:, :, 0, :] if net.one_d else x
         ref = np.concatenate([np.asarray(ev.run(None, {net.input_name: feed[i:i + bsz]})[0])
                               for i in range(0, len(x), bsz)])
     except Exception as exc:  # noqa: BLE001 - the reference evaluator's own failures

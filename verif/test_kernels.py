@@ -72,6 +72,37 @@ def test_baseline_kernel_exact(name, bits):
     _check(name, bits, "baseline")
 
 
+@pytest.mark.parametrize("impl", ["mpq", "baseline"])
+@pytest.mark.parametrize("name", ["pointwise", "linear-logits"])
+def test_sums_that_wrap_are_bit_exact(name, impl):
+    """INT16 weights at +-32767 and unsigned INT16 inputs near 65535: most int32 sums wrap
+    around (counted here in exact integers), as the integer model's accumulators do
+    (``qnn.wrap32``), and the kernels wrap the same way (the baseline C sums are
+    ``uint32_t``: a signed ``int32_t`` overflow would be undefined behaviour)."""
+    variant, cin, cout, h, w, k, s, ob = SHAPES[name]
+    seed = _seed(name, 16, impl + "-wrap")
+    print(f"seed {seed} (replay: RVMPQ_KERNEL_SEED={BASE_SEED} pytest "
+          f"verif/test_kernels.py -k 'wrap and {name} and {impl}')")
+    rng = np.random.default_rng(seed)
+    layer = random_layer(variant, 16, cin, cout, h, w, k, s, rng=rng, out_bits=ob,
+                         a_signed=False)
+    wt = np.where(rng.random(layer.weight.shape) < 0.8, 32767, -32767)
+    layer = dataclasses.replace(layer, weight=wt.astype(layer.weight.dtype))
+    a = rng.integers(60000, 65536, layer.in_shape)
+    # exact sums, in Python integers: the 1x1 / linear dot product of every output
+    pix = a.reshape(-1, cin).tolist()
+    wrows = wt.reshape(cout, cin).tolist()
+    sums = [sum(x * v for x, v in zip(p, r)) + int(b) for p in pix
+            for r, b in zip(wrows, layer.bias.tolist())]
+    wrapped = sum(not -2 ** 31 <= v < 2 ** 31 for v in sums)
+    assert wrapped > len(sums) // 2, (wrapped, len(sums))
+    ref = reference_output(layer, a)
+    res = run_layer(layer, a, impl)
+    bad = np.argwhere(res.output != ref)
+    assert bad.size == 0, (f"{name} {impl}: {len(bad)} of {ref.size} outputs differ "
+                           f"({wrapped} sums wrap; seed {seed}, {res.elf})")
+
+
 def test_mpq_beats_baseline():
     """The extension must be much faster than plain RV32IM on a conv layer at INT2."""
     rng = np.random.default_rng(BASE_SEED)

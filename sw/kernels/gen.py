@@ -722,7 +722,12 @@ def _baseline_types(pl: KernelPlan, layer: QLayer) -> tuple[str, str, str]:
 
 
 def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
-    """Plain RV32IM C kernel (no extension): int8/int16 storage, 4 output channels blocked."""
+    """Plain RV32IM C kernel (no extension): int8/int16 storage, 4 output channels blocked.
+
+    The sums are ``uint32_t``: they wrap modulo 2**32 as the integer model's int32
+    accumulator does (``qnn.wrap32``), where a signed ``int32_t`` overflow would be undefined
+    behaviour the compiler may assume away; each product of two 8- or 16-bit values fits an
+    ``int32_t``."""
     raw = pl.out_bits == 32
     L = []
     ap = L.append
@@ -748,13 +753,13 @@ def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
         ap(f"    for (int ox = 0; ox < {pl.wo}; ox++) {{")
         ap(f"        const act_t *ab = act + ((oy * {pl.sh}) * {pl.wp} + ox * {pl.sw}) * {pl.cin};")
         ap(f"        for (int c = 0; c < {pl.cin}; c++) {{")
-        ap("            int32_t s = bias[c];")
+        ap("            uint32_t s = (uint32_t)bias[c];")
         ap(f"            const wt_t *w = wt + c * {taps};")
         for ky in range(pl.kh):
             for kx in range(pl.kw):
-                ap(f"            s += (int32_t)ab[{(ky * pl.wp + kx) * pl.cin} + c] * "
-                   f"(int32_t)w[{ky * pl.kw + kx}];")
-        o = "s" if raw else "rq(s, mult[c])"
+                ap(f"            s += (uint32_t)((int32_t)ab[{(ky * pl.wp + kx) * pl.cin} + c] * "
+                   f"(int32_t)w[{ky * pl.kw + kx}]);")
+        o = "(int32_t)s" if raw else "rq((int32_t)s, mult[c])"
         ap(f"            out[(oy * {pl.wo} + ox) * {pl.cout_pad} + c] = {o};")
         ap("        }")
         ap("    }")
@@ -769,7 +774,8 @@ def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
         ap(f"{ind}out_t *op = out + (oy * {pl.wo} + ox) * {pl.cout_pad};")
         ap(f"{ind}for (int co = 0; co < {pl.cout_pad}; co += 4) {{")
         for q in range(p):
-            ap(f"{ind}    int32_t " + ", ".join(f"s{q}_{j} = bias[co + {j}]" for j in range(4)) + ";")
+            ap(f"{ind}    uint32_t " + ", ".join(f"s{q}_{j} = (uint32_t)bias[co + {j}]"
+                                           for j in range(4)) + ";")
         ap(f"{ind}    const wt_t *w0 = wt + co * {kk};")
         ap(f"{ind}    for (int ky = 0; ky < {pl.kh}; ky++) {{")
         ap(f"{ind}        const act_t *ar = ab + ky * {pl.wp * pl.cin};")
@@ -779,12 +785,13 @@ def _emit_baseline(layer: QLayer, pl: KernelPlan) -> str:
            + ";")
         for q in range(p):
             ap(f"{ind}            {{ int32_t x = ar[t + {q * pl.sw * pl.cin}];")
-            ap(f"{ind}              " + " ".join(f"s{q}_{j} += x * w{j};" for j in range(4)) + " }")
+            ap(f"{ind}              " + " ".join(f"s{q}_{j} += (uint32_t)(x * w{j});"
+                                                 for j in range(4)) + " }")
         ap(f"{ind}        }}")
         ap(f"{ind}    }}")
         for q in range(p):
             for j in range(4):
-                o = f"s{q}_{j}" if raw else f"rq(s{q}_{j}, mult[co + {j}])"
+                o = f"(int32_t)s{q}_{j}" if raw else f"rq((int32_t)s{q}_{j}, mult[co + {j}])"
                 ap(f"{ind}    op[{q * pl.cout_pad} + co + {j}] = {o};")
         ap(f"{ind}}}")
 

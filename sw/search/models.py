@@ -711,8 +711,8 @@ def _input_form(model, t) -> str:
     whose first layer is a ``Linear``, a 1-D model whose ``forward`` begins
     ``x.unsqueeze(1)`` of ``(N, L)`` signals). The first of the two on which the model runs
     and returns ``(N, K)`` logits, tried once per model and sample shape on two zero
-    samples in eval mode (no BatchNorm statistics change); neither is an
-    :class:`UnsupportedModelError` with both failures."""
+    samples in eval mode (no BatchNorm statistics change). Where neither does, an
+    :class:`UnsupportedModelError` says what each try gave."""
     import torch
 
     key = tuple(t.shape[1:])

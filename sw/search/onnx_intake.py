@@ -29,15 +29,15 @@ A graph exported with a fixed batch size ``B`` may flatten with a reshape to ``(
 (NCHW) or 3 (``(N, C, L)``, a 1-D model: its 1-D ``Conv`` / ``MaxPool`` / ``AveragePool`` become
 2-D layers of ``(1, k)`` kernels, as the built-in MNIST-1D models are written, and the converted
 module takes the data's ``(N, C, 1, L)`` samples; ``OnnxNet.one_d``) or 2 (``(N, F)``:
-an MLP's, whose module takes the data's samples flattened, or one that every reader of it,
-an ``Unsqueeze`` / ``Reshape``, gives one ``(N, C, L)`` or ``(N, C, H, W)`` layout, which
-the module takes instead: ``x.unsqueeze(1)`` of ``(N, L)`` signals; ``OnnxNet.flat_input``)
-and one output (a 1-D graph's of rank 2, the logits). ``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` that is no
-flatten, are taken where they only add or remove axes of size 1 behind the channels (the
-identity: ``(N, C, L)`` <-> ``(N, C, 1, L)``, as torch's exporter writes 1-D pooling, or
-``x.view(-1, 1, x.shape[-1])`` of a 1-D input) or leave ``(N, K)`` (a flatten:
-``x.squeeze(-1)`` after a global pooling); so is a ``Gather`` of the one element of a size-1
-axis (``x[:, :, 0]``).
+an MLP's, whose module takes ``(N, F)`` batches, the data's samples flattened, or one that
+every reader of it, an ``Unsqueeze`` / ``Reshape``, gives one ``(N, C, L)`` or
+``(N, C, H, W)`` layout, which the module takes instead: ``x.unsqueeze(1)`` of ``(N, L)``
+signals; ``OnnxNet.flat_input``) and one output (a 1-D graph's of rank 2, the logits).
+``Squeeze`` / ``Unsqueeze``, and a ``Reshape`` that is no flatten, are taken where they only
+add or remove axes of size 1 behind the channels (the identity: ``(N, C, L)`` <->
+``(N, C, 1, L)``, as torch's exporter writes 1-D pooling, or ``x.view(-1, 1, x.shape[-1])``
+of a 1-D input) or leave ``(N, K)`` (a flatten: ``x.squeeze(-1)`` after a global pooling); so
+is a ``Gather`` of the one element of a size-1 axis (``x[:, :, 0]``).
 
 After the conversion, :func:`load_onnx` runs the module and ONNX's own reference evaluator
 (``onnx.reference``) on the same random batch and refuses the file unless they agree, so a

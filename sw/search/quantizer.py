@@ -471,7 +471,7 @@ class Quantizer:
                         "need different precisions " + str(sorted({r[2] for r in reqs})) +
                         "; give them equal a_bits")
                 if len({r[:3] for r in reqs}) > 1:   # a tie group's one grid: cannot happen
-                    raise AssertionError(
+                    raise RuntimeError(
                         "layers " + ", ".join(r[3] for r in reqs) + " read the same tensor at "
                         f"{reqs[0][2]} bits on different grids (scale, signed) "
                         + str(sorted({(float(r[0]), r[1]) for r in reqs}))

@@ -1333,7 +1333,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             if relu_fn and prev.kind == "concat":
                 # relu(cat(a, b)) == cat(relu(a), relu(b)): into each input's producer
                 bound = _relu_max(n.name, m, n)
-                for a in made[i].args[0] if made[i].args else made[i].kwargs["tensors"]:
+                for a in _cat_tensors(made[i]):
                     j = fused_into(a, True)
                     if j is not None:
                         _fuse_relu(layers[j], bound)
@@ -1349,7 +1349,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 # bn(cat(a, b)) == cat(bn_a(a), bn_b(b)): each input's channels of the
                 # BatchNorm folded into its conv / linear
                 lo = 0
-                for a in made[i].args[0] if made[i].args else made[i].kwargs["tensors"]:
+                for a in _cat_tensors(made[i]):
                     j = fused_into(a, False)
                     if j is None or layers[j].kind not in ("conv", "linear") or layers[j].relu:
                         raise UnsupportedModelError(
@@ -1430,13 +1430,18 @@ def _concat_functions() -> tuple:
                  if f is not None)
 
 
+def _cat_tensors(n):
+    """The tensors argument of a ``torch.cat`` fx node ``n``, positional or ``tensors=``."""
+    return n.args[0] if n.args else n.kwargs.get("tensors", ())
+
+
 def _concat_inputs(n, shapes) -> list:
     """The input nodes of a ``torch.cat`` fx node ``n`` after checking that it concatenates
     two or more tensors along the channels (dim 1, or the negative dim that is axis 1 of its
     rank, read from ``shapes()``: :func:`_node_shapes` of the example run)."""
     import torch
 
-    xs = n.args[0] if n.args else n.kwargs.get("tensors", ())
+    xs = _cat_tensors(n)
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", n.kwargs.get("axis", 0))
     if not isinstance(xs, (list, tuple)) or not all(isinstance(a, torch.fx.Node) for a in xs):
         raise UnsupportedModelError(f"{n.name}: a concatenation of {xs!r}; supported: a list "
@@ -1473,10 +1478,10 @@ def check_concats(layers: list[FLayer]) -> None:
             return [p for s in l.src for p in producers(s)]
         return [i]
 
-    for l in layers:
+    for i, l in enumerate(layers):
         if l.kind != "concat":
             continue
-        ps = producers(layers.index(l))
+        ps = producers(i)
         act = {(False, None) if p < 0 else (layers[p].relu, layers[p].relu_max) for p in ps}
         if len(act) > 1:
             def text(p):

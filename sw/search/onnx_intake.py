@@ -239,6 +239,14 @@ def onnx_to_torch(model):
             raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
         return _geom(pads[:nsp], one_d, 0)
 
+    def node_axes(n, a, ins) -> list:
+        """The ``axes`` of a Reduce / Squeeze / Unsqueeze node: its attribute (opset < 13 /
+        18) or its constant second input; ``[]`` where it has neither."""
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1]:
+            axes = const(n, ins[1], "axes")
+        return [int(v) for v in np.asarray(axes if axes is not None else []).reshape(-1)]
+
     def spatial(n, k, what):
         """Refuse a ``what`` whose kernel has not the graph's spatial rank."""
         if nsp == 0:
@@ -497,11 +505,7 @@ def onnx_to_torch(model):
         elif op in ("ReduceMean", "ReduceMax"):
             # torch's default exporter writes AdaptiveAvgPool2d(1) / x.mean((2, 3)) and
             # AdaptiveMaxPool2d(1) / x.amax((2, 3)) this way
-            axes = a.get("axes")
-            if axes is None and len(ins) > 1 and ins[1]:
-                axes = const(n, ins[1], "axes")
-            axes = sorted(int(v) % rank[src] for v in np.asarray(
-                axes if axes is not None else []).reshape(-1))
+            axes = sorted(v % rank[src] for v in node_axes(n, a, ins))
             what = "mean" if op == "ReduceMean" else "max"
             if rank[src] < 3 or axes != list(range(2, rank[src])):
                 raise UnsupportedModelError(
@@ -577,10 +581,7 @@ def onnx_to_torch(model):
             # axes of size 1 behind the channels: a 1-D graph's (N, C, L) runs as (N, C, 1, L)
             # (torch's dynamo exporter writes AdaptiveMaxPool1d(1) with an Unsqueeze of axis
             # 2), x.squeeze(-1) after a global pooling is a flatten (reshaped)
-            axes = a.get("axes")
-            if axes is None and len(ins) > 1 and ins[1]:
-                axes = const(n, ins[1], "axes")
-            axes = [int(v) for v in np.asarray(axes if axes is not None else []).reshape(-1)]
+            axes = node_axes(n, a, ins)
             full = [1, *sample_shape(src)]          # the batch axis, then one sample's
             if op == "Squeeze":
                 axes = sorted({v % len(full) for v in axes} if axes else

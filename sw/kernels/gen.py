@@ -398,6 +398,14 @@ def _ldot_head(ap, layer: QLayer, pl: KernelPlan, var: str, nblocks: int, wstrid
        f"{pl.cw}{ar_extra};")
 
 
+def _ldw(var: str, word: int, base: str) -> str:
+    """The ``LDW`` of the activation word ``word`` words past ``base``: ``lw`` takes a byte
+    offset of at most 2047, so from 512 words on the base moves by 512 words at a time (a
+    kernel row of more than 512 words: many channels at high precision times a wide kernel)."""
+    q, r = divmod(word, 512)
+    return f"LDW({var}, {4 * r}, {base if q == 0 else f'({base} + {512 * q})'})"
+
+
 def _ldot_tail(ap, pl: KernelPlan, var: str, nb: int, raw: bool) -> None:
     """The closing both ``mpq.ldot`` kernels share: the pixel's ``nb`` accumulators stored as
     int32 (``raw``, ``mpq.accrd``) or requantized and packed ``pl.lo`` per word
@@ -455,11 +463,11 @@ def _emit_mpq_ldot(layer: QLayer, pl: KernelPlan) -> str:
         # the row's activations: ar + ky * WPAD * CW words; its weights: wp + ky * KROW * NB
         aoff = 0 if ky is None else ky * pl.wp * pl.cw
         woff = 0 if ky is None else ky * krow * nb
-        ap(f"              LDW(x0, {4 * aoff}, ar);")
+        ap(f"              {_ldw('x0', aoff, 'ar')};")
         for t in range(krow):
             cur, nxt = f"x{t % 2}", f"x{(t + 1) % 2}"
             if t + 1 < krow:
-                ap(f"              LDW({nxt}, {4 * (aoff + t + 1)}, ar);")
+                ap(f"              {_ldw(nxt, aoff + t + 1, 'ar')};")
             g, tt = divmod(t, 8)
             wo = woff + 128 * g
             base = "wp" if wo == 0 else f"(wp + {wo})"
@@ -606,6 +614,21 @@ def _emit_mpq_gemm(layer: QLayer, pl: KernelPlan) -> str:
     return "\n".join(L) + "\n"
 
 
+def _depthwise_weight_word(j: int, t: int, taps: int) -> tuple[str, int]:
+    """Where the depthwise ``ldot`` kernel finds accumulator ``j``'s weight word of tap ``t``
+    (word ``j * taps + t`` of the channel word's block at ``wb``): a base pointer and an
+    ``mpq.ldot`` offset 0..127. A base serves up to 8 accumulators, fewer where their taps
+    would reach past offset 127 (a kernel of more than 16 taps, such as a global average
+    pooling), and a kernel of more than 128 taps moves the base every 128 words."""
+    word = j * taps + t
+    if taps <= 128:
+        per = min(8, 128 // taps)
+        first = j // per * per * taps
+    else:
+        first = word // 128 * 128
+    return ("wb" if first == 0 else f"(wb + {first})"), word - first
+
+
 def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
     """Depthwise conv with ``mpq.ldot`` (one-hot weight words, 1 MAC per ``ldot``).
 
@@ -626,7 +649,7 @@ def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
 
     def load(var, ky, kx):
         row = "ar" if ky == 0 else f"(ar + {ky * pl.wp * pl.cw})"
-        ap(f"            LDW({var}, {4 * kx * pl.cw}, {row});")
+        ap(f"            {_ldw(var, kx * pl.cw, row)};")
 
     load("x0", *tap_list[0])
     for t, (ky, kx) in enumerate(tap_list):
@@ -634,9 +657,8 @@ def _emit_mpq_depthwise_ldot(layer: QLayer, pl: KernelPlan) -> str:
         if t + 1 < len(tap_list):
             load(nxt, *tap_list[t + 1])
         for j in range(la):
-            g, jj = divmod(j, 8)
-            base = "wb" if g == 0 else f"(wb + {8 * taps})"
-            ap(f"            {ldot}({j}, {cur}, {base}, {jj * taps + t});")
+            base, off = _depthwise_weight_word(j, t, taps)
+            ap(f"            {ldot}({j}, {cur}, {base}, {off});")
     _ldot_tail(ap, pl, "c", la, raw)
     return "\n".join(L) + "\n"
 

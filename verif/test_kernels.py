@@ -1,8 +1,8 @@
 """Layer kernels on the RTL, bit for bit against the integer network model (sw/search/qnn.py).
 
-Every kernel variant (conv KxK, pointwise 1x1, depthwise 3x3, fully connected) at every
-precision (INT2/4/8/16), on the ``mpq`` core (MPQ kernels) and on the ``baseline`` core (plain
-RV32IM kernels), with random small shapes, data and requantization parameters.
+Every kernel variant (conv KxK, pointwise 1x1, depthwise 3x3 / 5x5 / 12x12, fully connected) at
+every precision (INT2/4/8/16), on the ``mpq`` core (MPQ kernels) and on the ``baseline`` core
+(plain RV32IM kernels), with random small shapes, data and requantization parameters.
 
 Seeded: the seed is printed; replay a failure with ``RVMPQ_KERNEL_SEED=<seed> pytest
 verif/test_kernels.py -k <test id>``.
@@ -33,6 +33,10 @@ SHAPES = {
     # mpq.dot kernel, not ldot, below INT2 inputs)
     "depthwise-out2": ("depthwise", 16, 16, 4, 4, 3, 1, 2),
     "linear-logits": ("linear", 37, 10, 1, 1, 1, 1, 32),
+    # more taps than 8 accumulators' mpq.ldot offsets (0..127) reach: 25, and 144 (more than
+    # 128; the kernel over its whole input, as a global average pooling runs)
+    "depthwise-5x5": ("depthwise", 16, 16, 6, 5, 5, 1, None),
+    "depthwise-global": ("depthwise", 16, 16, 12, 12, 12, 1, None),
 }
 
 
@@ -159,12 +163,59 @@ def test_cycles_do_not_depend_on_multiplier_values(seed, variant, bits):
     assert len(set(cycles)) == 1, cycles
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+@pytest.mark.parametrize("kind", ["conv-1x33", "depthwise-1x40"])
+def test_kernel_rows_beyond_the_lw_offsets_are_exact(kind, bits):
+    """Kernel rows of more than 512 words at INT16 (an ``lw`` reaches 2047 bytes past its
+    base): a 1x33 conv of 32 channels (528 words; a dilated 1-D conv as the intake runs it)
+    and a 1x40 depthwise over the whole signal (a global average pooling of 32 channels: the
+    last tap 624 words on); exact at every precision."""
+    from rvmpq.sw.costs import shape_layer
+    from rvmpq.sw.search.costs_api import LayerShape
+
+    shape = (LayerShape("conv", 32, 16, 1, 40, 1, 33, (1, 1), (0, 16)) if kind == "conv-1x33"
+             else LayerShape("conv", 32, 32, 1, 40, 1, 40, (1, 1), (0, 0), groups=32))
+    layer, a = shape_layer(shape, bits, seed=BASE_SEED)
+    print(f"seed {BASE_SEED} (replay: RVMPQ_KERNEL_SEED={BASE_SEED} pytest "
+          f"verif/test_kernels.py -k 'rows_beyond and {kind} and {bits}')")
+    res = run_layer(layer, a, "mpq")
+    assert np.array_equal(res.output, reference_output(layer, a)), res.elf
+
+
 def test_layer_too_big_for_dmem():
-    from rvmpq.sw.kernels.run import build_layer_program
+    from rvmpq.sw.kernels.run import build_layer_program, layer_dmem_kib
     rng = np.random.default_rng(1)
     layer = random_layer("conv", 16, 64, 64, 24, 24, 3, 1, rng=rng)
     with pytest.raises(KernelLayerError, match="DMEM"):
         build_layer_program(layer, random_input(layer, rng), "mpq")
+    assert layer_dmem_kib(layer) == 256
+    with pytest.raises(KernelLayerError, match="but the SoC has 65536"):
+        layer_dmem_kib(layer, grow=False)
+    huge = random_layer("conv", 16, 256, 256, 32, 32, 3, 1, rng=rng)
+    with pytest.raises(KernelLayerError, match="but the SoC has 1048576"):
+        layer_dmem_kib(huge)
+
+
+def test_a_layer_beyond_64_kib_runs_on_a_larger_dmem_in_the_same_cycles():
+    """A layer whose weights and maps do not fit the SoC's 64 KiB runs (bit-exact) on the
+    smallest power-of-two DMEM that holds it, so its cost can be measured; a layer that fits
+    takes the same cycles on 64 and 128 KiB (no cache: the DMEM size changes addresses only)."""
+    from rvmpq.sw.kernels.run import build_layer_program, soc_verilog_cached
+    from rvmpq.sw.runtime.runner import run_elf
+
+    rng = np.random.default_rng(3)
+    big = random_layer("conv", 16, 48, 48, 6, 6, 5, 1, rng=rng)   # 115 KiB of INT16 weights
+    a = random_input(big, rng)
+    r = run_layer(big, a, "mpq")
+    assert np.array_equal(r.output, reference_output(big, a)) and "-d128-" in r.elf.name
+    small = random_layer("conv", 16, 32, 32, 6, 6, 3, 1, rng=rng)
+    a = random_input(small, rng)
+    r64 = run_layer(small, a, "mpq")
+    elf, _ = build_layer_program(small, a, "mpq", None, 128)
+    r128 = run_elf(elf, config="mpq", max_cycles=10 ** 8, signature=True,
+                   verilog=soc_verilog_cached("mpq", 128), dmem_kib=128)
+    assert r128.exit_code == 0 and r128.signature[0] == r64.cycles, (r128.signature[0],
+                                                                     r64.cycles)
 
 
 def test_overrun_fails_loudly():

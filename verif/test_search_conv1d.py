@@ -104,12 +104,7 @@ def test_1d_model_needs_samples_of_height_1():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: nn.Conv2d(1, 4, (3, 4), padding="same"),
-     "0: Conv2d padding='same' with the even kernel (3, 4) pads one side more"),
-    (lambda: nn.Conv1d(1, 4, 4, padding="same"), "0: Conv1d padding='same' with the even kernel 4"),
     (lambda: nn.Conv1d(1, 4, 3, padding_mode="circular"), "0: Conv1d padding_mode='circular'"),
-    (lambda: nn.Conv1d(1, 4, 3, dilation=2), "0: dilated Conv1d is not supported"),
-    (lambda: nn.Conv1d(4, 8, 3, groups=2), "0: Conv1d with groups=2 (4 -> 8 channels)"),
     (lambda: nn.MaxPool1d(3, 2), "0: MaxPool1d needs kernel == stride"),
     (lambda: nn.Sequential(nn.Conv1d(1, 4, 3), nn.AvgPool1d(2, padding=1)),
      "0.1: AvgPool1d needs no padding"),

@@ -252,7 +252,10 @@ def _conv_model(**conv_attrs):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: _conv_model(pads=[1, 1, 0, 0]), "pads [1, 1, 0, 0] are not symmetric"),
+    (lambda: _graph_model([helper.make_node("MaxPool", ["x"], ["y"], name="mp",
+                                            kernel_shape=[2, 2], pads=[1, 1, 0, 0])], [],
+                          (1, 4, 4), (1, 2, 2)),
+     "node mp (MaxPool): pads [1, 1, 0, 0] are not symmetric"),
     (lambda: _graph_model([helper.make_node("LpPool", ["x"], ["y"], name="lp",
                                             kernel_shape=[2, 2])], [], (1, 4, 4), (1, 3, 3)),
      "node lp (LpPool) is not supported; supported ONNX operators"),

@@ -213,9 +213,8 @@ def test_mnist1d_resnet_builds_traces_and_quantizes():
     (nn.Sequential(nn.ReLU(), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)),
      "ReLU must follow a Conv2d/Linear/BatchNorm, directly or through max pooling"),
     (nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()), "last module"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2, 2)), "dilated"),
-    (nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8, 2)),
-     "groups=2 \\(4 -> 8 channels\\); supported: groups=1 or depthwise"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="reflect"), nn.Flatten(), nn.Linear(2, 2)),
+     "padding_mode='reflect'; supported: 'zeros'"),
 ])
 def test_trace_rejects_unsupported(mod, msg):
     with pytest.raises(UnsupportedModelError, match=msg):

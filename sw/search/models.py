@@ -28,8 +28,12 @@ Built-in models (weights cached under ``<build>/models/``, ``<build>`` being
 
 Intake (:func:`trace_model`): a ``torch.nn.Module`` is walked in module order (``nn.Sequential``
 nesting is flattened) into a list of :class:`FLayer`. Supported: ``Conv2d`` (any kernel, stride,
-padding given as ints or pairs, ``"same"`` with an odd kernel, or ``"valid"``; groups 1 or
-depthwise), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
+padding given as ints or pairs, ``"same"`` or ``"valid"``, dilation and groups; a zero
+padding in front, ``F.pad`` / ``nn.ZeroPad2d``, is added to its padding; what the kernels do
+not run as written becomes the conv that computes the same values: a dilated kernel the
+plain one with zero taps, padding that differs between two sides of an axis the larger on
+both with zero taps, a grouped conv other than depthwise the dense one with zero blocks;
+``FLayer.note`` says so and what it costs), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
 into it), ``ReLU`` after a conv/linear/BN, directly or through max pooling / flattens (with
 which it commutes; fused as the requant clamp; a second one on the same layer is the clamp to
 the smaller bound), ``MaxPool2d`` (kernel == stride, no padding),
@@ -66,7 +70,11 @@ size dividing the input's), and their functional forms (``F.avg_pool2d``,
 become the depthwise conv that computes them, with constant weights ``1 / (kh * kw)`` (so they
 get a precision like any conv; :func:`trace_model` needs an example input to size them).
 Stacking (``torch.stack``) is rejected with an error naming what is supported; the last
-layer must be a conv/linear without ReLU (it produces the int32 logits). Residual adds run in
+layer must be a conv/linear without ReLU (it produces the int32 logits). Logits that a conv
+gives are rewritten into a linear layer where that is exact (:func:`_linear_head`): a 1x1
+conv before a global average pooling runs after the pooling, a conv over its whole input
+(a 1x1 conv of a pooled ``(C, 1, 1)``) and a global average pooling at the end, flattened,
+are linear layers. Residual adds run in
 the quantizer and the integer model, and ``rvmpq deploy`` runs each as a stage of its own (the
 one-layer kernels reject an add with a clear error). A concatenation is one quantized tensor
 whose inputs' producers requantize straight onto its grid (they share their consumers'
@@ -132,7 +140,8 @@ SUPPORTED_MODULES = ("Conv2d", "Linear", "BatchNorm2d", "BatchNorm1d", "ReLU", "
                      "Hardtanh (min_val 0)", "MaxPool2d", "AdaptiveMaxPool2d",
                      "AvgPool2d", "AdaptiveAvgPool2d", "Conv1d", "MaxPool1d",
                      "AdaptiveMaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d",
-                     "Flatten", "Dropout (any)", "Identity", "Softmax (last)",
+                     "Flatten", "ZeroPad1d/2d, ConstantPad1d/2d of 0 (before a conv)",
+                     "Dropout (any)", "Identity", "Softmax (last)",
                      "LogSoftmax (last)")
 
 
@@ -602,6 +611,10 @@ class FLayer:
         Indices (in the layer list) of the layers whose outputs this one reads, ``-1`` for the
         network input; ``None`` (every sequential model) means the previous layer. An ``"add"``
         layer (residual add) reads two, a ``"concat"`` two or more.
+    note : str, optional
+        How the intake rewrote the model's layer into one the kernels run, computing the same
+        values (a dilated or grouped conv, a conv head), and what that costs; the search logs
+        it.
     out_fn : str, optional
         On the last layer only: the function of the logits the model's ``forward`` ends with
         (one of :data:`OUTPUT_FNS`, over the class axis), which the traced layers, the integer
@@ -622,6 +635,7 @@ class FLayer:
     src: tuple | None = None
     relu_max: float | None = None
     out_fn: str | None = None
+    note: str | None = None
 
     @property
     def is_compute(self) -> bool:
@@ -947,17 +961,25 @@ def trace_model(model, example=None) -> list[FLayer]:
         raise UnsupportedModelError("the model has no child modules to trace")
     layers: list[FLayer] = []
     out_fn = None                    # (module name, function, dim) of a final (Log)Softmax
+    pad = None                       # (module name, sides) of a zero padding before a conv
     for name, m in mods:
         last = layers[-1] if layers else None
         tname = type(m).__name__
+        if pad and not isinstance(m, (nn.Conv1d, nn.Conv2d, *_pad_modules())):
+            raise UnsupportedModelError(f"{pad[0]}: a zero padding is taken in front of a conv "
+                                        f"(it becomes its padding), not of {name} ({tname})")
         if out_fn and not isinstance(m, _skipped_modules()):
             raise UnsupportedModelError(f"{out_fn[0]}: {LAST_ONLY}")
         if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
             out_fn = (name, "softmax" if isinstance(m, nn.Softmax) else "log_softmax", m.dim)
+        elif isinstance(m, _pad_modules()):
+            sides = _zero_pad(name, m.padding, "constant", m.value)
+            pad = (name, sides if pad is None else tuple(map(sum, zip(pad[1], sides))))
         elif isinstance(m, _leaf_types()):
             if not layers and isinstance(m, nn.Linear):
                 layers.append(_input_flatten(None))
-            layers.append(_leaf_layer(name, m, None))
+            layers.append(_leaf_layer(name, m, None, pad and pad[1]))
+            pad = None
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             if last is None or not last.is_compute or last.relu:
                 raise UnsupportedModelError(
@@ -983,6 +1005,10 @@ def trace_model(model, example=None) -> list[FLayer]:
                 f"{name}: {tname} is not supported; supported modules: {list(SUPPORTED_MODULES)} "
                 "in sequential order (residual adds and concatenations are traced from a "
                 "module's forward, not from an nn.Sequential)")
+    if pad:
+        raise UnsupportedModelError(f"{pad[0]}: a zero padding is taken in front of a conv "
+                                    "(it becomes its padding), not at the end")
+    _linear_head(layers, example)
     comp = [l for l in layers if l.is_compute]
     if not comp:
         raise UnsupportedModelError("the model has no Conv2d/Linear layer")
@@ -992,6 +1018,83 @@ def trace_model(model, example=None) -> list[FLayer]:
     if out_fn:
         layers[-1].out_fn = _output_fn(*out_fn, layers[-1])
     return layers
+
+
+def _is_global_avgpool(l: FLayer, chw) -> bool:
+    """Whether ``l`` is an average pooling (:func:`_pool_conv`) over the whole of its
+    ``(C, H, W)`` input, without ReLU."""
+    return (l.kind == "conv" and not l.relu and l.groups == l.weight.shape[0] == chw[0]
+            and l.weight.shape[1] == 1 and tuple(l.kernel) == tuple(chw[1:])
+            and l.padding == (0, 0) and not l.bias.any()
+            and np.all(l.weight == 1.0 / (l.kernel[0] * l.kernel[1])))
+
+
+def _linear_head(layers: list[FLayer], example) -> None:
+    """Rewrite, in place, a model whose logits come from a conv into one whose last layer is a
+    linear (exactly, in float):
+
+    * a 1x1 conv (stride 1, no padding, no ReLU) read only by a global average pooling
+      (``conv(x).mean((2, 3))``, ``nn.AdaptiveAvgPool2d(1)`` behind it) becomes the pooling
+      of its input, then the conv (the mean of ``W x + b`` over the pixels is ``W`` times the
+      mean of ``x``, plus ``b``), which has fewer multiply-accumulates;
+    * a conv without ReLU whose kernel covers the whole of its (unpadded) input, so that it
+      gives one pixel, and whose output is only flattened (``nn.AdaptiveAvgPool2d(1)``, a 1x1
+      conv, ``.flatten(1)``; a conv over the whole map) becomes the flatten and a linear
+      layer of the same weights in flatten order.
+
+    ``example`` (data layout) sizes the conv's input; without one only the first rewrite runs.
+    """
+    t = len(layers)
+    f = t
+    while f > 0 and layers[f - 1].kind == "flatten":
+        f -= 1
+    a = f - 1                                     # the layer the flattens read
+    if f == t or a < 0 or any(layer_inputs(layers, j) != (j - 1,) for j in range(f, t)):
+        return
+
+    def readers(i: int) -> list:
+        return [j for j in range(len(layers)) if i in layer_inputs(layers, j)]
+
+    x = None if example is None else np.asarray(example)[:1]
+    outs = None if x is None else _float_outputs(layers, x)
+    chw = None                                    # the (C, H, W) the conv at ``a`` reads
+    swapped = None                                # the note of the first rewrite
+    c = layers[a - 1] if a >= 1 else None
+    if (c is not None and c.kind == "conv" and c.groups == 1 and not c.relu
+            and tuple(c.kernel) == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
+            and layer_inputs(layers, a) == (a - 1,) and readers(a - 1) == [a]
+            and outs is not None and _is_global_avgpool(layers[a], outs[a - 1].shape[1:])):
+        src = layer_inputs(layers, a - 1)[0]
+        pix = (x if src < 0 else outs[src]).shape[2:]
+        layers[a - 1:a + 1] = [
+            _pool_conv(layers[a].name, (c.weight.shape[1], *pix), None, None, src=c.src),
+            dataclasses.replace(c, src=None if c.src is None else (a - 1,))]
+        chw = (c.weight.shape[1], 1, 1)
+        swapped = ("a 1x1 conv read only by the global average pooling behind it: runs after "
+                   f"the pooling, as a linear layer ({pix[0] * pix[1]}x fewer "
+                   "multiply-accumulates)")
+    c = layers[a]
+    if c.kind != "conv" or c.relu or c.padding != (0, 0) or readers(a) != [a + 1]:
+        return
+    src = layer_inputs(layers, a)[0]
+    if chw is None:
+        if x is None:
+            return
+        chw = tuple((x if src < 0 else outs[src]).shape[1:])
+    if tuple(c.kernel) != tuple(chw[1:]):
+        return
+    w = c.weight if c.groups == 1 else _ungroup(c.weight, c.groups, chw[0])
+    lin = FLayer("linear", c.name, w.reshape(w.shape[0], -1), c.bias,
+                 src=None if c.src is None else (t - 2,),
+                 note="; ".join(filter(None, [c.note, swapped or (
+                     f"the global average pooling that gives the logits: runs as a linear "
+                     f"layer after the flatten (weights 1/{chw[1] * chw[2]} and 0)"
+                     if _is_global_avgpool(c, chw) else
+                     f"a conv over the whole {chw[1]}x{chw[2]} map, flattened: runs as a "
+                     "linear layer after the flatten")])))
+    flats = [dataclasses.replace(layers[j], src=None if layers[j].src is None else (
+        (src,) if j == a + 1 else (j - 2,))) for j in range(a + 1, t)]
+    layers[a:] = flats + [lin]
 
 
 def _fuse_relu(layer: FLayer, bound: float | None) -> None:
@@ -1128,6 +1231,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
     made: dict = {}                  # layer index -> the fx node that made it
     out_fn = None                    # (node name, function, dim) of a final softmax
     run: list = []                   # [(shapes, values)] of one example run, once asked for
+    padded: dict = {}                # fx node of a zero padding -> (top, bottom, left, right)
 
     def ran(node, what: str) -> tuple:
         """:func:`_node_shapes` of one run on the example (made once)."""
@@ -1309,6 +1413,22 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
                 "(F.max_pool1d(x, x.size(2))) may")
         srcs = tuple(where[a] for a in args)
         m = mods.get(n.target) if n.op == "call_module" else None
+        pad = None
+        if n.op == "call_function" and n.target is F.pad:     # F.pad(x, pad, mode, value)
+            pad = _zero_pad(n.name, *(lambda pad, mode="constant", value=None: (
+                pad, mode, value))(*n.args[1:], **n.kwargs))
+        elif isinstance(m, _pad_modules()):
+            pad = _zero_pad(n.name, m.padding, "constant", m.value)
+        if pad is not None:
+            bad = [u.name for u in n.users if not (u.op == "call_module" and isinstance(
+                mods.get(u.target), (nn.Conv1d, nn.Conv2d)))]
+            if bad:
+                raise UnsupportedModelError(
+                    f"{n.name}: a zero padding is taken where only convs read it (it becomes "
+                    f"their padding); here {', '.join(bad)} read it too")
+            padded[n] = pad
+            where[n] = srcs[0]
+            continue
         fn = _softmax_fn(n, m)
         if fn:
             if any(u.op != "output" for u in n.users):
@@ -1393,7 +1513,7 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
             if isinstance(m, nn.Linear) and srcs == (-1,):
                 layers.append(_input_flatten((-1,)))
                 srcs = (len(layers) - 1,)
-            new = _leaf_layer(n.target, m, srcs)
+            new = _leaf_layer(n.target, m, srcs, padded.get(n.args[0]))
         elif isinstance(m, _shaped_pools()):
             new = _shaped_pool_layer(n.target, m, shapes or {}, srcs)
         else:
@@ -1407,6 +1527,8 @@ def _trace_fx(model, gm, shapes=None, example=None) -> list[FLayer]:
         made[len(layers)] = n
         layers.append(new)
     out_src = [where[a] for a in n.args if isinstance(a, torch.fx.Node)]
+    if out_src == [len(layers) - 1]:
+        _linear_head(layers, example)
     comp = [l for l in layers if l.is_compute]
     if not comp:
         raise UnsupportedModelError("the model has no Conv2d/Linear layer")
@@ -1678,14 +1800,26 @@ def _functional_maxpool(n, srcs, one_d: bool) -> FLayer:
                           a.get("padding", 0), a.get("dilation", 1), a.get("ceil_mode"), srcs)
 
 
-def _check_groups(name: str, m) -> None:
-    """Refuse a grouped conv other than depthwise (the kernels run groups 1 or
-    groups == in == out channels)."""
-    if m.groups != 1 and not (m.groups == m.in_channels == m.out_channels):
+def _pad_modules() -> tuple:
+    """The padding modules :func:`_zero_pad` takes (constant ones, 1-D and 2-D)."""
+    import torch.nn as nn
+
+    return (nn.ConstantPad1d, nn.ConstantPad2d)
+
+
+def _zero_pad(name: str, pads, mode="constant", value=None):
+    """A zero padding (``F.pad`` / ``nn.ZeroPad2d`` / ``nn.ConstantPad1d(p, 0)``, ...) of the
+    last one or two axes as (top, bottom, left, right); torch lists it from the last axis,
+    ``(left, right, top, bottom)``. Anything else (another mode or value, cropping, padding
+    of the channels) is refused."""
+    p = tuple(pads) if isinstance(pads, (tuple, list)) else (pads,) * 2
+    if mode != "constant" or value not in (None, 0) or len(p) not in (2, 4) or not all(
+            isinstance(v, int) and v >= 0 for v in p):
         raise UnsupportedModelError(
-            f"{name}: {type(m).__name__} with groups={m.groups} ({m.in_channels} -> "
-            f"{m.out_channels} channels); supported: groups=1 or depthwise (groups == in == "
-            "out channels)")
+            f"{name}: a padding {p} (mode {mode!r}, value {value}); supported: a zero padding "
+            "of the last one or two axes in front of a conv (F.pad(x, (l, r, t, b)), "
+            "nn.ZeroPad2d), which becomes the conv's padding")
+    return (*(p[2:] if len(p) == 4 else (0, 0)), p[0], p[1])
 
 
 def _leaf_types() -> tuple:
@@ -1714,12 +1848,55 @@ def _input_flatten(src) -> FLayer:
     return FLayer("flatten", "flatten_input", src=src)
 
 
-def _leaf_layer(name: str, m, src) -> FLayer:
+def _embed_kernel(w: np.ndarray, dilation=(1, 1), before=(0, 0), after=(0, 0)) -> np.ndarray:
+    """The plain kernel that computes the same conv as ``w`` ``(O, I, kh, kw)`` with taps
+    ``dilation`` (height, width) apart: the taps spread out with zeros between, and
+    ``before`` / ``after`` rows and columns of zeros added in front of and behind them."""
+    o, i, kh, kw = w.shape
+    dh, dw = dilation
+    out = np.zeros((o, i, before[0] + dh * (kh - 1) + 1 + after[0],
+                    before[1] + dw * (kw - 1) + 1 + after[1]))
+    out[:, :, before[0]:before[0] + dh * (kh - 1) + 1:dh,
+        before[1]:before[1] + dw * (kw - 1) + 1:dw] = w
+    return out
+
+
+def _ungroup(w: np.ndarray, groups: int, cin: int) -> np.ndarray:
+    """The dense ``(O, cin, kh, kw)`` weight of a conv with ``groups`` groups (weight
+    ``(O, cin / groups, kh, kw)``): group ``g``'s output channels read its input channels
+    through their weights and every other input channel through zeros (block diagonal)."""
+    o, ig = w.shape[:2]
+    og = o // groups
+    out = np.zeros((o, cin, *w.shape[2:]))
+    for g in range(groups):
+        out[g * og:(g + 1) * og, g * ig:(g + 1) * ig] = w[g * og:(g + 1) * og]
+    return out
+
+
+def _sym_padding(sides: tuple) -> tuple[tuple, tuple, tuple]:
+    """A conv's zero padding ``sides`` = (top, bottom, left, right) as the kernels run it:
+    one padding per axis, on both sides. Where the two sides differ, the larger pads both and
+    the kernel gets rows / columns of zero taps on the side that had less (window ``i`` still
+    starts at input row ``i * stride - top``, and the output keeps its size). Returns the
+    padding and the zero rows and columns to add in front of and behind the taps."""
+    top, bottom, left, right = sides
+    ph, pw = max(top, bottom), max(left, right)
+    return (ph, pw), (ph - top, pw - left), (ph - bottom, pw - right)
+
+
+def _leaf_layer(name: str, m, src, pad=None) -> FLayer:
     """The FLayer of one Conv2d / Conv1d / Linear / MaxPool2d / MaxPool1d / Flatten module.
 
     A 1-D layer runs along the width of an ``(N, C, 1, L)`` tensor (kernel ``(1, k)``); a
-    conv's ``padding="same"`` (stride 1, an odd kernel: the symmetric padding ``k // 2``) and
-    ``"valid"`` (none) become numbers."""
+    conv's ``padding="same"`` (stride 1: ``dilation * (k - 1)`` in all, the odd one
+    behind, as torch pads it) and ``"valid"`` (none) become numbers. ``pad``: a zero padding
+    (top, bottom, left, right) in front of the conv (``F.pad``, ``nn.ZeroPad2d``), added to
+    its own. What the kernels do not run is rewritten into a conv that computes the same
+    values (exactly; ``FLayer.note`` says what it costs): a dilated kernel becomes the plain
+    kernel with zero taps between (:func:`_embed_kernel`), padding that differs between the
+    two sides of an axis the larger one on both sides with zero taps on the other
+    (:func:`_sym_padding`), and a grouped conv other than depthwise the dense conv with zero
+    blocks (:func:`_ungroup`)."""
     import torch.nn as nn
 
     tname = type(m).__name__
@@ -1737,22 +1914,41 @@ def _leaf_layer(name: str, m, src) -> FLayer:
     one_d = isinstance(m, nn.Conv1d)
     if one_d:
         w = w[:, :, None, :]
-    k = tuple(w.shape[2:])
+    k0 = tuple(w.shape[2:])
     if m.padding_mode != "zeros":
         raise UnsupportedModelError(f"{name}: {tname} padding_mode={m.padding_mode!r}; "
                                     "supported: 'zeros'")
-    if _geom(m.dilation, one_d) != (1, 1):
-        raise UnsupportedModelError(f"{name}: dilated {tname} is not supported")
+    dil = _geom(m.dilation, one_d)
+    span = tuple(d * (kk - 1) + 1 for d, kk in zip(dil, k0))   # the dilated window
     if m.padding == "same":                     # torch allows it at stride 1 only
-        if k[0] % 2 == 0 or k[1] % 2 == 0:
-            raise UnsupportedModelError(
-                f"{name}: {tname} padding='same' with the even kernel {k[1] if one_d else k} "
-                "pads one side more than the other; supported: odd kernels, or numbers")
-        pad = (k[0] // 2, k[1] // 2)
+        tot = (span[0] - 1, span[1] - 1)
+        sides = (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
     else:
-        pad = (0, 0) if m.padding == "valid" else _geom(m.padding, one_d, 0)
-    _check_groups(name, m)
-    return FLayer("conv", name, w, b, _geom(m.stride, one_d), pad, k, m.groups, src=src)
+        p = (0, 0) if m.padding == "valid" else _geom(m.padding, one_d, 0)
+        sides = (p[0], p[0], p[1], p[1])
+    if pad is not None:
+        sides = tuple(a + e for a, e in zip(sides, pad))
+    padding, before, after = _sym_padding(sides)
+    notes = []
+    if dil != (1, 1) or before != (0, 0) or after != (0, 0):
+        w = _embed_kernel(w, dil, before, after)
+        k = tuple(w.shape[2:])
+        why = [f"dilation {dil[1] if one_d else dil}"] if dil != (1, 1) else []
+        if before != (0, 0) or after != (0, 0):
+            why.append(f"padding {sides[2:]} (left, right)" if one_d else
+                       f"padding {sides} (top, bottom, left, right)")
+        notes.append(f"{' and '.join(why)}: runs as a {f'{k[1]}-tap' if one_d else k} kernel "
+                     f"with zero taps ({k[0] * k[1] / (k0[0] * k0[1]):.2f}x the "
+                     "multiply-accumulates)")
+    groups = m.groups
+    if groups != 1 and not (groups == m.in_channels == m.out_channels):
+        w = _ungroup(w, groups, m.in_channels)
+        notes.append(f"groups={groups} ({m.in_channels} -> {m.out_channels} channels): runs "
+                     f"as a dense conv with zero blocks ({w.shape[1] // (m.in_channels // groups)}"
+                     "x the multiply-accumulates)")
+        groups = 1
+    return FLayer("conv", name, w, b, _geom(m.stride, one_d), padding, tuple(w.shape[2:]),
+                  groups, src=src, note="; ".join(notes) or None)
 
 
 def run_graph(layers: list[FLayer], x, compute, post=None):
@@ -1823,6 +2019,11 @@ def compute_layers(layers: list[FLayer]) -> list[FLayer]:
 
 def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
     """Reference float64 forward of a traced layer list (NCHW input) with torch."""
+    return _float_outputs(layers, x)[-1].numpy()
+
+
+def _float_outputs(layers: list[FLayer], x: np.ndarray) -> list:
+    """Every layer's output (torch float64 tensors) of :func:`float_forward`."""
     import torch
     import torch.nn.functional as F
 
@@ -1848,7 +2049,7 @@ def float_forward(layers: list[FLayer], x: np.ndarray) -> np.ndarray:
             if l.relu:
                 h = torch.relu(h) if l.relu_max is None else torch.clamp(h, 0.0, l.relu_max)
             outs.append(h)
-    return outs[-1].numpy()
+    return outs
 
 
 def _main_train():  # pragma: no cover - convenience: python -m rvmpq.sw.search.models

@@ -8,7 +8,10 @@ same rules and error messages as for a module written in PyTorch (README, "Bring
 model").
 
 Supported nodes (opset 11 and later, as written by ``torch.onnx.export`` with either exporter):
-``Conv`` (2-D, symmetric ``pads``, ``group`` 1 or depthwise), ``Gemm`` (``transA = 0``),
+``Conv`` (2-D or 1-D, any ``pads``, ``group`` and ``dilations``; see
+:func:`~.models.trace_model` for how those run), ``Pad`` (zeros in front of a ``Conv``,
+``mode`` constant; an ONNX ``Conv`` with pads that differ between the sides of an axis
+becomes such a padding and the conv), ``Gemm`` (``transA = 0``),
 ``MatMul`` by a constant matrix (a bias may follow as an ``Add`` of a constant), ``Relu``,
 ``Clip`` to ``[0, m]`` (``ReLU6``; a ReLU with an upper bound),
 ``BatchNormalization`` (inference form), ``MaxPool``, ``AveragePool`` (no padding),
@@ -47,6 +50,7 @@ node whose attributes the conversion read wrongly cannot pass silently.
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +65,7 @@ __all__ = ["BATCH_PROBES", "FLATTEN_HINT", "SUPPORTED_OPS", "load_onnx", "onnx_t
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "BatchNormalization", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
                  "Add", "Flatten", "Reshape", "Identity", "Dropout", "Constant", "Shape", "Clip",
-                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Gather", "Concat")
+                 "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Gather", "Concat", "Pad")
 
 
 #: Added to the error for a ``Reshape`` that is not a flatten.
@@ -227,17 +231,27 @@ def onnx_to_torch(model):
             raise UnsupportedModelError(f"{where(n)}: its {what} ({name!r}) must be a constant")
         return consts[name]
 
-    def sym_pads(n, a) -> tuple:
-        """``(pad_h, pad_w)`` of a Conv / pooling node: explicit symmetric pads, or none
-        (a 1-D node's ``(0, pad)``)."""
+    def node_pads(n, a) -> list:
+        """The ``pads`` of a Conv / pooling node, ``[begin..., end...]`` over its spatial axes
+        (explicit, or none)."""
         auto = a.get("auto_pad", "NOTSET")
         if auto not in ("NOTSET", "VALID"):
             raise UnsupportedModelError(f"{where(n)}: auto_pad={auto} is not supported; give "
                                         "explicit pads")
-        pads = list(a.get("pads", [0] * 2 * nsp)) if auto == "NOTSET" else [0] * 2 * nsp
+        return list(a.get("pads", [0] * 2 * nsp)) if auto == "NOTSET" else [0] * 2 * nsp
+
+    def sym_pads(n, a) -> tuple:
+        """``(pad_h, pad_w)`` of a pooling node: explicit symmetric pads, or none (a 1-D
+        node's ``(0, pad)``)."""
+        pads = node_pads(n, a)
         if pads[:nsp] != pads[nsp:]:
             raise UnsupportedModelError(f"{where(n)}: pads {pads} are not symmetric")
         return _geom(pads[:nsp], one_d, 0)
+
+    def torch_pad(begin, end) -> tuple:
+        """ONNX pads of the spatial axes (``begin``, ``end``: height then width, or the
+        length) as torch lists them for ``nn.ZeroPad2d``: (left, right, top, bottom)."""
+        return (begin[-1], end[-1], *((0, 0) if one_d else (begin[0], end[0])))
 
     def node_axes(n, a, ins) -> list:
         """The ``axes`` of a Reduce / Squeeze / Unsqueeze node: its attribute (opset < 13 /
@@ -323,11 +337,11 @@ def onnx_to_torch(model):
                 f"{out_shape}")
         rank[out] = len(out_shape) + 1
 
-    def add(n, m, src):
+    def add(n, m, src, out=None):
         child = _ident(n, used)
         modules.append((child, m))
-        steps.append(("module", child, [src], n.output[0]))
-        made[n.output[0]] = (m, child)
+        steps.append(("module", child, [src], out or n.output[0]))
+        made[out or n.output[0]] = (m, child)
 
     for n in g.node:
         a, op = _attrs(n), n.op_type
@@ -370,7 +384,13 @@ def onnx_to_torch(model):
             spatial(n, w.shape[2:], "convolution")
             if one_d:
                 w = w[:, :, None, :]
-            pads = sym_pads(n, a)
+            pads = node_pads(n, a)
+            if pads[:nsp] != pads[nsp:]:       # a zero padding in front, which the intake
+                p = torch_pad(pads[:nsp], pads[nsp:])     # adds to the conv's padding
+                add(types.SimpleNamespace(name=f"{n.name or 'conv'}_pad", op_type="Pad"),
+                    nn.ZeroPad2d(p), src, out=f"{out}/pad")
+                src, pads = f"{out}/pad", [0] * 2 * nsp
+            pads = _geom(pads[:nsp], one_d, 0)
             group = int(a.get("group", 1))
             m = nn.Conv2d(w.shape[1] * group, w.shape[0], tuple(w.shape[2:]),
                           stride=_geom(a.get("strides", [1] * nsp), one_d), padding=pads,
@@ -479,6 +499,20 @@ def onnx_to_torch(model):
             m.running_var.data = torch.tensor(var, dtype=torch.float32)
             add(n, m, src)
             rank[out] = rank[src]
+        elif op == "Pad":
+            mode = a.get("mode", "constant")
+            pads = [int(v) for v in const(n, ins[1], "pads").reshape(-1)] if len(ins) > 1 \
+                else list(a.get("pads", []))                  # an input from opset 11 on
+            value = float(np.asarray(const(n, ins[2], "constant_value")).reshape(-1)[0]) \
+                if len(ins) > 2 and ins[2] else float(a.get("value", 0.0))
+            r = rank[src]
+            if len(ins) > 3 and ins[3] or len(pads) != 2 * r or pads[:2] + pads[r:r + 2] != \
+                    [0] * 4 or mode != "constant":
+                raise UnsupportedModelError(
+                    f"{where(n)}: pads {pads} (mode {mode!r}); supported: a constant padding of "
+                    "the spatial axes, without axes input (a zero padding in front of a conv)")
+            add(n, nn.ConstantPad2d(torch_pad(pads[2:r], pads[r + 2:]), value), src)
+            rank[out] = r
         elif op == "MaxPool":
             k = tuple(a.get("kernel_shape", []))
             spatial(n, k, "max pooling")

@@ -227,6 +227,9 @@ def prepare(model: str = "digits-cnn", cost_model: CostModel | None = None, *,
                          "(one logit per class from 0)")
     float_acc = torch_accuracy(m, ds.x_test, ds.y_test)
     log(f"{model}: {len(layers)} layers traced, float test accuracy {float_acc:.2f}%")
+    for l in layers:
+        if l.note:
+            log(f"{l.name}: {l.note}")
     if layers[-1].out_fn:
         log(f"the model's final {layers[-1].out_fn} is left out: the integer model and the "
             "deployed program output its logits (the same predicted class)")

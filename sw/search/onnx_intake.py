@@ -506,8 +506,8 @@ def onnx_to_torch(model):
             value = float(np.asarray(const(n, ins[2], "constant_value")).reshape(-1)[0]) \
                 if len(ins) > 2 and ins[2] else float(a.get("value", 0.0))
             r = rank[src]
-            if len(ins) > 3 and ins[3] or len(pads) != 2 * r or pads[:2] + pads[r:r + 2] != \
-                    [0] * 4 or mode != "constant":
+            if len(ins) > 3 and ins[3] or r not in (3, 4) or len(pads) != 2 * r or \
+                    pads[:2] + pads[r:r + 2] != [0] * 4 or mode != "constant":
                 raise UnsupportedModelError(
                     f"{where(n)}: pads {pads} (mode {mode!r}); supported: a constant padding of "
                     "the spatial axes, without axes input (a zero padding in front of a conv)")

@@ -33,10 +33,10 @@ padding in front, ``F.pad`` / ``nn.ZeroPad2d``, is added to its padding; what th
 not run as written becomes the conv that computes the same values: a dilated kernel the
 plain one with zero taps, padding that differs between two sides of an axis the larger on
 both with zero taps, a grouped conv other than depthwise the dense one with zero blocks;
-``FLayer.note`` says so and what it costs), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d`` directly after a conv/linear (folded
-into it), ``ReLU`` after a conv/linear/BN, directly or through max pooling / flattens (with
-which it commutes; fused as the requant clamp; a second one on the same layer is the clamp to
-the smaller bound), ``MaxPool2d`` (kernel == stride, no padding),
+``FLayer.note`` says so and what it costs), ``Linear``, ``BatchNorm2d`` / ``BatchNorm1d``
+directly after a conv/linear (folded into it), ``ReLU`` after a conv/linear/BN, directly or
+through max pooling / flattens (with which it commutes; fused as the requant clamp; a second
+one on the same layer is the clamp to the smaller bound), ``MaxPool2d`` (kernel == stride, no padding),
 ``AdaptiveMaxPool2d`` (global max pooling, or any output size dividing the input's: the max
 pooling of that window), ``Flatten``, every dropout and ``Identity`` (skipped), the 1-D
 layers (``Conv1d``, ``MaxPool1d``, ``AdaptiveMaxPool1d``, ``AvgPool1d``,
@@ -1058,7 +1058,7 @@ def _linear_head(layers: list[FLayer], example) -> None:
     x = None if example is None else np.asarray(example)[:1]
     outs = None if x is None else _float_outputs(layers, x)
     chw = None                                    # the (C, H, W) the conv at ``a`` reads
-    swapped = None                                # the note of the first rewrite
+    swapped = None                                # the rewrite's note
     c = layers[a - 1] if a >= 1 else None
     if (c is not None and c.kind == "conv" and c.groups == 1 and not c.relu
             and tuple(c.kernel) == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0)
@@ -1083,15 +1083,16 @@ def _linear_head(layers: list[FLayer], example) -> None:
         chw = tuple((x if src < 0 else outs[src]).shape[1:])
     if tuple(c.kernel) != tuple(chw[1:]):
         return
+    if swapped is None:
+        swapped = (f"the global average pooling that gives the logits: runs as a linear layer "
+                   f"after the flatten (weights 1/{chw[1] * chw[2]} and 0)"
+                   if _is_global_avgpool(c, chw) else
+                   f"a conv over the whole {chw[1]}x{chw[2]} map, flattened: runs as a linear "
+                   "layer after the flatten")
     w = c.weight if c.groups == 1 else _ungroup(c.weight, c.groups, chw[0])
     lin = FLayer("linear", c.name, w.reshape(w.shape[0], -1), c.bias,
                  src=None if c.src is None else (t - 2,),
-                 note="; ".join(filter(None, [c.note, swapped or (
-                     f"the global average pooling that gives the logits: runs as a linear "
-                     f"layer after the flatten (weights 1/{chw[1] * chw[2]} and 0)"
-                     if _is_global_avgpool(c, chw) else
-                     f"a conv over the whole {chw[1]}x{chw[2]} map, flattened: runs as a "
-                     "linear layer after the flatten")])))
+                 note="; ".join(filter(None, [c.note, swapped])))
     flats = [dataclasses.replace(layers[j], src=None if layers[j].src is None else (
         (src,) if j == a + 1 else (j - 2,))) for j in range(a + 1, t)]
     layers[a:] = flats + [lin]
@@ -1944,8 +1945,7 @@ def _leaf_layer(name: str, m, src, pad=None) -> FLayer:
     if groups != 1 and not (groups == m.in_channels == m.out_channels):
         w = _ungroup(w, groups, m.in_channels)
         notes.append(f"groups={groups} ({m.in_channels} -> {m.out_channels} channels): runs "
-                     f"as a dense conv with zero blocks ({w.shape[1] // (m.in_channels // groups)}"
-                     "x the multiply-accumulates)")
+                     f"as a dense conv with zero blocks ({groups}x the multiply-accumulates)")
         groups = 1
     return FLayer("conv", name, w, b, _geom(m.stride, one_d), padding, tuple(w.shape[2:]),
                   groups, src=src, note="; ".join(notes) or None)
